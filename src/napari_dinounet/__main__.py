@@ -1,0 +1,7 @@
+"""``python -m napari_dinounet`` is the ``dinounet`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,24 @@
+"""Shared test fixtures: paths to the bundled fixtures and a tiny random backbone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).parent
+DINOV3_TINY = TESTS / "fixtures" / "dinov3_tiny"
+
+
+@pytest.fixture(scope="session")
+def dinov3_tiny_dir() -> Path:
+    """Random-weight DINOv3 fixtures (official .pth, HF folder, reference outputs); see its README."""
+    return DINOV3_TINY
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone():
+    """A randomly initialised tiny DINOv3-style backbone (D=64, depth 4, 4 heads), on the CPU."""
+    from napari_dinounet.engine.backbone import load_backbone
+
+    return load_backbone("random:tiny")
