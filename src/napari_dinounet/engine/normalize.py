@@ -1,0 +1,117 @@
+"""Intensity normalisation (spec section 6); the scheme and its fitted numbers go into every checkpoint.
+
+Schemes:
+- ``zscore`` (default; MRI, microscopy): each channel minus its mean, over its standard deviation,
+  statistics taken over the whole image (not the tile) so that tiles of one image agree.
+- ``rgb`` (endoscopy, fundus, photos): one mean and deviation over all channels together, so colour
+  ratios survive (scaling to [0, 1] first, as the paper says, changes nothing after a z-score).
+- ``ct``: clip to the 0.5-99.5 percentiles of the training set's foreground, then z-score with that
+  foreground's mean and deviation; these numbers are fitted once (:func:`fit_ct`) and stored.
+
+Images are handled as ``(C, *spatial)`` arrays; statistics are computed in row blocks so that dask,
+zarr and memory-mapped arrays are never converted to float in one piece, and NaN/inf are ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .errors import InputError
+
+SCHEMES = ("zscore", "rgb", "ct")
+_BLOCK_ELEMENTS = 1 << 22  # values read per block when computing statistics (16 MB as float32)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """A normalisation scheme and, for ``ct``, its fitted clip range and foreground statistics."""
+
+    scheme: str = "zscore"
+    clip: tuple[float, float] | None = None
+    mean: float | None = None
+    std: float | None = None
+
+    def __post_init__(self):
+        if self.scheme not in SCHEMES:
+            raise InputError(f"unknown normalisation {self.scheme!r}: use one of {', '.join(SCHEMES)}")
+        if self.scheme == "ct" and (self.clip is None or self.mean is None or self.std is None):
+            raise InputError("the 'ct' normalisation needs fitted numbers: build it with fit_ct(images, labels)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Normalization:
+        clip = data.get("clip")
+        return cls(data.get("scheme", "zscore"), tuple(clip) if clip is not None else None, data.get("mean"), data.get("std"))
+
+
+def _row_blocks(image) -> Iterable[np.ndarray]:
+    """Yield float64 blocks of ``image`` (C, *spatial) split along its first spatial axis."""
+    per_row = max(1, int(np.prod(image.shape)) // max(1, image.shape[1]))
+    rows = max(1, _BLOCK_ELEMENTS // per_row)
+    for start in range(0, image.shape[1], rows):
+        yield np.asarray(image[:, start : start + rows], dtype=np.float64)
+
+
+def image_statistics(image, scheme: str = "zscore") -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of ``image`` (C, *spatial), each of shape (C,), finite values only.
+
+    For ``rgb`` one value over all channels is repeated C times. A constant image gets std 1 (so the
+    normalised image is all zeros rather than NaN); an image with no finite value is an error.
+    """
+    channels = image.shape[0]
+    total = np.zeros(channels)
+    total_sq = np.zeros(channels)
+    count = np.zeros(channels)
+    for block in _row_blocks(image):
+        block = block.reshape(channels, -1)
+        finite = np.isfinite(block)
+        values = np.where(finite, block, 0.0)
+        total += values.sum(axis=1)
+        total_sq += (values * values).sum(axis=1)
+        count += finite.sum(axis=1)
+    if scheme == "rgb":
+        total, total_sq, count = (np.full(channels, a.sum()) for a in (total, total_sq, count))
+    if np.any(count == 0):
+        raise InputError("the image has no finite value (all NaN or inf): check the layer or file")
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean * mean, 0.0))
+    std[std < 1e-8 * np.maximum(1.0, np.abs(mean))] = 1.0
+    return mean, std
+
+
+def fit_ct(images: Iterable[np.ndarray], labels: Iterable[np.ndarray]) -> Normalization:
+    """Fit the ``ct`` scheme on training images and their labels (foreground = label > 0)."""
+    foreground = [np.asarray(img, dtype=np.float64)[np.asarray(lab) > 0] for img, lab in zip(images, labels)]
+    values = np.concatenate([v[np.isfinite(v)] for v in foreground]) if foreground else np.empty(0)
+    if values.size == 0:
+        raise InputError("cannot fit the 'ct' normalisation: the labels mark no foreground pixel")
+    low, high = np.percentile(values, [0.5, 99.5])
+    clipped = np.clip(values, low, high)
+    return Normalization("ct", (float(low), float(high)), float(clipped.mean()), float(max(clipped.std(), 1e-8)))
+
+
+def statistics_for(image, norm: Normalization) -> tuple[np.ndarray, np.ndarray]:
+    """The (mean, std) per channel that :func:`apply` needs for ``image`` (C, *spatial) under ``norm``."""
+    if norm.scheme == "ct":
+        channels = image.shape[0]
+        return np.full(channels, norm.mean), np.full(channels, norm.std)
+    return image_statistics(image, norm.scheme)
+
+
+def apply(block, norm: Normalization, stats: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Normalise ``block`` (C, *spatial) with image statistics ``stats``; NaN/inf become 0 (the mean).
+
+    Returns float32 of the block's shape.
+    """
+    block = np.asarray(block, dtype=np.float32)
+    if norm.scheme == "ct":
+        block = np.clip(block, *norm.clip)
+    mean, std = stats
+    shape = (-1,) + (1,) * (block.ndim - 1)
+    out = (block - mean.astype(np.float32).reshape(shape)) / std.astype(np.float32).reshape(shape)
+    return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0, copy=False)
