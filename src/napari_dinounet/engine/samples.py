@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import resources
 
 import numpy as np
@@ -23,3 +24,31 @@ def load_nuclei() -> tuple[np.ndarray, np.ndarray]:
     with resources.as_file(_data_file("dsb2018_nuclei", "mask.tif")) as path:
         labels = tifffile.imread(path)
     return image, labels
+
+
+@dataclass(frozen=True)
+class MNI152Slices:
+    """A stack of axial MNI152 T1 slices with tissue labels; see ``data/mni152/NOTICE.md``.
+
+    image: (20, 188, 151) uint8 T1; labels: same shape, uint8, values index ``class_names``
+    (0 background, 1 grey matter, 2 white matter, 3 other brain); spacing: (3,) mm per axis;
+    affine: (4, 4) map from (slice, row, column, 1) to MNI millimetres (RAS).
+    """
+
+    image: np.ndarray
+    labels: np.ndarray
+    spacing: tuple[float, float, float]
+    affine: np.ndarray
+    class_names: tuple[str, ...]
+
+
+def load_mni152_slices() -> MNI152Slices:
+    """The bundled MNI152 sample (derived by ``tools/make_mni152_sample.py``)."""
+    with resources.as_file(_data_file("mni152", "slices.npz")) as path, np.load(path, allow_pickle=False) as npz:
+        return MNI152Slices(
+            image=npz["image"],
+            labels=npz["labels"],
+            spacing=tuple(float(s) for s in npz["spacing"]),
+            affine=npz["affine"],
+            class_names=tuple(str(name) for name in npz["class_names"]),
+        )

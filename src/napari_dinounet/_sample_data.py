@@ -1,0 +1,67 @@
+"""napari sample data: the DSB 2018 nuclei and a stack of MNI152 MRI slices, each with its labels.
+
+Every layer carries its pixel spacing as ``scale``; labels layers carry ``metadata["class_names"]``
+(index = label value) and a fixed colour per class; the MNI152 layers also carry
+``metadata["affine"]`` (see :mod:`napari_dinounet._writer`), so exporting their labels as NIfTI lands
+them back in template space. No torch here: napari imports this module when the File > Open Sample menu
+is used.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_dinounet.engine.samples import load_mni152_slices, load_nuclei
+
+NUCLEI_CLASSES = ("background", "nuclei")
+NUCLEI_COLORS = {0: "transparent", 1: "magenta", None: "yellow"}
+MNI152_COLORS = {0: "transparent", 1: "orange", 2: "dodgerblue", 3: "limegreen", None: "yellow"}
+
+
+def nuclei_sample() -> list[tuple]:
+    """DSB 2018 nuclei: image (512, 512) uint16 and semantic labels (512, 512) uint8 (1 = nucleus).
+
+    The hand-drawn instance masks are merged into one foreground class, which is what the Fine-tune
+    widget trains on; the pixel size of the source is unknown, so the scale is one unit per pixel.
+    """
+    image, instances = load_nuclei()
+    scale = (1.0, 1.0)
+    labels = (instances > 0).astype(np.uint8)
+    return [
+        (image, {"name": "nuclei", "colormap": "gray", "scale": scale}, "image"),
+        (
+            labels,
+            {
+                "name": "nuclei labels",
+                "scale": scale,
+                "colormap": NUCLEI_COLORS,
+                "opacity": 0.5,
+                "metadata": {"class_names": list(NUCLEI_CLASSES)},
+            },
+            "labels",
+        ),
+    ]
+
+
+def mni152_sample() -> list[tuple]:
+    """MNI152 T1: 20 axial slices (20, 188, 151) uint8, 1 mm, with grey/white-matter labels uint8."""
+    sample = load_mni152_slices()
+    affine = sample.affine.tolist()
+    return [
+        (
+            sample.image,
+            {"name": "MNI152 T1", "colormap": "gray", "scale": sample.spacing, "metadata": {"affine": affine}},
+            "image",
+        ),
+        (
+            sample.labels,
+            {
+                "name": "MNI152 tissue labels",
+                "scale": sample.spacing,
+                "colormap": MNI152_COLORS,
+                "opacity": 0.4,
+                "metadata": {"class_names": list(sample.class_names), "affine": affine},
+            },
+            "labels",
+        ),
+    ]
