@@ -1,0 +1,551 @@
+"""Image and label files: TIFF, PNG/JPEG, NIfTI, NumPy ``.npy`` and nnU-Net raw datasets.
+
+Arrays are kept in the axis order the file stores them, never transposed:
+
+- TIFF, ``.npy``, PNG/JPEG: ``(Y, X)``, ``(Z, Y, X)``, colour samples last ``(Y, X, 3)``;
+  TIFF channel axes (``C``/``S`` in tifffile's series axes) are reported in ``channel_axis``.
+- NIfTI: nibabel's voxel order ``(X, Y, Z)`` (a 4th axis is channels); ``spacing`` comes from the header
+  zooms in that same order and ``affine`` maps voxel indices to world millimetres. Predictions written
+  with ``like=`` keep the header, affine and zooms exactly.
+
+``spacing`` has one entry per spatial axis (channel axis left out), in array order, in ``unit``
+(``"mm"``, ``"um"``, ``"cm"``, ``"inch"``, ... or ``None`` when the file does not say); ``None`` when the
+file records no physical size at all (PNG/JPEG, ``.npy``, a TIFF without resolution tags).
+
+nnU-Net raw datasets (v2 ``dataset.json`` with ``channel_names``/``labels``/``file_ending``, or v1 with
+``modality``/``labels``): images ``imagesTr/<case>_<0000..>`` one file per channel, labels
+``labelsTr/<case>``, test images ``imagesTs/<case>_<0000..>``. A :class:`Case` groups a case's channel
+files; :func:`read_case` stacks them channels-last.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic import atomic_path
+from .errors import InputError
+
+# Lower-case file endings -> format name. Longest endings first so ".nii.gz" wins over ".gz".
+FORMATS: dict[str, str] = {
+    ".nii.gz": "nifti",
+    ".nii": "nifti",
+    ".tiff": "tiff",
+    ".tif": "tiff",
+    ".png": "png",
+    ".jpeg": "jpeg",
+    ".jpg": "jpeg",
+    ".npy": "npy",
+}
+SUPPORTED = ", ".join(FORMATS)
+_CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+_TIFF_UNITS = {2: "inch", 3: "cm", 4: "mm", 5: "um"}  # TIFF ResolutionUnit codes (1 = none)
+_NIFTI_UNITS = {"meter": "m", "mm": "mm", "micron": "um"}
+
+
+@dataclass
+class ImageFile:
+    """An image or label array as read from a file, with what is needed to write a result like it.
+
+    data: the array in the file's axis order (see the module docstring).
+    spacing: physical size of a pixel per spatial axis, in array order (channel axis left out), or None.
+    unit: unit of ``spacing`` ("mm", "um", "cm", "inch", "m") or None when unknown.
+    affine: NIfTI voxel-to-world (4, 4) matrix, else None.
+    format: "tiff", "png", "jpeg", "nifti" or "npy".
+    channel_axis: the axis holding channels/colour samples, or None for a single-channel image.
+    metadata: format details the writer reuses (TIFF "imagej", "resolutionunit"; NIfTI "header";
+      PNG/JPEG "alpha_dropped").
+    """
+
+    data: np.ndarray
+    format: str
+    path: Path | None = None
+    spacing: tuple[float, ...] | None = None
+    unit: str | None = None
+    affine: np.ndarray | None = None
+    channel_axis: int | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        """The shape without the channel axis: what a label map for this image has."""
+        shape = list(self.data.shape)
+        if self.channel_axis is not None:
+            del shape[self.channel_axis % self.data.ndim]
+        return tuple(shape)
+
+    @property
+    def slice_axis(self) -> int | None:
+        """The axis of ``data`` that 2D slices of a 3D image are stacked along (None for 2D images).
+
+        NIfTI stores (X, Y, Z): slices lie along the last spatial axis; TIFF and .npy stacks store
+        (Z, Y, X): along the first.
+        """
+        spatial = [a for a in range(self.data.ndim) if self.channel_axis is None or a != self.channel_axis % self.data.ndim]
+        if len(spatial) < 3:
+            return None
+        return spatial[-1] if self.format == "nifti" else spatial[0]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One image to process: a single file, or an nnU-Net case with one file per channel.
+
+    name: the case name, used for output files and for matching predictions to ground truth
+      (the file name without its extension, and for nnU-Net without the ``_0000`` channel suffix).
+    paths: the channel files in channel order (one path for an ordinary image).
+    """
+
+    name: str
+    paths: tuple[Path, ...]
+
+    @property
+    def extension(self) -> str:
+        return split_extension(self.paths[0])[1]
+
+    @property
+    def format(self) -> str:
+        return format_of(self.paths[0])
+
+    @classmethod
+    def from_path(cls, path: str | Path) -> Case:
+        path = Path(path)
+        return cls(split_extension(path)[0], (path,))
+
+
+@dataclass
+class NnUNetDataset:
+    """An nnU-Net raw dataset folder as described by its ``dataset.json``.
+
+    channel_names: channel index -> name (v2 ``channel_names``, v1 ``modality``).
+    labels: class name -> label value (background included).
+    training: (image case, label file) pairs from imagesTr/labelsTr; test: cases in imagesTs.
+    """
+
+    root: Path
+    info: dict[str, Any]
+    channel_names: dict[int, str]
+    labels: dict[str, int]
+    file_ending: str
+    training: list[tuple[Case, Path]]
+    test: list[Case]
+
+
+def split_extension(path: str | Path) -> tuple[str, str]:
+    """``"a/b.nii.gz"`` -> ``("b", ".nii.gz")``; the extension keeps its case, matching ignores it."""
+    name = Path(path).name
+    lower = name.lower()
+    for ending in FORMATS:
+        if lower.endswith(ending) and len(name) > len(ending):
+            return name[: -len(ending)], name[-len(ending) :]
+    return Path(name).stem, Path(name).suffix
+
+
+def format_of(path: str | Path) -> str:
+    """The format name for a file name, or InputError naming the supported extensions."""
+    ext = split_extension(path)[1].lower()
+    if ext not in FORMATS:
+        raise InputError(f"{Path(path).name}: unsupported file type {ext or '(no extension)'!r}; supported: {SUPPORTED}")
+    return FORMATS[ext]
+
+
+def is_supported(path: str | Path) -> bool:
+    return split_extension(path)[1].lower() in FORMATS and not Path(path).name.startswith(".")
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+def read_image(path: str | Path) -> ImageFile:
+    """Read one image or label file (TIFF, PNG, JPEG, NIfTI, .npy) with its spacing and metadata.
+
+    Raises InputError for a missing file, an unsupported extension or a file that cannot be decoded.
+    PNG/JPEG alpha channels are dropped (``metadata["alpha_dropped"]``): they carry no image content.
+    """
+    path = Path(path)
+    fmt = format_of(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file; check the path")
+    reader = {"tiff": _read_tiff, "png": _read_skimage, "jpeg": _read_skimage, "nifti": _read_nifti, "npy": _read_npy}[fmt]
+    try:
+        image = reader(path)
+    except InputError:
+        raise
+    except Exception as err:  # every decoder has its own exception types; all mean "not a valid file"
+        raise InputError(f"{path}: cannot read it as {fmt.upper()} ({type(err).__name__}: {err}); "
+                         "the file is damaged or not what its extension says") from err
+    image.path = path
+    return image
+
+
+def _read_tiff(path: Path) -> ImageFile:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        data = series.asarray()
+        axes = series.axes
+        page = tif.pages.first
+        xres, yres = (float(r) for r in page.resolution)
+        resolution_unit = int(page.resolutionunit)
+        extra = dict(tif.imagej_metadata or {})
+        if tif.is_shaped and tif.shaped_metadata:
+            extra.update(tif.shaped_metadata[0])
+        imagej = bool(tif.is_imagej)
+    channel_axis = next((axes.index(a) for a in "SC" if a in axes), None)
+    unit = extra.get("unit") or _TIFF_UNITS.get(resolution_unit)
+    z_spacing = extra.get("spacing")
+    spacing = None
+    if (unit is not None or z_spacing is not None or (xres, yres) != (1.0, 1.0)) and xres > 0 and yres > 0:
+        per_axis = {"X": 1.0 / xres, "Y": 1.0 / yres, "Z": float(z_spacing or 1.0)}
+        spacing = tuple(per_axis.get(a, 1.0) for i, a in enumerate(axes) if i != channel_axis)
+    metadata = {"imagej": imagej, "resolutionunit": resolution_unit, "axes": axes}
+    return ImageFile(data, "tiff", spacing=spacing, unit=unit, channel_axis=channel_axis, metadata=metadata)
+
+
+def _read_skimage(path: Path) -> ImageFile:
+    import skimage.io
+
+    data = np.asarray(skimage.io.imread(path))
+    metadata: dict[str, Any] = {}
+    if data.ndim == 3 and data.shape[-1] in (2, 4):  # grey + alpha, RGB + alpha
+        data = data[..., :-1] if data.shape[-1] == 4 else data[..., 0]
+        metadata["alpha_dropped"] = True
+    channel_axis = 2 if data.ndim == 3 else None
+    return ImageFile(data, format_of(path), channel_axis=channel_axis, metadata=metadata)
+
+
+def _read_nifti(path: Path) -> ImageFile:
+    import nibabel as nib
+
+    img = nib.load(path)
+    data = np.asanyarray(img.dataobj)
+    if data.ndim > 4:
+        raise InputError(f"{path}: NIfTI with {data.ndim} dimensions; supported are 2D, 3D (X, Y, Z) and 4D (X, Y, Z, channel)")
+    spatial_ndim = min(data.ndim, 3)
+    spacing = tuple(float(z) for z in img.header.get_zooms()[:spatial_ndim])
+    unit = _NIFTI_UNITS.get(img.header.get_xyzt_units()[0])
+    channel_axis = 3 if data.ndim == 4 else None
+    return ImageFile(data, "nifti", spacing=spacing, unit=unit, affine=np.array(img.affine),
+                     channel_axis=channel_axis, metadata={"header": img.header})
+
+
+def _read_npy(path: Path) -> ImageFile:
+    data = np.load(path, allow_pickle=False)
+    if not isinstance(data, np.ndarray) or data.dtype.kind not in "biuf":
+        raise InputError(f"{path}: holds {data.dtype} data; an image must be a numeric array")
+    return ImageFile(data, "npy")
+
+
+def read_case(case: Case | Sequence[str | Path]) -> ImageFile:
+    """Read a case; several channel files (nnU-Net ``_0000``, ``_0001``...) are stacked channels-last.
+
+    The result's spacing, affine and metadata are the first channel's, ``channel_axis`` is the last axis
+    for a stacked case; all channel files must have the same shape.
+    """
+    paths = case.paths if isinstance(case, Case) else tuple(Path(p) for p in case)
+    first = read_image(paths[0])
+    if len(paths) == 1:
+        return first
+    channels = [first] + [read_image(p) for p in paths[1:]]
+    for image in channels:
+        if image.channel_axis is not None or image.data.shape != first.data.shape:
+            raise InputError(f"{image.path.name}: shape {image.data.shape} does not match {first.path.name} "
+                             f"{first.data.shape}; every channel file of a case must hold one channel of the same size")
+    data = np.stack([image.data for image in channels], axis=-1)
+    return ImageFile(data, first.format, path=first.path, spacing=first.spacing, unit=first.unit,
+                     affine=first.affine, channel_axis=data.ndim - 1, metadata=first.metadata)
+
+
+# ------------------------------------------------------------------------------------- finding images
+
+
+def find_images(inputs: Iterable[str | Path]) -> list[Case]:
+    """The cases to process from files and folders.
+
+    A file is one case. A folder gives every supported file in it (not recursive, hidden files skipped),
+    except nnU-Net folders: an nnU-Net dataset root (holding ``dataset.json``) means its ``imagesTs``,
+    and a folder named ``imagesTr``/``imagesTs`` (or beside a ``dataset.json``) is grouped by case
+    with channels from the ``_0000``, ``_0001``... suffixes. Case names must be unique, since they name
+    the outputs. Raises InputError for missing paths, unsupported files and empty folders.
+    """
+    cases: list[Case] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_file():
+            format_of(path)
+            cases.append(Case.from_path(path))
+        elif path.is_dir():
+            cases.extend(_cases_in_folder(path))
+        else:
+            raise InputError(f"{path}: no such file or folder; check the path")
+    seen: dict[str, Case] = {}
+    for case in cases:
+        if case.name in seen:
+            raise InputError(f"two inputs share the case name {case.name!r} ({seen[case.name].paths[0]} and "
+                             f"{case.paths[0]}); their outputs would overwrite each other: rename one")
+        seen[case.name] = case
+    return cases
+
+
+def _cases_in_folder(folder: Path) -> list[Case]:
+    if (folder / "dataset.json").is_file():
+        if not (folder / "imagesTs").is_dir():
+            raise InputError(f"{folder} is an nnU-Net dataset without imagesTs; pass {folder / 'imagesTr'} "
+                             "to process its training images")
+        return _cases_in_folder(folder / "imagesTs")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and is_supported(p))
+    if not files:
+        raise InputError(f"{folder}: no images found (supported: {SUPPORTED})")
+    dataset_json = folder.parent / "dataset.json"
+    if folder.name in ("imagesTr", "imagesTs") or dataset_json.is_file():
+        channels = _channel_names(_load_dataset_json(dataset_json)) if dataset_json.is_file() else None
+        return group_channels(files, len(channels) if channels else None)
+    return [Case.from_path(p) for p in files]
+
+
+def group_channels(files: Iterable[Path], n_channels: int | None = None) -> list[Case]:
+    """Group nnU-Net image files ``<case>_<0000..>.<ext>`` into cases, channels in order.
+
+    Every case must have channels 0..n-1 (n from ``dataset.json`` when given, else the same for all).
+    """
+    grouped: dict[str, dict[int, Path]] = {}
+    for path in files:
+        stem = split_extension(path)[0]
+        match = _CHANNEL_SUFFIX.match(stem)
+        if match is None:
+            raise InputError(f"{path}: nnU-Net image names end with a channel suffix (_0000, _0001, ...); "
+                             "rename it, e.g. to " + f"{stem}_0000{split_extension(path)[1]}")
+        grouped.setdefault(match["case"], {})[int(match["channel"])] = path
+    expected = n_channels if n_channels is not None else max(len(ch) for ch in grouped.values())
+    cases = []
+    for name, channels in sorted(grouped.items()):
+        if sorted(channels) != list(range(expected)):
+            have = ", ".join(f"_{c:04d}" for c in sorted(channels))
+            raise InputError(f"nnU-Net case {name!r} has channels {have}; expected _0000 to _{expected - 1:04d}")
+        cases.append(Case(name, tuple(channels[c] for c in range(expected))))
+    return cases
+
+
+def _load_dataset_json(path: Path) -> dict[str, Any]:
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: cannot read it as JSON ({err}); fix or regenerate dataset.json") from err
+    if not isinstance(info, dict) or "labels" not in info or not ("channel_names" in info or "modality" in info):
+        raise InputError(f"{path}: not an nnU-Net dataset.json (needs 'channel_names' or 'modality', and 'labels')")
+    return info
+
+
+def _channel_names(info: dict[str, Any]) -> dict[int, str]:
+    return {int(k): str(v) for k, v in (info.get("channel_names") or info["modality"]).items()}
+
+
+def _label_values(info: dict[str, Any], path: Path) -> dict[str, int]:
+    labels = info["labels"]
+    if all(str(k).isdigit() for k in labels):  # v1: {"0": "background", "1": "tumour"}
+        return {str(name): int(value) for value, name in labels.items()}
+    if any(not isinstance(v, int) for v in labels.values()):
+        raise InputError(f"{path}: region-based labels (lists of values) are not supported; use one value per class")
+    return {str(name): int(value) for name, value in labels.items()}
+
+
+def read_nnunet_dataset(root: str | Path) -> NnUNetDataset:
+    """Read an nnU-Net raw dataset folder: ``dataset.json``, ``imagesTr``/``labelsTr`` and ``imagesTs``.
+
+    Every training case needs a label ``labelsTr/<case><file_ending>`` and every label an image.
+    """
+    root = Path(root)
+    dataset_json = root / "dataset.json"
+    if not dataset_json.is_file():
+        raise InputError(f"{root}: no dataset.json; an nnU-Net raw dataset folder holds dataset.json, imagesTr and labelsTr")
+    info = _load_dataset_json(dataset_json)
+    channel_names = _channel_names(info)
+    labels = _label_values(info, dataset_json)
+    file_ending = str(info.get("file_ending", ".nii.gz"))
+    images_tr, labels_tr = root / "imagesTr", root / "labelsTr"
+    for folder in (images_tr, labels_tr):
+        if not folder.is_dir():
+            raise InputError(f"{root}: no {folder.name} folder; an nnU-Net raw dataset needs imagesTr and labelsTr")
+
+    def images_in(folder: Path) -> list[Case]:
+        files = [p for p in sorted(folder.iterdir()) if p.is_file() and p.name.endswith(file_ending) and not p.name.startswith(".")]
+        return group_channels(files, len(channel_names)) if files else []
+
+    training_cases = images_in(images_tr)
+    label_files = {split_extension(p)[0]: p for p in sorted(labels_tr.iterdir())
+                   if p.is_file() and p.name.endswith(file_ending) and not p.name.startswith(".")}
+    missing = [c.name for c in training_cases if c.name not in label_files]
+    orphans = sorted(set(label_files) - {c.name for c in training_cases})
+    if missing:
+        raise InputError(f"{root}: no label in labelsTr for {_some(missing)}; add {missing[0]}{file_ending} to labelsTr")
+    if orphans:
+        raise InputError(f"{root}: labels without images in imagesTr: {_some(orphans)}; add the images or remove the labels")
+    if not training_cases:
+        raise InputError(f"{images_tr}: no images ending in {file_ending}")
+    test = images_in(root / "imagesTs") if (root / "imagesTs").is_dir() else []
+    return NnUNetDataset(root, info, channel_names, labels, file_ending,
+                         [(case, label_files[case.name]) for case in training_cases], test)
+
+
+def _some(names: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+# ------------------------------------------------------------------------------------- matching files
+
+
+def evaluation_name(path: str | Path) -> str:
+    """The case name used to pair predictions with ground truth: no extension, no ``_0000`` suffix."""
+    stem = split_extension(path)[0]
+    return stem[:-5] if stem.endswith("_0000") and len(stem) > 5 else stem
+
+
+def match_cases(pred_dir: str | Path, gt_dir: str | Path) -> list[tuple[str, Path, Path]]:
+    """Pair the supported files of two folders by case name: ``[(name, prediction, ground truth)]``.
+
+    Names ignore extensions and an nnU-Net ``_0000`` suffix. Raises InputError when a folder is missing
+    or empty, two files in one folder share a name, or a file has no partner (listing them).
+    """
+    found = []
+    for folder in (Path(pred_dir), Path(gt_dir)):
+        if not folder.is_dir():
+            raise InputError(f"{folder}: no such folder; check the path")
+        by_name: dict[str, Path] = {}
+        for path in sorted(p for p in folder.iterdir() if p.is_file() and is_supported(p)):
+            name = evaluation_name(path)
+            if name in by_name:
+                raise InputError(f"{folder}: {by_name[name].name} and {path.name} are the same case {name!r}; keep one")
+            by_name[name] = path
+        if not by_name:
+            raise InputError(f"{folder}: no image files (supported: {SUPPORTED})")
+        found.append(by_name)
+    preds, gts = found
+    only_pred, only_gt = sorted(set(preds) - set(gts)), sorted(set(gts) - set(preds))
+    if only_pred or only_gt:
+        problems = []
+        if only_pred:
+            problems.append(f"predictions without ground truth: {_some(only_pred)}")
+        if only_gt:
+            problems.append(f"ground truth without prediction: {_some(only_gt)}")
+        raise InputError("; ".join(problems) + " (files are paired by name, ignoring extensions and _0000); "
+                         "add the missing files or move the extra ones out")
+    return [(name, preds[name], gts[name]) for name in sorted(preds)]
+
+
+# ----------------------------------------------------------------------------------------------- writing
+
+
+def output_path_for(source: Case | str | Path, out_dir: str | Path) -> Path:
+    """Where the prediction for ``source`` goes: ``out_dir/<case name><input extension>``.
+
+    A :class:`Case` from :func:`find_images` gives nnU-Net names without ``_0000``; a plain path keeps
+    its name. JPEG inputs get ``.png`` (JPEG compression would change label values).
+    """
+    case = source if isinstance(source, Case) else Case.from_path(source)
+    extension = ".png" if case.format == "jpeg" else case.extension
+    return Path(out_dir) / f"{case.name}{extension}"
+
+
+def as_label_array(labels) -> np.ndarray:
+    """Labels as the smallest unsigned type that holds them (uint8, else uint16, else uint32).
+
+    Raises InputError for non-integer or negative values.
+    """
+    labels = np.asarray(labels)
+    if labels.dtype.kind == "b":
+        return labels.astype(np.uint8)
+    if labels.dtype.kind == "f":
+        if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
+            raise InputError("labels must be whole numbers; these are fractional (probabilities?): take the argmax first")
+    elif labels.dtype.kind not in "iu":
+        raise InputError(f"labels must be integers, not {labels.dtype}")
+    low, high = (labels.min(), labels.max()) if labels.size else (0, 0)
+    if low < 0:
+        raise InputError(f"labels must be >= 0, found {low}")
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if high <= np.iinfo(dtype).max:
+            return labels.astype(dtype, copy=False)
+    raise InputError(f"label value {high} is too large (at most {np.iinfo(np.uint32).max})")
+
+
+def write_labels(path: str | Path, labels, like: ImageFile | None = None) -> Path:
+    """Write a label map atomically in the format of ``path``'s extension; return the path.
+
+    labels: integer array with ``like``'s spatial shape; stored as uint8 when the values fit, else
+    uint16 (uint32 beyond). ``like``: the image the labels belong to; its spacing, unit and format
+    metadata are kept: TIFF resolution, unit, z spacing and ImageJ layout; NIfTI header, affine and
+    zooms (exactly). PNG takes 2D labels <= 255 only; JPEG is refused (lossy).
+    """
+    path = Path(path)
+    fmt = format_of(path)
+    labels = as_label_array(labels)
+    if like is not None and labels.shape != like.spatial_shape:
+        raise InputError(f"labels of shape {labels.shape} do not fit the image {like.path or ''} of spatial shape "
+                         f"{like.spatial_shape}")
+    if fmt == "jpeg":
+        raise InputError(f"{path.name}: JPEG compression changes label values; write labels as .png or .tif")
+    if fmt == "png" and (labels.ndim != 2 or labels.dtype != np.uint8):
+        raise InputError(f"{path.name}: PNG labels must be 2D with values <= 255 (these are {labels.ndim}D, "
+                         f"max {labels.max() if labels.size else 0}); write a .tif instead")
+    writer = {"tiff": _write_tiff, "png": _write_png, "nifti": _write_nifti, "npy": _write_npy}[fmt]
+    with atomic_path(path) as tmp:
+        writer(tmp, labels, like)
+    return path
+
+
+def _write_tiff(tmp: Path, labels: np.ndarray, like: ImageFile | None) -> None:
+    import tifffile
+
+    axes = "ZYX"[-labels.ndim:] if labels.ndim <= 3 else None
+    options: dict[str, Any] = {"photometric": "minisblack", "metadata": {"axes": axes} if axes else {}}
+    if like is not None and like.spacing is not None:
+        spacing = like.spacing
+        unit_code = like.metadata.get("resolutionunit") if like.format == "tiff" else None
+        if unit_code is None:
+            unit_code = next((code for code, name in _TIFF_UNITS.items() if name == like.unit), 1)
+        options["resolution"] = (1.0 / spacing[-1], 1.0 / spacing[-2])
+        options["resolutionunit"] = unit_code
+        if labels.ndim == 3:
+            options["metadata"]["spacing"] = spacing[0]
+        if like.unit is not None:
+            options["metadata"]["unit"] = like.unit
+    if like is not None and like.metadata.get("imagej") and labels.dtype != np.uint32 and axes:
+        options["imagej"] = True
+        options.pop("photometric")
+    tifffile.imwrite(tmp, labels, **options)
+
+
+def _write_png(tmp: Path, labels: np.ndarray, like: ImageFile | None) -> None:
+    import skimage.io
+
+    skimage.io.imsave(tmp, labels, check_contrast=False)
+
+
+def _write_nifti(tmp: Path, labels: np.ndarray, like: ImageFile | None) -> None:
+    import nibabel as nib
+
+    header = like.metadata.get("header") if like is not None else None
+    if like is not None and like.affine is not None:
+        affine = like.affine
+    else:
+        affine = np.eye(4)
+        if like is not None and like.spacing is not None:
+            affine[: min(3, len(like.spacing)), : min(3, len(like.spacing))] = np.diag(like.spacing[:3])
+    image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+    image = image_class(labels, affine, header=header.copy() if header is not None else None)
+    image.header.set_data_dtype(labels.dtype)
+    image.header.set_slope_inter(1.0, 0.0)  # labels are stored as is, never rescaled
+    image.header["cal_min"], image.header["cal_max"] = 0, 0
+    nib.save(image, tmp)
+
+
+def _write_npy(tmp: Path, labels: np.ndarray, like: ImageFile | None) -> None:
+    np.save(tmp, labels)
