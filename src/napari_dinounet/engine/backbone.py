@@ -243,11 +243,11 @@ def _pretrained_backbone(weights: WeightsFile, device: torch.device) -> Backbone
         vit = _create_vit(arch)
     _check_fits(vit, weights, arch)
     if device.type != "meta":
-        from timm.models import reinit_non_persistent_buffers
-
         vit = vit.to_empty(device=device)
         vit.load_state_dict(weights.state_dict, strict=True)
-        reinit_non_persistent_buffers(vit)  # RoPE periods, the zero k bias
+        for module in vit.modules():  # buffers no file holds: RoPE periods, the zero k bias
+            if hasattr(module, "init_non_persistent_buffers"):
+                module.init_non_persistent_buffers()
     return Backbone(
         vit,
         variant=name,

@@ -18,7 +18,6 @@ import hashlib
 import json
 import pickle
 import re
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,10 +82,10 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         head = f.read(16)
     if not head:
         raise WeightsError(f"{path}: the file is empty; download it again")
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # torch.save zip archive / legacy pickle
-        state = _torch_load(path, zipped=head.startswith(b"PK"))
-    elif len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < path.stat().st_size:
+    if len(head) >= 9 and head[8:9] == b"{":  # safetensors: 8-byte header length, then a JSON header
         state = _safetensors_load(path)
+    elif head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # torch.save zip archive / legacy pickle
+        state = _torch_load(path, zipped=head.startswith(b"PK"))
     else:
         kind = "a text file" if _looks_like_text(head) else "not a PyTorch or safetensors file"
         raise WeightsError(f"{path}: {kind}, not model weights. Give a DINOv3 .pth or .safetensors file.")
@@ -300,4 +299,5 @@ def _looks_like_text(head: bytes) -> bool:
 
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    line = text.splitlines()[0] if text else type(err).__name__
+    return line if len(line) <= 120 else line[:117] + "..."
