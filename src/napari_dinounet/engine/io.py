@@ -47,6 +47,9 @@ SUPPORTED = ", ".join(FORMATS)
 _CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 _TIFF_UNITS = {2: "inch", 3: "cm", 4: "mm", 5: "um"}  # TIFF ResolutionUnit codes (1 = none)
 _NIFTI_UNITS = {"meter": "m", "mm": "mm", "micron": "um"}
+# Spellings of units found in ImageJ/OME metadata -> the names ImageFile.unit uses; "pixel" means uncalibrated.
+_UNIT_ALIASES = {"micron": "um", "microns": "um", "\u00b5m": "um", "\u03bcm": "um", "\\u00b5m": "um",
+                 "millimeter": "mm", "centimeter": "cm", "meter": "m", "nanometer": "nm", "pixel": None, "pixels": None}
 
 
 @dataclass
@@ -199,7 +202,7 @@ def _read_tiff(path: Path) -> ImageFile:
             extra.update(tif.shaped_metadata[0])
         imagej = bool(tif.is_imagej)
     channel_axis = next((axes.index(a) for a in "SC" if a in axes), None)
-    unit = extra.get("unit") or _TIFF_UNITS.get(resolution_unit)
+    unit = _unit_name(extra.get("unit")) or _TIFF_UNITS.get(resolution_unit)
     z_spacing = extra.get("spacing")
     spacing = None
     if (unit is not None or z_spacing is not None or (xres, yres) != (1.0, 1.0)) and xres > 0 and yres > 0:
@@ -207,6 +210,13 @@ def _read_tiff(path: Path) -> ImageFile:
         spacing = tuple(per_axis.get(a, 1.0) for i, a in enumerate(axes) if i != channel_axis)
     metadata = {"imagej": imagej, "resolutionunit": resolution_unit, "axes": axes}
     return ImageFile(data, "tiff", spacing=spacing, unit=unit, channel_axis=channel_axis, metadata=metadata)
+
+
+def _unit_name(unit: Any) -> str | None:
+    if not unit:
+        return None
+    name = str(unit).strip()
+    return _UNIT_ALIASES.get(name.lower(), name)
 
 
 def _read_skimage(path: Path) -> ImageFile:
