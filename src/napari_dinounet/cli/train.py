@@ -1,0 +1,121 @@
+"""``dinounet train``: train Dino U-Net heads on an nnU-Net dataset or on folders of images and labels.
+
+The same arguments drive ``torchrun --nproc_per_node N -m napari_dinounet.train`` (several GPUs, DDP).
+Stopping (Ctrl-C) keeps the last epoch's checkpoint; ``--resume`` continues the run from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+HELP = "train the heads (adapter, projection, decoder) on labelled images; resumable"
+
+BACKBONE_ENV = "DINOUNET_BACKBONE"
+
+# command-line option -> TrainSettings field; options left out keep the TrainSettings default
+_SETTINGS = {
+    "size": "size",
+    "projection": "projection",
+    "patch": "patch_size",
+    "batch": "batch_size",
+    "epochs": "epochs",
+    "iters_per_epoch": "iters_per_epoch",
+    "lr": "lr",
+    "val_fraction": "val_fraction",
+    "cache_features": "cache_features",
+    "seed": "seed",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backbone", metavar="SOURCE",
+        help=f"DINOv3 weights (Meta .pth, Hugging Face folder, timm file) or random:<variant>; "
+        f"default: the {BACKBONE_ENV} environment variable",
+    )
+    data = parser.add_argument_group("training data (one of)")
+    data.add_argument("--dataset", metavar="NNUNET_DIR", help="an nnU-Net raw dataset (dataset.json, imagesTr, labelsTr)")
+    data.add_argument("--images", metavar="DIR", help="a folder of images (with --labels; pairs matched by file name)")
+    data.add_argument("--labels", metavar="DIR", help="a folder of label images, class indices 0..nc-1")
+    parser.add_argument("--out", required=True, metavar="CKPT", help="the heads checkpoint to write (.safetensors)")
+    keep = argparse.SUPPRESS  # absent options are not set, so TrainSettings' defaults (the paper's) apply
+    parser.add_argument("--size", default=keep, help="heads size (s, b, l, 7b, tiny ...); default: the backbone's")
+    parser.add_argument("--projection", default=keep, choices=("fapm", "plain", "compact"), help="default fapm")
+    parser.add_argument("--patch", type=int, default=keep, help="patch size in pixels, a multiple of 32; default 512")
+    parser.add_argument("--batch", type=int, default=keep, help="patches per step (per GPU with torchrun); default 2")
+    parser.add_argument("--epochs", type=int, default=keep, help="default 200")
+    parser.add_argument("--iters-per-epoch", type=int, default=keep, help="optimiser steps per epoch; default 250")
+    parser.add_argument("--lr", type=float, default=keep, help="initial learning rate of Adam; default 1e-3")
+    parser.add_argument("--val-fraction", type=float, default=keep, help="share of images held out; default 0.2")
+    parser.add_argument("--seed", type=int, default=keep, help="default 0")
+    parser.add_argument(
+        "--cache-features", action="store_true", default=keep,
+        help="compute the frozen backbone's features once for fixed crops (fast fine-tuning; mirroring and "
+        "intensity augmentation only)",
+    )
+    parser.add_argument("--normalization", default="zscore", choices=("zscore", "rgb"),
+                        help="intensity normalisation, stored in the checkpoint; default zscore")
+    parser.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps or cpu; default auto")
+    parser.add_argument("--resume", action="store_true", help="continue the run that wrote --out")
+    parser.add_argument("--overwrite", action="store_true", help="start a new run even if --out exists")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def backbone_source(args: argparse.Namespace) -> str:
+    """The backbone from --backbone or the environment; an error that says how to give one otherwise."""
+    from ..engine.errors import InputError
+
+    source = args.backbone or os.environ.get(BACKBONE_ENV)
+    if not source:
+        raise InputError(
+            f"no backbone given: pass --backbone PATH (DINOv3 weights) or set {BACKBONE_ENV}; "
+            "random:<variant> trains on a random backbone (testing only)"
+        )
+    return source
+
+
+def load_training_data(args: argparse.Namespace, normalization) -> tuple[list, list[str] | None]:
+    """(samples, class names or None) from --dataset or --images/--labels."""
+    from ..engine import data
+    from ..engine.errors import InputError
+
+    if args.dataset and (args.images or args.labels):
+        raise InputError("give either --dataset or --images with --labels, not both")
+    if args.dataset:
+        samples, dataset = data.samples_from_nnunet(args.dataset, normalization=normalization)
+        labels = dataset.get("labels") or {}
+        names = sorted(labels, key=lambda name: labels[name]) if isinstance(labels, dict) else None
+        return samples, names
+    if args.images and args.labels:
+        return data.samples_from_folders(args.images, args.labels, normalization=normalization), None
+    raise InputError("no training data: pass --dataset NNUNET_DIR, or --images DIR and --labels DIR")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..engine.checkpoint import read_metadata
+    from ..engine.normalize import Normalization
+    from ..engine.progress import run_with_bar
+    from ..engine.train import TrainSettings, train
+
+    settings = TrainSettings(**{field: getattr(args, opt) for opt, field in _SETTINGS.items() if hasattr(args, opt)})
+    normalization = Normalization(args.normalization)
+    samples, class_names = load_training_data(args, normalization)
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    run = train(
+        samples, out=args.out, backbone=backbone_source(args), settings=settings, class_names=class_names,
+        normalization=normalization, resume=args.resume, overwrite=args.overwrite, device=args.device,
+    )
+    try:
+        out = run_with_bar(run, desc="train", disable=args.quiet or rank != 0)
+    except KeyboardInterrupt:
+        if rank == 0:
+            print(f"stopped: the last saved epoch is in {args.out}; continue with the same command plus --resume")
+        raise
+    if rank == 0:
+        history = read_metadata(out).training.get("history", [])
+        final = history[-1] if history else {}
+        print(f"wrote {out} (epoch {final.get('epoch')}, validation Dice {final.get('val_dice', float('nan')):.4f})")
+    return 0

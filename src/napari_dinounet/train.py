@@ -1,0 +1,41 @@
+"""``torchrun --nproc_per_node N -m napari_dinounet.train ARGS``: ``dinounet train`` on N processes (DDP).
+
+Takes exactly the arguments of ``dinounet train``. Each process joins the process group torchrun sets up
+(NCCL on GPUs, one GPU per process, picked by LOCAL_RANK; gloo on CPU), then runs the same training:
+data sharded by rank, gradients averaged, SyncBatchNorm on GPUs, checkpoints and the progress bar from
+rank 0 only (see :mod:`napari_dinounet.engine.train`). Started without torchrun it trains on one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+    import torch.distributed as dist
+
+    from .cli import main as cli_main
+
+    argv = sys.argv[1:] if argv is None else argv
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        device_option = argparse.ArgumentParser(add_help=False)
+        device_option.add_argument("--device", default="auto")
+        device = device_option.parse_known_args(argv)[0].device
+        use_cuda = torch.cuda.is_available() and device.startswith(("auto", "cuda"))
+        if use_cuda:
+            # "cuda" / "auto" in the engine then mean this process's own GPU
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    try:
+        return cli_main(["train", *argv])
+    finally:
+        if distributed:
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
