@@ -1,0 +1,113 @@
+"""Sample data: shapes, dtypes, scale, class names and the MNI152 derivation (labels rule, affine)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_dinounet._sample_data import mni152_sample, nuclei_sample
+from napari_dinounet.engine.samples import load_mni152_slices, load_nuclei
+
+TOOL = Path(__file__).parents[1] / "tools" / "make_mni152_sample.py"
+
+
+def _by_type(layer_data: list[tuple]) -> dict[str, tuple]:
+    return {layer_type: (data, meta) for data, meta, layer_type in layer_data}
+
+
+def test_nuclei_sample_is_image_plus_semantic_labels():
+    layers = _by_type(nuclei_sample())
+    image, image_meta = layers["image"]
+    labels, labels_meta = layers["labels"]
+    _, instances = load_nuclei()
+    assert image.shape == labels.shape == (512, 512)
+    assert image.dtype == np.uint16 and labels.dtype == np.uint8
+    assert set(np.unique(labels).tolist()) == {0, 1}
+    np.testing.assert_array_equal(labels, instances > 0)
+    assert image_meta["scale"] == labels_meta["scale"] == (1.0, 1.0)
+    assert labels_meta["metadata"]["class_names"] == ["background", "nuclei"]
+    assert 0.05 < labels.mean() < 0.5  # nuclei cover a real share of the field, not a few pixels
+
+
+def test_mni152_sample_shapes_scale_classes():
+    layers = _by_type(mni152_sample())
+    image, image_meta = layers["image"]
+    labels, labels_meta = layers["labels"]
+    assert image.shape == labels.shape == (20, 188, 151)
+    assert image.dtype == labels.dtype == np.uint8
+    assert image_meta["scale"] == labels_meta["scale"] == (1.0, 1.0, 1.0)
+    assert labels_meta["metadata"]["class_names"] == ["background", "grey matter", "white matter", "other brain"]
+    counts = np.bincount(labels.ravel(), minlength=4)
+    assert counts.size == 4 and (counts[1:] > 20_000).all()  # GM, WM and other brain all present in bulk
+    assert np.asarray(labels_meta["metadata"]["affine"]).shape == (4, 4)
+
+
+def test_mni152_labels_follow_the_documented_rule():
+    """Other brain = T1 > 0.2 of the maximum; background never inside that mask (template max is 255)."""
+    sample = load_mni152_slices()
+    threshold = 0.2 * 255
+    assert (sample.image[sample.labels == 3] > threshold).all()
+    assert (sample.image[sample.labels == 0] <= threshold).all()
+    # grey matter is darker than white matter on a T1 image
+    assert sample.image[sample.labels == 1].mean() + 30 < sample.image[sample.labels == 2].mean()
+
+
+def test_mni152_affine_is_1mm_rigid_and_starts_at_z10():
+    affine = load_mni152_slices().affine
+    rotation = affine[:3, :3]
+    np.testing.assert_allclose(rotation @ rotation.T, np.eye(3))
+    # slice 0 lies at MNI z = +10 mm, each further slice 1 mm higher
+    assert affine[2] @ [0, 0, 0, 1] == pytest.approx(10.0)
+    assert affine[2] @ [19, 5, 7, 1] == pytest.approx(29.0)
+
+
+def _load_tool():
+    spec = importlib.util.spec_from_file_location("make_mni152_sample", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_derivation_tool_on_a_synthetic_template(tmp_path):
+    """The tool's labels and affine on a small RAS volume whose answer is known voxel by voxel."""
+    rng = np.random.default_rng(0)
+    shape = (30, 34, 26)
+    t1 = np.zeros(shape, np.uint8)
+    t1[4:26, 5:29, 3:23] = rng.integers(40, 256, (22, 24, 20), dtype=np.uint8)
+    gm = np.where(t1 > 0, rng.integers(0, 256, shape), 0).astype(np.uint8)
+    wm = np.where((gm > 127) | (gm < 64), 0, 255 - gm).astype(np.uint8)  # gm < 64: neither class
+    affine = np.array([[1.0, 0, 0, -15], [0, 1, 0, -17], [0, 0, 1, -13], [0, 0, 0, 1]])
+    for name, volume in (("t1", t1), ("gm", gm), ("wm", wm)):
+        nib.save(nib.Nifti1Image(volume, affine), tmp_path / f"{name}.nii.gz")
+
+    out = tmp_path / "out"
+    assert _load_tool().main([str(tmp_path), "--out", str(out), "--first-slice", "6", "--slices", "5"]) == 0
+    with np.load(out / "slices.npz", allow_pickle=False) as npz:
+        image, labels, stack_affine = npz["image"], npz["labels"], npz["affine"]
+    assert image.shape[0] == 5 and image.dtype == labels.dtype == np.uint8
+    to_voxel = np.linalg.inv(affine) @ stack_affine
+    for index in np.ndindex(image.shape):
+        x, y, z = np.rint(to_voxel @ [*index, 1]).astype(int)[:3]
+        assert image[index] == t1[x, y, z]
+        expected = 1 if gm[x, y, z] > 127 else 2 if wm[x, y, z] > 127 else 3 if t1[x, y, z] > 0.2 * 255 else 0
+        assert labels[index] == expected
+    assert labels.max() == 3 and (labels == 1).any() and (labels == 2).any()
+
+
+def test_samples_open_through_napari():
+    from napari.components import ViewerModel
+    from napari.plugins import _initialize_plugins
+
+    _initialize_plugins()
+    viewer = ViewerModel()
+    viewer.open_sample("napari-dinounet", "nuclei")
+    viewer.open_sample("napari-dinounet", "mni152")
+    layers = {layer.name: layer for layer in viewer.layers}
+    assert layers["nuclei labels"].data.shape == (512, 512)
+    assert type(layers["MNI152 tissue labels"]).__name__ == "Labels"
+    np.testing.assert_array_equal(layers["MNI152 T1"].scale, [1.0, 1.0, 1.0])
+    assert layers["MNI152 tissue labels"].metadata["class_names"][2] == "white matter"
