@@ -1,0 +1,363 @@
+"""Training data: 2D samples from memory or disk, train/validation splits, patch sampling.
+
+Everything trains on 2D :class:`Sample` s: a stack ``(Z, Y, X)`` becomes one sample per slice, and the
+slices of one stack (or one nnU-Net case) share a ``group`` so that a split never puts neighbouring
+slices of one volume on both sides. Images are normalised once, when the samples are built, with
+statistics of the whole image or stack (``engine/normalize.py``), so a slice is normalised exactly like
+the stack it came from.
+
+Partial labels: a sample may carry a ``mask`` of the pixels that count. Foreground patches are centred
+inside it, and it travels with every batch (``batch["mask"]``) so the loss can ignore the rest. Padding
+(images smaller than the patch, pixels moved in from outside by augmentation) is also ``mask == False``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from . import normalize
+from .errors import InputError
+from .normalize import Normalization
+
+MAX_LOCATIONS_PER_CLASS = 10_000  # foreground pixels remembered per class and sample (as nnU-Net does)
+
+
+@dataclass
+class Sample:
+    """One 2D training image, ready for patch sampling.
+
+    image: (C, H, W) float32, already normalised.
+    labels: (H, W) int64 class indices in [0, num_classes).
+    mask: (H, W) bool, the pixels that count (partial labels); None means every pixel counts.
+    name: e.g. "layer0", "case_003", "stack1[z=40]".
+    group: the stack or case the sample comes from; splits keep a group on one side.
+    """
+
+    image: np.ndarray
+    labels: np.ndarray
+    mask: np.ndarray | None
+    name: str
+    group: str
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(H, W)."""
+        return self.labels.shape
+
+
+# ---------------------------------------------------------------------------------------------------
+# Building samples
+
+
+def _as_list(items, what: str) -> list:
+    if items is None:
+        return []
+    if isinstance(items, np.ndarray) or hasattr(items, "__array__") and not isinstance(items, (list, tuple)):
+        return [items]
+    items = list(items)
+    if not items:
+        raise InputError(f"no {what} given: pass at least one image with its labels")
+    return items
+
+
+def _channels_first(image: np.ndarray, label_shape: tuple[int, ...], channel_axis: int | None, name: str) -> np.ndarray:
+    """``image`` as (C, *spatial) with spatial == label_shape; RGB(A) (..., 3|4) is recognised."""
+    if channel_axis is not None:
+        if not -image.ndim <= channel_axis < image.ndim:
+            raise InputError(f"{name}: channel_axis={channel_axis} does not exist in an image of shape {image.shape}")
+        image = np.moveaxis(image, channel_axis, 0)
+    elif image.shape == label_shape:
+        image = image[None]
+    elif image.ndim == len(label_shape) + 1 and image.shape[-1] in (3, 4) and image.shape[:-1] == label_shape:
+        image = np.moveaxis(image, -1, 0)[:3]  # RGB; an alpha channel carries no content
+    if image.shape[1:] != label_shape:
+        raise InputError(
+            f"{name}: image shape {image.shape if channel_axis is None else image.shape[1:]} does not match labels "
+            f"shape {label_shape}: give labels of the image's shape (for a multichannel image say which axis "
+            "holds the channels with channel_axis)"
+        )
+    if len(label_shape) not in (2, 3):
+        raise InputError(f"{name}: labels of shape {label_shape} are neither 2D (Y, X) nor a stack (Z, Y, X)")
+    return image
+
+
+def _integer_labels(labels: np.ndarray, name: str) -> np.ndarray:
+    if labels.dtype == bool:
+        return labels.astype(np.int64)
+    if not np.issubdtype(labels.dtype, np.integer):
+        if not np.issubdtype(labels.dtype, np.floating) or not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
+            raise InputError(f"{name}: labels must be whole class numbers (0 = background), got {labels.dtype} values "
+                             "that are not: use a Labels layer or an integer label image")
+    return labels.astype(np.int64, copy=False)
+
+
+def _check_classes(labels: list[np.ndarray], names: list[str], num_classes: int | None) -> int:
+    """The number of classes (inferred as max + 1 when None); values outside it are an InputError."""
+    present = [np.unique(lab) for lab in labels]
+    values = np.unique(np.concatenate(present))
+    if num_classes is None:
+        num_classes = max(2, int(values.max()) + 1 if values.size else 2)
+    bad = values[(values < 0) | (values >= num_classes)]
+    if bad.size:
+        where = [n for n, p in zip(names, present) if np.any((p < 0) | (p >= num_classes))]
+        shown = ", ".join(str(v) for v in bad[:10]) + (f" and {bad.size - 10} more" if bad.size > 10 else "")
+        fix = (f"set num_classes to {int(values.max()) + 1} or more, or relabel" if bad.min() >= 0
+               else "use 0 for background and 1, 2, ... for classes")
+        raise InputError(f"labels of {', '.join(where[:5])} contain values {shown} outside 0..{num_classes - 1}: {fix} "
+                         "(instance labels such as nuclei numbered 1..N are one class: pass labels > 0)")
+    return num_classes
+
+
+def _normalised(image: np.ndarray, norm: Normalization, name: str) -> tuple[np.ndarray, tuple]:
+    """Statistics of the whole image or stack, after warning about NaN/inf pixels (they become 0)."""
+    if np.issubdtype(image.dtype, np.floating):
+        bad = int(np.count_nonzero(~np.isfinite(image)))
+        if bad:
+            warnings.warn(f"{name}: {bad} NaN/inf pixels are set to 0 (the image mean) for training", stacklevel=3)
+    return normalize.statistics_for(image, norm)
+
+
+def samples_from_arrays(images, labels, *, masks=None, names: Sequence[str] | None = None, channel_axis: int | None = None,
+                        slice_axis: int = 0, normalization: Normalization = Normalization(),
+                        num_classes: int | None = None) -> list[Sample]:
+    """Samples from image/label arrays as napari layers hand them over.
+
+    images: a list of arrays (numpy, dask, zarr), each 2D ``(Y, X)``, RGB ``(Y, X, 3)``, a stack ``(Z, Y, X)``
+      (RGB stacks ``(Z, Y, X, 3)``), or multichannel with ``channel_axis``; pairs may differ in size.
+    labels: one integer array per image, of the image's spatial shape (0 = background).
+    masks: optional, one per image (None entries allowed): nonzero = the pixel counts (partial labels).
+    names: one per image (layer names); default "image0", "image1", ...
+    slice_axis: the axis stacks are cut along, counted in the *labels'* axes (channel axis left out).
+    num_classes: classes including background; None infers max label + 1. Values outside give an InputError.
+    Slices whose mask has no pixel that counts are left out. Returns one Sample per 2D image or slice.
+    """
+    images, labels = _as_list(images, "images"), _as_list(labels, "labels")
+    if len(images) != len(labels):
+        raise InputError(f"{len(images)} images but {len(labels)} label arrays: give one label array per image")
+    masks = _as_list(masks, "masks") or [None] * len(images)
+    if len(masks) != len(images):
+        raise InputError(f"{len(masks)} masks for {len(images)} images: give one mask (or None) per image")
+    names = list(names) if names is not None else [f"image{i}" for i in range(len(images))]
+    if len(names) != len(images) or len(set(names)) != len(names):
+        raise InputError(f"names {names} must be {len(images)} different names, one per image")
+
+    label_arrays = [_integer_labels(np.asarray(lab), name) for lab, name in zip(labels, names)]
+    _check_classes(label_arrays, names, num_classes)
+    samples: list[Sample] = []
+    for image, lab, mask, name in zip(images, label_arrays, masks, names):
+        image = _channels_first(np.asarray(image), lab.shape, channel_axis, name)
+        if mask is not None:
+            mask = np.asarray(mask)
+            if mask.shape != lab.shape:
+                raise InputError(f"{name}: mask shape {mask.shape} differs from labels shape {lab.shape}: "
+                                 "give a mask of the labels' shape")
+            mask = mask != 0
+        stats = _normalised(image, normalization, name)
+        if lab.ndim == 2:
+            slices = [(name, image, lab, mask)]
+        else:
+            if not -3 <= slice_axis < 3:
+                raise InputError(f"{name}: slice_axis={slice_axis} does not exist in a stack of shape {lab.shape}")
+            axis = slice_axis % 3
+            slices = [(f"{name}[z={k}]", np.take(image, k, axis=axis + 1), np.take(lab, k, axis=axis),
+                       None if mask is None else np.take(mask, k, axis=axis)) for k in range(lab.shape[axis])]
+        for slice_name, img, lab2d, mask2d in slices:
+            if mask2d is not None and not mask2d.any():
+                continue
+            samples.append(Sample(normalize.apply(img, normalization, stats), np.ascontiguousarray(lab2d),
+                                  None if mask2d is None else np.ascontiguousarray(mask2d), slice_name, name))
+    if not samples:
+        raise InputError("every mask is empty: mark the pixels that count (nonzero) in at least one image")
+    return samples
+
+
+# ---------------------------------------------------------------------------------------------------
+# Splits
+
+
+def _spatial_split(sample: Sample, val_fraction: float) -> tuple[Sample, Sample]:
+    """Cut one image across its longer axis: the first (1 - val_fraction) for training, the rest for validation."""
+    axis = 1 if sample.shape[1] >= sample.shape[0] else 0
+    cut = int(round(sample.shape[axis] * (1 - val_fraction)))
+    cut = min(max(cut, 1), sample.shape[axis] - 1)
+
+    def part(region: slice, suffix: str) -> Sample:
+        index = (slice(None), region) if axis == 1 else (region, slice(None))
+        return replace(sample, image=sample.image[(slice(None), *index)], labels=sample.labels[index],
+                       mask=None if sample.mask is None else sample.mask[index], name=f"{sample.name}[{suffix}]")
+
+    return part(slice(0, cut), "train part"), part(slice(cut, None), "validation part")
+
+
+def split_samples(samples: Sequence[Sample], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[Sample], list[Sample]]:
+    """Random train/validation split by group (whole stacks and cases go to one side); reproducible by seed.
+
+    With a single group there is nothing to shuffle: a stack is cut into its first and last slices
+    (contiguous, so neighbouring slices do not leak across), a single 2D image is cut spatially across its
+    longer axis (left 80 % train, right 20 % validation), rather than leaving validation empty.
+    val_fraction=0 returns every sample for training and no validation.
+    """
+    samples = list(samples)
+    if not samples:
+        raise InputError("no training samples to split: give at least one image with labels")
+    if not 0 <= val_fraction < 1:
+        raise InputError(f"val_fraction={val_fraction} must be at least 0 and below 1 (0.2 = 20 % for validation)")
+    if val_fraction == 0:
+        return samples, []
+    groups = list(dict.fromkeys(s.group for s in samples))
+    if len(groups) == 1:
+        if len(samples) == 1:
+            train, val = _spatial_split(samples[0], val_fraction)
+            return [train], [val]
+        n_val = min(max(1, round(len(samples) * val_fraction)), len(samples) - 1)
+        return samples[:-n_val], samples[-n_val:]
+    order = np.random.default_rng(seed).permutation(len(groups))
+    n_val = min(max(1, round(len(groups) * val_fraction)), len(groups) - 1)
+    val_groups = {groups[i] for i in order[:n_val]}
+    return [s for s in samples if s.group not in val_groups], [s for s in samples if s.group in val_groups]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Patches
+
+
+def _foreground_locations(sample: Sample, rng: np.random.Generator) -> list[np.ndarray]:
+    """Flat indices of foreground pixels (inside the mask), one array per foreground class present."""
+    flat = sample.labels.ravel()
+    candidates = flat > 0
+    if sample.mask is not None:
+        candidates &= sample.mask.ravel()
+    found = []
+    for cls in np.unique(flat[candidates]):
+        where = np.flatnonzero(candidates & (flat == cls))
+        if where.size > MAX_LOCATIONS_PER_CLASS:
+            where = rng.choice(where, MAX_LOCATIONS_PER_CLASS, replace=False)
+        found.append(where)
+    return found
+
+
+def _patch_origin(shape: tuple[int, int], patch_size: int, rng: np.random.Generator,
+                  centre: tuple[int, int] | None) -> tuple[int, int]:
+    """Top-left corner of a patch: random, or as close to centring ``centre`` as the image allows.
+
+    A side shorter than the patch gives a negative origin: the patch overhangs and is padded.
+    """
+    origin = []
+    for axis, size in enumerate(shape):
+        low, high = min(0, size - patch_size), max(0, size - patch_size)
+        if centre is None:
+            origin.append(int(rng.integers(low, high + 1)))
+        else:
+            origin.append(int(np.clip(centre[axis] - patch_size // 2, low, high)))
+    return origin[0], origin[1]
+
+
+def _crop(sample: Sample, top: int, left: int, patch_size: int, image_out, labels_out, mask_out) -> None:
+    """Copy the patch at (top, left) into the outputs (C, P, P), (P, P), (P, P); padding stays 0 / False."""
+    height, width = sample.shape
+    y0, y1 = max(top, 0), min(top + patch_size, height)
+    x0, x1 = max(left, 0), min(left + patch_size, width)
+    dst = (slice(y0 - top, y1 - top), slice(x0 - left, x1 - left))
+    image_out[(slice(None), *dst)] = sample.image[:, y0:y1, x0:x1]
+    labels_out[dst] = sample.labels[y0:y1, x0:x1]
+    mask_out[dst] = True if sample.mask is None else sample.mask[y0:y1, x0:x1]
+
+
+class _Cropper:
+    """Draws patches from a list of samples: uniform sample, then random or foreground-centred position."""
+
+    def __init__(self, samples: Sequence[Sample], patch_size: int, foreground_fraction: float, rng: np.random.Generator):
+        if not samples:
+            raise InputError("no training samples: give at least one image with labels")
+        if patch_size < 1:
+            raise InputError(f"patch_size={patch_size} must be a positive number of pixels")
+        if not 0 <= foreground_fraction <= 1:
+            raise InputError(f"foreground_fraction={foreground_fraction} must lie in [0, 1] (nnU-Net uses 0.33)")
+        channels = {s.image.shape[0] for s in samples}
+        if len(channels) > 1:
+            raise InputError(f"the samples have different channel counts {sorted(channels)}: give images with the same channels")
+        self.samples = list(samples)
+        self.channels = channels.pop()
+        self.patch_size = patch_size
+        self.foreground_fraction = foreground_fraction
+        self.rng = rng
+        self.locations = [_foreground_locations(s, rng) for s in self.samples]
+        self.with_foreground = [i for i, loc in enumerate(self.locations) if loc]
+
+    def batch(self, sample_indices: Sequence[int | None]) -> dict[str, torch.Tensor]:
+        """One patch per entry (a sample index, or None for a uniformly random sample), as CPU tensors."""
+        count, size = len(sample_indices), self.patch_size
+        image = np.zeros((count, self.channels, size, size), np.float32)
+        labels = np.zeros((count, size, size), np.int64)
+        mask = np.zeros((count, size, size), bool)
+        forced = np.zeros(count, bool)
+        for b, index in enumerate(sample_indices):
+            force = self.rng.random() < self.foreground_fraction
+            if index is None:
+                pool = self.with_foreground if force and self.with_foreground else range(len(self.samples))
+                index = pool[int(self.rng.integers(len(pool)))]
+            sample, centre = self.samples[index], None
+            if force and self.locations[index]:
+                classes = self.locations[index]
+                where = classes[int(self.rng.integers(len(classes)))]
+                centre = np.unravel_index(where[int(self.rng.integers(where.size))], sample.shape)
+                forced[b] = True
+            top, left = _patch_origin(sample.shape, size, self.rng, centre)
+            _crop(sample, top, left, size, image[b], labels[b], mask[b])
+        return {"image": torch.from_numpy(image), "labels": torch.from_numpy(labels), "mask": torch.from_numpy(mask),
+                "foreground_forced": torch.from_numpy(forced)}
+
+
+def _to_device(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+    device = torch.device(device)
+    if device.type == "cpu":
+        return batch
+    return {key: value.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else value.to(device)
+            for key, value in batch.items()}
+
+
+class PatchSampler:
+    """Infinite random training patches (nnU-Net style), optionally augmented.
+
+    Each patch comes from a uniformly chosen sample; with probability ``foreground_fraction`` it is centred
+    on a labelled foreground pixel inside the mask (a foreground class chosen uniformly among those the
+    sample holds, then a pixel of it; only samples holding foreground are chosen then), otherwise placed
+    uniformly at random. Near the border the patch is shifted inwards, so the pixel stays inside it.
+    Images smaller than the patch are padded (image 0, labels 0, mask False).
+
+    DDP: ``rank``/``world_size`` give each process the samples ``samples[rank::world_size]`` and its own
+    random stream, so ranks see disjoint data; with fewer samples than ranks every rank uses all samples
+    (still with its own stream). The augmenter's random stream is its own (seed it per rank).
+    """
+
+    def __init__(self, samples: Sequence[Sample], patch_size: int, batch_size: int, *, foreground_fraction: float = 0.33,
+                 augment=None, seed: int = 0, rank: int = 0, world_size: int = 1):
+        if batch_size < 1:
+            raise InputError(f"batch_size={batch_size} must be at least 1")
+        if not 0 <= rank < world_size:
+            raise InputError(f"rank {rank} is not one of the {world_size} processes")
+        samples = list(samples)
+        self.shard = samples[rank::world_size] if len(samples) >= world_size else samples
+        self.batch_size = batch_size
+        self.augment = augment
+        self._cropper = _Cropper(self.shard, patch_size, foreground_fraction, np.random.default_rng([seed, rank]))
+
+    def next_batch(self, device="cpu") -> dict[str, torch.Tensor]:
+        """One batch on ``device``: image (B, C, P, P) float32, labels (B, P, P) int64, mask (B, P, P) bool,
+        foreground_forced (B,) bool (whether the patch was centred on foreground)."""
+        batch = _to_device(self._cropper.batch([None] * self.batch_size), device)
+        return self.augment(batch) if self.augment is not None else batch
+
+
+def fixed_crops(samples: Sequence[Sample], patch_size: int, count: int, seed: int = 0, *,
+                foreground_fraction: float = 0.33) -> dict[str, torch.Tensor]:
+    """``count`` deterministic crops (validation, feature caching): crop i comes from sample i mod len(samples),
+    placed as :class:`PatchSampler` places it. Same layout as ``next_batch``, on the CPU, B = count."""
+    samples = list(samples)
+    cropper = _Cropper(samples, patch_size, foreground_fraction, np.random.default_rng(seed))
+    return cropper.batch([i % len(samples) for i in range(count)])
