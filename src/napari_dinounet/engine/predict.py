@@ -1,0 +1,436 @@
+"""Sliding-window prediction (spec section 6): training-patch tiles, Gaussian blending, optional mirror TTA.
+
+Tiling. Tiles have the training patch size (multiples of 32) and start ``int(step * tile)`` pixels apart,
+the last one flush with the image's end (the placement of MONAI's ``sliding_window_inference``). An image
+smaller than a tile is padded with zeros (its mean, once normalised) and the prediction cropped back.
+Tile logits are weighted by a Gaussian importance map (sigma = tile/8, floored at 1e-3 of its peak, as
+MONAI does) and overlapping tiles give the weighted mean of their logits: labels are its argmax,
+probabilities its softmax.
+
+Memory. Tiles run in raster order, ``batch_size`` at a time. Weighted sums are kept only for the image
+rows that tiles still overlap: (nc + 1) float32 planes of about one tile height by the image width, on
+the model's device. Once a row of tiles is done, the rows above the next row of tiles are final and go
+to the output as labels or probabilities. Input rows are read, checked and normalised one tile-row band
+at a time, so dask and zarr inputs are never loaded whole. Peak memory is therefore the input, the output
+(labels: 1 byte per pixel), one band of the input as float32, the open-row sums and one tile batch
+through the network; never a float copy of the whole image per class.
+
+Cancelling. ``predict`` is a progress generator. With ``out=None`` it fills a fresh array it returns.
+With ``out`` it fills a private buffer (in memory for a NumPy ``out``, a temporary memory-mapped file for
+zarr and other array-likes) and copies it into ``out`` only after its last ``yield``, so closing the
+generator (``gen.close()``, a Cancel in napari) never leaves ``out`` half-written.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import warnings
+from collections.abc import Generator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import normalize
+from .device import pick_device
+from .errors import InputError
+from .progress import Progress
+
+DEFAULT_PATCH_SIZE = 512
+SIGMA_SCALE = 0.125  # sigma = tile / 8 (nnU-Net, the paper's release)
+MIN_IMPORTANCE = 1e-3  # floor of the importance map, relative to its peak (MONAI's choice)
+_MIRRORS = ((), (-1,), (-2,), (-2, -1))  # test-time augmentation: every combination of the two flips
+
+
+def gaussian_importance(tile: tuple[int, int], sigma_scale: float = SIGMA_SCALE) -> np.ndarray:
+    """Importance map (th, tw) float32: a Gaussian peaking at 1 in the tile's centre, sigma = ``sigma_scale``
+    times the tile size per axis, floored at :data:`MIN_IMPORTANCE`."""
+    profiles = []
+    for size in tile:
+        offset = np.arange(size, dtype=np.float64) - (size - 1) / 2
+        profiles.append(np.exp(-(offset**2) / (2 * (sigma_scale * size) ** 2)))
+    weights = np.outer(*profiles)
+    return np.maximum(weights, MIN_IMPORTANCE).astype(np.float32)
+
+
+def tile_starts(size: int, tile: int, step: float) -> list[int]:
+    """Offsets of the tiles of ``tile`` pixels that cover ``size >= tile`` pixels: ``int(tile * step)`` apart
+    (at least 1), the last one flush with the end."""
+    if size <= tile:
+        return [0]
+    interval = max(1, int(tile * step))
+    count = math.ceil((size - tile) / interval) + 1
+    return [min(i * interval, size - tile) for i in range(count)]
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Which axes of the input hold the channels, the slices of a stack, the rows and the columns."""
+
+    channel: int | None
+    slice: int | None
+    rows: int
+    cols: int
+    spatial_shape: tuple[int, ...]  # the input's shape without its channel axis: the output's shape
+
+    @property
+    def slice_dim(self) -> int | None:
+        """The slice axis counted among the spatial axes (an index into ``spatial_shape``)."""
+        if self.slice is None:
+            return None
+        return self.slice - (self.channel is not None and self.channel < self.slice)
+
+
+def _normalise_axis(axis: int | None, ndim: int, name: str) -> int | None:
+    if axis is None:
+        return None
+    if not -ndim <= axis < ndim:
+        raise InputError(f"{name}={axis} does not exist in an image with {ndim} axes: use 0 to {ndim - 1} or -1")
+    return axis % ndim
+
+
+def _layout(shape: tuple[int, ...], channel_axis: int | None, slice_axis: int | None) -> _Layout:
+    ndim = len(shape)
+    if ndim not in (2, 3, 4):
+        raise InputError(
+            f"cannot predict an image of shape {shape}: give a 2D image (H, W), RGB (H, W, 3), a multichannel "
+            "image with channel_axis, or a 3D stack (with slice_axis), with or without channels"
+        )
+    if 0 in shape:
+        raise InputError(f"the image of shape {shape} is empty")
+    channel = _normalise_axis(channel_axis, ndim, "channel_axis")
+    slice_ = _normalise_axis(slice_axis, ndim, "slice_axis")
+    if channel is None and slice_ is None and ndim == 3 and shape[-1] == 3:
+        channel = 2  # (H, W, 3): RGB, the way napari shows it
+    if channel is None and ndim == 4:
+        raise InputError(f"a 4D image {shape} needs channel_axis: the axis that holds the channels")
+    if channel is not None and channel == slice_:
+        raise InputError(f"channel_axis and slice_axis are the same axis ({channel}): they must differ")
+    spatial = [axis for axis in range(ndim) if axis != channel]
+    if len(spatial) == 2 and slice_ is not None:
+        raise InputError(f"slice_axis={slice_axis} was given but the image {shape} is 2D (with channel_axis={channel_axis})")
+    if len(spatial) == 3 and slice_ is None:
+        slice_ = spatial[0]  # stacks go slice by slice along their first axis unless told otherwise
+    rows, cols = (axis for axis in spatial if axis != slice_)
+    return _Layout(channel, slice_, rows, cols, tuple(shape[axis] for axis in spatial))
+
+
+class _AxisView:
+    """A read-only view of an array-like (NumPy, memmap, dask, zarr) with axes picked and reordered.
+
+    ``axes`` gives, for each axis of the view, the source axis it shows (None: a new axis of size 1);
+    ``fixed`` pins the remaining source axes to one index. Indexing the view with slices reads only
+    that part of the source and returns a NumPy array, so dask and zarr arrays are read piece by piece.
+    """
+
+    def __init__(self, source, axes: Sequence[int | None], fixed: dict[int, int] | None = None):
+        self.source = source
+        self.axes = tuple(axes)
+        self.fixed = dict(fixed or {})
+        self.shape = tuple(1 if axis is None else source.shape[axis] for axis in self.axes)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (self.ndim - len(key))
+        source_key: list = [slice(None)] * len(self.source.shape)
+        for axis, index in self.fixed.items():
+            source_key[axis] = index
+        for index, axis in zip(key, self.axes):
+            if axis is not None:
+                source_key[axis] = index
+        block = np.asarray(self.source[tuple(source_key)])
+        kept = [axis for axis in range(len(self.source.shape)) if axis not in self.fixed]  # block's axes
+        block = block.transpose([kept.index(axis) for axis in self.axes if axis is not None])
+        for position, axis in enumerate(self.axes):
+            if axis is None:
+                block = np.expand_dims(block, position)
+        return block
+
+
+class _OpenRows:
+    """Gaussian-weighted sums of tile logits over the image rows that tiles still overlap.
+
+    ``sums`` is (nc + 1, rows, width) float32 on the device: nc planes of weighted logits, then the summed
+    weights; it covers image rows ``top`` to ``top + rows``.
+    """
+
+    def __init__(self, width: int, importance: torch.Tensor):
+        self.width = width
+        self.importance = importance  # (th, tw)
+        self.top = 0
+        self.sums: torch.Tensor | None = None
+
+    def add(self, logits: torch.Tensor, y: int, x: int) -> None:
+        """Add one tile's logits (nc, th, tw) whose top-left corner is at image row ``y``, column ``x``."""
+        classes, th, tw = logits.shape
+        if self.sums is None:
+            self.sums = torch.zeros((classes + 1, 0, self.width), device=logits.device)
+        needed = y + th - self.top
+        if needed > self.sums.shape[1]:
+            grown = torch.zeros((classes + 1, needed, self.width), device=logits.device)
+            grown[:, : self.sums.shape[1]] = self.sums
+            self.sums = grown
+        rows, cols = slice(y - self.top, y - self.top + th), slice(x, x + tw)
+        self.sums[:classes, rows, cols] += logits * self.importance
+        self.sums[classes, rows, cols] += self.importance
+
+    def take(self, until: int) -> torch.Tensor:
+        """Hand out the sums (nc + 1, until - top, width) of the now final rows up to ``until`` and drop them."""
+        count = until - self.top
+        final, self.sums = self.sums[:, :count], self.sums[:, count:]
+        self.top = until
+        return final
+
+
+class _Output:
+    """Where predictions go while they run: the array returned, or a private buffer copied into ``out`` at the end.
+
+    Labels are (spatial...) uint8 (uint16 beyond 256 classes); probabilities (nc, spatial...) float32.
+    """
+
+    def __init__(self, layout: _Layout, probabilities: bool, out):
+        self.layout = layout
+        self.probabilities = probabilities
+        self.out = out
+        self.array = None
+        self._tempdir: tempfile.TemporaryDirectory | None = None
+        if out is not None:
+            self._check_out_layout()
+
+    def _check_out_layout(self) -> None:
+        spatial = self.layout.spatial_shape
+        shape, kind = tuple(self.out.shape), np.dtype(self.out.dtype).kind
+        if self.probabilities and (shape[1:] != spatial or kind != "f"):
+            raise InputError(f"out must be a float array of shape (classes, *{spatial}) for probabilities; got {shape} {self.out.dtype}")
+        if not self.probabilities and (shape != spatial or kind not in "iu"):
+            raise InputError(f"out must be an integer array of shape {spatial} for labels; got {shape} {self.out.dtype}")
+
+    def _allocate(self, block: np.ndarray) -> None:
+        shape = ((block.shape[0],) if self.probabilities else ()) + self.layout.spatial_shape
+        if self.out is not None:
+            if tuple(self.out.shape) != shape:
+                raise InputError(f"out has shape {tuple(self.out.shape)} but the model predicts {shape[0]} classes: expected {shape}")
+            if not self.probabilities and not np.can_cast(block.dtype, self.out.dtype):
+                raise InputError(f"out has dtype {self.out.dtype}, too small for these labels: use {block.dtype}")
+        if self.out is None or isinstance(self.out, np.ndarray):
+            self.array = np.empty(shape, block.dtype)
+        else:  # zarr and other array-likes stand for data too big to hold twice in memory
+            self._tempdir = tempfile.TemporaryDirectory(prefix="dinounet-predict-")
+            path = Path(self._tempdir.name) / "prediction.dat"
+            self.array = np.memmap(path, dtype=block.dtype, mode="w+", shape=shape)
+
+    def write(self, slice_index: int, rows: slice, block: np.ndarray) -> None:
+        """Store ``block``, labels (h, W) or probabilities (nc, h, W), at ``rows`` of slice ``slice_index``."""
+        if self.array is None:
+            self._allocate(block)
+        index: list = [slice(None)] * len(self.layout.spatial_shape)
+        if self.layout.slice_dim is not None:
+            index[self.layout.slice_dim] = slice_index
+        row_dim = next(dim for dim in range(len(index)) if dim != self.layout.slice_dim)
+        index[row_dim] = rows
+        if self.probabilities:
+            index.insert(0, slice(None))
+        self.array[tuple(index)] = block
+
+    def finish(self):
+        """The result: the array itself, or ``out`` once the buffer is copied into it."""
+        if self.out is None:
+            return self.array
+        self.out[...] = self.array
+        return self.out
+
+    def close(self) -> None:
+        if self._tempdir is not None:
+            self.array = None  # the memmap must be released before its file is removed
+            self._tempdir.cleanup()
+
+
+def _tile_shape(patch_size) -> tuple[int, int]:
+    size = DEFAULT_PATCH_SIZE if patch_size is None else patch_size
+    tile = (int(size), int(size)) if np.isscalar(size) else tuple(int(s) for s in size)
+    if len(tile) != 2 or any(s <= 0 or s % 32 for s in tile):
+        fix = tuple(max(32, 32 * round(s / 32)) for s in tile)
+        raise InputError(f"tile size {size} must be two positive multiples of 32, e.g. {fix}")
+    return tile
+
+
+def _as_normalization(normalization) -> normalize.Normalization:
+    if isinstance(normalization, normalize.Normalization):
+        return normalization
+    if isinstance(normalization, dict):
+        return normalize.Normalization.from_dict(normalization)
+    return normalize.Normalization(str(normalization))
+
+
+def _autocast(device: torch.device):
+    if device.type != "cuda":
+        return nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+class _Tiler:
+    """Runs the model over tiles of one plane and blends them, for one ``predict`` call."""
+
+    def __init__(self, model, device, tile, step, batch_size, tta, norm, stats, probabilities):
+        self.model = model
+        self.device = device
+        self.tile = tile
+        self.step = step
+        self.batch_size = batch_size
+        self.mirrors = _MIRRORS if tta else _MIRRORS[:1]
+        self.norm = norm
+        self.stats = stats
+        self.probabilities = probabilities
+        self.importance = torch.from_numpy(gaussian_importance(tile)).to(device)
+        self.saw_nonfinite = False
+
+    def grid(self, height: int, width: int) -> tuple[list[int], list[int]]:
+        """Tile row and column offsets for a plane, padded up to a tile where smaller."""
+        return (tile_starts(max(height, self.tile[0]), self.tile[0], self.step),
+                tile_starts(max(width, self.tile[1]), self.tile[1], self.step))
+
+    def _band(self, plane: _AxisView, y: int) -> np.ndarray:
+        """Rows ``y`` to ``y + th`` of the plane (C, h, W), normalised to float32; NaN/inf become 0."""
+        raw = plane[:, y : y + self.tile[0]]
+        if raw.dtype.kind == "f" and not np.isfinite(raw).all():
+            self.saw_nonfinite = True
+        return normalize.apply(raw, self.norm, self.stats)
+
+    def _forward(self, batch: np.ndarray) -> torch.Tensor:
+        """Logits (n, nc, th, tw) float32 for a batch of tiles (n, C, th, tw), averaged over the mirrors."""
+        x = torch.from_numpy(batch).to(self.device)
+        total = None
+        with torch.no_grad(), _autocast(self.device):
+            for dims in self.mirrors:
+                logits = self.model(x.flip(dims) if dims else x)
+                if logits.ndim != 4 or logits.shape[0] != x.shape[0] or logits.shape[2:] != x.shape[2:]:
+                    raise InputError(
+                        f"the model turned tiles {tuple(x.shape)} into {tuple(logits.shape)}: predict needs a model "
+                        "mapping (B, C, H, W) to logits (B, classes, H, W)"
+                    )
+                logits = (logits.flip(dims) if dims else logits).float()
+                total = logits if total is None else total + logits
+        return total / len(self.mirrors)
+
+    def _final(self, sums: torch.Tensor, width: int) -> np.ndarray:
+        """Labels (h, W) or probabilities (nc, h, W) from open-row sums (nc + 1, h, Wp)."""
+        weighted, weights = sums[:-1, :, :width], sums[-1, :, :width]
+        if self.probabilities:
+            return torch.softmax(weighted / weights, dim=0).cpu().numpy()
+        label_dtype = torch.uint8 if weighted.shape[0] <= 256 else torch.int32
+        labels = weighted.argmax(dim=0).to(label_dtype).cpu().numpy()
+        return labels if label_dtype == torch.uint8 else labels.astype(np.uint16)
+
+    def plane(self, plane: _AxisView, write) -> Generator[int, None, None]:
+        """Predict one plane (C, H, W); ``write(rows, block)`` receives final rows; yields tiles done per batch."""
+        channels, height, width = plane.shape
+        th, tw = self.tile
+        ys, xs = self.grid(height, width)
+        padded_width = max(width, tw)
+        positions = [(y, x) for y in ys for x in xs]
+        open_rows = _OpenRows(padded_width, self.importance)
+        band_top, band = None, None
+        for first in range(0, len(positions), self.batch_size):
+            chunk = positions[first : first + self.batch_size]
+            batch = np.zeros((len(chunk), channels, th, tw), np.float32)  # zeros: the padding
+            for i, (y, x) in enumerate(chunk):
+                if y != band_top:
+                    band_top, band = y, self._band(plane, y)
+                part = band[:, :, x : x + tw]
+                batch[i, :, : part.shape[1], : part.shape[2]] = part
+            logits = self._forward(batch)
+            with torch.no_grad():
+                for (y, x), tile_logits in zip(chunk, logits):
+                    open_rows.add(tile_logits, y, x)
+                rows_done = (first + len(chunk)) // len(xs)
+                until = min(ys[rows_done] if rows_done < len(ys) else height, height)
+                if until > open_rows.top:
+                    top = open_rows.top
+                    write(slice(top, until), self._final(open_rows.take(until), width))
+            yield len(chunk)
+
+
+def predict(
+    model: torch.nn.Module,
+    image,
+    *,
+    patch_size: int | tuple[int, int] | None = None,
+    step: float = 0.5,
+    tta: bool = False,
+    batch_size: int = 4,
+    normalization: str | dict | normalize.Normalization = "zscore",
+    channel_axis: int | None = None,
+    slice_axis: int | None = None,
+    probabilities: bool = False,
+    out=None,
+    device: str | torch.device | None = None,
+) -> Generator[Progress, None, np.ndarray]:
+    """Segment ``image`` with a sliding window; yields ``Progress(task="predict")`` per tile batch.
+
+    model: any module mapping normalised tiles (B, C, th, tw) to logits (B, nc, th, tw), e.g. a DinoUNet
+        (which maps C input channels to its backbone's three itself).
+    image: NumPy, dask or zarr; uint8/uint16/int16/float32/float64 (NaN and inf are predicted as the image
+        mean, with a warning). 2D (H, W); (H, W, 3) is taken as RGB; ``channel_axis`` marks the channels of
+        a multichannel image; 3D stacks (with or without channels) go slice by slice along ``slice_axis``
+        (default: the first spatial axis). Axis numbers count the input's axes.
+    patch_size: the tile, an int or (th, tw), multiples of 32 (default 512; use the training patch).
+    step: tile offset as a fraction of the tile (0.5: tiles overlap by half).
+    tta: also predict the three mirror images of each tile and average (4x slower).
+    normalization: the scheme (``zscore``, ``rgb``) or a fitted :class:`~.normalize.Normalization`
+        (``ct``); statistics span the whole image or stack, computed block-wise.
+    probabilities: return class probabilities (nc, *spatial) float32 instead of labels.
+    out: an array (NumPy, zarr) of the result's shape to fill; it is written only at the very end.
+    device: where to run the model (moved there); default: where its parameters are.
+
+    Returns labels of the input's spatial shape (its shape without the channel axis), uint8 (uint16
+    beyond 256 classes), or the probabilities; ``out`` itself when given.
+    """
+    layout = _layout(tuple(image.shape), channel_axis, slice_axis)
+    if np.dtype(image.dtype).kind not in "biuf":
+        raise InputError(f"cannot predict an image of dtype {image.dtype}: use integer or float pixels")
+    tile = _tile_shape(patch_size)
+    if not 0 < step <= 1:
+        raise InputError(f"step={step} must be in (0, 1]: it is the tile offset as a fraction of the tile (0.5 is usual)")
+    if batch_size < 1:
+        raise InputError(f"batch_size={batch_size} must be at least 1")
+    norm = _as_normalization(normalization)
+    output = _Output(layout, probabilities, out)
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    else:
+        device = pick_device(device)
+        model.to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        channel_view = (layout.channel,) if layout.channel is not None else (None,)
+        slices = 1 if layout.slice is None else image.shape[layout.slice]
+        whole = _AxisView(image, channel_view + ((layout.slice,) if layout.slice is not None else ()) + (layout.rows, layout.cols))
+        tiler = _Tiler(model, device, tile, step, batch_size, tta, norm, None, probabilities)
+        ys, xs = tiler.grid(image.shape[layout.rows], image.shape[layout.cols])
+        total = slices * len(ys) * len(xs)
+        yield Progress("predict", 0, total, "image statistics")
+        tiler.stats = normalize.statistics_for(whole, norm)
+        done = 0
+        for index in range(slices):
+            fixed = {layout.slice: index} if layout.slice is not None else None
+            plane = _AxisView(image, channel_view + (layout.rows, layout.cols), fixed)
+            message = f"slice {index + 1}/{slices}" if slices > 1 else ""
+            for count in tiler.plane(plane, lambda rows, block, index=index: output.write(index, rows, block)):
+                done += count
+                yield Progress("predict", done, total, message)
+        if tiler.saw_nonfinite:
+            warnings.warn(
+                "the image contains NaN or infinite values: they were predicted as the image mean (0 once normalised)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return output.finish()
+    finally:
+        output.close()
+        model.train(was_training)
