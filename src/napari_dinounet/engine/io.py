@@ -46,7 +46,8 @@ FORMATS: dict[str, str] = {
 SUPPORTED = ", ".join(FORMATS)
 _CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 _TIFF_UNITS = {2: "inch", 3: "cm", 4: "mm", 5: "um"}  # TIFF ResolutionUnit codes (1 = none)
-_NIFTI_UNITS = {"meter": "m", "mm": "mm", "micron": "um"}
+# NIfTI xyzt_units -> unit names; "unknown" is read as millimetres, as ITK and nnU-Net do.
+_NIFTI_UNITS = {"unknown": "mm", "meter": "m", "mm": "mm", "micron": "um"}
 # Spellings of units found in ImageJ/OME metadata -> the names ImageFile.unit uses; "pixel" means uncalibrated.
 _UNIT_ALIASES = {"micron": "um", "microns": "um", "\u00b5m": "um", "\u03bcm": "um", "\\u00b5m": "um",
                  "millimeter": "mm", "centimeter": "cm", "meter": "m", "nanometer": "nm", "pixel": None, "pixels": None}
@@ -315,7 +316,7 @@ def _cases_in_folder(folder: Path) -> list[Case]:
         raise InputError(f"{folder}: no images found (supported: {SUPPORTED})")
     dataset_json = folder.parent / "dataset.json"
     if folder.name in ("imagesTr", "imagesTs") or dataset_json.is_file():
-        channels = _channel_names(_load_dataset_json(dataset_json)) if dataset_json.is_file() else None
+        channels = _channel_names(read_dataset_json(dataset_json)) if dataset_json.is_file() else None
         return group_channels(files, len(channels) if channels else None)
     return [Case.from_path(p) for p in files]
 
@@ -343,13 +344,20 @@ def group_channels(files: Iterable[Path], n_channels: int | None = None) -> list
     return cases
 
 
-def _load_dataset_json(path: Path) -> dict[str, Any]:
+def read_dataset_json(path: str | Path) -> dict[str, Any]:
+    """An nnU-Net ``dataset.json`` as a dict, checked to have channel names and labels."""
+    path = Path(path)
     try:
         info = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise InputError(f"{path}: cannot read it as JSON ({err}); fix or regenerate dataset.json") from err
     if not isinstance(info, dict) or "labels" not in info or not ("channel_names" in info or "modality" in info):
         raise InputError(f"{path}: not an nnU-Net dataset.json (needs 'channel_names' or 'modality', and 'labels')")
+    try:
+        _channel_names(info), label_values(info)
+    except (AttributeError, TypeError, ValueError) as err:
+        raise InputError(f"{path}: 'channel_names'/'modality' must map channel numbers to names and 'labels' "
+                         f"class names to values ({err})") from err
     return info
 
 
@@ -357,12 +365,13 @@ def _channel_names(info: dict[str, Any]) -> dict[int, str]:
     return {int(k): str(v) for k, v in (info.get("channel_names") or info["modality"]).items()}
 
 
-def _label_values(info: dict[str, Any], path: Path) -> dict[str, int]:
+def label_values(info: dict[str, Any]) -> dict[str, int]:
+    """Class name -> label value from a ``dataset.json`` (v2 ``{"name": value}`` or v1 ``{"value": "name"}``)."""
     labels = info["labels"]
     if all(str(k).isdigit() for k in labels):  # v1: {"0": "background", "1": "tumour"}
         return {str(name): int(value) for value, name in labels.items()}
     if any(not isinstance(v, int) for v in labels.values()):
-        raise InputError(f"{path}: region-based labels (lists of values) are not supported; use one value per class")
+        raise InputError("dataset.json: region-based labels (lists of values) are not supported; use one value per class")
     return {str(name): int(value) for name, value in labels.items()}
 
 
@@ -375,9 +384,9 @@ def read_nnunet_dataset(root: str | Path) -> NnUNetDataset:
     dataset_json = root / "dataset.json"
     if not dataset_json.is_file():
         raise InputError(f"{root}: no dataset.json; an nnU-Net raw dataset folder holds dataset.json, imagesTr and labelsTr")
-    info = _load_dataset_json(dataset_json)
+    info = read_dataset_json(dataset_json)
     channel_names = _channel_names(info)
-    labels = _label_values(info, dataset_json)
+    labels = label_values(info)
     file_ending = str(info.get("file_ending", ".nii.gz"))
     images_tr, labels_tr = root / "imagesTr", root / "labelsTr"
     for folder in (images_tr, labels_tr):

@@ -1,0 +1,135 @@
+"""``dinounet evaluate``: Dice and HD95 per class of predicted label files against ground truth.
+
+Files are paired by case name (extensions and an nnU-Net ``_0000`` suffix ignored). Each image scores
+the classes present in its prediction or ground truth (or ``--classes``), so a class absent from both
+is left out of that image's scores and of the means. HD95 is in the ground truth's physical units
+when every ground-truth file records a spacing, else in pixels. Empty-mask rules: engine/metrics.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+HELP = "Dice and HD95 per class of predicted label files against ground-truth label files"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pred", required=True, type=Path, metavar="DIR", help="folder of predicted label files")
+    parser.add_argument("--gt", required=True, type=Path, metavar="DIR", help="folder of ground-truth label files")
+    parser.add_argument("--json", type=Path, metavar="FILE",
+                        help="also write per-image and mean scores as JSON (an infinite HD95 is written as null)")
+    parser.add_argument("--classes", type=int, nargs="+", metavar="N",
+                        help="label values to score in every image (default: the non-zero values each image has)")
+    parser.add_argument("--pixels", action="store_true", help="HD95 in pixels even when the files record a spacing")
+
+
+def evaluate_folders(pred_dir: Path, gt_dir: Path, classes=None, pixels: bool = False):
+    """Score every matched pair; a progress generator returning ``(per-case results, unit)``.
+
+    per-case results: ``{case name: evaluate_pair result}``; unit: the HD95 unit ("px" for pixels).
+    """
+    from ..engine.errors import InputError
+    from ..engine.io import match_cases, read_image
+    from ..engine.metrics import evaluate_pair
+    from ..engine.progress import Progress
+
+    pairs = match_cases(pred_dir, gt_dir)
+    results, units = {}, {}
+    for done, (name, pred_path, gt_path) in enumerate(pairs):
+        yield Progress("evaluate", done, len(pairs), name)
+        pred, gt = read_image(pred_path), read_image(gt_path)
+        for image in (pred, gt):
+            if image.channel_axis is not None:
+                raise InputError(f"{image.path}: has {image.data.shape[image.channel_axis]} channels; "
+                                 "predictions and ground truth must be label maps (one value per pixel)")
+        spacing = None if pixels else gt.spacing
+        units[name] = "px" if spacing is None else (gt.unit or "spacing units")
+        try:
+            results[name] = evaluate_pair(pred.data, gt.data, spacing=spacing, classes=classes)
+        except InputError as err:
+            raise InputError(f"case {name!r} ({pred_path.name} vs {gt_path.name}): {err}") from err
+    yield Progress("evaluate", len(pairs), len(pairs))
+    found_units = sorted(set(units.values()))
+    if len(found_units) > 1:
+        examples = ", ".join(f"{next(n for n in units if units[n] == u)} ({u})" for u in found_units)
+        raise InputError(f"the ground-truth files do not share one spacing unit ({examples}), so HD95 values "
+                         "cannot be averaged; rerun with --pixels")
+    return results, found_units[0]
+
+
+def class_names_for(gt_dir: Path) -> dict[int, str]:
+    """Class value -> name from the nnU-Net ``dataset.json`` beside a labelsTr folder, else empty."""
+    from ..engine.io import label_values, read_dataset_json
+
+    dataset_json = gt_dir.parent / "dataset.json"
+    if not dataset_json.is_file():
+        return {}
+    return {value: name for name, value in label_values(read_dataset_json(dataset_json)).items()}
+
+
+def format_table(results: dict, summary: dict, unit: str, names: dict[int, str]) -> str:
+    """A plain-text table: one row per case and a mean row; Dice and HD95 columns per class."""
+    classes = sorted(summary["dice"])
+    header = ["case"]
+    for c in classes:
+        label = f"{c}:{names[c]}" if c in names else str(c)
+        header += [f"Dice {label}", f"HD95 {label} ({unit})"]
+
+    def cells(scores: dict) -> list[str]:
+        row = []
+        for c in classes:
+            row.append(f"{scores['dice'][c]:.4f}" if c in scores["dice"] else "-")
+            row.append(f"{scores['hd95'][c]:.2f}" if c in scores["hd95"] else "-")
+        return row
+
+    rows = [[name] + cells(scores) for name, scores in results.items()]
+    rows.append(["mean"] + cells(summary))
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    lines = ["  ".join(text.rjust(width) if i else text.ljust(width) for i, (text, width) in enumerate(zip(row, widths)))
+             for row in [header] + rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.insert(len(lines) - 1, lines[1])
+    return "\n".join(lines)
+
+
+def _json_number(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def report_dict(results: dict, summary: dict, unit: str, names: dict[int, str], pred_dir: Path, gt_dir: Path) -> dict:
+    """What ``--json`` writes: class keys as strings, infinite or undefined numbers as null."""
+    def scores(result: dict) -> dict:
+        return {metric: {str(c): _json_number(v) for c, v in result[metric].items()} for metric in ("dice", "hd95")}
+
+    return {
+        "pred": str(pred_dir), "gt": str(gt_dir), "hd95_unit": unit,
+        "class_names": {str(c): n for c, n in names.items()},
+        "cases": {name: scores(result) for name, result in results.items()},
+        "mean": {**scores(summary),
+                 "hd95_infinite": {str(c): n for c, n in summary["hd95_infinite"].items()},
+                 "images": {str(c): n for c, n in summary["images"].items()},
+                 "mean_dice": _json_number(summary["mean_dice"]), "mean_hd95": _json_number(summary["mean_hd95"])},
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..engine.atomic import atomic_path
+    from ..engine.metrics import mean_scores
+    from ..engine.progress import run_with_bar
+
+    results, unit = run_with_bar(evaluate_folders(args.pred, args.gt, args.classes, args.pixels))
+    summary = mean_scores(list(results.values()))
+    names = class_names_for(args.gt)
+    print(format_table(results, summary, unit, names))
+    infinite = {c: n for c, n in summary["hd95_infinite"].items() if n}
+    if infinite:
+        counts = ", ".join(f"class {c}: {n}" for c, n in infinite.items())
+        print(f"HD95 inf: one of the two masks is empty ({counts}); the HD95 means leave those images out.")
+    if args.json is not None:
+        with atomic_path(args.json) as tmp:
+            tmp.write_text(json.dumps(report_dict(results, summary, unit, names, args.pred, args.gt), indent=2))
+        print(f"scores written to {args.json}")
+    return 0
