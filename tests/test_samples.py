@@ -110,4 +110,5 @@ def test_samples_open_through_napari():
     assert layers["nuclei labels"].data.shape == (512, 512)
     assert type(layers["MNI152 tissue labels"]).__name__ == "Labels"
     np.testing.assert_array_equal(layers["MNI152 T1"].scale, [1.0, 1.0, 1.0])
+    assert [str(unit) for unit in layers["MNI152 tissue labels"].units] == ["millimeter"] * 3
     assert layers["MNI152 tissue labels"].metadata["class_names"][2] == "white matter"

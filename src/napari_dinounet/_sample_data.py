@@ -50,7 +50,13 @@ def mni152_sample() -> list[tuple]:
     return [
         (
             sample.image,
-            {"name": "MNI152 T1", "colormap": "gray", "scale": sample.spacing, "metadata": {"affine": affine}},
+            {
+                "name": "MNI152 T1",
+                "colormap": "gray",
+                "scale": sample.spacing,
+                "units": "mm",
+                "metadata": {"affine": affine},
+            },
             "image",
         ),
         (
@@ -58,6 +64,7 @@ def mni152_sample() -> list[tuple]:
             {
                 "name": "MNI152 tissue labels",
                 "scale": sample.spacing,
+                "units": "mm",
                 "colormap": MNI152_COLORS,
                 "opacity": 0.4,
                 "metadata": {"class_names": list(sample.class_names), "affine": affine},

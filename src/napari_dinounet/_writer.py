@@ -1,0 +1,114 @@
+"""The labels writer napari's File > Save Layers uses, and the Export widget's way of writing files.
+
+Formats follow the file name: ``.tif``/``.tiff`` (pixel size from the layer's ``scale`` and ``units``
+stored as TIFF resolution, z spacing for stacks), ``.png`` (2D labels <= 255), ``.nii.gz``/``.nii``
+(only for labels whose layer carries a NIfTI affine). The files themselves are written by
+:func:`napari_dinounet.engine.io.write_labels` (atomically).
+
+Layer metadata keys this plugin reads and sets (readers and widgets that create layers set them too):
+
+``metadata["affine"]``
+    (4, 4) nested list or array: the NIfTI voxel-to-world matrix (millimetres, RAS) for the axes of
+    ``layer.data`` in their order (``engine.io`` keeps NIfTI arrays in the file's ``(X, Y, Z)`` order).
+    Present when the labels came from, or belong to, a NIfTI image; NIfTI export writes exactly it.
+``metadata["class_names"]``
+    list of class names indexed by label value (``class_names[0]`` is the background).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_dinounet.engine.errors import InputError
+from napari_dinounet.engine.io import FORMATS, ImageFile, format_of, split_extension
+from napari_dinounet.engine.io import write_labels as write_label_file
+
+AFFINE_KEY = "affine"
+CLASS_NAMES_KEY = "class_names"
+# napari (pint) unit names -> engine.io unit names, and their size in metres to convert between axes
+_UNIT_NAMES = {"meter": "m", "centimeter": "cm", "millimeter": "mm", "micrometer": "um", "nanometer": "nm", "inch": "inch"}
+_METRES = {"m": 1.0, "cm": 1e-2, "mm": 1e-3, "um": 1e-6, "nm": 1e-9, "inch": 0.0254}
+EXTENSIONS = {"tiff": ".tif", "png": ".png", "nifti": ".nii.gz"}
+
+
+def write_labels(path: str, data: Any, attributes: dict) -> list[str]:
+    """npe2 single-layer writer: one labels layer -> one file; returns ``[path]``.
+
+    data: the layer's array (numpy, dask, zarr, or a multiscale list: level 0 is written);
+    attributes: the layer's state as napari passes it (``scale``, ``units``, ``metadata``, ``name``).
+    Raises InputError when the format cannot hold these labels (PNG of a stack, NIfTI without an affine).
+    """
+    labels = np.asarray(data[0] if attributes.get("multiscale") else data)
+    fmt = format_of(path)
+    like = ImageFile(labels, fmt, spacing=_spacing(attributes, labels.ndim), unit=_unit(attributes))
+    if fmt == "nifti":
+        like.affine = nifti_affine(attributes, labels.ndim)
+    return [str(write_label_file(path, labels, like=like))]
+
+
+def formats_for(labels_ndim: int, metadata: dict) -> list[str]:
+    """The formats a labels layer can be exported to: always TIFF; PNG in 2D; NIfTI with an affine."""
+    formats = ["tiff"]
+    if labels_ndim == 2:
+        formats.append("png")
+    if metadata.get(AFFINE_KEY) is not None:
+        formats.append("nifti")
+    return formats
+
+
+def nifti_affine(attributes: dict, ndim: int) -> np.ndarray:
+    """The layer's NIfTI affine (4, 4) float64, or InputError saying why a NIfTI file cannot be written."""
+    name = attributes.get("name", "labels")
+    affine = (attributes.get("metadata") or {}).get(AFFINE_KEY)
+    if affine is None:
+        raise InputError(f"layer {name!r} did not come from a NIfTI image (no metadata['{AFFINE_KEY}']), so its "
+                         "position in world space is unknown; save it as .tif, or set "
+                         f"layer.metadata['{AFFINE_KEY}'] to the image's 4x4 voxel-to-world matrix")
+    try:
+        affine = np.asarray(affine, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"layer {name!r}: metadata['{AFFINE_KEY}'] is not a 4x4 matrix ({err})") from err
+    if affine.shape != (4, 4) or not np.isfinite(affine).all():
+        raise InputError(f"layer {name!r}: metadata['{AFFINE_KEY}'] must be a finite 4x4 matrix, got shape {affine.shape}")
+    if ndim > 3:
+        raise InputError(f"layer {name!r} has {ndim} dimensions; NIfTI labels are 2D or 3D: save it as .tif")
+    return affine
+
+
+def _unit(attributes: dict) -> str | None:
+    """The in-plane (last axis) unit in engine.io's spelling, or None for pixels / unknown."""
+    units = attributes.get("units")
+    return _UNIT_NAMES.get(str(units[-1])) if units else None
+
+
+def _spacing(attributes: dict, ndim: int) -> tuple[float, ...] | None:
+    """Per-axis pixel size from the layer's scale, every axis in the last axis's unit (TIFF has one unit)."""
+    scale = attributes.get("scale")
+    if scale is None:
+        return None
+    scale = [float(s) for s in scale][-ndim:]
+    target = _unit(attributes)
+    units = [_UNIT_NAMES.get(str(u)) for u in (attributes.get("units") or ())][-ndim:]
+    if target is not None and len(units) == ndim and all(u is not None for u in units):
+        scale = [s * _METRES[u] / _METRES[target] for s, u in zip(scale, units)]
+    return tuple(scale)
+
+
+def suggested_name(layer_name: str, fmt: str) -> str:
+    """A file name for a layer in a format: the layer name made file-safe plus the format's extension."""
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in layer_name).strip("._") or "labels"
+    return stem + EXTENSIONS[fmt]
+
+
+def with_extension(path: str | Path, fmt: str) -> Path:
+    """``path`` with the extension of ``fmt``: a known image extension is replaced, anything else kept."""
+    path = Path(path)
+    stem, ext = split_extension(path)
+    if ext.lower() in FORMATS:
+        if FORMATS[ext.lower()] == fmt:
+            return path
+        return path.with_name(stem + EXTENSIONS[fmt])
+    return path.with_name(path.name + EXTENSIONS[fmt])

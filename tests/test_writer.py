@@ -1,0 +1,110 @@
+"""The labels writer: TIFF (+ resolution), PNG, NIfTI (+ affine), read back; also through napari's save path."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import skimage.io
+import tifffile
+
+from napari_dinounet._writer import formats_for, suggested_name, with_extension, write_labels
+from napari_dinounet.engine.errors import InputError
+from napari_dinounet.engine.io import read_image
+from napari_dinounet.engine.samples import load_mni152_slices
+
+
+def _labels(shape, high=4, seed=0):
+    return np.random.default_rng(seed).integers(0, high, shape).astype(np.uint16 if high > 256 else np.uint8)
+
+
+def test_tiff_2d_keeps_values_and_resolution(tmp_path):
+    labels = _labels((40, 60), high=1000)  # > 255: must stay uint16, not be clipped
+    path = tmp_path / "labels.tif"
+    assert write_labels(str(path), labels, {"scale": (0.5, 0.25), "units": ("micrometer", "micrometer")}) == [str(path)]
+    back = read_image(path)
+    np.testing.assert_array_equal(back.data, labels)
+    assert back.data.dtype == np.uint16
+    assert back.spacing == pytest.approx((0.5, 0.25)) and back.unit == "um"
+    with tifffile.TiffFile(path) as tif:  # pixels per unit, x then y
+        assert tif.pages.first.resolution == pytest.approx((4.0, 2.0))
+
+
+def test_tiff_stack_converts_z_spacing_to_the_in_plane_unit(tmp_path):
+    labels = _labels((5, 16, 16))
+    path = tmp_path / "stack.tiff"
+    write_labels(str(path), labels, {"scale": (2.0, 0.5, 0.5), "units": ("millimeter", "micrometer", "micrometer")})
+    back = read_image(path)
+    np.testing.assert_array_equal(back.data, labels)
+    assert back.spacing == pytest.approx((2000.0, 0.5, 0.5)) and back.unit == "um"
+
+
+def test_png_2d_and_refused_for_stacks(tmp_path):
+    labels = _labels((30, 20))
+    path = tmp_path / "slice.png"
+    write_labels(str(path), labels, {"scale": (1.0, 1.0)})
+    np.testing.assert_array_equal(skimage.io.imread(path), labels)
+    with pytest.raises(InputError, match="PNG labels must be 2D"):
+        write_labels(str(tmp_path / "stack.png"), _labels((3, 30, 20)), {})
+
+
+def test_nifti_keeps_the_affine(tmp_path):
+    labels = _labels((12, 10, 8))
+    affine = [[0.0, 0.0, 1.5, -20.0], [0.0, -1.0, 0.0, 30.0], [2.0, 0.0, 0.0, 5.0], [0.0, 0.0, 0.0, 1.0]]
+    path = tmp_path / "labels.nii.gz"
+    write_labels(str(path), labels, {"name": "seg", "scale": (2.0, 1.0, 1.5), "metadata": {"affine": affine}})
+    image = nib.load(path)
+    np.testing.assert_array_equal(np.asarray(image.dataobj), labels)
+    np.testing.assert_allclose(image.affine, affine)
+    assert image.get_data_dtype() == np.uint8
+
+
+def test_nifti_needs_an_affine_and_leaves_an_existing_file_alone(tmp_path):
+    path = tmp_path / "labels.nii.gz"
+    path.write_bytes(b"the user's earlier export")
+    with pytest.raises(InputError, match=r"did not come from a NIfTI image.*save it as \.tif"):
+        write_labels(str(path), _labels((4, 4, 4)), {"name": "drawn", "metadata": {}})
+    with pytest.raises(InputError, match="finite 4x4"):
+        write_labels(str(path), _labels((4, 4, 4)), {"metadata": {"affine": np.eye(3)}})
+    assert path.read_bytes() == b"the user's earlier export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.nii.gz"]  # no temporary files left
+
+
+def test_multiscale_writes_level_zero(tmp_path):
+    full, half = _labels((32, 32)), _labels((16, 16), seed=1)
+    path = tmp_path / "multi.tif"
+    write_labels(str(path), [full, half], {"multiscale": True})
+    np.testing.assert_array_equal(tifffile.imread(path), full)
+
+
+def test_formats_and_file_names():
+    assert formats_for(2, {}) == ["tiff", "png"]
+    assert formats_for(3, {"affine": np.eye(4).tolist()}) == ["tiff", "nifti"]
+    assert suggested_name("MNI152 tissue labels", "nifti") == "MNI152_tissue_labels.nii.gz"
+    assert with_extension("/data/a.nii.gz", "tiff").name == "a.tif"
+    assert with_extension("/data/my.labels", "png").name == "my.labels.png"
+
+
+def test_napari_save_layers_uses_the_plugin_writer(tmp_path):
+    """napari's writer path (npe2 writer contribution): TIFF with resolution and the MNI sample as NIfTI."""
+    import napari
+    from napari.layers import Labels
+    from napari.plugins import _initialize_plugins
+
+    _initialize_plugins()
+    labels = Labels(_labels((20, 30)), scale=(0.2, 0.2), units="micrometer", name="cells")
+    tif = tmp_path / "cells.tif"
+    assert napari.save_layers(str(tif), [labels], plugin="napari-dinounet") == [str(tif)]
+    back = read_image(tif)
+    np.testing.assert_array_equal(back.data, labels.data)
+    assert back.spacing == pytest.approx((0.2, 0.2)) and back.unit == "um"
+
+    sample = load_mni152_slices()
+    mni = Labels(sample.labels, scale=sample.spacing, metadata={"affine": sample.affine.tolist()})
+    nii = tmp_path / "tissue.nii.gz"
+    assert napari.save_layers(str(nii), [mni]) == [str(nii)]  # no other writer takes .nii.gz: napari picks ours
+    image = nib.load(nii)
+    np.testing.assert_array_equal(np.asarray(image.dataobj), sample.labels)
+    np.testing.assert_allclose(image.affine, sample.affine)
+    # the affine puts the first slice at MNI z = +10 mm, as the sample's NOTICE says
+    assert (image.affine @ [0, 0, 0, 1])[2] == pytest.approx(10.0)
