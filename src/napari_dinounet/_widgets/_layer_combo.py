@@ -1,0 +1,67 @@
+"""A layer picker that follows the viewer: layers are listed as they are added, removed or renamed."""
+
+from __future__ import annotations
+
+from qtpy.QtWidgets import QComboBox, QWidget
+
+
+class LayerComboBox(QComboBox):
+    """Lists the viewer's layers of ``layer_types`` by name; ``none_text`` adds a first "no layer" entry.
+
+    The choice survives list changes as long as its layer stays in the viewer.
+    """
+
+    def __init__(self, viewer, layer_types: tuple[type, ...], none_text: str | None = None,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._viewer = viewer
+        self._layer_types = layer_types
+        self._none_text = none_text
+        self.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(12)
+        events = viewer.layers.events
+        for event in (events.inserted, events.removed, events.reordered):
+            event.connect(self._on_layers_changed)
+        for layer in viewer.layers:
+            layer.events.name.connect(self.refresh)
+        self.destroyed.connect(lambda *_: self._disconnect(events))
+        self.refresh()
+
+    def layer(self):
+        """The chosen layer, or ``None``."""
+        name = self.currentData()
+        return self._viewer.layers[name] if name is not None and name in self._viewer.layers else None
+
+    def set_layer(self, layer) -> None:
+        index = self.findData(None if layer is None else layer.name)
+        if index >= 0:
+            self.setCurrentIndex(index)
+
+    def refresh(self, *_) -> None:
+        current = self.layer()
+        self.blockSignals(True)
+        self.clear()
+        if self._none_text is not None:
+            self.addItem(self._none_text, None)
+        for layer in reversed(self._viewer.layers):  # the top layer first, as in the layer list
+            if isinstance(layer, self._layer_types):
+                self.addItem(layer.name, layer.name)
+        self.blockSignals(False)
+        if current is not None and self.findData(current.name) >= 0:
+            self.set_layer(current)
+        else:
+            self.setCurrentIndex(0 if self.count() else -1)
+            self.currentIndexChanged.emit(self.currentIndex())
+
+    def _on_layers_changed(self, event) -> None:
+        if event.type == "inserted":
+            event.value.events.name.connect(self.refresh)
+        elif event.type == "removed":
+            event.value.events.name.disconnect(self.refresh)
+        self.refresh()
+
+    def _disconnect(self, events) -> None:
+        for event in (events.inserted, events.removed, events.reordered):
+            event.disconnect(self._on_layers_changed)
+        for layer in self._viewer.layers:
+            layer.events.name.disconnect(self.refresh)

@@ -1,0 +1,123 @@
+"""Which part of an image layer a run reads, how it goes to the engine, and where its labels go.
+
+Pure NumPy (no Qt, no torch). Napari image layers are (..., Y, X) with any number of leading axes,
+one of which may hold channels; RGB(A) layers carry their colours in a last axis that is not one of
+the layer's dimensions. The engine predicts 2D planes, with channels, slice by slice along one stack
+axis; :func:`plan_run` reshapes a layer to that and says how the labels map back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..engine.errors import InputError
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What one run reads and writes.
+
+    image: what the engine gets: (Y, X), (Y, X, C), (N, Y, X) or (N, Y, X, C) (lazy for dask input).
+    channel_axis / slice_axis: the axes of ``image`` for the engine (None when absent).
+    stack_shape: the leading shape the (N, Y, X) result is reshaped back to (() for one plane).
+    target: the leading indices of the labels layer the result fills (() for the whole layer).
+    labels_shape: the shape of the whole labels layer: the image's without its channels.
+    scale / translate: the labels layer's, taken from the image without the channel axis.
+    """
+
+    image: object
+    channel_axis: int | None
+    slice_axis: int | None
+    stack_shape: tuple[int, ...]
+    target: tuple[int, ...]
+    labels_shape: tuple[int, ...]
+    scale: tuple[float, ...]
+    translate: tuple[float, ...]
+
+    def place(self, labels: np.ndarray) -> np.ndarray:
+        """The engine's labels, shaped as the part of the labels layer at ``target``."""
+        return labels.reshape(self.stack_shape + labels.shape[-2:])
+
+    def select(self, array) -> np.ndarray:
+        """The part of a labels-shaped array (labels, a mask) that matches ``image`` plane for plane."""
+        if self.target:
+            return np.asarray(array[self.target])
+        array = np.asarray(array)
+        return array.reshape((-1,) + array.shape[-2:]) if len(self.stack_shape) > 1 else array
+
+
+def parse_channels(text: str) -> tuple[int, ...] | None:
+    """``"0, 2"`` -> (0, 2); empty -> None (all channels, in order)."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return tuple(int(part) for part in text.replace(";", ",").split(",") if part.strip())
+    except ValueError:
+        raise InputError(f"channels {text!r} must be channel numbers separated by commas, e.g. 0,2") from None
+
+
+def channel_axis_choices(layer) -> list[int]:
+    """Axes of a non-RGB layer that may hold channels: any axis but the last two (Y, X)."""
+    return [] if layer.rgb else list(range(layer.ndim - 2))
+
+
+def _level0(layer):
+    return layer.data[0] if layer.multiscale else layer.data
+
+
+def plan_run(layer, *, channel_axis: int | None = None, channels: tuple[int, ...] | None = None,
+             whole_stack: bool = True, current: tuple[int, ...] = ()) -> RunPlan:
+    """Plan a run on an image layer.
+
+    channel_axis: the layer axis that holds channels (ignored for RGB layers, whose colours are channels).
+    channels: which channels feed the model, in order (None: all; RGBA drops alpha).
+    whole_stack: every plane of the leading axes, else only the plane at ``current`` (the layer's data
+    indices of the viewer's position, one per layer axis).
+    """
+    data = _level0(layer)
+    ndim = layer.ndim
+    if ndim < 2:
+        raise InputError(f"layer {layer.name!r} is {ndim}D: segmentation needs an image with at least Y and X")
+    if layer.rgb:
+        data = data[..., :3]  # RGBA: the model sees RGB
+        channel_axis = ndim
+    elif channel_axis is not None:
+        if not 0 <= channel_axis < ndim - 2:
+            raise InputError(f"axis {channel_axis} of {layer.name!r} cannot hold channels: choose a leading axis")
+        data = np.moveaxis(data, channel_axis, -1)  # channels last, leading axes keep their order
+    layer_axes = [axis for axis in range(ndim) if axis != channel_axis]  # the labels' axes, in layer order
+    has_channels = channel_axis is not None
+    if has_channels and channels is not None:
+        available = data.shape[-1]
+        if any(not 0 <= c < available for c in channels):
+            raise InputError(f"channels {channels} do not exist: {layer.name!r} has channels 0 to {available - 1}")
+        data = data[..., list(channels)]
+    elif channels is not None:
+        raise InputError(f"channels were given but {layer.name!r} has no channel axis: choose one, or clear the channels")
+
+    labels_shape = tuple(data.shape[: len(layer_axes)])
+    leading = labels_shape[:-2]
+    if whole_stack or not leading:
+        stack_shape, target = leading, ()
+        # the engine takes one stack axis: several leading axes (T, Z) become one
+        image = data.reshape((-1,) + data.shape[len(leading):]) if len(leading) > 1 else data
+    else:
+        target = tuple(int(np.clip(current[axis], 0, size - 1)) for axis, size in zip(layer_axes, leading))
+        stack_shape = ()
+        image = data[target]
+    scale = tuple(float(layer.scale[axis]) for axis in layer_axes)
+    translate = tuple(float(layer.translate[axis]) for axis in layer_axes)
+    spatial_ndim = image.ndim - (1 if has_channels else 0)
+    return RunPlan(
+        image=image,
+        channel_axis=image.ndim - 1 if has_channels else None,
+        slice_axis=0 if spatial_ndim == 3 else None,
+        stack_shape=stack_shape,
+        target=target,
+        labels_shape=labels_shape,
+        scale=scale,
+        translate=translate,
+    )

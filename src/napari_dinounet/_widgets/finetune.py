@@ -1,0 +1,429 @@
+"""The Fine-tune widget: train Dino U-Net heads on image/label layer pairs the user corrected.
+
+The widget gathers the pairs (and the optional region that counts, for partially labelled images),
+starts :func:`finetune_job` in a worker, draws the loss and validation Dice as they come, and when the
+run ends hands the new checkpoint to the session, so Segment uses it at once. Stop ends training at the
+next step and keeps the checkpoint of the last finished epoch (the engine writes one per epoch).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtCore import Qt
+from napari.layers import Image, Labels, Shapes
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..engine.errors import DinoUNetError, InputError
+from ..engine.progress import Progress
+from ._jobs import Job, Stop
+from ._layer_combo import LayerComboBox
+from ._layer_geometry import plan_run
+from ._model_form import ModelForm
+from ._session import Session, get_session
+from ._settings import recall, remember
+
+LOADED_HEADS, FRESH_HEADS = "the loaded heads", "fresh heads"
+WHOLE_STACK, CURRENT_SLICE = "whole stack", "current slice"
+
+
+@dataclass(frozen=True)
+class TrainingPair:
+    """One training image as the engine takes it: image (Y, X[, C]) or a stack (N, Y, X[, C]), labels and
+    an optional mask (nonzero = counts) of the image's spatial shape."""
+
+    name: str
+    image: object
+    labels: np.ndarray
+    mask: np.ndarray | None
+    has_channels: bool
+
+
+@dataclass(frozen=True)
+class FineTuneOptions:
+    steps: int
+    every: int  # validate and write the checkpoint every this many steps
+    lr: float
+    patch_size: int
+    batch_size: int
+    cache_features: bool
+
+    @property
+    def epoch_steps(self) -> int:
+        return max(1, min(self.every, self.steps))
+
+    @property
+    def epochs(self) -> int:
+        return math.ceil(self.steps / self.epoch_steps)
+
+
+@dataclass(frozen=True)
+class FineTuneResult:
+    checkpoint: Path | None  # None when stopped before the first checkpoint
+    stopped: bool
+    steps_done: int
+
+
+def finetune_job(session: Session, backbone_source: str, device: str, start_heads: Path | None,
+                 pairs: list[TrainingPair], class_names: list[str] | None, out: Path, options: FineTuneOptions,
+                 stop: Stop) -> Generator[Progress, None, FineTuneResult]:
+    """Worker body: load the backbone and the starting heads, build the samples, train until done or stopped.
+
+    Runs in a worker thread: no Qt here. ``stop`` set: the training generator is closed at its next event,
+    which keeps the checkpoint of the last finished epoch.
+    """
+    from ..engine.checkpoint import load_heads
+    from ..engine.data import samples_from_arrays
+    from ..engine.device import pick_device
+    from ..engine.normalize import Normalization
+    from ..engine.train import TrainSettings, train
+
+    yield Progress("loading the backbone", 0, 1, backbone_source)
+    device = pick_device(device)
+    backbone = session.backbone(backbone_source, device)
+    model, normalization = None, Normalization()
+    if start_heads is not None:
+        yield Progress("loading the heads", 0, 1, str(start_heads))
+        model, metadata = load_heads(start_heads, backbone, device=device)
+        class_names = list(metadata.class_names)
+        normalization = Normalization.from_dict(metadata.normalization)
+    if len({pair.has_channels for pair in pairs}) > 1:
+        raise InputError("some images have colour channels and some do not: train on one kind at a time")
+    yield Progress("preparing the images", 0, 1)
+    samples = samples_from_arrays(
+        [pair.image for pair in pairs], [pair.labels for pair in pairs], masks=[pair.mask for pair in pairs],
+        names=[pair.name for pair in pairs], channel_axis=-1 if pairs[0].has_channels else None,
+        normalization=normalization, num_classes=len(class_names) if class_names else None,
+    )
+    if not samples:
+        raise InputError("no pixel counts: the regions that count are empty; draw a region over the corrected part")
+    settings = TrainSettings(
+        patch_size=options.patch_size, batch_size=options.batch_size, epochs=options.epochs,
+        iters_per_epoch=options.epoch_steps, lr=options.lr, cache_features=options.cache_features,
+    )
+    run = train(samples, out=out, backbone=backbone, settings=settings, class_names=class_names,
+                normalization=normalization, model=model, device=device)
+    steps_done = 0
+    try:
+        while True:
+            try:
+                event = next(run)
+            except StopIteration as end:
+                return FineTuneResult(Path(end.value), stopped=False, steps_done=steps_done)
+            if event.task == "train":
+                steps_done = event.done
+            yield event
+            if stop:
+                break
+    finally:
+        run.close()  # keeps the last written checkpoint as it is
+    return FineTuneResult(out if out.is_file() else None, stopped=True, steps_done=steps_done)
+
+
+def default_checkpoint_path(start_heads: Path | None) -> Path:
+    """A new file beside the starting heads (or in ~/dinounet) that no earlier run wrote."""
+    folder = start_heads.parent if start_heads is not None else Path.home() / "dinounet"
+    stem = f"{start_heads.stem}-finetuned" if start_heads is not None else "heads"
+    number = 1
+    while (folder / f"{stem}-{number}.safetensors").exists():
+        number += 1
+    return folder / f"{stem}-{number}.safetensors"
+
+
+class _PairRow:
+    """The pickers of one training pair: image, corrected labels and the optional region that counts."""
+
+    def __init__(self, viewer) -> None:
+        self.image = LayerComboBox(viewer, (Image,))
+        self.labels = LayerComboBox(viewer, (Labels,))
+        self.region = LayerComboBox(viewer, (Shapes, Labels), none_text="everywhere")
+        self.image.setToolTip("An image to learn from.")
+        self.labels.setToolTip("Its corrected labels (class values, 0 = background).")
+        self.region.setToolTip(
+            "Where the labels count: a Shapes layer (inside the shapes) or a Labels mask (nonzero pixels). "
+            "Pixels outside are ignored, so a partly corrected image can be used."
+        )
+        self.remove = QToolButton(text="✕")
+        self.remove.setToolTip("Remove this pair")
+        self.image.currentIndexChanged.connect(self._guess_labels)
+        self._guess_labels()
+
+    def widgets(self) -> list[QWidget]:
+        return [self.image, self.labels, self.region, self.remove]
+
+    def _guess_labels(self, *_) -> None:
+        """Pick "<image> labels" (what Segment writes) when it exists."""
+        image = self.image.layer()
+        index = self.labels.findText(f"{image.name} labels") if image is not None else -1
+        if index >= 0:
+            self.labels.setCurrentIndex(index)
+
+
+def region_mask(region, shape: tuple[int, ...]) -> np.ndarray:
+    """The pixels that count (bool, ``shape``) from a Shapes layer (inside any shape) or a Labels layer (nonzero)."""
+    if isinstance(region, Shapes):
+        if region.ndim != len(shape):
+            raise InputError(f"the shapes in {region.name!r} are {region.ndim}D but the labels are {len(shape)}D: "
+                             "draw the region on the image itself")
+        return region.to_labels(labels_shape=shape) > 0
+    data = np.asarray(region.data)
+    if data.shape != shape:
+        raise InputError(f"the region mask {region.name!r} has shape {data.shape}, the labels {shape}: "
+                         "paint the region in a labels layer of the image's size")
+    return data != 0
+
+
+class FineTuneWidget(QWidget):
+    """Fine-tune Dino U-Net heads on corrected label layers (dock widget; see the module docstring)."""
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.session = get_session(napari_viewer)
+        self.job: Job | None = None
+        self._stop: Stop | None = None
+        self.rows: list[_PairRow] = []
+
+        self.model_form = ModelForm(self.session, heads_label="Start heads")
+        self.start_combo = QComboBox()
+        self.start_combo.addItems([LOADED_HEADS, FRESH_HEADS])
+        self.start_combo.setToolTip("Go on training the heads above, or start from new, untrained heads.")
+
+        self._pairs_grid = QGridLayout()
+        for column, title in enumerate(["Image", "Corrected labels", "Counts in"]):
+            self._pairs_grid.addWidget(QLabel(title), 0, column)
+        self.add_pair_button = QPushButton("Add pair")
+        self.add_pair_button.clicked.connect(self.add_pair)
+
+        self.stack_combo = QComboBox()
+        self.stack_combo.addItems([CURRENT_SLICE, WHOLE_STACK])
+        self.stack_combo.setToolTip("For stacks: learn from the slice on screen only, or from every slice.")
+        self.foreground_check = QCheckBox("any label value is foreground (instance labels)")
+        self.steps_spin = _spin(1, 1_000_000, int(recall("finetune/steps", "200")), 10)
+        self.every_spin = _spin(1, 100_000, int(recall("finetune/every", "50")), 10)
+        self.every_spin.setToolTip("Validation Dice and a checkpoint after every this many steps (Stop keeps the last).")
+        self.lr_spin = QDoubleSpinBox()
+        self.lr_spin.setDecimals(5)
+        self.lr_spin.setRange(1e-5, 1.0)
+        self.lr_spin.setSingleStep(1e-4)
+        self.lr_spin.setValue(float(recall("finetune/lr", "0.001")))
+        self.patch_spin = _spin(64, 2048, int(recall("finetune/patch", "256")), 32)
+        self.batch_spin = _spin(1, 64, int(recall("finetune/batch", "2")), 1)
+        self.cache_check = QCheckBox("cache backbone features (faster, lighter augmentation)")
+        self.cache_check.setChecked(recall("finetune/cache", "true") == "true")
+        self.out_edit = QLineEdit()
+        self.out_edit.setPlaceholderText("automatic: beside the start heads")
+        out_button = QToolButton(text="…")
+        out_button.clicked.connect(self._browse_out)
+
+        self.start_button = QPushButton("Start")
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setEnabled(False)
+        self.stop_button.setToolTip("End training now and keep the checkpoint of the last finished epoch.")
+        from ._loss_plot import LossPlot
+
+        self.plot = LossPlot()
+        self.status = QLabel()
+        self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)  # the checkpoint path can be copied
+
+        form = QFormLayout()
+        form.addRow("Start from", self.start_combo)
+        form.addRow("Stack", self.stack_combo)
+        form.addRow(self.foreground_check)
+        form.addRow("Steps", self.steps_spin)
+        form.addRow("Save every", self.every_spin)
+        form.addRow("Learning rate", self.lr_spin)
+        form.addRow("Patch size", self.patch_spin)
+        form.addRow("Batch size", self.batch_spin)
+        form.addRow(self.cache_check)
+        out_row = QHBoxLayout()
+        out_row.addWidget(self.out_edit)
+        out_row.addWidget(out_button)
+        form.addRow("Save to", out_row)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.start_button)
+        buttons.addWidget(self.stop_button)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.model_form)
+        layout.addLayout(self._pairs_grid)
+        layout.addWidget(self.add_pair_button)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.plot)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self.start_button.clicked.connect(self.start)
+        self.stop_button.clicked.connect(self.stop)
+        self.add_pair()
+
+    # -- the form ---------------------------------------------------------------------------------------
+
+    def add_pair(self) -> _PairRow:
+        row = _PairRow(self.viewer)
+        row.remove.clicked.connect(lambda: self.remove_pair(row))
+        self.rows.append(row)
+        for column, widget in enumerate(row.widgets()):
+            self._pairs_grid.addWidget(widget, len(self.rows), column)
+        self._update_remove_buttons()
+        return row
+
+    def remove_pair(self, row: _PairRow) -> None:
+        self.rows.remove(row)
+        for widget in row.widgets():
+            self._pairs_grid.removeWidget(widget)
+            widget.deleteLater()
+        self._update_remove_buttons()
+
+    def _update_remove_buttons(self) -> None:
+        for row in self.rows:
+            row.remove.setEnabled(len(self.rows) > 1)
+
+    def _browse_out(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save the fine-tuned heads", self.out_edit.text(),
+                                              "Dino U-Net heads (*.safetensors)")
+        if path:
+            self.out_edit.setText(path if path.endswith(".safetensors") else path + ".safetensors")
+
+    def _options(self) -> FineTuneOptions:
+        return FineTuneOptions(steps=self.steps_spin.value(), every=self.every_spin.value(), lr=self.lr_spin.value(),
+                               patch_size=self.patch_spin.value(), batch_size=self.batch_spin.value(),
+                               cache_features=self.cache_check.isChecked())
+
+    def _remember_form(self) -> None:
+        remember("finetune/steps", str(self.steps_spin.value()))
+        remember("finetune/every", str(self.every_spin.value()))
+        remember("finetune/lr", f"{self.lr_spin.value():g}")
+        remember("finetune/patch", str(self.patch_spin.value()))
+        remember("finetune/batch", str(self.batch_spin.value()))
+        remember("finetune/cache", "true" if self.cache_check.isChecked() else "false")
+
+    def _pairs(self) -> list[TrainingPair]:
+        """The chosen pairs as arrays (read here, in the GUI thread; the worker gets only arrays)."""
+        whole = self.stack_combo.currentText() == WHOLE_STACK
+        pairs, seen = [], set()
+        for row in self.rows:
+            image, labels, region = row.image.layer(), row.labels.layer(), row.region.layer()
+            if image is None or labels is None:
+                raise InputError("each pair needs an image and its corrected labels layer: choose both")
+            if (image.name, labels.name) in seen:
+                continue
+            seen.add((image.name, labels.name))
+            point = np.asarray(self.viewer.dims.point, dtype=float)[-image.ndim :]
+            current = tuple(int(round(v)) for v in image.world_to_data(point))
+            plan = plan_run(image, whole_stack=whole, current=current)
+            if labels.data.shape != plan.labels_shape:
+                raise InputError(f"labels {labels.name!r} have shape {labels.data.shape} but image {image.name!r} "
+                                 f"needs {plan.labels_shape}: pick the labels drawn on that image")
+            values = plan.select(labels.data)
+            if self.foreground_check.isChecked():
+                values = (values > 0).astype(np.uint8)
+            mask = plan.select(region_mask(region, plan.labels_shape)) if region is not None else None
+            pairs.append(TrainingPair(f"{image.name} / {labels.name}", plan.image, values, mask,
+                                      plan.channel_axis is not None))
+        return pairs
+
+    def _class_names(self) -> list[str] | None:
+        """Class names for fresh heads: from the labels layer's metadata, or background/foreground."""
+        if self.foreground_check.isChecked():
+            return ["background", "foreground"]
+        names = self.rows[0].labels.layer().metadata.get("class_names") if self.rows else None
+        return list(names) if names else None
+
+    # -- running ----------------------------------------------------------------------------------------
+
+    def start(self) -> Job | None:
+        """Start training with the form's choices; returns the job, or None when the form is not usable."""
+        if self.job is not None and not self.job.done:
+            return self.job
+        self.model_form.set_backbone(self.model_form.backbone_edit.text())
+        self.model_form.set_heads(self.model_form.heads_edit.text())
+        try:
+            start_heads = self._start_heads()
+            out = Path(self.out_edit.text().strip()) if self.out_edit.text().strip() else default_checkpoint_path(start_heads)
+            if start_heads is not None and out.resolve() == start_heads.resolve():
+                raise InputError(f"saving to {out} would overwrite the heads training starts from: choose another file")
+            if out.exists():
+                raise InputError(f"{out} already exists: choose another file (or clear 'Save to' for a new name)")
+            pairs = self._pairs()
+            class_names = None if start_heads is not None else self._class_names()
+            options = self._options()
+        except DinoUNetError as err:
+            show_error(f"Fine-tuning cannot start: {err}")
+            return None
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self._remember_form()
+        self._stop = Stop()
+        gen = finetune_job(self.session, self.session.backbone_source, self.session.device, start_heads, pairs,
+                           class_names, out, options, self._stop)
+        self.plot.clear(options.epochs * options.epoch_steps)
+        self.job = Job(gen, "Fine-tuning", on_result=self._show_result, on_progress=self._progress,
+                       on_finished=self._finished, stop=self._stop)
+        self.start_button.setEnabled(False)
+        self.stop_button.setEnabled(True)
+        self.status.setText(f"training; checkpoints go to {out}")
+        return self.job.start()
+
+    def stop(self) -> None:
+        """End training at the next step, keeping the last checkpoint."""
+        if self.job is not None and not self.job.done:
+            self.job.cancel()
+            self.stop_button.setEnabled(False)
+            self.status.setText("stopping after this step…")
+
+    def _start_heads(self) -> Path | None:
+        if self.start_combo.currentText() == FRESH_HEADS:
+            return None
+        heads = self.session.heads_path
+        if heads is None or not heads.is_file():
+            raise InputError("no heads to start from: pick a heads checkpoint, or choose 'fresh heads'")
+        return heads
+
+    def _progress(self, event: Progress) -> None:
+        if event.task == "train":
+            self.plot.add(event.done, event.metrics.get("loss"), event.metrics.get("val_dice"))
+
+    def _show_result(self, result: FineTuneResult) -> None:
+        if result.checkpoint is None:
+            self.status.setText(f"stopped after {result.steps_done} steps, before the first checkpoint: nothing was written")
+            return
+        self.session.heads_path = result.checkpoint
+        self.model_form.set_heads(str(result.checkpoint))
+        how = f"stopped after {result.steps_done} steps" if result.stopped else "done"
+        self.status.setText(f"{how}; Segment now uses {result.checkpoint}")
+        show_info(f"Fine-tuning {how}: heads saved to {result.checkpoint}")
+
+    def _finished(self) -> None:
+        self.start_button.setEnabled(True)
+        self.stop_button.setEnabled(False)
+        if self.job.errored:
+            self.status.setText("failed: see the notification")
+
+
+def _spin(low: int, high: int, value: int, step: int) -> QSpinBox:
+    spin = QSpinBox()
+    spin.setRange(low, high)
+    spin.setSingleStep(step)
+    spin.setValue(value)
+    return spin

@@ -1,0 +1,248 @@
+"""The Segment widget: run Dino U-Net heads over an image layer and put the result in a Labels layer.
+
+The widget builds the form, plans which part of the layer to read (:mod:`._layer_geometry`), starts
+:func:`segment_job` in a worker (:mod:`._jobs`) and writes the labels it returns. The labels go to the
+layer ``"<image> labels"``: created on the first run; later runs write through ``Labels.data_setitem``,
+so napari's undo (Ctrl+Z) brings back what was there before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from pathlib import Path
+
+import numpy as np
+from napari.layers import Image, Labels
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..engine.errors import DinoUNetError, InputError
+from ..engine.progress import Progress
+from ._jobs import Job
+from ._layer_combo import LayerComboBox
+from ._layer_geometry import RunPlan, channel_axis_choices, parse_channels, plan_run
+from ._model_form import ModelForm
+from ._session import Session, get_session
+from ._settings import recall, remember
+
+WHOLE_STACK, CURRENT_SLICE = "whole stack", "current slice"
+
+
+def labels_layer_name(image_name: str) -> str:
+    return f"{image_name} labels"
+
+
+def segment_job(session: Session, backbone_source: str, device: str, heads_path: Path, plan: RunPlan, *,
+                patch_size: int | None, step: float, tta: bool) -> Generator[Progress, None, tuple]:
+    """Worker body: load the backbone (cached in the session) and the heads, then predict.
+
+    Returns (labels shaped for ``plan.target``, class names). Runs in a worker thread: no Qt here.
+    """
+    from ..engine.checkpoint import load_heads
+    from ..engine.device import pick_device
+    from ..engine.predict import predict
+
+    yield Progress("loading the backbone", 0, 1, backbone_source)
+    device = pick_device(device)
+    backbone = session.backbone(backbone_source, device)
+    yield Progress("loading the heads", 0, 1, str(heads_path))
+    model, metadata = load_heads(heads_path, backbone, device=device)
+    given = plan.image.shape[plan.channel_axis] if plan.channel_axis is not None else 1
+    if metadata.in_channels and given != metadata.in_channels:
+        raise InputError(
+            f"the heads were trained on {metadata.in_channels}-channel images but this run gives {given}: "
+            f"set the channel axis and list {metadata.in_channels} channels in the Channels field"
+        )
+    labels = yield from predict(
+        model, plan.image, patch_size=patch_size or metadata.patch_size or None, step=step, tta=tta,
+        normalization=metadata.normalization, channel_axis=plan.channel_axis, slice_axis=plan.slice_axis,
+        device=device,
+    )
+    return plan.place(labels), list(metadata.class_names)
+
+
+class SegmentWidget(QWidget):
+    """Segment an image layer with Dino U-Net heads (dock widget; see the module docstring)."""
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.session = get_session(napari_viewer)
+        self.job: Job | None = None
+
+        self.model_form = ModelForm(self.session)
+        self.image_combo = LayerComboBox(napari_viewer, (Image,))
+        self.image_combo.setToolTip("The image to segment.")
+        self.channel_axis_combo = QComboBox()
+        self.channel_axis_combo.setToolTip("The layer axis that holds channels (multichannel images).")
+        self.channels_edit = QLineEdit(recall("segment/channels"))
+        self.channels_edit.setPlaceholderText("all, in order (e.g. 0,2)")
+        self.channels_edit.setToolTip("Which channels feed the model, in the order it was trained with.")
+        self.stack_combo = QComboBox()
+        self.stack_combo.addItems([CURRENT_SLICE, WHOLE_STACK])
+        self.stack_combo.setCurrentText(recall("segment/stack", CURRENT_SLICE))
+        self.stack_combo.setToolTip("For stacks: only the slice on screen, or every slice.")
+        self.tile_spin = QSpinBox()
+        self.tile_spin.setRange(0, 4096)
+        self.tile_spin.setSingleStep(32)
+        self.tile_spin.setSpecialValueText("from heads")
+        self.tile_spin.setValue(int(recall("segment/tile", "0") or 0))
+        self.tile_spin.setToolTip("Sliding-window tile in pixels (multiple of 32); default: the training patch.")
+        self.overlap_spin = QDoubleSpinBox()
+        self.overlap_spin.setRange(0.0, 0.9)
+        self.overlap_spin.setSingleStep(0.05)
+        self.overlap_spin.setValue(float(recall("segment/overlap", "0.5") or 0.5))
+        self.overlap_spin.setToolTip("How much neighbouring tiles overlap (0.5: half a tile).")
+        self.tta_check = QCheckBox("mirror test-time augmentation (4x slower)")
+        self.tta_check.setChecked(recall("segment/tta", "false") == "true")
+
+        self.run_button = QPushButton("Run")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.status = QLabel()
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("Image", self.image_combo)
+        form.addRow("Channel axis", self.channel_axis_combo)
+        form.addRow("Channels", self.channels_edit)
+        form.addRow("Stack", self.stack_combo)
+        form.addRow("Tile size", self.tile_spin)
+        form.addRow("Overlap", self.overlap_spin)
+        form.addRow(self.tta_check)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.model_form)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self.image_combo.currentIndexChanged.connect(self._image_changed)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        self._image_changed()
+
+    # -- the form ---------------------------------------------------------------------------------------
+
+    def _image_changed(self, *_) -> None:
+        layer = self.image_combo.layer()
+        self.channel_axis_combo.clear()
+        if layer is not None and layer.rgb:
+            self.channel_axis_combo.addItem("RGB colours", None)
+        else:
+            self.channel_axis_combo.addItem("none", None)
+            for axis in channel_axis_choices(layer) if layer is not None else []:
+                self.channel_axis_combo.addItem(f"axis {axis} ({layer.data.shape[axis]})", axis)
+        self.channel_axis_combo.setEnabled(self.channel_axis_combo.count() > 1)
+        self.stack_combo.setEnabled(layer is not None and layer.ndim > 2)
+
+    def _remember_form(self) -> None:
+        remember("segment/channels", self.channels_edit.text())
+        remember("segment/stack", self.stack_combo.currentText())
+        remember("segment/tile", str(self.tile_spin.value()))
+        remember("segment/overlap", f"{self.overlap_spin.value():g}")
+        remember("segment/tta", "true" if self.tta_check.isChecked() else "false")
+
+    def _current_indices(self, layer) -> tuple[int, ...]:
+        """The layer's data indices (one per layer axis) of the plane the viewer shows."""
+        point = np.asarray(self.viewer.dims.point, dtype=float)[-layer.ndim :]
+        return tuple(int(round(v)) for v in layer.world_to_data(point))
+
+    # -- running ----------------------------------------------------------------------------------------
+
+    def run(self) -> Job | None:
+        """Start a run with the form's choices; returns the job, or None when the form is not usable."""
+        if self.job is not None and not self.job.done:
+            return self.job
+        self.model_form.set_backbone(self.model_form.backbone_edit.text())
+        self.model_form.set_heads(self.model_form.heads_edit.text())
+        layer = self.image_combo.layer()
+        try:
+            heads = self._heads_path()
+            if layer is None:
+                raise InputError("no image layer: open an image (File > Open, or a sample) and choose it")
+            plan = plan_run(
+                layer, channel_axis=self.channel_axis_combo.currentData(),
+                channels=parse_channels(self.channels_edit.text()),
+                whole_stack=self.stack_combo.currentText() == WHOLE_STACK,
+                current=self._current_indices(layer),
+            )
+        except DinoUNetError as err:
+            show_error(f"Segmentation cannot start: {err}")
+            return None
+        self._remember_form()
+        gen = segment_job(
+            self.session, self.session.backbone_source, self.session.device, heads, plan,
+            patch_size=self.tile_spin.value() or None, step=1.0 - self.overlap_spin.value(),
+            tta=self.tta_check.isChecked(),
+        )
+        self.job = Job(gen, "Segmentation", on_result=lambda result: self._show_result(layer, plan, *result),
+                       on_finished=self._finished)
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.status.setText(f"segmenting {layer.name}…")
+        return self.job.start()
+
+    def cancel(self) -> None:
+        if self.job is not None:
+            self.job.cancel()
+
+    def _heads_path(self) -> Path:
+        heads = self.session.heads_path
+        if heads is None:
+            raise InputError("no heads checkpoint chosen: pick a .safetensors file written by Fine-tune or the CLI")
+        if not heads.is_file():
+            raise InputError(f"the heads checkpoint {heads} does not exist: pick an existing file")
+        return heads
+
+    def _finished(self) -> None:
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        if self.job.cancelled:
+            self.status.setText("cancelled: nothing was changed")
+        elif self.job.errored:
+            self.status.setText("failed: see the notification")
+
+    def _show_result(self, image: Image, plan: RunPlan, labels: np.ndarray, class_names: list[str]) -> None:
+        """Write ``labels`` into the image's labels layer (GUI thread), creating it on the first run."""
+        name = labels_layer_name(image.name)
+        existing = self.viewer.layers[name] if name in self.viewer.layers else None
+        if isinstance(existing, Labels) and existing.data.shape == plan.labels_shape:
+            write_labels(existing, plan.target, labels)
+            target = existing
+        else:
+            data = np.zeros(plan.labels_shape, dtype=labels.dtype)
+            data[plan.target] = labels
+            # a same-named layer of another shape stays; napari gives the new one a unique name
+            target = self.viewer.add_labels(data, name=name, scale=plan.scale, translate=plan.translate)
+        target.metadata["class_names"] = class_names
+        target.metadata["heads"] = str(self.session.heads_path)
+        classes = ", ".join(f"{i} {n}" for i, n in enumerate(class_names))
+        self.status.setText(f"{target.name}: {classes}")
+        show_info(f"Segmented {image.name} into {target.name!r}")
+
+
+def write_labels(layer: Labels, target: tuple[int, ...], labels: np.ndarray) -> None:
+    """Write ``labels`` at ``layer.data[target]`` as one undoable edit (only the pixels that change)."""
+    region = np.asarray(layer.data[target])
+    labels = labels.astype(layer.data.dtype, copy=False)
+    changed = np.nonzero(region != labels)
+    if not changed[0].size:
+        return
+    leading = tuple(np.full(changed[0].size, index) for index in target)
+    layer.data_setitem(leading + changed, labels[changed])
