@@ -160,3 +160,5 @@ def test_file_on_meta_device_is_checked_but_not_loaded(dinov3_tiny_dir):
     backbone = load_backbone(dinov3_tiny_dir / "official_tiny.pth", device="meta")
     assert all(p.is_meta for p in backbone.parameters())
     assert backbone.num_params == 249_856 and backbone.sha256.startswith("9c3a1a5b")
+    with pytest.raises(InputError, match="meta device"):
+        backbone.features(torch.randn(1, 3, 32, 32))

@@ -187,6 +187,11 @@ class Backbone(torch.nn.Module):
             raise InputError(
                 f"image size {h}x{w} is not a multiple of {PATCH_SIZE}; pad or crop it to a multiple of {PATCH_SIZE}"
             )
+        weight = self.vit.patch_embed.proj.weight
+        if weight.is_meta:
+            raise InputError("this backbone was built on the meta device (shapes only); load it on 'cpu' or 'cuda'")
+        if x.device != weight.device:
+            raise InputError(f"the image is on {x.device} but the backbone on {weight.device}; move one to the other")
         bad = [b for b in blocks if not 0 <= b < self.depth]
         if bad or not blocks:
             raise InputError(f"blocks {list(blocks)} invalid: this backbone has blocks 0..{self.depth - 1}")

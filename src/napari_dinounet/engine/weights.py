@@ -131,7 +131,7 @@ def _tensor_dict(state, path: Path) -> dict[str, torch.Tensor]:
             state = state[wrapper]
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)} if isinstance(state, dict) else {}
     if not tensors:
-        raise WeightsError(f"{path}: holds no tensors (a {type(state).__name__}); it is not a weights file")
+        raise WeightsError(f"{path}: holds no named tensors (found a {type(state).__name__}); it is not a state dict")
     return tensors
 
 
