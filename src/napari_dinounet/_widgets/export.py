@@ -1,0 +1,285 @@
+"""The Export widget: save a labels layer (TIFF, PNG, NIfTI) and copy the current heads checkpoint.
+
+Labels go through the same function as napari's File > Save Layers (:func:`napari_dinounet._writer.write_labels`),
+so both paths give identical files: TIFF with the layer's pixel size, PNG for 2D labels, NIfTI with the
+affine the labels came with. The heads checkpoint in use (``get_session(viewer).heads_path``, set by the
+Segment and Fine-tune widgets) is copied to a chosen file atomically. Every write replaces its target in
+one rename, so a failed export leaves any earlier file as it was. No torch here.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from napari.layers import Labels
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QMessageBox,
+    QPushButton,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .._writer import formats_for, suggested_name, with_extension, write_labels
+from ..engine.atomic import atomic_path
+from ..engine.errors import CheckpointError, DinoUNetError, InputError
+from ._layer_combo import LayerComboBox
+from ._model_form import HEADS_FILTER, seed_session
+from ._session import get_session
+from ._settings import recall, remember
+
+FORMAT_TITLES = {"tiff": "TIFF (.tif)", "png": "PNG (.png, 2D only)", "nifti": "NIfTI (.nii.gz, keeps the affine)"}
+FORMAT_FILTERS = {"tiff": "TIFF (*.tif *.tiff)", "png": "PNG (*.png)", "nifti": "NIfTI (*.nii.gz *.nii)"}
+HEADS_EXTENSION = ".safetensors"
+
+
+def copy_heads(source: str | Path | None, target: str | Path) -> Path:
+    """Copy the heads checkpoint ``source`` to ``target`` (``.safetensors`` added when missing), atomically.
+
+    Raises CheckpointError when there is no current heads file, InputError when ``target`` is that file.
+    """
+    if source is None:
+        raise CheckpointError("there is no heads checkpoint yet: choose one in the Segment widget, or train "
+                              "one with Fine-tune, then export it")
+    source, target = Path(source), Path(target)
+    if not target.name.endswith(HEADS_EXTENSION):
+        target = target.with_name(target.name + HEADS_EXTENSION)
+    if not source.is_file():
+        raise CheckpointError(f"{source}: the current heads file no longer exists; choose another in the "
+                              "Segment widget")
+    if target.exists() and target.samefile(source):
+        raise InputError(f"{target} is the current heads file itself; choose another file name")
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
+    return target
+
+
+def _path_row(edit: QLineEdit, on_browse) -> QWidget:
+    row = QWidget()
+    layout = QHBoxLayout(row)
+    layout.setContentsMargins(0, 0, 0, 0)
+    layout.addWidget(edit)
+    button = QToolButton(text="…")
+    button.clicked.connect(on_browse)
+    layout.addWidget(button)
+    return row
+
+
+class ExportWidget(QWidget):
+    """Dock widget: export a labels layer to a file, and the current heads checkpoint to a file."""
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        self._viewer = napari_viewer
+        self._session = get_session(napari_viewer)
+        seed_session(self._session)
+        self._labels_path_suggested = True  # the path field follows the layer until the user types one
+        self._confirmed_target: Path | None = None  # a file dialog already asked about overwriting it
+        self._layer = None  # the labels layer the format and path were last chosen for
+
+        self.layer_combo = LayerComboBox(napari_viewer, (Labels,), parent=self)
+        self.format_combo = QComboBox()
+        for fmt, title in FORMAT_TITLES.items():
+            self.format_combo.addItem(title, fmt)
+        self.labels_path_edit = QLineEdit()
+        self.labels_path_edit.setPlaceholderText("file to write")
+        self.export_labels_button = QPushButton("Export labels")
+        self.export_labels_button.setToolTip("Write the chosen labels layer; an existing file is replaced only "
+                                             "after you confirm, and only once the new file is complete.")
+
+        labels_box = QGroupBox("Labels")
+        labels_form = QFormLayout(labels_box)
+        labels_form.addRow("Layer", self.layer_combo)
+        labels_form.addRow("Format", self.format_combo)
+        labels_form.addRow("File", _path_row(self.labels_path_edit, self._browse_labels))
+        labels_form.addRow(self.export_labels_button)
+
+        self.heads_label = QLabel()
+        self.heads_label.setWordWrap(True)
+        self.heads_path_edit = QLineEdit()
+        self.heads_path_edit.setPlaceholderText("file to write (.safetensors)")
+        self.export_heads_button = QPushButton("Export heads")
+        self.export_heads_button.setToolTip("Copy the heads checkpoint in use (adapter, projection, decoder and "
+                                            "their settings; never the backbone) to the file above.")
+        heads_box = QGroupBox("Heads checkpoint")
+        heads_form = QFormLayout(heads_box)
+        heads_form.addRow("In use", self.heads_label)
+        heads_form.addRow("File", _path_row(self.heads_path_edit, self._browse_heads))
+        heads_form.addRow(self.export_heads_button)
+
+        self.status_label = QLabel()
+        self.status_label.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.addWidget(labels_box)
+        layout.addWidget(heads_box)
+        layout.addWidget(self.status_label)
+        layout.addStretch(1)
+
+        self.layer_combo.currentIndexChanged.connect(self._layer_chosen)
+        self.format_combo.currentIndexChanged.connect(self._format_chosen)
+        self.labels_path_edit.textEdited.connect(self._path_typed)
+        self.export_labels_button.clicked.connect(self.export_labels)
+        self.export_heads_button.clicked.connect(self.export_heads)
+        self._session.heads_changed.connect(self._show_heads)
+        self.destroyed.connect(lambda *_: self._session.heads_changed.disconnect(self._show_heads))
+
+        active = napari_viewer.layers.selection.active
+        if isinstance(active, Labels):
+            self.layer_combo.set_layer(active)
+        self._layer_chosen()
+        self._show_heads(self._session.heads_path)
+
+    # -------------------------------------------------------------------------------------- labels
+
+    def format(self) -> str:
+        return self.format_combo.currentData()
+
+    def set_format(self, fmt: str) -> None:
+        self.format_combo.setCurrentIndex(self.format_combo.findData(fmt))
+
+    def labels_target(self) -> Path | None:
+        """The file the labels go to: the typed path with the chosen format's extension."""
+        text = self.labels_path_edit.text().strip()
+        return with_extension(Path(text).expanduser(), self.format()) if text else None
+
+    def _layer_chosen(self, *_) -> None:
+        layer = self.layer_combo.layer()
+        allowed = formats_for(layer.ndim, layer.metadata) if layer is not None else ["tiff"]
+        model = self.format_combo.model()
+        for row in range(self.format_combo.count()):
+            model.item(row).setEnabled(self.format_combo.itemData(row) in allowed)
+        self.format_combo.setToolTip(self._format_help(layer, allowed))
+        new_layer = layer is not self._layer
+        self._layer = layer
+        if new_layer or self.format() not in allowed:
+            # labels that came from NIfTI go back to NIfTI; the rest to TIFF (the user may pick PNG)
+            self.set_format("nifti" if "nifti" in allowed else "tiff")
+        if new_layer:
+            self._suggest_labels_path()
+        self.export_labels_button.setEnabled(layer is not None)
+
+    @staticmethod
+    def _format_help(layer, allowed: list[str]) -> str:
+        if layer is None:
+            return "No labels layer in the viewer."
+        notes = []
+        if "png" not in allowed:
+            notes.append(f"PNG holds 2D labels only ({layer.name!r} has {layer.ndim} dimensions).")
+        if "nifti" not in allowed:
+            notes.append(f"NIfTI needs the affine of a NIfTI image ({layer.name!r} has no metadata['affine']).")
+        return " ".join(notes) or "All formats available."
+
+    def _format_chosen(self, *_) -> None:
+        target = self.labels_target()
+        if target is not None:
+            self.labels_path_edit.setText(str(target))
+        self._confirmed_target = None
+
+    def _path_typed(self, text: str) -> None:
+        self._labels_path_suggested = not text.strip()
+        self._confirmed_target = None
+
+    def _suggest_labels_path(self) -> None:
+        layer = self.layer_combo.layer()
+        if layer is None or not self._labels_path_suggested:
+            return
+        folder = Path(recall("export/folder", str(Path.home())))
+        self.labels_path_edit.setText(str(folder / suggested_name(layer.name, self.format())))
+        self._confirmed_target = None
+
+    def _browse_labels(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export labels", self.labels_path_edit.text(),
+                                              FORMAT_FILTERS[self.format()])
+        if path:
+            self.labels_path_edit.setText(path)
+            self._labels_path_suggested = False
+            self._confirmed_target = self.labels_target()
+
+    def export_labels(self) -> Path | None:
+        """Write the chosen labels layer to :meth:`labels_target`; returns the file, or None if nothing was written."""
+        layer = self.layer_combo.layer()
+        target = self.labels_target()
+        if layer is None:
+            return self._fail("Export failed: no labels layer; segment an image or open a labels layer first")
+        if target is None:
+            return self._fail("Export failed: no file name; type one or press … to choose it")
+        if not self._may_replace(target):
+            return None
+        data, attributes, _ = layer.as_layer_data_tuple()
+        try:
+            (written,) = write_labels(str(target), data, attributes)
+        except DinoUNetError as err:
+            return self._fail(f"Export failed: {err}")
+        except OSError as err:
+            return self._fail(f"Export failed: cannot write {target} ({err.strerror or err}); choose a folder "
+                              "you can write to")
+        remember("export/folder", str(target.parent))
+        shape = "×".join(str(s) for s in layer.data.shape)
+        return self._done(Path(written), f"Saved {layer.name!r} ({shape}) to {written}")
+
+    # --------------------------------------------------------------------------------------- heads
+
+    def _show_heads(self, path) -> None:
+        self.heads_label.setText(str(path) if path else "none yet (choose one in Segment, or train with Fine-tune)")
+        self.export_heads_button.setEnabled(path is not None)
+        if path and not self.heads_path_edit.text().strip():
+            folder = Path(recall("export/folder", str(Path.home())))
+            self.heads_path_edit.setText(str(folder / Path(path).name))
+
+    def _browse_heads(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export heads checkpoint", self.heads_path_edit.text(),
+                                              HEADS_FILTER)
+        if path:
+            self.heads_path_edit.setText(path)
+            self._confirmed_target = Path(path)
+
+    def export_heads(self) -> Path | None:
+        """Copy the session's heads checkpoint to the typed file; returns it, or None if nothing was written."""
+        text = self.heads_path_edit.text().strip()
+        if not text:
+            return self._fail("Export failed: no file name for the heads; type one or press … to choose it")
+        target = Path(text).expanduser()
+        if not target.name.endswith(HEADS_EXTENSION):
+            target = target.with_name(target.name + HEADS_EXTENSION)
+        if not self._may_replace(target):
+            return None
+        try:
+            written = copy_heads(self._session.heads_path, target)
+        except DinoUNetError as err:
+            return self._fail(f"Export failed: {err}")
+        except OSError as err:
+            return self._fail(f"Export failed: cannot write {target} ({err.strerror or err}); choose a folder "
+                              "you can write to")
+        remember("export/folder", str(written.parent))
+        return self._done(written, f"Saved the heads checkpoint to {written}")
+
+    # -------------------------------------------------------------------------------------- common
+
+    def _may_replace(self, target: Path) -> bool:
+        """True unless ``target`` exists and the user declines to replace it."""
+        if not target.exists() or target == self._confirmed_target:
+            return True
+        return self._confirm_replace(target)
+
+    def _confirm_replace(self, target: Path) -> bool:
+        answer = QMessageBox.question(self, "Replace file?", f"{target} exists. Replace it?",
+                                      QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
+        return answer == QMessageBox.Yes
+
+    def _fail(self, message: str) -> None:
+        self.status_label.setText(message)
+        show_error(message)
+
+    def _done(self, path: Path, message: str) -> Path:
+        self.status_label.setText(message)
+        show_info(message)
+        return path

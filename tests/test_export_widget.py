@@ -1,0 +1,140 @@
+"""The Export widget: labels to TIFF/PNG/NIfTI read back, replace confirmation, heads checkpoint copy."""
+
+from __future__ import annotations
+
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+import skimage.io
+from _widget_helpers import isolated_settings  # noqa: F401  (autouse: settings in a temporary folder)
+
+from napari_dinounet._sample_data import mni152_sample, nuclei_sample
+from napari_dinounet.engine.io import read_image
+from napari_dinounet.engine.samples import load_mni152_slices, load_nuclei
+
+if not os.environ.get("DISPLAY"):
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+@pytest.fixture
+def viewer():
+    from napari.components import ViewerModel
+
+    return ViewerModel()
+
+
+def _add(viewer, layer_data):
+    return [viewer._add_layer_from_data(data, meta, layer_type)[0] for data, meta, layer_type in layer_data]
+
+
+def _widget(qtbot, viewer):
+    from napari_dinounet._widgets.export import ExportWidget
+
+    widget = ExportWidget(viewer)
+    qtbot.addWidget(widget)
+    return widget
+
+
+def _enabled_formats(widget) -> list[str]:
+    model = widget.format_combo.model()
+    return [widget.format_combo.itemData(row) for row in range(widget.format_combo.count()) if model.item(row).isEnabled()]
+
+
+def test_nuclei_labels_to_tiff_with_resolution_and_png(qtbot, viewer, tmp_path):
+    _, labels_layer = _add(viewer, nuclei_sample())
+    labels_layer.scale = (0.5, 0.5)
+    labels_layer.units = "micrometer"
+    labels_layer.data[:10, :10] = 1  # a user's brush correction is what gets exported
+    widget = _widget(qtbot, viewer)
+    assert widget.layer_combo.layer() is labels_layer
+    assert widget.format() == "tiff" and _enabled_formats(widget) == ["tiff", "png"]
+    assert widget.labels_path_edit.text().endswith("nuclei_labels.tif")
+
+    widget.labels_path_edit.setText(str(tmp_path / "out" / "nuclei"))
+    written = widget.export_labels()
+    assert written == tmp_path / "out" / "nuclei.tif"
+    back = read_image(written)
+    np.testing.assert_array_equal(back.data, labels_layer.data)
+    assert back.data[:10, :10].all() and (back.data[10:] == (load_nuclei()[1][10:] > 0)).all()
+    assert back.spacing == pytest.approx((0.5, 0.5)) and back.unit == "um"
+    assert "Saved 'nuclei labels' (512×512)" in widget.status_label.text()
+
+    widget.set_format("png")
+    assert widget.labels_path_edit.text() == str(tmp_path / "out" / "nuclei.png")
+    np.testing.assert_array_equal(skimage.io.imread(widget.export_labels()), labels_layer.data)
+
+
+def test_mni152_labels_default_to_nifti_with_the_affine(qtbot, viewer, tmp_path):
+    _add(viewer, nuclei_sample())
+    _, mni_labels = _add(viewer, mni152_sample())
+    widget = _widget(qtbot, viewer)
+    widget.layer_combo.set_layer(mni_labels)
+    assert widget.format() == "nifti" and _enabled_formats(widget) == ["tiff", "nifti"]
+    assert widget.labels_path_edit.text().endswith("MNI152_tissue_labels.nii.gz")
+    widget.labels_path_edit.setText(str(tmp_path / "tissue.nii.gz"))
+    image = nib.load(widget.export_labels())
+    sample = load_mni152_slices()
+    np.testing.assert_array_equal(np.asarray(image.dataobj), sample.labels)
+    np.testing.assert_allclose(image.affine, sample.affine)
+
+    # back to the 2D nuclei labels: NIfTI is not offered there, the widget falls back to TIFF
+    widget.layer_combo.set_layer(viewer.layers["nuclei labels"])
+    assert widget.format() == "tiff" and "nifti" not in _enabled_formats(widget)
+
+
+def test_existing_file_is_replaced_only_when_confirmed(qtbot, viewer, tmp_path, monkeypatch):
+    _add(viewer, nuclei_sample())
+    widget = _widget(qtbot, viewer)
+    target = tmp_path / "labels.tif"
+    target.write_bytes(b"earlier work")
+    widget.labels_path_edit.setText(str(target))
+    monkeypatch.setattr(widget, "_confirm_replace", lambda path: False)
+    assert widget.export_labels() is None
+    assert target.read_bytes() == b"earlier work"
+    monkeypatch.setattr(widget, "_confirm_replace", lambda path: path == target)
+    assert widget.export_labels() == target
+    np.testing.assert_array_equal(read_image(target).data, load_nuclei()[1] > 0)
+
+
+def test_no_labels_layer_says_what_to_do(qtbot, viewer, tmp_path):
+    widget = _widget(qtbot, viewer)
+    assert not widget.export_labels_button.isEnabled()
+    target = tmp_path / "x.tif"
+    widget.labels_path_edit.setText(str(target))
+    assert widget.export_labels() is None
+    assert "no labels layer" in widget.status_label.text()
+    assert not target.exists()
+
+
+def test_heads_export_copies_the_session_checkpoint(qtbot, viewer, tmp_path):
+    from _widget_helpers import write_tiny_heads
+
+    from napari_dinounet._widgets._session import get_session
+    from napari_dinounet.engine.checkpoint import read_metadata
+
+    widget = _widget(qtbot, viewer)
+    assert not widget.export_heads_button.isEnabled()
+    assert "none yet" in widget.heads_label.text()
+
+    heads = write_tiny_heads(tmp_path / "trained" / "heads.safetensors")
+    get_session(viewer).heads_path = heads  # what Fine-tune does when training ends
+    assert widget.heads_label.text() == str(heads) and widget.export_heads_button.isEnabled()
+
+    widget.heads_path_edit.setText(str(tmp_path / "shared" / "nuclei-heads"))
+    copy = widget.export_heads()
+    assert copy == tmp_path / "shared" / "nuclei-heads.safetensors"
+    assert copy.read_bytes() == heads.read_bytes()
+    assert read_metadata(copy).class_names == ["background", "nucleus"]
+
+    widget.heads_path_edit.setText(str(heads))  # onto itself: refused, file intact
+    original = heads.read_bytes()
+    assert widget.export_heads() is None
+    assert "is the current heads file itself" in widget.status_label.text()
+    assert heads.read_bytes() == original
+
+    heads.unlink()
+    widget.heads_path_edit.setText(str(tmp_path / "again.safetensors"))
+    assert widget.export_heads() is None
+    assert "no longer exists" in widget.status_label.text()
