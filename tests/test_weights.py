@@ -75,7 +75,8 @@ def _to_hf(state: dict) -> dict:
         b, h = f"blocks.{i}.", f"layer.{i}."
         q, k, v = state[b + "attn.qkv.weight"].chunk(3)
         out |= {h + "attention.q_proj.weight": q, h + "attention.k_proj.weight": k, h + "attention.v_proj.weight": v}
-        out[h + "attention.q_proj.bias"], out[h + "attention.v_proj.bias"] = state[b + "attn.q_bias"], state[b + "attn.v_bias"]
+        out[h + "attention.q_proj.bias"] = state[b + "attn.q_bias"]
+        out[h + "attention.v_proj.bias"] = state[b + "attn.v_bias"]
         out[h + "attention.k_proj.bias"] = torch.randn_like(state[b + "attn.q_bias"])
         for timm_name, hf_name in (
             ("attn.proj", "attention.o_proj"), ("mlp.fc1_g", "mlp.gate_proj"), ("mlp.fc1_x", "mlp.up_proj"),
@@ -202,12 +203,14 @@ def test_other_network(tmp_path):
         load_backbone(tmp_path / "resnet.pth")
 
 
-def test_dinov3_file_with_a_tensor_missing(dinov3_tiny_dir, tmp_path):
+def test_dinov3_file_with_a_tensor_missing_or_misshapen(dinov3_tiny_dir, tmp_path):
     state = torch.load(dinov3_tiny_dir / "official_tiny.pth", weights_only=True)
     del state["blocks.2.mlp.fc2.weight"]
+    state["blocks.1.attn.proj.weight"] = torch.zeros(64, 32)
     torch.save(state, tmp_path / "holey.pth")
-    with pytest.raises(WeightsError, match="holey.pth: does not fit .* missing blocks.2.mlp.fc2.weight"):
+    with pytest.raises(WeightsError, match="holey.pth: does not fit .* missing blocks.2.mlp.fc2.weight") as err:
         load_backbone(tmp_path / "holey.pth")
+    assert "blocks.1.attn.proj.weight is (64, 32), expected (64, 64)" in str(err.value)
 
 
 def test_hf_folder_without_weights(dinov3_tiny_dir, tmp_path):

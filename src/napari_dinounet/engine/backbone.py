@@ -55,7 +55,7 @@ class Architecture:
 
 
 def evenly_spaced_taps(depth: int) -> tuple[int, int, int, int]:
-    """Four 0-based blocks evenly spaced and ending at the last: 4 -> (0,1,2,3), 12 -> (2,5,8,11), 32 -> (7,15,23,31)."""
+    """Four 0-based blocks, evenly spaced, ending at the last: 4 -> (0,1,2,3), 12 -> (2,5,8,11), 32 -> (7,15,23,31)."""
     if depth < 4:
         raise WeightsError(f"a backbone with {depth} blocks is too shallow: Dino U-Net taps four blocks")
     return tuple((i + 1) * depth // 4 - 1 for i in range(4))
@@ -304,7 +304,9 @@ def _check_fits(vit: torch.nn.Module, weights: WeightsFile, arch: Architecture) 
     given = {k: tuple(v.shape) for k, v in weights.state_dict.items()}
     problems = [f"missing {k}" for k in expected if k not in given]
     problems += [f"unexpected {k}" for k in given if k not in expected]
-    problems += [f"{k} is {given[k]}, expected {expected[k]}" for k in expected if k in given and given[k] != expected[k]]
+    problems += [
+        f"{k} is {given[k]}, expected {shape}" for k, shape in expected.items() if given.get(k, shape) != shape
+    ]
     if problems:
         shown = "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6 else "")
         raise WeightsError(
