@@ -235,6 +235,7 @@ def test_nnunet_dataset_read_and_found(tmp_path):
     assert image.data[..., 1].min() >= 10 > image.data[..., 0].max()  # channel order kept
     out = io.output_path_for(dataset.test[0], tmp_path / "pred")
     assert out == tmp_path / "pred" / "case_c.nii.gz"
+    assert io.output_path_for(root / "imagesTs" / "case_c_0000.nii.gz", tmp_path / "pred") == out
     labels = labels_like((8, 9, 4), 3)
     written = io.read_image(io.write_labels(out, labels, like=image))
     assert np.array_equal(written.data, labels) and np.array_equal(written.affine, image.affine)

@@ -44,6 +44,7 @@ FORMATS: dict[str, str] = {
     ".npy": "npy",
 }
 SUPPORTED = ", ".join(FORMATS)
+NNUNET_IMAGE_FOLDERS = ("imagesTr", "imagesTs")  # where file names end in a _0000 channel suffix
 _CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 _TIFF_UNITS = {2: "inch", 3: "cm", 4: "mm", 5: "um"}  # TIFF ResolutionUnit codes (1 = none)
 # NIfTI xyzt_units -> unit names; "unknown" is read as millimetres, as ITK and nnU-Net do.
@@ -119,8 +120,13 @@ class Case:
 
     @classmethod
     def from_path(cls, path: str | Path) -> Case:
+        """A one-file case; in an nnU-Net images folder its name drops the ``_0000`` channel suffix."""
         path = Path(path)
-        return cls(split_extension(path)[0], (path,))
+        name = split_extension(path)[0]
+        match = _CHANNEL_SUFFIX.match(name)
+        if match is not None and path.parent.name in NNUNET_IMAGE_FOLDERS:
+            name = match["case"]
+        return cls(name, (path,))
 
 
 @dataclass
@@ -282,9 +288,10 @@ def find_images(inputs: Iterable[str | Path]) -> list[Case]:
 
     A file is one case. A folder gives every supported file in it (not recursive, hidden files skipped),
     except nnU-Net folders: an nnU-Net dataset root (holding ``dataset.json``) means its ``imagesTs``,
-    and a folder named ``imagesTr``/``imagesTs`` (or beside a ``dataset.json``) is grouped by case
-    with channels from the ``_0000``, ``_0001``... suffixes. Case names must be unique, since they name
-    the outputs. Raises InputError for missing paths, unsupported files and empty folders.
+    and a folder named ``imagesTr``/``imagesTs`` is grouped by case with channels from the ``_0000``,
+    ``_0001``... suffixes (as many as its ``dataset.json`` names, if there is one). Case names must be
+    unique, since they name the outputs. Raises InputError for missing paths, unsupported files and
+    empty folders.
     """
     cases: list[Case] = []
     for item in inputs:
@@ -315,7 +322,7 @@ def _cases_in_folder(folder: Path) -> list[Case]:
     if not files:
         raise InputError(f"{folder}: no images found (supported: {SUPPORTED})")
     dataset_json = folder.parent / "dataset.json"
-    if folder.name in ("imagesTr", "imagesTs") or dataset_json.is_file():
+    if folder.name in NNUNET_IMAGE_FOLDERS:
         channels = _channel_names(read_dataset_json(dataset_json)) if dataset_json.is_file() else None
         return group_channels(files, len(channels) if channels else None)
     return [Case.from_path(p) for p in files]
@@ -465,8 +472,8 @@ def match_cases(pred_dir: str | Path, gt_dir: str | Path) -> list[tuple[str, Pat
 def output_path_for(source: Case | str | Path, out_dir: str | Path) -> Path:
     """Where the prediction for ``source`` goes: ``out_dir/<case name><input extension>``.
 
-    A :class:`Case` from :func:`find_images` gives nnU-Net names without ``_0000``; a plain path keeps
-    its name. JPEG inputs get ``.png`` (JPEG compression would change label values).
+    nnU-Net cases (a :class:`Case`, or a path in imagesTr/imagesTs) are named without ``_0000``;
+    other files keep their name. JPEG inputs get ``.png`` (JPEG compression would change label values).
     """
     case = source if isinstance(source, Case) else Case.from_path(source)
     extension = ".png" if case.format == "jpeg" else case.extension
