@@ -17,6 +17,7 @@ class LayerComboBox(QComboBox):
         self._viewer = viewer
         self._layer_types = layer_types
         self._none_text = none_text
+        self._shown: list = []  # the layer behind each item (None for the "no layer" item)
         self.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
         self.setMinimumContentsLength(12)
         events = viewer.layers.events
@@ -29,25 +30,25 @@ class LayerComboBox(QComboBox):
 
     def layer(self):
         """The chosen layer, or ``None``."""
-        name = self.currentData()
-        return self._viewer.layers[name] if name is not None and name in self._viewer.layers else None
+        index = self.currentIndex()
+        layer = self._shown[index] if 0 <= index < len(self._shown) else None
+        return layer if layer is not None and layer in self._viewer.layers else None
 
     def set_layer(self, layer) -> None:
-        index = self.findData(None if layer is None else layer.name)
-        if index >= 0:
-            self.setCurrentIndex(index)
+        if layer in self._shown:
+            self.setCurrentIndex(self._shown.index(layer))
 
     def refresh(self, *_) -> None:
         current = self.layer()
         self.blockSignals(True)
         self.clear()
-        if self._none_text is not None:
-            self.addItem(self._none_text, None)
-        for layer in reversed(self._viewer.layers):  # the top layer first, as in the layer list
-            if isinstance(layer, self._layer_types):
-                self.addItem(layer.name, layer.name)
+        self._shown = [None] if self._none_text is not None else []
+        self._shown += [layer for layer in reversed(self._viewer.layers)  # top layer first, as in the list
+                        if isinstance(layer, self._layer_types)]
+        for layer in self._shown:
+            self.addItem(self._none_text if layer is None else layer.name)
         self.blockSignals(False)
-        if current is not None and self.findData(current.name) >= 0:
+        if current is not None and current in self._shown:
             self.set_layer(current)
         else:
             self.setCurrentIndex(0 if self.count() else -1)

@@ -1,0 +1,53 @@
+"""Shared pieces of the widget tests: settings kept out of the user's, a nuclei crop, a tiny checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_dinounet._widgets._settings import SETTINGS_DIR_ENV
+
+CROP = (slice(0, 128), slice(0, 128))  # 128x128 of the nuclei sample with a dozen nuclei in it
+
+
+@pytest.fixture(autouse=True)
+def isolated_settings(tmp_path, monkeypatch) -> Path:
+    """The widgets' QSettings file lives in a temporary folder, never in the user's settings."""
+    folder = tmp_path / "settings"
+    folder.mkdir()
+    monkeypatch.setenv(SETTINGS_DIR_ENV, str(folder))
+    return folder
+
+
+def nuclei_crop() -> tuple[np.ndarray, np.ndarray]:
+    """A 128x128 crop of the nuclei sample: image uint16 and semantic labels uint8 (1 = nucleus)."""
+    from napari_dinounet.engine.samples import load_nuclei
+
+    image, instances = load_nuclei()
+    return image[CROP].copy(), (instances[CROP] > 0).astype(np.uint8)
+
+
+def write_tiny_heads(path: Path, *, patch_size: int = 64, in_channels: int = 1,
+                     class_names=("background", "nucleus")) -> Path:
+    """A heads checkpoint for the random:tiny backbone (randomly initialised heads), written with save_heads."""
+    from napari_dinounet.engine.backbone import load_backbone
+    from napari_dinounet.engine.checkpoint import HeadsMetadata, save_heads
+    from napari_dinounet.engine.network import build_dinounet
+
+    import torch
+
+    torch.manual_seed(0)
+    model = build_dinounet("tiny", num_classes=len(class_names), backbone=load_backbone("random:tiny"))
+    metadata = HeadsMetadata(
+        config=model.config.to_dict(), class_names=list(class_names), in_channels=in_channels,
+        normalization={"scheme": "zscore"}, patch_size=patch_size, backbone_variant="tiny",
+    )
+    return save_heads(path, model, metadata)
+
+
+def wait_for(qtbot, job, timeout_ms: int = 120_000) -> None:
+    """Wait (processing Qt events) until ``job`` has finished, whatever the outcome."""
+    assert job is not None, "the run did not start (see the error notification)"
+    qtbot.waitUntil(lambda: job.done, timeout=timeout_ms)

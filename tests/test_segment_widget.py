@@ -1,0 +1,274 @@
+"""The Segment widget with a real viewer (run under ``xvfb-run -a``): form, layer planning, runs, undo,
+cancel and errors. The model is the random:tiny backbone with randomly initialised heads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _widget_helpers import isolated_settings, nuclei_crop, wait_for, write_tiny_heads  # noqa: F401
+from napari.layers import Image
+
+from napari_dinounet._widgets import _jobs
+from napari_dinounet._widgets._layer_geometry import parse_channels, plan_run
+from napari_dinounet.engine.errors import InputError
+
+# -- planning: which part of a layer a run reads and where the labels go (no viewer needed) ---------------
+
+
+def test_plan_2d_keeps_geometry():
+    layer = Image(np.zeros((40, 50), np.uint16), scale=(0.5, 2.0), translate=(3, 4))
+    plan = plan_run(layer)
+    assert plan.image.shape == (40, 50)
+    assert (plan.channel_axis, plan.slice_axis, plan.target) == (None, None, ())
+    assert plan.labels_shape == (40, 50)
+    assert plan.scale == (0.5, 2.0) and plan.translate == (3.0, 4.0)
+
+
+def test_plan_stack_whole_and_current_slice():
+    data = np.arange(3 * 8 * 9).reshape(3, 8, 9)
+    layer = Image(data, scale=(5, 1, 1))
+    whole = plan_run(layer, whole_stack=True)
+    assert whole.image.shape == (3, 8, 9) and whole.slice_axis == 0 and whole.target == ()
+    current = plan_run(layer, whole_stack=False, current=(2, 0, 0))
+    assert current.target == (2,) and current.slice_axis is None
+    np.testing.assert_array_equal(current.image, data[2])
+    # the labels of one slice go back to that slice only
+    assert current.place(np.ones((8, 9), np.uint8)).shape == (8, 9)
+
+
+def test_plan_two_leading_axes_become_one_stack_and_back():
+    data = np.random.default_rng(0).random((2, 3, 8, 9))
+    plan = plan_run(Image(data), whole_stack=True)
+    assert plan.image.shape == (6, 8, 9) and plan.slice_axis == 0
+    np.testing.assert_array_equal(plan.place(plan.image), data)
+    labels = np.arange(2 * 3 * 8 * 9).reshape(2, 3, 8, 9)
+    np.testing.assert_array_equal(plan.select(labels), labels.reshape(6, 8, 9))
+
+
+def test_plan_channels_go_last_and_are_picked():
+    data = np.random.default_rng(0).random((4, 5, 8, 9))  # (C, Z, Y, X)
+    layer = Image(data, scale=(1, 3, 0.5, 0.5))
+    plan = plan_run(layer, channel_axis=0, channels=(2, 0), whole_stack=True)
+    assert plan.image.shape == (5, 8, 9, 2) and plan.channel_axis == 3 and plan.slice_axis == 0
+    np.testing.assert_array_equal(plan.image[..., 0], data[2])
+    np.testing.assert_array_equal(plan.image[..., 1], data[0])
+    assert plan.labels_shape == (5, 8, 9) and plan.scale == (3.0, 0.5, 0.5)
+    with pytest.raises(InputError, match="channels 0 to 3"):
+        plan_run(layer, channel_axis=0, channels=(4,))
+    with pytest.raises(InputError, match="no channel axis"):
+        plan_run(layer, channels=(0,))
+
+
+def test_plan_rgba_drops_alpha():
+    layer = Image(np.zeros((8, 9, 4), np.uint8), rgb=True, scale=(2, 2))
+    plan = plan_run(layer)
+    assert plan.image.shape == (8, 9, 3) and plan.channel_axis == 2 and plan.labels_shape == (8, 9)
+    assert plan.scale == (2.0, 2.0)
+
+
+def test_parse_channels():
+    assert parse_channels(" ") is None
+    assert parse_channels("0, 2") == (0, 2)
+    with pytest.raises(InputError, match="e.g. 0,2"):
+        parse_channels("red")
+
+
+# -- the widget in a viewer --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    return make_napari_viewer()
+
+
+@pytest.fixture
+def errors(monkeypatch) -> list[str]:
+    """Error notifications the widgets show (collected instead of shown)."""
+    shown: list[str] = []
+    from napari_dinounet._widgets import segment
+
+    monkeypatch.setattr(_jobs, "show_error", shown.append)
+    monkeypatch.setattr(segment, "show_error", shown.append)
+    return shown
+
+
+def make_widget(viewer):
+    from napari_dinounet._widgets.segment import SegmentWidget
+
+    return SegmentWidget(viewer)
+
+
+def test_image_picker_follows_the_viewer(viewer):
+    widget = make_widget(viewer)
+    assert widget.image_combo.count() == 0
+    viewer.add_image(np.zeros((3, 16, 16)), name="stack")
+    viewer.add_labels(np.zeros((16, 16), np.uint8), name="not an image")
+    viewer.add_image(np.zeros((16, 16, 3), np.uint8), name="colour", rgb=True)
+    names = [widget.image_combo.itemText(i) for i in range(widget.image_combo.count())]
+    assert names == ["colour", "stack"]
+    assert widget.image_combo.currentText() == "stack"  # the choice survives layers being added
+    assert widget.stack_combo.isEnabled()
+    assert [widget.channel_axis_combo.itemData(i) for i in range(widget.channel_axis_combo.count())] == [None, 0]
+    viewer.layers["stack"].name = "renamed"
+    assert widget.image_combo.currentText() == "renamed"
+    viewer.layers.remove("renamed")
+    assert widget.image_combo.currentText() == "colour"
+    assert widget.channel_axis_combo.itemText(0) == "RGB colours" and not widget.stack_combo.isEnabled()
+
+
+def test_fields_are_remembered_in_the_test_settings_folder(viewer, isolated_settings):
+    widget = make_widget(viewer)
+    widget.model_form.set_backbone("random:tiny")
+    widget.model_form.device_combo.setCurrentText("cpu")
+    widget.tile_spin.setValue(96)
+    widget.overlap_spin.setValue(0.25)
+    widget._remember_form()
+    assert (isolated_settings / "napari-dinounet.ini").is_file()
+
+    from napari_dinounet._widgets._session import Session
+
+    fresh = Session()  # as in the next napari session
+    from napari_dinounet._widgets._model_form import ModelForm
+    from napari_dinounet._widgets.segment import SegmentWidget
+
+    ModelForm(fresh)
+    assert (fresh.backbone_source, fresh.device) == ("random:tiny", "cpu")
+    again = SegmentWidget(viewer)
+    assert again.tile_spin.value() == 96 and again.overlap_spin.value() == pytest.approx(0.25)
+
+
+@pytest.fixture
+def nuclei(viewer):
+    image, _ = nuclei_crop()
+    return viewer.add_image(image, name="nuclei", scale=(0.5, 0.25), translate=(10.0, -4.0))
+
+
+@pytest.fixture
+def heads(tmp_path):
+    return write_tiny_heads(tmp_path / "tiny-heads.safetensors")
+
+
+def ready_widget(viewer, heads):
+    widget = make_widget(viewer)
+    widget.model_form.set_backbone("random:tiny")
+    widget.model_form.device_combo.setCurrentText("cpu")
+    widget.model_form.set_heads(str(heads))
+    widget.tile_spin.setValue(64)
+    return widget
+
+
+def reference_labels(widget, heads, image, **kwargs) -> np.ndarray:
+    """What the engine gives for ``image`` with the backbone the widget used (the session's cached one)."""
+    from napari_dinounet.engine.checkpoint import load_heads
+    from napari_dinounet.engine.predict import predict
+    from napari_dinounet.engine.progress import drain
+
+    model, metadata = load_heads(heads, widget.session.backbone("random:tiny", "cpu"))
+    return drain(predict(model, image, patch_size=64, normalization=metadata.normalization, **kwargs))
+
+
+def test_segment_writes_labels_with_geometry_and_undo(qtbot, viewer, nuclei, heads):
+    widget = ready_widget(viewer, heads)
+    job = widget.run()
+    assert not widget.run_button.isEnabled() and widget.cancel_button.isEnabled()
+    wait_for(qtbot, job)
+    assert not job.errored and widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+
+    labels = viewer.layers["nuclei labels"]
+    assert labels.data.shape == (128, 128) and labels.data.dtype == np.uint8
+    np.testing.assert_allclose(labels.scale, (0.5, 0.25))
+    np.testing.assert_allclose(labels.translate, (10.0, -4.0))
+    assert labels.metadata["class_names"] == ["background", "nucleus"]
+    first = labels.data.copy()
+    np.testing.assert_array_equal(first, reference_labels(widget, heads, nuclei.data))
+
+    # the user paints over part of it, then runs again: the run is one undoable edit
+    painted = first.copy()
+    painted[:20, :20] = 1 - painted[:20, :20]
+    labels.data_setitem(np.nonzero(painted != first), painted[painted != first])
+    wait_for(qtbot, widget.run())
+    assert viewer.layers["nuclei labels"] is labels and len(viewer.layers) == 2
+    np.testing.assert_array_equal(labels.data, first)
+    labels.undo()
+    np.testing.assert_array_equal(labels.data, painted)
+
+
+def test_segment_current_slice_of_a_stack(qtbot, viewer, heads):
+    image, _ = nuclei_crop()
+    stack = np.stack([image, image[::-1], image[:, ::-1]])
+    viewer.add_image(stack, name="stack")
+    viewer.dims.set_current_step(0, 1)
+    widget = ready_widget(viewer, heads)
+    widget.stack_combo.setCurrentText("current slice")
+    wait_for(qtbot, widget.run())
+    labels = viewer.layers["stack labels"].data
+    assert labels.shape == (3, 128, 128)
+    np.testing.assert_array_equal(labels[1], reference_labels(widget, heads, stack[1]))
+    assert not labels[0].any() and not labels[2].any()  # only the slice on screen was segmented
+
+    widget.stack_combo.setCurrentText("whole stack")
+    wait_for(qtbot, widget.run())
+    np.testing.assert_array_equal(viewer.layers["stack labels"].data, reference_labels(widget, heads, stack))
+
+
+def test_cancel_leaves_the_previous_labels_untouched(qtbot, viewer, nuclei, heads):
+    widget = ready_widget(viewer, heads)
+    wait_for(qtbot, widget.run())
+    labels = viewer.layers["nuclei labels"]
+    before = labels.data.copy()
+    history = len(labels._undo_history)
+
+    widget.tile_spin.setValue(64)
+    widget.overlap_spin.setValue(0.9)  # many small steps: plenty of events to cancel at
+    widget.tta_check.setChecked(True)
+    job = widget.run()
+    seen = []
+
+    def cancel_at_first_tile(event):
+        seen.append(event.task)
+        if event.task == "predict":
+            widget.cancel()
+
+    job.worker.yielded.connect(cancel_at_first_tile)
+    wait_for(qtbot, job)
+    assert job.cancelled and "predict" in seen
+    np.testing.assert_array_equal(labels.data, before)
+    assert len(labels._undo_history) == history
+    assert job._bar.n < job._bar.total or job._bar.total == 0 or job._bar.disable
+    assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+    assert "cancelled" in widget.status.text()
+
+
+def test_errors_become_notifications_and_the_widget_stays_usable(qtbot, viewer, nuclei, heads, tmp_path, errors):
+    widget = ready_widget(viewer, heads)
+
+    widget.model_form.set_heads(str(tmp_path / "missing.safetensors"))
+    assert widget.run() is None
+    assert "does not exist" in errors[-1] and "pick an existing file" in errors[-1]
+
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a checkpoint at all")
+    widget.model_form.set_heads(str(broken))
+    job = widget.run()
+    wait_for(qtbot, job)
+    assert job.errored and "Segmentation failed" in errors[-1] and str(broken) in errors[-1]
+    assert "nuclei labels" not in viewer.layers
+    assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+
+    # heads trained on 3 channels cannot read a grey image: the message names the fix
+    widget.model_form.set_heads(str(write_tiny_heads(tmp_path / "rgb-heads.safetensors", in_channels=3)))
+    wait_for(qtbot, widget.run())
+    assert "3-channel" in errors[-1] and "Channels field" in errors[-1]
+
+    widget.model_form.set_heads(str(heads))
+    wait_for(qtbot, job := widget.run())
+    assert not job.errored and "nuclei labels" in viewer.layers
+
+
+def test_out_of_memory_message_names_the_fix():
+    class OutOfMemoryError(RuntimeError):
+        pass
+
+    message = _jobs.error_message(OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"), "Segmentation")
+    assert "tile" in message and "CPU" in message
+    assert "Segmentation failed: no heads" in _jobs.error_message(InputError("no heads"), "Segmentation")
