@@ -69,7 +69,10 @@ def read_weights(source: str | Path) -> WeightsFile:
         state_dict, periods = official_to_timm(raw)
         head_dim = 4 * periods.numel() if periods is not None else None
     elif fmt == "hf":
-        state_dict, periods = hf_to_timm(raw), None
+        try:
+            state_dict, periods = hf_to_timm(raw), None
+        except WeightsError as err:
+            raise WeightsError(f"{path}: {err}") from None
         head_dim = _hf_head_dim(config, path)
     else:
         state_dict, periods, head_dim = raw, None, None
@@ -78,8 +81,11 @@ def read_weights(source: str | Path) -> WeightsFile:
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of one ``.safetensors`` or PyTorch file, whatever its name; WeightsError if it is neither."""
-    with open(path, "rb") as f:
-        head = f.read(16)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as err:
+        raise WeightsError(f"{path}: cannot be opened ({err.strerror}); check that it is readable") from None
     if not head:
         raise WeightsError(f"{path}: the file is empty; download it again")
     if len(head) >= 9 and head[8:9] == b"{":  # safetensors: 8-byte header length, then a JSON header
