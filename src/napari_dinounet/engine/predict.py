@@ -71,6 +71,7 @@ class _Layout:
     """Which axes of the input hold the channels, the slices of a stack, the rows and the columns."""
 
     channel: int | None
+    channels: slice  # the channels used: all, or the first three of an RGBA image (alpha carries no content)
     slice: int | None
     rows: int
     cols: int
@@ -84,66 +85,71 @@ class _Layout:
         return self.slice - (self.channel is not None and self.channel < self.slice)
 
 
-def _normalise_axis(axis: int | None, ndim: int, name: str) -> int | None:
-    if axis is None:
-        return None
+def _normalise_axis(axis: int, ndim: int, name: str, shape: tuple[int, ...]) -> int:
     if not -ndim <= axis < ndim:
-        raise InputError(f"{name}={axis} does not exist in an image with {ndim} axes: use 0 to {ndim - 1} or -1")
+        raise InputError(f"{name}={axis} does not exist in {shape}: use 0 to {ndim - 1} or a negative index")
     return axis % ndim
 
 
 def _layout(shape: tuple[int, ...], channel_axis: int | None, slice_axis: int | None) -> _Layout:
+    """Find the axes as ``engine/data.py`` does for training: (..., 3|4) is RGB(A) unless told otherwise,
+    and ``slice_axis`` counts the spatial axes only (the channel axis left out)."""
     ndim = len(shape)
-    if ndim not in (2, 3, 4):
-        raise InputError(
-            f"cannot predict an image of shape {shape}: give a 2D image (H, W), RGB (H, W, 3), a multichannel "
-            "image with channel_axis, or a 3D stack (with slice_axis), with or without channels"
-        )
     if 0 in shape:
         raise InputError(f"the image of shape {shape} is empty")
-    channel = _normalise_axis(channel_axis, ndim, "channel_axis")
-    slice_ = _normalise_axis(slice_axis, ndim, "slice_axis")
-    if channel is None and slice_ is None and ndim == 3 and shape[-1] == 3:
-        channel = 2  # (H, W, 3): RGB, the way napari shows it
-    if channel is None and ndim == 4:
-        raise InputError(f"a 4D image {shape} needs channel_axis: the axis that holds the channels")
-    if channel is not None and channel == slice_:
-        raise InputError(f"channel_axis and slice_axis are the same axis ({channel}): they must differ")
+    channels = slice(None)
+    if channel_axis is not None:
+        channel = _normalise_axis(channel_axis, ndim, "channel_axis", shape)
+    elif shape[-1] in (3, 4) and (ndim == 4 or (ndim == 3 and slice_axis is None)):
+        channel, channels = ndim - 1, slice(0, 3)  # RGB(A), the way napari shows it
+    else:
+        channel = None
     spatial = [axis for axis in range(ndim) if axis != channel]
-    if len(spatial) == 2 and slice_ is not None:
-        raise InputError(f"slice_axis={slice_axis} was given but the image {shape} is 2D (with channel_axis={channel_axis})")
-    if len(spatial) == 3 and slice_ is None:
-        slice_ = spatial[0]  # stacks go slice by slice along their first axis unless told otherwise
+    if len(spatial) not in (2, 3):
+        raise InputError(
+            f"cannot predict an image of shape {shape}: give a 2D image (H, W), RGB (H, W, 3), a stack (Z, H, W), "
+            "RGB stacks (Z, H, W, 3), or say which axis holds the channels with channel_axis"
+        )
+    if len(spatial) == 2:
+        if slice_axis is not None:
+            raise InputError(f"slice_axis={slice_axis} was given but the image {shape} is 2D: leave slice_axis out")
+        slice_ = None
+    else:
+        slice_ = spatial[_normalise_axis(0 if slice_axis is None else slice_axis, 3, "slice_axis", tuple(shape[a] for a in spatial))]
     rows, cols = (axis for axis in spatial if axis != slice_)
-    return _Layout(channel, slice_, rows, cols, tuple(shape[axis] for axis in spatial))
+    return _Layout(channel, channels, slice_, rows, cols, tuple(shape[axis] for axis in spatial))
 
 
 class _AxisView:
     """A read-only view of an array-like (NumPy, memmap, dask, zarr) with axes picked and reordered.
 
     ``axes`` gives, for each axis of the view, the source axis it shows (None: a new axis of size 1);
-    ``fixed`` pins the remaining source axes to one index. Indexing the view with slices reads only
-    that part of the source and returns a NumPy array, so dask and zarr arrays are read piece by piece.
+    ``pinned`` maps source axes to an index (the axis is dropped) or a slice (the view shows that part).
+    Indexing the view with slices reads only that part of the source and returns a NumPy array, so dask
+    and zarr arrays are read piece by piece.
     """
 
-    def __init__(self, source, axes: Sequence[int | None], fixed: dict[int, int] | None = None):
+    def __init__(self, source, axes: Sequence[int | None], pinned: dict[int, int | slice] | None = None):
         self.source = source
         self.axes = tuple(axes)
-        self.fixed = dict(fixed or {})
-        self.shape = tuple(1 if axis is None else source.shape[axis] for axis in self.axes)
+        self.pinned = dict(pinned or {})
+        self.shape = tuple(1 if axis is None else len(self._range(axis)) for axis in self.axes)
         self.ndim = len(self.shape)
+
+    def _range(self, axis: int) -> range:
+        size = self.source.shape[axis]
+        return range(*self.pinned.get(axis, slice(None)).indices(size))
 
     def __getitem__(self, key) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
         key = key + (slice(None),) * (self.ndim - len(key))
-        source_key: list = [slice(None)] * len(self.source.shape)
-        for axis, index in self.fixed.items():
-            source_key[axis] = index
+        source_key: list = [self.pinned.get(axis, slice(None)) for axis in range(len(self.source.shape))]
         for index, axis in zip(key, self.axes):
             if axis is not None:
-                source_key[axis] = index
+                part = self._range(axis)[index]
+                source_key[axis] = slice(part.start, part.stop, part.step)
         block = np.asarray(self.source[tuple(source_key)])
-        kept = [axis for axis in range(len(self.source.shape)) if axis not in self.fixed]  # block's axes
+        kept = [axis for axis, index in enumerate(source_key) if isinstance(index, slice)]  # block's axes
         block = block.transpose([kept.index(axis) for axis in self.axes if axis is not None])
         for position, axis in enumerate(self.axes):
             if axis is None:
@@ -375,9 +381,10 @@ def predict(
     model: any module mapping normalised tiles (B, C, th, tw) to logits (B, nc, th, tw), e.g. a DinoUNet
         (which maps C input channels to its backbone's three itself).
     image: NumPy, dask or zarr; uint8/uint16/int16/float32/float64 (NaN and inf are predicted as the image
-        mean, with a warning). 2D (H, W); (H, W, 3) is taken as RGB; ``channel_axis`` marks the channels of
-        a multichannel image; 3D stacks (with or without channels) go slice by slice along ``slice_axis``
-        (default: the first spatial axis). Axis numbers count the input's axes.
+        mean, with a warning). 2D (H, W); (H, W, 3|4) and (Z, H, W, 3|4) are RGB(A) (alpha is dropped);
+        ``channel_axis`` (counted in the input's axes) marks the channels of a multichannel image; stacks go
+        slice by slice along ``slice_axis``, counted in the spatial axes (the output's), default 0; both
+        as ``engine/data.py`` reads training images.
     patch_size: the tile, an int or (th, tw), multiples of 32 (default 512; use the training patch).
     step: tile offset as a fraction of the tile (0.5: tiles overlap by half).
     tta: also predict the three mirror images of each tile and average (4x slower).
@@ -408,9 +415,10 @@ def predict(
     was_training = model.training
     model.eval()
     try:
-        channel_view = (layout.channel,) if layout.channel is not None else (None,)
         slices = 1 if layout.slice is None else image.shape[layout.slice]
-        whole = _AxisView(image, channel_view + ((layout.slice,) if layout.slice is not None else ()) + (layout.rows, layout.cols))
+        channel_pin = {layout.channel: layout.channels} if layout.channel is not None else {}
+        stack_axes = (layout.slice,) if layout.slice is not None else ()
+        whole = _AxisView(image, (layout.channel, *stack_axes, layout.rows, layout.cols), channel_pin)
         tiler = _Tiler(model, device, tile, step, batch_size, tta, norm, None, probabilities)
         ys, xs = tiler.grid(image.shape[layout.rows], image.shape[layout.cols])
         total = slices * len(ys) * len(xs)
@@ -418,8 +426,8 @@ def predict(
         tiler.stats = normalize.statistics_for(whole, norm)
         done = 0
         for index in range(slices):
-            fixed = {layout.slice: index} if layout.slice is not None else None
-            plane = _AxisView(image, channel_view + (layout.rows, layout.cols), fixed)
+            pinned = {**channel_pin, **({layout.slice: index} if layout.slice is not None else {})}
+            plane = _AxisView(image, (layout.channel, layout.rows, layout.cols), pinned)
             message = f"slice {index + 1}/{slices}" if slices > 1 else ""
             for count in tiler.plane(plane, lambda rows, block, index=index: output.write(index, rows, block)):
                 done += count
