@@ -152,6 +152,30 @@ def test_label_values_and_shape_are_checked(tmp_path):
     assert io.as_label_array(np.array([2.0, 65535.0])).dtype == np.uint16
 
 
+def test_read_labels_gives_class_values(tmp_path):
+    from PIL import Image
+
+    classes = labels_like((10, 12), classes=3)
+    palette = Image.fromarray(classes.astype(np.uint8), mode="P")
+    palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * 759)  # VOC-style colours
+    palette.save(tmp_path / "voc.png")
+    assert io.read_image(tmp_path / "voc.png").data.shape == (10, 12, 3)  # as an image: its colours
+    voc = io.read_labels(tmp_path / "voc.png")
+    assert voc.channel_axis is None and voc.data.dtype == np.uint8 and np.array_equal(voc.data, classes)
+    skimage.io.imsave(tmp_path / "grey_rgb.png", np.stack([classes.astype(np.uint8)] * 3, axis=-1), check_contrast=False)
+    assert np.array_equal(io.read_labels(tmp_path / "grey_rgb.png").data, classes)
+    nib.save(nib.Nifti1Image(classes.astype(np.float32), np.eye(4)), tmp_path / "float.nii.gz")
+    as_float = io.read_labels(tmp_path / "float.nii.gz")
+    assert as_float.data.dtype == np.uint8 and np.array_equal(as_float.data, classes)
+    skimage.io.imsave(tmp_path / "photo.png", np.random.default_rng(0).integers(0, 255, (10, 12, 3), dtype=np.uint8),
+                      check_contrast=False)
+    with pytest.raises(InputError, match="photo.png: has 3 different channels"):
+        io.read_labels(tmp_path / "photo.png")
+    np.save(tmp_path / "negative.npy", -classes)
+    with pytest.raises(InputError, match="negative.npy: labels must be >= 0"):
+        io.read_labels(tmp_path / "negative.npy")
+
+
 # ------------------------------------------------------------------------------------- errors, atomicity
 
 

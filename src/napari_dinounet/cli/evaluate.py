@@ -32,7 +32,7 @@ def evaluate_folders(pred_dir: Path, gt_dir: Path, classes=None, pixels: bool = 
     per-case results: ``{case name: evaluate_pair result}``; unit: the HD95 unit ("px" for pixels).
     """
     from ..engine.errors import InputError
-    from ..engine.io import match_cases, read_image
+    from ..engine.io import match_cases, read_labels
     from ..engine.metrics import evaluate_pair
     from ..engine.progress import Progress
 
@@ -40,11 +40,7 @@ def evaluate_folders(pred_dir: Path, gt_dir: Path, classes=None, pixels: bool = 
     results, units = {}, {}
     for done, (name, pred_path, gt_path) in enumerate(pairs):
         yield Progress("evaluate", done, len(pairs), name)
-        pred, gt = read_image(pred_path), read_image(gt_path)
-        for image in (pred, gt):
-            if image.channel_axis is not None:
-                raise InputError(f"{image.path}: has {image.data.shape[image.channel_axis]} channels; "
-                                 "predictions and ground truth must be label maps (one value per pixel)")
+        pred, gt = read_labels(pred_path), read_labels(gt_path)
         spacing = None if pixels else gt.spacing
         units[name] = "px" if spacing is None else (gt.unit or "spacing units")
         try:

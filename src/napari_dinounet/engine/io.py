@@ -78,12 +78,15 @@ class ImageFile:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def spatial_axes(self) -> tuple[int, ...]:
+        """The axes of ``data`` other than the channel axis."""
+        channel = None if self.channel_axis is None else self.channel_axis % self.data.ndim
+        return tuple(a for a in range(self.data.ndim) if a != channel)
+
+    @property
     def spatial_shape(self) -> tuple[int, ...]:
         """The shape without the channel axis: what a label map for this image has."""
-        shape = list(self.data.shape)
-        if self.channel_axis is not None:
-            del shape[self.channel_axis % self.data.ndim]
-        return tuple(shape)
+        return tuple(self.data.shape[a] for a in self.spatial_axes)
 
     @property
     def slice_axis(self) -> int | None:
@@ -92,7 +95,7 @@ class ImageFile:
         NIfTI stores (X, Y, Z): slices lie along the last spatial axis; TIFF and .npy stacks store
         (Z, Y, X): along the first.
         """
-        spatial = [a for a in range(self.data.ndim) if self.channel_axis is None or a != self.channel_axis % self.data.ndim]
+        spatial = self.spatial_axes
         if len(spatial) < 3:
             return None
         return spatial[-1] if self.format == "nifti" else spatial[0]
@@ -161,7 +164,8 @@ def format_of(path: str | Path) -> str:
     """The format name for a file name, or InputError naming the supported extensions."""
     ext = split_extension(path)[1].lower()
     if ext not in FORMATS:
-        raise InputError(f"{Path(path).name}: unsupported file type {ext or '(no extension)'!r}; supported: {SUPPORTED}")
+        raise InputError(f"{Path(path).name}: unsupported file type {ext or '(no extension)'!r}; "
+                         f"supported: {SUPPORTED}")
     return FORMATS[ext]
 
 
@@ -182,10 +186,10 @@ def read_image(path: str | Path) -> ImageFile:
     fmt = format_of(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file; check the path")
-    reader = {"tiff": _read_tiff, "png": _read_skimage, "jpeg": _read_skimage, "nifti": _read_nifti, "npy": _read_npy}[fmt]
+    readers = {"tiff": _read_tiff, "png": _read_skimage, "jpeg": _read_skimage, "nifti": _read_nifti, "npy": _read_npy}
     try:
-        image = reader(path)
-    except InputError:
+        image = readers[fmt](path)
+    except (InputError, MemoryError):
         raise
     except Exception as err:  # every decoder has its own exception types; all mean "not a valid file"
         raise InputError(f"{path}: cannot read it as {fmt.upper()} ({type(err).__name__}: {err}); "
@@ -244,7 +248,8 @@ def _read_nifti(path: Path) -> ImageFile:
     img = nib.load(path)
     data = np.asanyarray(img.dataobj)
     if data.ndim > 4:
-        raise InputError(f"{path}: NIfTI with {data.ndim} dimensions; supported are 2D, 3D (X, Y, Z) and 4D (X, Y, Z, channel)")
+        raise InputError(f"{path}: NIfTI with {data.ndim} dimensions; supported are 2D, 3D (X, Y, Z) "
+                         "and 4D (X, Y, Z, channel)")
     spatial_ndim = min(data.ndim, 3)
     spacing = tuple(float(z) for z in img.header.get_zooms()[:spatial_ndim])
     unit = _NIFTI_UNITS.get(img.header.get_xyzt_units()[0])
@@ -258,6 +263,33 @@ def _read_npy(path: Path) -> ImageFile:
     if not isinstance(data, np.ndarray) or data.dtype.kind not in "biuf":
         raise InputError(f"{path}: holds {data.dtype} data; an image must be a numeric array")
     return ImageFile(data, "npy")
+
+
+def read_labels(path: str | Path) -> ImageFile:
+    """Read a label map (ground truth, a prediction): one whole number >= 0 per pixel.
+
+    Palette PNGs (PASCAL VOC style masks) give their palette indices, not colours; a file whose colour
+    channels are all equal gives one of them; ``data`` is uint8/uint16/uint32 (:func:`as_label_array`).
+    Raises InputError for files with distinct channels or with negative or fractional values.
+    """
+    image = read_image(path)
+    if image.format == "png":
+        from PIL import Image
+
+        with Image.open(image.path) as png:
+            if png.mode == "P":
+                image.data, image.channel_axis = np.asarray(png), None
+    if image.channel_axis is not None:
+        channels = np.moveaxis(image.data, image.channel_axis, 0)
+        if not all(np.array_equal(channels[0], other) for other in channels[1:]):
+            raise InputError(f"{image.path}: has {len(channels)} different channels; a label map holds one "
+                             "class value per pixel (save it as a single-channel or palette image)")
+        image.data, image.channel_axis = channels[0], None
+    try:
+        image.data = as_label_array(image.data)
+    except InputError as err:
+        raise InputError(f"{image.path}: {err}") from err
+    return image
 
 
 def read_case(case: Case | Sequence[str | Path]) -> ImageFile:
@@ -378,7 +410,8 @@ def label_values(info: dict[str, Any]) -> dict[str, int]:
     if all(str(k).isdigit() for k in labels):  # v1: {"0": "background", "1": "tumour"}
         return {str(name): int(value) for value, name in labels.items()}
     if any(not isinstance(v, int) for v in labels.values()):
-        raise InputError("dataset.json: region-based labels (lists of values) are not supported; use one value per class")
+        raise InputError("dataset.json: region-based labels (lists of values) are not supported; "
+                         "use one value per class")
     return {str(name): int(value) for name, value in labels.items()}
 
 
@@ -390,33 +423,39 @@ def read_nnunet_dataset(root: str | Path) -> NnUNetDataset:
     root = Path(root)
     dataset_json = root / "dataset.json"
     if not dataset_json.is_file():
-        raise InputError(f"{root}: no dataset.json; an nnU-Net raw dataset folder holds dataset.json, imagesTr and labelsTr")
+        raise InputError(f"{root}: no dataset.json; an nnU-Net raw dataset folder holds dataset.json, "
+                         "imagesTr and labelsTr")
     info = read_dataset_json(dataset_json)
     channel_names = _channel_names(info)
-    labels = label_values(info)
     file_ending = str(info.get("file_ending", ".nii.gz"))
+    format_of(f"case{file_ending}")  # a file ending we cannot read fails here, naming the supported ones
     images_tr, labels_tr = root / "imagesTr", root / "labelsTr"
     for folder in (images_tr, labels_tr):
         if not folder.is_dir():
             raise InputError(f"{root}: no {folder.name} folder; an nnU-Net raw dataset needs imagesTr and labelsTr")
 
-    def images_in(folder: Path) -> list[Case]:
-        files = [p for p in sorted(folder.iterdir()) if p.is_file() and p.name.endswith(file_ending) and not p.name.startswith(".")]
+    def files_in(folder: Path) -> list[Path]:
+        return [p for p in sorted(folder.iterdir())
+                if p.is_file() and p.name.endswith(file_ending) and not p.name.startswith(".")]
+
+    def cases_in(folder: Path) -> list[Case]:
+        files = files_in(folder)
         return group_channels(files, len(channel_names)) if files else []
 
-    training_cases = images_in(images_tr)
-    label_files = {split_extension(p)[0]: p for p in sorted(labels_tr.iterdir())
-                   if p.is_file() and p.name.endswith(file_ending) and not p.name.startswith(".")}
+    training_cases = cases_in(images_tr)
+    if not training_cases:
+        raise InputError(f"{images_tr}: no images ending in {file_ending}")
+    label_files = {p.name[: -len(file_ending)]: p for p in files_in(labels_tr)}
     missing = [c.name for c in training_cases if c.name not in label_files]
     orphans = sorted(set(label_files) - {c.name for c in training_cases})
     if missing:
-        raise InputError(f"{root}: no label in labelsTr for {_some(missing)}; add {missing[0]}{file_ending} to labelsTr")
+        raise InputError(f"{root}: no label in labelsTr for {_some(missing)}; "
+                         f"add {missing[0]}{file_ending} to labelsTr")
     if orphans:
-        raise InputError(f"{root}: labels without images in imagesTr: {_some(orphans)}; add the images or remove the labels")
-    if not training_cases:
-        raise InputError(f"{images_tr}: no images ending in {file_ending}")
-    test = images_in(root / "imagesTs") if (root / "imagesTs").is_dir() else []
-    return NnUNetDataset(root, info, channel_names, labels, file_ending,
+        raise InputError(f"{root}: labels without images in imagesTr: {_some(orphans)}; "
+                         "add the images or remove the labels")
+    test = cases_in(root / "imagesTs") if (root / "imagesTs").is_dir() else []
+    return NnUNetDataset(root, info, channel_names, label_values(info), file_ending,
                          [(case, label_files[case.name]) for case in training_cases], test)
 
 
@@ -490,7 +529,8 @@ def as_label_array(labels) -> np.ndarray:
         return labels.astype(np.uint8)
     if labels.dtype.kind == "f":
         if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
-            raise InputError("labels must be whole numbers; these are fractional (probabilities?): take the argmax first")
+            raise InputError("labels must be whole numbers; these are fractional (probabilities?): "
+                             "take the argmax first")
     elif labels.dtype.kind not in "iu":
         raise InputError(f"labels must be integers, not {labels.dtype}")
     low, high = (labels.min(), labels.max()) if labels.size else (0, 0)
