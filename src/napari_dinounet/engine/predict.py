@@ -314,6 +314,8 @@ class _Tiler:
         with torch.no_grad(), _autocast(self.device):
             for dims in self.mirrors:
                 logits = self.model(x.flip(dims) if dims else x)
+                if isinstance(logits, (list, tuple)):  # deep supervision: full resolution comes first
+                    logits = logits[0]
                 if logits.ndim != 4 or logits.shape[0] != x.shape[0] or logits.shape[2:] != x.shape[2:]:
                     raise InputError(
                         f"the model turned tiles {tuple(x.shape)} into {tuple(logits.shape)}: predict needs a model "
