@@ -73,6 +73,17 @@ def test_tiff_large_labels_keep_spacing_without_imagej(tmp_path):
     assert back.spacing == pytest.approx((4.0, 0.5, 0.5)) and back.unit == "mm"
 
 
+@pytest.mark.parametrize("unit, imagej, code", [("um", True, 1), ("nm", True, 1), ("cm", False, 3), ("inch", False, 2)])
+def test_tiff_from_a_non_tiff_like_picks_the_layout_for_its_unit(tmp_path, unit, imagej, code):
+    like = io.ImageFile(np.zeros((3, 8, 9)), "nifti", spacing=(2.0, 0.4, 0.3), unit=unit)
+    labels = labels_like((3, 8, 9))
+    out = io.write_labels(tmp_path / "labels.tif", labels, like=like)
+    with tifffile.TiffFile(out) as tif:
+        assert tif.is_imagej == imagej and int(tif.pages.first.resolutionunit) == code
+    back = io.read_image(out)
+    assert np.array_equal(back.data, labels) and back.spacing == pytest.approx((2.0, 0.4, 0.3)) and back.unit == unit
+
+
 # ----------------------------------------------------------------------------------------------- NIfTI
 
 
@@ -144,6 +155,8 @@ def test_label_values_and_shape_are_checked(tmp_path):
     like = io.ImageFile(np.zeros((8, 8, 3)), "png", channel_axis=2)
     with pytest.raises(InputError, match="shape"):
         io.write_labels(tmp_path / "a.png", np.zeros((8, 9), int), like=like)
+    with pytest.raises(InputError, match="2D or more"):
+        io.write_labels(tmp_path / "a.npy", np.zeros(5, int))
     with pytest.raises(InputError, match=">= 0"):
         io.write_labels(tmp_path / "a.npy", np.full((3, 3), -1))
     with pytest.raises(InputError, match="whole numbers"):

@@ -553,6 +553,8 @@ def write_labels(path: str | Path, labels, like: ImageFile | None = None) -> Pat
     path = Path(path)
     fmt = format_of(path)
     labels = as_label_array(labels)
+    if labels.ndim < 2:
+        raise InputError(f"labels must be 2D or more, not of shape {labels.shape}")
     if like is not None and labels.shape != like.spatial_shape:
         raise InputError(f"labels of shape {labels.shape} do not fit the image {like.path or ''} of spatial shape "
                          f"{like.spatial_shape}")
@@ -568,25 +570,37 @@ def write_labels(path: str | Path, labels, like: ImageFile | None = None) -> Pat
 
 
 def _write_tiff(tmp: Path, labels: np.ndarray, like: ImageFile | None) -> None:
+    """TIFF labels: resolution tags from ``like.spacing``, z spacing and unit in the description.
+
+    A ``like`` read from a TIFF keeps its layout (ImageJ or not) and resolution unit code. Otherwise
+    microscopy units (um, mm, nm) get an ImageJ file, the layout Fiji, napari and QuPath read
+    calibrations from, and inch/cm the standard TIFF unit codes. ImageJ cannot hold uint32 or more than 3 axes: those are
+    written as plain TIFF with tifffile's JSON description.
+    """
     import tifffile
 
     axes = "ZYX"[-labels.ndim:] if labels.ndim <= 3 else None
-    options: dict[str, Any] = {"photometric": "minisblack", "metadata": {"axes": axes} if axes else {}}
-    if like is not None and like.spacing is not None:
-        spacing = like.spacing
-        unit_code = like.metadata.get("resolutionunit") if like.format == "tiff" else None
-        if unit_code is None:
-            unit_code = next((code for code, name in _TIFF_UNITS.items() if name == like.unit), 1)
+    spacing = like.spacing if like is not None else None
+    unit = like.unit if like is not None else None
+    unit_codes = {name: code for code, name in _TIFF_UNITS.items()}
+    if like is not None and "resolutionunit" in like.metadata:  # read from a TIFF: keep its layout
+        imagej, unit_code = bool(like.metadata.get("imagej")), like.metadata["resolutionunit"]
+    else:
+        imagej = unit not in (None, "inch", "cm")
+        unit_code = 1 if imagej else unit_codes.get(unit, 1)
+    imagej = imagej and labels.dtype != np.uint32 and axes is not None
+    if not imagej and unit_code == 1:
+        unit_code = unit_codes.get(unit, 1)  # mm, um: tifffile's extension codes hold the unit without ImageJ
+    description: dict[str, Any] = {"axes": axes} if axes else {}
+    options: dict[str, Any] = {"imagej": True} if imagej else {"photometric": "minisblack"}
+    if spacing is not None:
         options["resolution"] = (1.0 / spacing[-1], 1.0 / spacing[-2])
         options["resolutionunit"] = unit_code
         if labels.ndim == 3:
-            options["metadata"]["spacing"] = spacing[0]
-        if like.unit is not None:
-            options["metadata"]["unit"] = like.unit
-    if like is not None and like.metadata.get("imagej") and labels.dtype != np.uint32 and axes:
-        options["imagej"] = True
-        options.pop("photometric")
-    tifffile.imwrite(tmp, labels, **options)
+            description["spacing"] = spacing[0]
+        if unit is not None:
+            description["unit"] = unit
+    tifffile.imwrite(tmp, labels, metadata=description, **options)
 
 
 def _write_png(tmp: Path, labels: np.ndarray, like: ImageFile | None) -> None:
