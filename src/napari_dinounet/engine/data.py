@@ -24,7 +24,7 @@ from . import normalize
 from .errors import InputError
 from .normalize import Normalization
 
-MAX_LOCATIONS_PER_CLASS = 10_000  # foreground pixels remembered per class and sample (as nnU-Net does)
+MAX_LOCATIONS = 10_000  # pixels remembered per class (and per mask) and sample, as nnU-Net does
 
 
 @dataclass
@@ -226,19 +226,17 @@ def split_samples(samples: Sequence[Sample], val_fraction: float = 0.2, seed: in
 # Patches
 
 
+def _subsample(where: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return rng.choice(where, MAX_LOCATIONS, replace=False) if where.size > MAX_LOCATIONS else where
+
+
 def _foreground_locations(sample: Sample, rng: np.random.Generator) -> list[np.ndarray]:
     """Flat indices of foreground pixels (inside the mask), one array per foreground class present."""
     flat = sample.labels.ravel()
     candidates = flat > 0
     if sample.mask is not None:
         candidates &= sample.mask.ravel()
-    found = []
-    for cls in np.unique(flat[candidates]):
-        where = np.flatnonzero(candidates & (flat == cls))
-        if where.size > MAX_LOCATIONS_PER_CLASS:
-            where = rng.choice(where, MAX_LOCATIONS_PER_CLASS, replace=False)
-        found.append(where)
-    return found
+    return [_subsample(np.flatnonzero(candidates & (flat == cls)), rng) for cls in np.unique(flat[candidates])]
 
 
 def _patch_origin(shape: tuple[int, int], patch_size: int, rng: np.random.Generator,
@@ -288,6 +286,7 @@ class _Cropper:
         self.rng = rng
         self.locations = [_foreground_locations(s, rng) for s in self.samples]
         self.with_foreground = [i for i, loc in enumerate(self.locations) if loc]
+        self.counted = [None if s.mask is None else _subsample(np.flatnonzero(s.mask), rng) for s in self.samples]
 
     def batch(self, sample_indices: Sequence[int | None]) -> dict[str, torch.Tensor]:
         """One patch per entry (a sample index, or None for a uniformly random sample), as CPU tensors."""
@@ -305,8 +304,11 @@ class _Cropper:
             if force and self.locations[index]:
                 classes = self.locations[index]
                 where = classes[int(self.rng.integers(len(classes)))]
-                centre = np.unravel_index(where[int(self.rng.integers(where.size))], sample.shape)
                 forced[b] = True
+            else:
+                where = self.counted[index]
+            if where is not None and where.size:
+                centre = np.unravel_index(where[int(self.rng.integers(where.size))], sample.shape)
             top, left = _patch_origin(sample.shape, size, self.rng, centre)
             _crop(sample, top, left, size, image[b], labels[b], mask[b])
         return {"image": torch.from_numpy(image), "labels": torch.from_numpy(labels), "mask": torch.from_numpy(mask),
@@ -327,7 +329,8 @@ class PatchSampler:
     Each patch comes from a uniformly chosen sample; with probability ``foreground_fraction`` it is centred
     on a labelled foreground pixel inside the mask (a foreground class chosen uniformly among those the
     sample holds, then a pixel of it; only samples holding foreground are chosen then), otherwise placed
-    uniformly at random. Near the border the patch is shifted inwards, so the pixel stays inside it.
+    uniformly at random (in a sample with a mask: centred on a random pixel that counts, so that no patch
+    is wasted on unlabelled pixels). Near the border the patch is shifted inwards, so the pixel stays inside it.
     Images smaller than the patch are padded (image 0, labels 0, mask False).
 
     DDP: ``rank``/``world_size`` give each process the samples ``samples[rank::world_size]`` and its own
