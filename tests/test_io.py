@@ -56,6 +56,9 @@ def test_tiff_rgb_and_multichannel_axes(tmp_path):
     tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((10, 14, 3), np.uint8), photometric="rgb")
     rgb = io.read_image(tmp_path / "rgb.tif")
     assert rgb.channel_axis == 2 and rgb.spatial_shape == (10, 14) and rgb.spacing is None
+    tifffile.imwrite(tmp_path / "rgba.tif", np.full((10, 14, 4), 7, np.uint8), photometric="rgb", extrasamples=[2])
+    rgba = io.read_image(tmp_path / "rgba.tif")
+    assert rgba.data.shape == (10, 14, 3) and rgba.channel_axis == 2 and rgba.metadata["alpha_dropped"]
     tifffile.imwrite(tmp_path / "zc.tif", np.zeros((4, 2, 10, 14), np.uint16), imagej=True, metadata={"axes": "ZCYX"})
     stack = io.read_image(tmp_path / "zc.tif")
     assert stack.channel_axis == 1 and stack.spatial_shape == (4, 10, 14) and stack.slice_axis == 0

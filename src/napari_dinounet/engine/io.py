@@ -10,7 +10,9 @@ Arrays are kept in the axis order the file stores them, never transposed:
 
 ``spacing`` has one entry per spatial axis (channel axis left out), in array order, in ``unit``
 (``"mm"``, ``"um"``, ``"cm"``, ``"inch"``, ... or ``None`` when the file does not say); ``None`` when the
-file records no physical size at all (PNG/JPEG, ``.npy``, a TIFF without resolution tags).
+file records no physical size at all (PNG/JPEG, ``.npy``, a TIFF without resolution tags). TIFF X/Y
+spacing comes from the resolution tags, Z spacing and the unit from the ImageJ or tifffile description
+(Z spacing 1.0, ImageJ's default, when only X/Y are calibrated).
 
 nnU-Net raw datasets (v2 ``dataset.json`` with ``channel_names``/``labels``/``file_ending``, or v1 with
 ``modality``/``labels``): images ``imagesTr/<case>_<0000..>`` one file per channel, labels
@@ -64,8 +66,8 @@ class ImageFile:
     affine: NIfTI voxel-to-world (4, 4) matrix, else None.
     format: "tiff", "png", "jpeg", "nifti" or "npy".
     channel_axis: the axis holding channels/colour samples, or None for a single-channel image.
-    metadata: format details the writer reuses (TIFF "imagej", "resolutionunit"; NIfTI "header";
-      PNG/JPEG "alpha_dropped").
+    metadata: format details the writer reuses (TIFF "imagej", "resolutionunit", "axes"; NIfTI
+      "header") and "alpha_dropped" when an RGBA image was read as RGB.
     """
 
     data: np.ndarray
@@ -180,7 +182,8 @@ def read_image(path: str | Path) -> ImageFile:
     """Read one image or label file (TIFF, PNG, JPEG, NIfTI, .npy) with its spacing and metadata.
 
     Raises InputError for a missing file, an unsupported extension or a file that cannot be decoded.
-    PNG/JPEG alpha channels are dropped (``metadata["alpha_dropped"]``): they carry no image content.
+    Alpha channels of PNG/JPEG and RGBA TIFF images are dropped (``metadata["alpha_dropped"]``): they
+    carry no image content.
     """
     path = Path(path)
     fmt = format_of(path)
@@ -212,14 +215,18 @@ def _read_tiff(path: Path) -> ImageFile:
         if tif.is_shaped and tif.shaped_metadata:
             extra.update(tif.shaped_metadata[0])
         imagej = bool(tif.is_imagej)
+        rgba = page.photometric == tifffile.PHOTOMETRIC.RGB and "S" in axes and data.shape[axes.index("S")] == 4
     channel_axis = next((axes.index(a) for a in "SC" if a in axes), None)
+    metadata = {"imagej": imagej, "resolutionunit": resolution_unit, "axes": axes}
+    if rgba:  # as for PNG: the alpha channel carries no image content
+        data = np.take(data, [0, 1, 2], axis=channel_axis)
+        metadata["alpha_dropped"] = True
     unit = _unit_name(extra.get("unit")) or _TIFF_UNITS.get(resolution_unit)
     z_spacing = extra.get("spacing")
     spacing = None
     if (unit is not None or z_spacing is not None or (xres, yres) != (1.0, 1.0)) and xres > 0 and yres > 0:
         per_axis = {"X": 1.0 / xres, "Y": 1.0 / yres, "Z": float(z_spacing or 1.0)}
         spacing = tuple(per_axis.get(a, 1.0) for i, a in enumerate(axes) if i != channel_axis)
-    metadata = {"imagej": imagej, "resolutionunit": resolution_unit, "axes": axes}
     return ImageFile(data, "tiff", spacing=spacing, unit=unit, channel_axis=channel_axis, metadata=metadata)
 
 
