@@ -360,8 +360,8 @@ def _cases_in_folder(folder: Path) -> list[Case]:
     files = sorted(p for p in folder.iterdir() if p.is_file() and is_supported(p))
     if not files:
         raise InputError(f"{folder}: no images found (supported: {SUPPORTED})")
-    dataset_json = folder.parent / "dataset.json"
     if folder.name in NNUNET_IMAGE_FOLDERS:
+        dataset_json = folder.parent / "dataset.json"
         channels = _channel_names(read_dataset_json(dataset_json)) if dataset_json.is_file() else None
         return group_channels(files, len(channels) if channels else None)
     return [Case.from_path(p) for p in files]
@@ -374,11 +374,11 @@ def group_channels(files: Iterable[Path], n_channels: int | None = None) -> list
     """
     grouped: dict[str, dict[int, Path]] = {}
     for path in files:
-        stem = split_extension(path)[0]
+        stem, extension = split_extension(path)
         match = _CHANNEL_SUFFIX.match(stem)
         if match is None:
             raise InputError(f"{path}: nnU-Net image names end with a channel suffix (_0000, _0001, ...); "
-                             "rename it, e.g. to " + f"{stem}_0000{split_extension(path)[1]}")
+                             f"rename it, e.g. to {stem}_0000{extension}")
         grouped.setdefault(match["case"], {})[int(match["channel"])] = path
     expected = n_channels if n_channels is not None else max(len(ch) for ch in grouped.values())
     cases = []
