@@ -157,3 +157,19 @@ def test_bad_inputs_raise_input_error():
         hd95(np.ones((4, 4), int), np.ones((4, 4), int), spacing=(1.0,))
     with pytest.raises(InputError, match="spacing"):
         hd95(np.ones((4, 4), int), np.ones((4, 4), int), spacing=(1.0, 0.0))
+
+
+def test_real_nuclei_mask_against_its_dilation():
+    """The bundled DSB 2018 nuclei ground truth against itself grown by one pixel: A is inside B."""
+    from medpy.metric.binary import hd95 as medpy_hd95
+
+    from napari_dinounet.engine.samples import load_nuclei
+
+    _, instances = load_nuclei()
+    truth = instances > 0
+    grown = ndimage.binary_dilation(truth, ndimage.generate_binary_structure(2, 1))
+    result = evaluate_pair(grown.astype(np.uint8), truth.astype(np.uint8))
+    assert result["dice"][1] == pytest.approx(2 * truth.sum() / (truth.sum() + grown.sum()))
+    assert 0.8 < result["dice"][1] < 1.0
+    assert result["hd95"][1] == pytest.approx(medpy_hd95(grown, truth), abs=1e-6)
+    assert result["hd95"][1] == pytest.approx(1.0)  # every grown boundary pixel is one step from the old one
