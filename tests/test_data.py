@@ -9,7 +9,15 @@ import pytest
 import torch
 
 from napari_dinounet.engine.augment import Augmenter
-from napari_dinounet.engine.data import PatchSampler, Sample, fixed_crops, samples_from_arrays, split_samples
+from napari_dinounet.engine.data import (
+    PatchSampler,
+    Sample,
+    fixed_crops,
+    samples_from_arrays,
+    samples_from_folders,
+    samples_from_nnunet,
+    split_samples,
+)
 from napari_dinounet.engine.errors import InputError
 from napari_dinounet.engine.normalize import Normalization
 from napari_dinounet.engine.samples import load_nuclei
@@ -256,3 +264,69 @@ def test_nan_warning_is_not_raised_for_clean_input(nuclei):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         samples_from_arrays([nuclei[0]], [nuclei[1]])
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+def write_nnunet(root, cases: dict[str, tuple[np.ndarray, np.ndarray]], labels: dict[str, int]) -> None:
+    """An nnU-Net v2 raw dataset of 3D NIfTI cases (X, Y, Z) with one channel."""
+    import json
+
+    import nibabel as nib
+
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    for name, (image, lab) in cases.items():
+        nib.save(nib.Nifti1Image(image, np.eye(4)), root / "imagesTr" / f"{name}_0000.nii.gz")
+        nib.save(nib.Nifti1Image(lab, np.eye(4)), root / "labelsTr" / f"{name}.nii.gz")
+    info = {"channel_names": {"0": "MRI"}, "labels": labels, "numTraining": len(cases), "file_ending": ".nii.gz"}
+    (root / "dataset.json").write_text(json.dumps(info))
+
+
+def test_samples_from_nnunet_dataset_slice_cases_and_keep_them_grouped(tmp_path):
+    rng = np.random.default_rng(0)
+    cases = {}
+    for i, depth in enumerate((3, 2)):
+        lab = np.zeros((16, 12, depth), np.uint8)
+        lab[4:8, 2:6, :] = 1
+        lab[10:12, 8:10, -1] = 2
+        cases[f"case_{i:03d}"] = (rng.normal(100, 10, (16, 12, depth)).astype(np.float32), lab)
+    write_nnunet(tmp_path / "Dataset001", cases, {"background": 0, "tumour": 1, "oedema": 2})
+    samples, info = samples_from_nnunet(tmp_path / "Dataset001")
+    assert info["labels"] == {"background": 0, "tumour": 1, "oedema": 2}
+    assert [s.name for s in samples] == ["case_000[z=0]", "case_000[z=1]", "case_000[z=2]", "case_001[z=0]", "case_001[z=1]"]
+    assert [s.group for s in samples] == ["case_000"] * 3 + ["case_001"] * 2
+    assert all(s.image.shape == (1, 16, 12) and s.labels.shape == (16, 12) for s in samples)
+    assert np.array_equal(samples[2].labels, cases["case_000"][1][:, :, 2])
+    whole = cases["case_000"][0]
+    assert np.allclose(samples[1].image[0], (whole[:, :, 1] - whole.mean()) / whole.std(), atol=1e-4)
+    train, val = split_samples(samples, 0.5, seed=0)
+    assert {s.group for s in train} ^ {s.group for s in val} == {"case_000", "case_001"}
+
+
+def test_nnunet_label_outside_dataset_json_names_the_value(tmp_path):
+    lab = np.zeros((8, 8, 2), np.uint8)
+    lab[0, 0, 0] = 3
+    write_nnunet(tmp_path / "D", {"c": (np.ones((8, 8, 2), np.float32), lab)}, {"background": 0, "a": 1})
+    with pytest.raises(InputError, match=r"labels of c contain values 3 outside 0\.\.1: add the missing classes to dataset\.json"):
+        samples_from_nnunet(tmp_path / "D")
+
+
+def test_samples_from_folders_pair_by_name(tmp_path, nuclei):
+    import tifffile
+    from skimage.io import imsave
+
+    image, labels = nuclei
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    tifffile.imwrite(tmp_path / "images" / "left.tif", image[:, :256])
+    tifffile.imwrite(tmp_path / "images" / "right_0000.tif", image[:300, 256:])
+    imsave(tmp_path / "masks" / "left.png", labels[:, :256], check_contrast=False)
+    tifffile.imwrite(tmp_path / "masks" / "right.tif", labels[:300, 256:])
+    samples = samples_from_folders(tmp_path / "images", tmp_path / "masks")
+    assert [(s.name, s.image.shape) for s in samples] == [("left", (1, 512, 256)), ("right_0000", (1, 300, 256))]
+    assert np.array_equal(samples[1].labels, labels[:300, 256:])
+    tifffile.imwrite(tmp_path / "images" / "extra.tif", image[:10, :10])
+    with pytest.raises(InputError, match=r"images without labels in .*masks: extra\.tif"):
+        samples_from_folders(tmp_path / "images", tmp_path / "masks")

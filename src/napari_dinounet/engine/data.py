@@ -16,11 +16,12 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import normalize
+from . import io, normalize
 from .errors import InputError
 from .normalize import Normalization
 
@@ -90,14 +91,16 @@ def _integer_labels(labels: np.ndarray, name: str) -> np.ndarray:
     if labels.dtype == bool:
         return labels.astype(np.int64)
     if not np.issubdtype(labels.dtype, np.integer):
-        if not np.issubdtype(labels.dtype, np.floating) or not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
+        whole = np.issubdtype(labels.dtype, np.floating) and np.all(np.isfinite(labels)) and np.all(labels == np.round(labels))
+        if not whole:
             raise InputError(f"{name}: labels must be whole class numbers (0 = background), got {labels.dtype} values "
                              "that are not: use a Labels layer or an integer label image")
     return labels.astype(np.int64, copy=False)
 
 
-def _check_classes(labels: list[np.ndarray], names: list[str], num_classes: int | None) -> int:
-    """The number of classes (inferred as max + 1 when None); values outside it are an InputError."""
+def _check_classes(labels: list[np.ndarray], names: list[str], num_classes: int | None, fix: str | None = None) -> None:
+    """Label values outside [0, num_classes) (None: inferred as max + 1) are an InputError naming them,
+    whose message ends with ``fix`` (default: set num_classes or relabel)."""
     present = [np.unique(lab) for lab in labels]
     values = np.unique(np.concatenate(present))
     if num_classes is None:
@@ -106,11 +109,11 @@ def _check_classes(labels: list[np.ndarray], names: list[str], num_classes: int 
     if bad.size:
         where = [n for n, p in zip(names, present) if np.any((p < 0) | (p >= num_classes))]
         shown = ", ".join(str(v) for v in bad[:10]) + (f" and {bad.size - 10} more" if bad.size > 10 else "")
-        fix = (f"set num_classes to {int(values.max()) + 1} or more, or relabel" if bad.min() >= 0
-               else "use 0 for background and 1, 2, ... for classes")
-        raise InputError(f"labels of {', '.join(where[:5])} contain values {shown} outside 0..{num_classes - 1}: {fix} "
-                         "(instance labels such as nuclei numbered 1..N are one class: pass labels > 0)")
-    return num_classes
+        if fix is None:
+            fix = (f"set num_classes to {int(values.max()) + 1} or more, or relabel (instance labels such as "
+                   "nuclei numbered 1..N are one class: pass labels > 0)" if bad.min() >= 0
+                   else "use 0 for background and 1, 2, ... for classes")
+        raise InputError(f"labels of {', '.join(where[:5])} contain values {shown} outside 0..{num_classes - 1}: {fix}")
 
 
 def _normalised(image: np.ndarray, norm: Normalization, name: str) -> tuple[np.ndarray, tuple]:
@@ -120,6 +123,30 @@ def _normalised(image: np.ndarray, norm: Normalization, name: str) -> tuple[np.n
         if bad:
             warnings.warn(f"{name}: {bad} NaN/inf pixels are set to 0 (the image mean) for training", stacklevel=3)
     return normalize.statistics_for(image, norm)
+
+
+def _pair_samples(image, labels: np.ndarray, mask, name: str, channel_axis: int | None, slice_axis: int,
+                  normalization: Normalization) -> list[Sample]:
+    """The 2D samples of one image/labels pair (labels already checked); slices with an empty mask are left out."""
+    image = _channels_first(np.asarray(image), labels.shape, channel_axis, name)
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.shape != labels.shape:
+            raise InputError(f"{name}: mask shape {mask.shape} differs from labels shape {labels.shape}: "
+                             "give a mask of the labels' shape")
+        mask = mask != 0
+    stats = _normalised(image, normalization, name)
+    if labels.ndim == 2:
+        slices = [(name, image, labels, mask)]
+    else:
+        if not -3 <= slice_axis < 3:
+            raise InputError(f"{name}: slice_axis={slice_axis} does not exist in a stack of shape {labels.shape}")
+        axis = slice_axis % 3
+        slices = [(f"{name}[z={k}]", np.take(image, k, axis=axis + 1), np.take(labels, k, axis=axis),
+                   None if mask is None else np.take(mask, k, axis=axis)) for k in range(labels.shape[axis])]
+    return [Sample(normalize.apply(img, normalization, stats), np.ascontiguousarray(lab2d),
+                   None if mask2d is None else np.ascontiguousarray(mask2d), slice_name, name)
+            for slice_name, img, lab2d, mask2d in slices if mask2d is None or mask2d.any()]
 
 
 def samples_from_arrays(images, labels, *, masks=None, names: Sequence[str] | None = None, channel_axis: int | None = None,
@@ -148,32 +175,65 @@ def samples_from_arrays(images, labels, *, masks=None, names: Sequence[str] | No
 
     label_arrays = [_integer_labels(np.asarray(lab), name) for lab, name in zip(labels, names)]
     _check_classes(label_arrays, names, num_classes)
-    samples: list[Sample] = []
-    for image, lab, mask, name in zip(images, label_arrays, masks, names):
-        image = _channels_first(np.asarray(image), lab.shape, channel_axis, name)
-        if mask is not None:
-            mask = np.asarray(mask)
-            if mask.shape != lab.shape:
-                raise InputError(f"{name}: mask shape {mask.shape} differs from labels shape {lab.shape}: "
-                                 "give a mask of the labels' shape")
-            mask = mask != 0
-        stats = _normalised(image, normalization, name)
-        if lab.ndim == 2:
-            slices = [(name, image, lab, mask)]
-        else:
-            if not -3 <= slice_axis < 3:
-                raise InputError(f"{name}: slice_axis={slice_axis} does not exist in a stack of shape {lab.shape}")
-            axis = slice_axis % 3
-            slices = [(f"{name}[z={k}]", np.take(image, k, axis=axis + 1), np.take(lab, k, axis=axis),
-                       None if mask is None else np.take(mask, k, axis=axis)) for k in range(lab.shape[axis])]
-        for slice_name, img, lab2d, mask2d in slices:
-            if mask2d is not None and not mask2d.any():
-                continue
-            samples.append(Sample(normalize.apply(img, normalization, stats), np.ascontiguousarray(lab2d),
-                                  None if mask2d is None else np.ascontiguousarray(mask2d), slice_name, name))
+    samples = [sample for image, lab, mask, name in zip(images, label_arrays, masks, names)
+               for sample in _pair_samples(image, lab, mask, name, channel_axis, slice_axis, normalization)]
     if not samples:
         raise InputError("every mask is empty: mark the pixels that count (nonzero) in at least one image")
     return samples
+
+
+def _samples_from_files(pairs: Sequence[tuple[str, io.Case, Path]], normalization: Normalization,
+                        num_classes: int | None, fix: str | None = None) -> list[Sample]:
+    """Samples from (name, image case, label file) triples: labels are read and checked first, then the
+    images one at a time, each with the channel and slice axes its file format implies (see engine/io.py)."""
+    names = [name for name, _, _ in pairs]
+    labels = [_integer_labels(io.read_labels(path).data, name) for name, _, path in pairs]
+    _check_classes(labels, names, num_classes, fix)
+    samples = []
+    for (name, case, _), lab in zip(pairs, labels):
+        image = io.read_case(case)
+        slice_axis = 0 if image.slice_axis is None else image.spatial_axes.index(image.slice_axis)
+        samples += _pair_samples(image.data, lab, None, name, image.channel_axis, slice_axis, normalization)
+    return samples
+
+
+def samples_from_nnunet(root, *, normalization: Normalization = Normalization()) -> tuple[list[Sample], dict]:
+    """Samples from an nnU-Net raw dataset's imagesTr/labelsTr (one group per case), and its dataset.json.
+
+    The classes are dataset.json's ``labels`` (values 0..max); a label file holding any other value is an
+    InputError naming it. 3D cases are cut into 2D slices across their slice axis (NIfTI: the last).
+    """
+    dataset = io.read_nnunet_dataset(root)
+    num_classes = max(dataset.labels.values()) + 1
+    pairs = [(case.name, case, label_path) for case, label_path in dataset.training]
+    fix = "add the missing classes to dataset.json's labels, or correct the label files"
+    return _samples_from_files(pairs, normalization, num_classes, fix), dataset.info
+
+
+def samples_from_folders(images_dir, labels_dir, *, normalization: Normalization = Normalization(),
+                         num_classes: int | None = None) -> list[Sample]:
+    """Samples from a folder of images and a folder of label files, paired by file name.
+
+    Names ignore the extension (``a.tif`` pairs with ``a.png``) and an nnU-Net ``_0000`` channel suffix on
+    the image; a folder named imagesTr groups channel files into cases. Unpaired files are an InputError
+    listing them.
+    """
+    cases = io.find_images([images_dir])
+    label_paths = {case.name: case.paths[0] for case in io.find_images([labels_dir])}
+    pairs, unpaired = [], []
+    for case in cases:
+        name = next((n for n in (case.name, io.evaluation_name(case.paths[0])) if n in label_paths), None)
+        if name is None:
+            unpaired.append(case.paths[0].name)
+        else:
+            pairs.append((case.name, case, label_paths.pop(name)))
+    if unpaired or label_paths:
+        problems = ([f"images without labels in {labels_dir}: {', '.join(unpaired[:5])}"] if unpaired else []) + (
+            [f"labels without images in {images_dir}: {', '.join(p.name for p in list(label_paths.values())[:5])}"]
+            if label_paths else [])
+        raise InputError("; ".join(problems) + " (pairs are matched by file name without extension): "
+                         "add the missing files or move the extra ones out")
+    return _samples_from_files(pairs, normalization, num_classes)
 
 
 # ---------------------------------------------------------------------------------------------------
