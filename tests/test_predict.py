@@ -338,3 +338,21 @@ def test_bad_images_are_input_errors():
         run(conv_net(), np.zeros((40, 50), np.complex64), patch_size=64)
     with pytest.raises(InputError, match="turned tiles"):
         run(torch.nn.Conv2d(1, 2, 3), image((70, 90)), patch_size=64)  # no padding: the output shrinks
+
+
+def test_dino_unet_with_a_channel_map_on_a_multichannel_image(tiny_backbone):
+    from napari_dinounet.engine.network import build_dinounet
+
+    torch.manual_seed(0)
+    model = build_dinounet(num_classes=3, backbone=tiny_backbone, channels=(0, 2, 4)).eval()
+    img = image((64, 64, 5), np.float32)  # channels last, as napari and TIFF samples hold them
+    probs = run(model, img, patch_size=64, channel_axis=-1, probabilities=True)  # one tile: no blending
+    norm = normalize.Normalization("zscore")
+    planar = np.moveaxis(img, -1, 0)
+    x = torch.from_numpy(normalize.apply(planar, norm, normalize.statistics_for(planar, norm)))[None]
+    with torch.no_grad():
+        reference = torch.softmax(model(x)[0], 0).numpy()
+    assert probs.shape == (3, 64, 64)
+    np.testing.assert_allclose(probs, reference, atol=1e-5)
+    shuffled = img[..., [0, 3, 2, 1, 4]]  # channels the map leaves out do not matter
+    np.testing.assert_allclose(run(model, shuffled, patch_size=64, channel_axis=-1, probabilities=True), probs, atol=1e-5)
