@@ -1,9 +1,10 @@
 """nnU-Net's data augmentation, on whole batches, on the batch's device (CPU or GPU).
 
-Written with plain torch (``grid_sample``, grouped convolutions) rather than MONAI's or batchgenerators'
+Written with plain torch (``grid_sample``, small convolutions) rather than MONAI's or batchgenerators'
 per-sample transforms: one batched resampling moves image, labels and mask together, the same code runs
-on CPU and GPU, and it is about 20x faster on the CPU than MONAI's ``Rand2DElasticd`` looped over a batch
-(see docs/engine.md for the numbers).
+on CPU and GPU without another dependency, and it is faster (rotation + scaling + elastic on every
+sample of an 8 x 3 x 512 x 512 batch, one CPU thread: 161 ms here against 424 ms for MONAI's
+``Rand2DElasticd`` looped over the batch).
 
 Per sample, in nnU-Net v2's order and with its probabilities and ranges (batchgenerators defaults):
 
