@@ -251,6 +251,8 @@ def test_fixed_crops_are_deterministic_and_cover_every_sample():
     assert crops["image"][:, 0, 0, 0].long().tolist() == [0, 1, 2, 0, 1, 2, 0]
     again = fixed_crops(samples, 16, 7, seed=4)
     assert all(torch.equal(crops[k], again[k]) for k in crops)
+    few = fixed_crops(constant_samples(10, size=(40, 40)), 16, 4)
+    assert few["image"][:, 0, 0, 0].long().tolist() == [0, 2, 5, 7]  # spread over the samples
 
 
 def test_mixed_channel_counts_are_refused():

@@ -419,8 +419,10 @@ class PatchSampler:
 
 def fixed_crops(samples: Sequence[Sample], patch_size: int, count: int, seed: int = 0, *,
                 foreground_fraction: float = 0.33) -> dict[str, torch.Tensor]:
-    """``count`` deterministic crops (validation, feature caching): crop i comes from sample i mod len(samples),
-    placed as :class:`PatchSampler` places it. Same layout as ``next_batch``, on the CPU, B = count."""
+    """``count`` deterministic crops (validation, feature caching), placed as :class:`PatchSampler` places
+    them: crop i comes from sample i mod len(samples), or with fewer crops than samples from samples spread
+    evenly over the list (i * len(samples) // count). Same layout as ``next_batch``, on the CPU, B = count."""
     samples = list(samples)
     cropper = _Cropper(samples, patch_size, foreground_fraction, np.random.default_rng(seed))
-    return cropper.batch([i % len(samples) for i in range(count)])
+    total = len(samples)
+    return cropper.batch([i % total if count >= total else i * total // count for i in range(count)])
