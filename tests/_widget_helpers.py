@@ -31,7 +31,14 @@ def nuclei_crop() -> tuple[np.ndarray, np.ndarray]:
 
 def write_tiny_heads(path: Path, *, patch_size: int = 64, in_channels: int = 1,
                      class_names=("background", "nucleus")) -> Path:
-    """A heads checkpoint for the random:tiny backbone (randomly initialised heads), written with save_heads."""
+    """A heads checkpoint for the random:tiny backbone (randomly initialised heads), written with save_heads.
+
+    Tests call it after the viewer exists, as napari users load the engine: the widgets' triton guard
+    (:mod:`napari_dinounet._widgets._llvm_clash`) must already be in place.
+    """
+    from napari_dinounet._widgets._llvm_clash import avoid_triton_llvm_clash
+
+    avoid_triton_llvm_clash()
     from napari_dinounet.engine.backbone import load_backbone
     from napari_dinounet.engine.checkpoint import HeadsMetadata, save_heads
     from napari_dinounet.engine.network import build_dinounet

@@ -3,6 +3,9 @@ cancel and errors. The model is the random:tiny backbone with randomly initialis
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from _widget_helpers import isolated_settings, nuclei_crop, wait_for, write_tiny_heads  # noqa: F401
@@ -272,3 +275,21 @@ def test_out_of_memory_message_names_the_fix():
     message = _jobs.error_message(OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"), "Segmentation")
     assert "tile" in message and "CPU" in message
     assert "Segmentation failed: no heads" in _jobs.error_message(InputError("no heads"), "Segmentation")
+
+
+def test_loading_torch_after_the_viewer_does_not_crash_napari(tmp_path):
+    """Triton's LLVM clashes with the libLLVM of Mesa's OpenGL (which the viewer's canvas loads here):
+    once a widget exists, the engine can be imported. In a fresh process, as in napari."""
+    script = (
+        "import napari\n"
+        "viewer = napari.Viewer(show=False)\n"
+        "from napari_dinounet._widgets.segment import SegmentWidget\n"
+        "SegmentWidget(viewer)\n"
+        "import torch\n"
+        "from napari_dinounet.engine.backbone import load_backbone\n"
+        "maps = load_backbone('random:tiny').features(torch.zeros(1, 3, 32, 32))\n"
+        "print('features', tuple(maps[0].shape))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "features (1, 64, 2, 2)" in done.stdout

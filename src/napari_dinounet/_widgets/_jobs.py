@@ -79,6 +79,7 @@ class Job:
         self.worker.returned.connect(self._returned)
         self.worker.errored.connect(self._errored)
         self.worker.finished.connect(self._finished)
+        self.worker.aborted.connect(self._aborted)  # also napari's own task-status Cancel
         self.errored = False
         self.cancelled = False
         self.done = False
@@ -95,6 +96,9 @@ class Job:
             return
         self.cancelled = True
         self.worker.quit()
+
+    def _aborted(self) -> None:
+        self.cancelled = True
 
     def _progress(self, event) -> None:
         if event.task != self._task:  # a new phase restarts the bar

@@ -39,6 +39,7 @@ from ..engine.progress import Progress
 from ._jobs import Job, Stop
 from ._layer_combo import LayerComboBox
 from ._layer_geometry import plan_run
+from ._llvm_clash import avoid_triton_llvm_clash
 from ._model_form import ModelForm
 from ._session import Session, get_session
 from ._settings import recall, remember
@@ -198,6 +199,7 @@ class FineTuneWidget(QWidget):
 
     def __init__(self, napari_viewer) -> None:
         super().__init__()
+        avoid_triton_llvm_clash()  # before anything imports torch, which the runs do
         self.viewer = napari_viewer
         self.session = get_session(napari_viewer)
         self.job: Job | None = None
@@ -419,6 +421,8 @@ class FineTuneWidget(QWidget):
         self.stop_button.setEnabled(False)
         if self.job.errored:
             self.status.setText("failed: see the notification")
+        elif self.job.cancelled:
+            self.status.setText("cancelled: the heads in use did not change")
 
 
 def _spin(low: int, high: int, value: int, step: int) -> QSpinBox:

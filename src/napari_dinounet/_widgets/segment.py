@@ -33,6 +33,7 @@ from ..engine.progress import Progress
 from ._jobs import Job
 from ._layer_combo import LayerComboBox
 from ._layer_geometry import RunPlan, channel_axis_choices, parse_channels, plan_run
+from ._llvm_clash import avoid_triton_llvm_clash
 from ._model_form import ModelForm
 from ._session import Session, get_session
 from ._settings import recall, remember
@@ -78,6 +79,7 @@ class SegmentWidget(QWidget):
 
     def __init__(self, napari_viewer) -> None:
         super().__init__()
+        avoid_triton_llvm_clash()  # before anything imports torch, which the runs do
         self.viewer = napari_viewer
         self.session = get_session(napari_viewer)
         self.job: Job | None = None
@@ -191,7 +193,7 @@ class SegmentWidget(QWidget):
             patch_size=self.tile_spin.value() or None, step=1.0 - self.overlap_spin.value(),
             tta=self.tta_check.isChecked(),
         )
-        self.job = Job(gen, "Segmentation", on_result=lambda result: self._show_result(layer, plan, *result),
+        self.job = Job(gen, "Segmentation", on_result=lambda result: self._show_result(layer, plan, heads, *result),
                        on_finished=self._finished)
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
@@ -218,7 +220,8 @@ class SegmentWidget(QWidget):
         elif self.job.errored:
             self.status.setText("failed: see the notification")
 
-    def _show_result(self, image: Image, plan: RunPlan, labels: np.ndarray, class_names: list[str]) -> None:
+    def _show_result(self, image: Image, plan: RunPlan, heads: Path, labels: np.ndarray,
+                     class_names: list[str]) -> None:
         """Write ``labels`` into the image's labels layer (GUI thread), creating it on the first run."""
         name = labels_layer_name(image.name)
         existing = self.viewer.layers[name] if name in self.viewer.layers else None
@@ -231,7 +234,7 @@ class SegmentWidget(QWidget):
             # a same-named layer of another shape stays; napari gives the new one a unique name
             target = self.viewer.add_labels(data, name=name, scale=plan.scale, translate=plan.translate)
         target.metadata["class_names"] = class_names
-        target.metadata["heads"] = str(self.session.heads_path)
+        target.metadata["heads"] = str(heads)
         classes = ", ".join(f"{i} {n}" for i, n in enumerate(class_names))
         self.status.setText(f"{target.name}: {classes}")
         show_info(f"Segmented {image.name} into {target.name!r}")
