@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -146,6 +147,12 @@ def test_single_image_is_split_spatially_and_single_stack_by_slice_block(nuclei_
     original = nuclei_samples[0]
     assert np.array_equal(np.concatenate([train[0].labels, val[0].labels], axis=1), original.labels)
     assert np.array_equal(val[0].image, original.image[:, :, 410:])
+    # partial labels: 80 % of the *counted* pixels train, so both sides get some
+    mask = np.zeros((512, 512), bool)
+    mask[100:140, 50:450] = True
+    masked = replace(original, mask=mask)
+    train, val = split_samples([masked], 0.2)
+    assert train[0].mask.sum() == 40 * 320 and val[0].mask.sum() == 40 * 80 and val[0].shape == (512, 142)
     stack = samples_from_arrays([np.random.default_rng(0).normal(size=(10, 8, 8))], [np.zeros((10, 8, 8))], names=["v"])
     train, val = split_samples(stack, 0.2)
     assert [s.name for s in val] == ["v[z=8]", "v[z=9]"] and len(train) == 8

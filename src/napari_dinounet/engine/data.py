@@ -241,9 +241,13 @@ def samples_from_folders(images_dir, labels_dir, *, normalization: Normalization
 
 
 def _spatial_split(sample: Sample, val_fraction: float) -> tuple[Sample, Sample]:
-    """Cut one image across its longer axis: the first (1 - val_fraction) for training, the rest for validation."""
-    axis = 1 if sample.shape[1] >= sample.shape[0] else 0
-    cut = int(round(sample.shape[axis] * (1 - val_fraction)))
+    """Cut one image across the longer side of its counted region (the mask's bounding box, or the image):
+    the first part holds (1 - val_fraction) of the counted pixels and trains, the rest validates."""
+    counted = sample.mask if sample.mask is not None else np.ones(sample.shape, bool)
+    extents = [np.flatnonzero(counted.any(axis=1 - axis)) for axis in (0, 1)]
+    axis = 1 if np.ptp(extents[1]) >= np.ptp(extents[0]) else 0
+    cumulative = np.cumsum(counted.sum(axis=1 - axis))
+    cut = int(np.searchsorted(cumulative, (1 - val_fraction) * cumulative[-1])) + 1
     cut = min(max(cut, 1), sample.shape[axis] - 1)
 
     def part(region: slice, suffix: str) -> Sample:
@@ -259,7 +263,8 @@ def split_samples(samples: Sequence[Sample], val_fraction: float = 0.2, seed: in
 
     With a single group there is nothing to shuffle: a stack is cut into its first and last slices
     (contiguous, so neighbouring slices do not leak across), a single 2D image is cut spatially across its
-    longer axis (left 80 % train, right 20 % validation), rather than leaving validation empty.
+    longer axis (left 80 % train, right 20 % validation; with a mask, 80 % of the pixels that count)
+    rather than leaving validation empty.
     val_fraction=0 returns every sample for training and no validation.
     """
     samples = list(samples)
