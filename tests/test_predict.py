@@ -98,6 +98,15 @@ def test_constant_model_gives_exactly_that_constant_after_blending():
     np.testing.assert_allclose(probs, np.broadcast_to(expected[:, None, None], probs.shape), atol=1e-6)
 
 
+def test_labels_take_the_first_class_on_ties_and_grow_to_uint16_beyond_256_classes():
+    img = image((40, 50))
+    assert np.all(run(Constant([0.5, 2.0, 2.0]), img, patch_size=32) == 1)
+    many = [0.0] * 300
+    many[280] = 1.0
+    labels = run(Constant(many), img, patch_size=32)
+    assert labels.dtype == np.uint16 and np.all(labels == 280)
+
+
 def test_one_tile_and_many_overlapping_tiles_agree():
     model = conv_net()
     img = image((333, 517))

@@ -160,36 +160,55 @@ class _AxisView:
 class _OpenRows:
     """Gaussian-weighted sums of tile logits over the image rows that tiles still overlap.
 
-    ``sums`` is (nc + 1, rows, width) float32 on the device: nc planes of weighted logits, then the summed
-    weights; it covers image rows ``top`` to ``top + rows``.
+    ``sums`` is float32 on the device, (nc, rows, width) planes of weighted logits, plus a last plane of
+    summed weights when ``weights`` is asked for (probabilities need it; the argmax does not, since
+    every pixel's weight is positive); it covers image rows ``top`` to ``top + rows``.
     """
 
-    def __init__(self, width: int, importance: torch.Tensor):
+    def __init__(self, width: int, importance: torch.Tensor, weights: bool):
         self.width = width
         self.importance = importance  # (th, tw)
+        self.weights = weights
         self.top = 0
         self.sums: torch.Tensor | None = None
 
     def add(self, logits: torch.Tensor, y: int, x: int) -> None:
         """Add one tile's logits (nc, th, tw) whose top-left corner is at image row ``y``, column ``x``."""
         classes, th, tw = logits.shape
+        planes = classes + self.weights
         if self.sums is None:
-            self.sums = torch.zeros((classes + 1, 0, self.width), device=logits.device)
+            self.sums = torch.zeros((planes, 0, self.width), device=logits.device)
         needed = y + th - self.top
         if needed > self.sums.shape[1]:
-            grown = torch.zeros((classes + 1, needed, self.width), device=logits.device)
+            grown = torch.zeros((planes, needed, self.width), device=logits.device)
             grown[:, : self.sums.shape[1]] = self.sums
             self.sums = grown
         rows, cols = slice(y - self.top, y - self.top + th), slice(x, x + tw)
-        self.sums[:classes, rows, cols] += logits * self.importance
-        self.sums[classes, rows, cols] += self.importance
+        self.sums[:classes, rows, cols].addcmul_(logits, self.importance)
+        if self.weights:
+            self.sums[classes, rows, cols] += self.importance
 
     def take(self, until: int) -> torch.Tensor:
-        """Hand out the sums (nc + 1, until - top, width) of the now final rows up to ``until`` and drop them."""
+        """Hand out the sums (planes, until - top, width) of the now final rows up to ``until`` and drop them."""
         count = until - self.top
         final, self.sums = self.sums[:, :count], self.sums[:, count:]
         self.top = until
         return final
+
+
+def _argmax_classes(planes: torch.Tensor) -> np.ndarray:
+    """Per pixel, the index of the largest of ``planes`` (nc, h, w), the first one on ties: uint8 (h, w),
+    uint16 beyond 256 classes. A loop over classes: torch's argmax over a leading axis is about five
+    times slower on the CPU."""
+    classes = planes.shape[0]
+    labels = torch.zeros(planes.shape[1:], dtype=torch.uint8 if classes <= 256 else torch.int32, device=planes.device)
+    best = planes[0]
+    for index in range(1, classes):
+        higher = planes[index] > best
+        labels.masked_fill_(higher, index)
+        best = torch.where(higher, planes[index], best)
+    labels = labels.cpu().numpy()
+    return labels if classes <= 256 else labels.astype(np.uint16)
 
 
 class _Output:
@@ -326,13 +345,10 @@ class _Tiler:
         return total / len(self.mirrors)
 
     def _final(self, sums: torch.Tensor, width: int) -> np.ndarray:
-        """Labels (h, W) or probabilities (nc, h, W) from open-row sums (nc + 1, h, Wp)."""
-        weighted, weights = sums[:-1, :, :width], sums[-1, :, :width]
+        """Labels (h, W) or probabilities (nc, h, W) from open-row sums (planes, h, Wp)."""
         if self.probabilities:
-            return torch.softmax(weighted / weights, dim=0).cpu().numpy()
-        label_dtype = torch.uint8 if weighted.shape[0] <= 256 else torch.int32
-        labels = weighted.argmax(dim=0).to(label_dtype).cpu().numpy()
-        return labels if label_dtype == torch.uint8 else labels.astype(np.uint16)
+            return torch.softmax(sums[:-1, :, :width] / sums[-1, :, :width], dim=0).cpu().numpy()
+        return _argmax_classes(sums[:, :, :width])
 
     def plane(self, plane: _AxisView, write) -> Generator[int, None, None]:
         """Predict one plane (C, H, W); ``write(rows, block)`` receives final rows; yields tiles done per batch."""
@@ -341,7 +357,7 @@ class _Tiler:
         ys, xs = self.grid(height, width)
         padded_width = max(width, tw)
         positions = [(y, x) for y in ys for x in xs]
-        open_rows = _OpenRows(padded_width, self.importance)
+        open_rows = _OpenRows(padded_width, self.importance, weights=self.probabilities)
         band_top, band = None, None
         for first in range(0, len(positions), self.batch_size):
             chunk = positions[first : first + self.batch_size]
