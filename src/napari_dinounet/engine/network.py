@@ -168,13 +168,16 @@ class DinoUNet(nn.Module):
     def forward(self, x: torch.Tensor, taps: list[torch.Tensor] | None = None):
         """x (B, C, H, W) -> logits (B, nc, H, W) (a list, full resolution first, with deep supervision).
 
-        taps: the result of :meth:`backbone_taps` for this x, to skip the backbone (feature caching).
+        taps: the result of :meth:`backbone_taps` for this x (any float dtype), to skip the backbone
+        (feature caching).
         """
         x3 = self.to_three_channels(x)
         if taps is None:
             taps = self.backbone.features(x3, blocks=self.config.taps)
         else:
             self._check_taps(x3, taps)
+            # a feature cache may hold them in lower precision to save memory
+            taps = [t.to(x3.dtype) for t in taps]
         h, w = x3.shape[-2:]
         maps = self.adapter(x3, taps)
         return self.decoder(self.upsampling(self.projection(maps), (h, w)))
