@@ -116,7 +116,8 @@ def test_mirror_flips_image_labels_and_mask_identically():
     flips = [(), (-1,), (-2,), (-2, -1)]
     seen = set()
     for b in range(64):
-        matches = [dims for dims in flips if torch.equal(out["image"][b], batch["image"][b].flip(dims) if dims else batch["image"][b])]
+        matches = [dims for dims in flips
+                   if torch.equal(out["image"][b], batch["image"][b].flip(dims) if dims else batch["image"][b])]
         assert len(matches) == 1
         dims = matches[0]
         seen.add(dims)
@@ -149,7 +150,8 @@ def test_contrast_keeps_each_channel_within_its_range_and_gamma_keeps_mean_and_s
     batch = make_batch(count=8)
     image = batch["image"]
     out = only("contrast")(batch)["image"]
-    assert (out.amin((2, 3)) >= image.amin((2, 3)) - 1e-6).all() and (out.amax((2, 3)) <= image.amax((2, 3)) + 1e-6).all()
+    assert (out.amin((2, 3)) >= image.amin((2, 3)) - 1e-6).all()
+    assert (out.amax((2, 3)) <= image.amax((2, 3)) + 1e-6).all()
     for name in ("gamma", "gamma_inverted"):
         out = only(name)(batch)["image"]
         torch.testing.assert_close(out.mean((2, 3)), image.mean((2, 3)), atol=1e-4, rtol=0)

@@ -235,7 +235,8 @@ class Augmenter:
         # intensity transforms: one sample (or channel plane) at a time, in place on views of the batch
         for i in self._chosen("noise", count).tolist():
             std = float(self._uniform(0.0, 0.1, 1))
-            image[i].add_(torch.randn(image[i].shape, generator=device_generator, device=device, dtype=dtype), alpha=std)
+            noise = torch.randn(image[i].shape, generator=device_generator, device=device, dtype=dtype)
+            image[i].add_(noise, alpha=std)
 
         for i in self._chosen("blur", count).tolist():
             for c in range(channels):

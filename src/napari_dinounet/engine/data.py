@@ -91,7 +91,8 @@ def _integer_labels(labels: np.ndarray, name: str) -> np.ndarray:
     if labels.dtype == bool:
         return labels.astype(np.int64)
     if not np.issubdtype(labels.dtype, np.integer):
-        whole = np.issubdtype(labels.dtype, np.floating) and np.all(np.isfinite(labels)) and np.all(labels == np.round(labels))
+        floating = np.issubdtype(labels.dtype, np.floating)
+        whole = floating and np.all(np.isfinite(labels)) and np.all(labels == np.round(labels))
         if not whole:
             raise InputError(f"{name}: labels must be whole class numbers (0 = background), got {labels.dtype} values "
                              "that are not: use a Labels layer or an integer label image")
@@ -149,9 +150,9 @@ def _pair_samples(image, labels: np.ndarray, mask, name: str, channel_axis: int 
             for slice_name, img, lab2d, mask2d in slices if mask2d is None or mask2d.any()]
 
 
-def samples_from_arrays(images, labels, *, masks=None, names: Sequence[str] | None = None, channel_axis: int | None = None,
-                        slice_axis: int = 0, normalization: Normalization = Normalization(),
-                        num_classes: int | None = None) -> list[Sample]:
+def samples_from_arrays(images, labels, *, masks=None, names: Sequence[str] | None = None,
+                        channel_axis: int | None = None, slice_axis: int = 0,
+                        normalization: Normalization = Normalization(), num_classes: int | None = None) -> list[Sample]:
     """Samples from image/label arrays as napari layers hand them over.
 
     images: a list of arrays (numpy, dask, zarr), each 2D ``(Y, X)``, RGB ``(Y, X, 3)``, a stack ``(Z, Y, X)``
@@ -258,7 +259,8 @@ def _spatial_split(sample: Sample, val_fraction: float) -> tuple[Sample, Sample]
     return part(slice(0, cut), "train part"), part(slice(cut, None), "validation part")
 
 
-def split_samples(samples: Sequence[Sample], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[Sample], list[Sample]]:
+def split_samples(samples: Sequence[Sample], val_fraction: float = 0.2,
+                  seed: int = 0) -> tuple[list[Sample], list[Sample]]:
     """Random train/validation split by group (whole stacks and cases go to one side); reproducible by seed.
 
     With a single group there is nothing to shuffle: a stack is cut into its first and last slices
@@ -334,7 +336,8 @@ def _crop(sample: Sample, top: int, left: int, patch_size: int, image_out, label
 class _Cropper:
     """Draws patches from a list of samples: uniform sample, then random or foreground-centred position."""
 
-    def __init__(self, samples: Sequence[Sample], patch_size: int, foreground_fraction: float, rng: np.random.Generator):
+    def __init__(self, samples: Sequence[Sample], patch_size: int, foreground_fraction: float,
+                 rng: np.random.Generator):
         if not samples:
             raise InputError("no training samples: give at least one image with labels")
         if patch_size < 1:
@@ -343,7 +346,8 @@ class _Cropper:
             raise InputError(f"foreground_fraction={foreground_fraction} must lie in [0, 1] (nnU-Net uses 0.33)")
         channels = {s.image.shape[0] for s in samples}
         if len(channels) > 1:
-            raise InputError(f"the samples have different channel counts {sorted(channels)}: give images with the same channels")
+            raise InputError(f"the samples have different channel counts {sorted(channels)}: "
+                             "give images with the same channels")
         self.samples = list(samples)
         self.channels = channels.pop()
         self.patch_size = patch_size
@@ -403,8 +407,8 @@ class PatchSampler:
     (still with its own stream). The augmenter's random stream is its own (seed it per rank).
     """
 
-    def __init__(self, samples: Sequence[Sample], patch_size: int, batch_size: int, *, foreground_fraction: float = 0.33,
-                 augment=None, seed: int = 0, rank: int = 0, world_size: int = 1):
+    def __init__(self, samples: Sequence[Sample], patch_size: int, batch_size: int, *,
+                 foreground_fraction: float = 0.33, augment=None, seed: int = 0, rank: int = 0, world_size: int = 1):
         if batch_size < 1:
             raise InputError(f"batch_size={batch_size} must be at least 1")
         if not 0 <= rank < world_size:
