@@ -291,6 +291,11 @@ def _as_normalization(normalization) -> normalize.Normalization:
     return normalize.Normalization(str(normalization))
 
 
+def _grid(height: int, width: int, tile: tuple[int, int], step: float) -> tuple[list[int], list[int]]:
+    """Tile row and column offsets for a plane (height, width), padded up to a tile where smaller."""
+    return (tile_starts(max(height, tile[0]), tile[0], step), tile_starts(max(width, tile[1]), tile[1], step))
+
+
 def _autocast(device: torch.device):
     if device.type != "cuda":
         return nullcontext()
@@ -313,11 +318,6 @@ class _Tiler:
         self.probabilities = probabilities
         self.importance = torch.from_numpy(gaussian_importance(tile)).to(device)
         self.saw_nonfinite = False
-
-    def grid(self, height: int, width: int) -> tuple[list[int], list[int]]:
-        """Tile row and column offsets for a plane, padded up to a tile where smaller."""
-        return (tile_starts(max(height, self.tile[0]), self.tile[0], self.step),
-                tile_starts(max(width, self.tile[1]), self.tile[1], self.step))
 
     def _band(self, plane: _AxisView, y: int) -> np.ndarray:
         """Rows ``y`` to ``y + th`` of the plane (C, h, W), normalised to float32; NaN/inf become 0."""
@@ -354,7 +354,7 @@ class _Tiler:
         """Predict one plane (C, H, W); ``write(rows, block)`` receives final rows; yields tiles done per batch."""
         channels, height, width = plane.shape
         th, tw = self.tile
-        ys, xs = self.grid(height, width)
+        ys, xs = _grid(height, width, self.tile, self.step)
         padded_width = max(width, tw)
         positions = [(y, x) for y in ys for x in xs]
         open_rows = _OpenRows(padded_width, self.importance, weights=self.probabilities)
@@ -437,11 +437,11 @@ def predict(
         channel_pin = {layout.channel: layout.channels} if layout.channel is not None else {}
         stack_axes = (layout.slice,) if layout.slice is not None else ()
         whole = _AxisView(image, (layout.channel, *stack_axes, layout.rows, layout.cols), channel_pin)
-        tiler = _Tiler(model, device, tile, step, batch_size, tta, norm, None, probabilities)
-        ys, xs = tiler.grid(image.shape[layout.rows], image.shape[layout.cols])
+        ys, xs = _grid(image.shape[layout.rows], image.shape[layout.cols], tile, step)
         total = slices * len(ys) * len(xs)
         yield Progress("predict", 0, total, "image statistics")
-        tiler.stats = normalize.statistics_for(whole, norm)
+        stats = normalize.statistics_for(whole, norm)
+        tiler = _Tiler(model, device, tile, step, batch_size, tta, norm, stats, probabilities)
         done = 0
         for index in range(slices):
             pinned = {**channel_pin, **({layout.slice: index} if layout.slice is not None else {})}
