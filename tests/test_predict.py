@@ -305,7 +305,12 @@ def test_numpy_out_is_filled_and_returned():
 
 
 @pytest.mark.parametrize("store", ["numpy", "zarr"])
-def test_closing_midway_leaves_out_untouched(store, tmp_path):
+def test_closing_midway_leaves_out_untouched(store, tmp_path, monkeypatch):
+    import tempfile
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where a zarr out's private buffer goes
     img = image((300, 300))
     if store == "numpy":
         out = np.full((300, 300), 7, np.uint8)
@@ -318,10 +323,11 @@ def test_closing_midway_leaves_out_untouched(store, tmp_path):
     for _ in range(5):  # statistics, then four batches: several rows of tiles are final by now
         event = next(gen)
     assert 0 < event.done < event.total
+    assert len(list(scratch.iterdir())) == (store == "zarr")  # the private buffer of a zarr out
     gen.close()
     assert np.all(out[:] == 7)
     assert model.training  # the model's mode is restored
-    assert list(tmp_path.glob("dinounet-predict-*")) == []
+    assert list(scratch.iterdir()) == []
 
 
 @pytest.mark.parametrize(
