@@ -102,10 +102,11 @@ def run(args: argparse.Namespace) -> int:
 
     settings = TrainSettings(**{field: getattr(args, opt) for opt, field in _SETTINGS.items() if hasattr(args, opt)})
     normalization = Normalization(args.normalization)
+    source = backbone_source(args)
     samples, class_names = load_training_data(args, normalization)
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     run = train(
-        samples, out=args.out, backbone=backbone_source(args), settings=settings, class_names=class_names,
+        samples, out=args.out, backbone=source, settings=settings, class_names=class_names,
         normalization=normalization, resume=args.resume, overwrite=args.overwrite, device=args.device,
     )
     try:
@@ -115,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"stopped: the last saved epoch is in {args.out}; continue with the same command plus --resume")
         raise
     if rank == 0:
-        history = read_metadata(out).training.get("history", [])
-        final = history[-1] if history else {}
-        print(f"wrote {out} (epoch {final.get('epoch')}, validation Dice {final.get('val_dice', float('nan')):.4f})")
+        history = read_metadata(out).training.get("history") or [{}]
+        val_dice = history[-1].get("val_dice")
+        shown = "no validation images" if val_dice is None else f"validation Dice {val_dice:.4f}"
+        print(f"wrote {out} (epoch {history[-1].get('epoch')}, {shown})")
     return 0

@@ -46,10 +46,12 @@ import numpy as np
 import torch
 
 from .atomic import atomic_path
-from .data import Augmenter, PatchSampler, Sample, fixed_crops, split_samples
+from .augment import Augmenter
+from .data import PatchSampler, Sample, fixed_crops, split_samples
 from .device import pick_device
 from .errors import CheckpointError, InputError
 from .loss import dice_ce_loss
+from .metrics import dice
 from .normalize import Normalization
 from .progress import Progress
 
@@ -60,7 +62,8 @@ _STATE_FORMAT = "napari-dinounet-train-state/1"
 class TrainSettings:
     """Everything that shapes a training run; the defaults are the paper's recipe.
 
-    ``size`` picks the heads' size from the network registry (None: the backbone's own variant);
+    ``size`` checks the backbone's size (None: whatever the backbone is); ``channels`` picks up to 3
+    input channels (needed for more than 3; :class:`.network.DinoUNetConfig`);
     ``epochs * iters_per_epoch`` optimiser steps in all; ``val_crops`` fixed crops of ``patch_size``
     from the validation samples give the validation Dice each epoch; ``val_fraction`` is used when no
     validation samples are given (:func:`.data.split_samples`).
@@ -68,6 +71,7 @@ class TrainSettings:
 
     size: str | None = None
     projection: str = "fapm"
+    channels: tuple[int, ...] | None = None
     patch_size: int = 512
     batch_size: int = 2
     epochs: int = 200
@@ -87,6 +91,8 @@ class TrainSettings:
     seed: int = 0
 
     def __post_init__(self):
+        if self.channels is not None:
+            self.channels = tuple(int(c) for c in self.channels)  # JSON gives a list back
         if self.patch_size < 64 or self.patch_size % 32:
             raise InputError(
                 f"patch size {self.patch_size} does not fit the network: use a multiple of 32, at least 64 "
@@ -122,32 +128,12 @@ def state_path(checkpoint: str | Path) -> Path:
     return checkpoint.with_name(checkpoint.stem + ".state.safetensors")
 
 
-def init_heads_he(model: torch.nn.Module, neg_slope: float = 1e-2) -> None:
-    """nnU-Net's He initialisation (``InitWeights_He(1e-2)``) of the trainable convolutions.
-
-    Every (transposed) convolution outside the frozen backbone gets Kaiming-normal weights for a
-    LeakyReLU of slope ``neg_slope`` and zero bias. Linear layers (the deformable attention, whose
-    offsets have a deliberate initialisation) and norms keep theirs.
-    """
-    convs = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
-    for name, module in model.named_modules():
-        if name.startswith("backbone") or not isinstance(module, convs):
-            continue
-        torch.nn.init.kaiming_normal_(module.weight, a=neg_slope)
-        if module.bias is not None:
-            torch.nn.init.zeros_(module.bias)
-
-
 # ---------------------------------------------------------------------------------------------- batches
-
-
-def _to_device(batch: dict, device: torch.device) -> dict:
-    return {k: torch.as_tensor(v).to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def _intensity_augmenter(seed: int) -> Augmenter:
     """The augmentations that leave pixel positions alone: valid with cached backbone features."""
-    return Augmenter(rotation=False, scaling=False, elastic=False, mirror=False, seed=seed)
+    return Augmenter(rotation=False, scaling=None, elastic=False, mirror=False, seed=seed)
 
 
 class FeatureCache:
@@ -169,7 +155,7 @@ class FeatureCache:
     @staticmethod
     def build(model, crops: dict, *, mirror: bool, augment: Augmenter | None, seed: int, device: torch.device,
               batch_size: int) -> Generator[Progress, None, FeatureCache]:
-        crops = _to_device(crops, device)
+        crops = {k: crops[k].to(device) for k in ("image", "labels", "mask")}
         if mirror:
             flips = [(), (-1,), (-2,), (-2, -1)]
             crops = {
@@ -196,32 +182,25 @@ class FeatureCache:
 
 
 @torch.no_grad()
-def validation_dice(model, crops: dict, num_classes: int, *, device: torch.device, batch_size: int,
-                    autocast: torch.autocast) -> float:
+def validation_dice(model, crops: dict, *, device: torch.device, batch_size: int, autocast: torch.autocast) -> float:
     """Mean Dice over the foreground classes on fixed crops, counting only pixels inside the crops' masks.
 
-    Counts are summed over all crops before dividing (one Dice per class for the whole validation set);
-    a class absent from both prediction and reference is left out; NaN if every class is.
+    The masked pixels of all crops are pooled (one Dice per class for the whole validation set); classes
+    absent from both prediction and reference are left out; NaN if no class is present.
     """
     was_training = model.training
     model.eval()
-    overlap = torch.zeros(num_classes, dtype=torch.float64)
-    total = torch.zeros(num_classes, dtype=torch.float64)
-    count = crops["image"].shape[0]
-    for start in range(0, count, batch_size):
-        part = _to_device({k: v[start : start + batch_size] for k, v in crops.items()}, device)
+    predicted, reference = [], []
+    for start in range(0, crops["image"].shape[0], batch_size):
+        part = {k: v[start : start + batch_size] for k, v in crops.items()}
         with autocast:
-            predicted = model(part["image"]).argmax(dim=1)
-        mask = part["mask"]
-        for c in range(1, num_classes):
-            pred_c, ref_c = (predicted == c) & mask, (part["labels"] == c) & mask
-            overlap[c] += 2 * (pred_c & ref_c).sum().item()
-            total[c] += pred_c.sum().item() + ref_c.sum().item()
+            logits = model(part["image"].to(device))
+        mask = part["mask"].numpy()
+        predicted.append(logits.argmax(dim=1).cpu().numpy()[mask])
+        reference.append(part["labels"].numpy()[mask])
     model.train(was_training)
-    present = total[1:] > 0
-    if not present.any():
-        return float("nan")
-    return float((overlap[1:][present] / total[1:][present]).mean())
+    scores = dice(np.concatenate(predicted), np.concatenate(reference))
+    return float(np.mean(list(scores.values()))) if scores else float("nan")
 
 
 # ------------------------------------------------------------------------------------------- run state
@@ -311,10 +290,10 @@ def wrap_distributed(model, device: torch.device):
             if name != "backbone":
                 setattr(model, name, torch.nn.SyncBatchNorm.convert_sync_batchnorm(child))
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, _backbone_names(model))
-    # heads that this configuration does not use (e.g. deep-supervision outputs) get no gradient
-    unused = any(p.requires_grad for n, p in model.named_parameters() if ".deep_supervision" in n)
+    # heads this configuration never calls (deep-supervision outputs when it is off) get no gradient
     return DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=unused
+        model, device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=bool(model.unused_parameter_names()),
     )
 
 
@@ -356,7 +335,8 @@ def train(
 
     Events: ``Progress("train", step, total, metrics={loss, lr, epoch, eta_s[, val_dice]})`` after every
     step, and one with ``val_dice`` (and the epoch's mean ``loss``) after each validation, including one
-    before the first step; ``Progress("cache features", ...)`` while caching.
+    before the first step (or, when resuming, one saying where the run resumes, the saved heads loaded);
+    ``Progress("cache features", ...)`` while caching.
     """
     from .backbone import Backbone, load_backbone
 
@@ -389,7 +369,7 @@ def train(
     if not isinstance(backbone, Backbone):
         backbone = load_backbone(backbone, device=device)
     if model is None:
-        model = _build_model(backbone, settings, num_classes, in_channels=samples[0].image.shape[0])
+        model = build_model(backbone, settings, num_classes, in_channels=samples[0].image.shape[0])
     model.to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=settings.lr)
@@ -405,7 +385,7 @@ def train(
     use_amp = settings.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp)
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
     # different draws per rank and per resumption, reproducible for a given run
     seed = settings.seed + 1_000_003 * rank + step
@@ -425,15 +405,15 @@ def train(
             augment=Augmenter(seed=seed) if settings.augment else None, seed=seed, rank=rank, world_size=world,
         )
 
-    def validate() -> float:
+    def validate() -> float | None:
         if world > 1:
             _broadcast_head_buffers(model)
         if val_crops is None:
-            return float("nan")
-        return validation_dice(model, val_crops, num_classes, device=device, batch_size=settings.batch_size,
-                               autocast=autocast)
+            return None
+        value = validation_dice(model, val_crops, device=device, batch_size=settings.batch_size, autocast=autocast)
+        return None if math.isnan(value) else value
 
-    def save(val_dice: float, epoch_loss: float) -> None:
+    def save(val_dice: float | None, epoch_loss: float) -> None:
         history.append({"epoch": step // settings.iters_per_epoch, "step": step, "loss": epoch_loss,
                         "val_dice": val_dice, "lr": poly_lr(step, settings)})
         if rank != 0:
@@ -442,13 +422,17 @@ def train(
                    num_classes=num_classes)
         _save_heads(out, model, backbone, settings, class_names, normalization, samples, history)
 
+    def with_val(metrics: dict, val_dice: float | None) -> dict:
+        return metrics if val_dice is None else {**metrics, "val_dice": val_dice}
+
     total = settings.total_steps
-    last_val = None
     if resumed is None:
         last_val = validate()
-        yield Progress("train", 0, total, "validation before training", {"val_dice": last_val, "epoch": 0})
+        yield Progress("train", 0, total, "validation before training", with_val({"epoch": 0}, last_val))
     else:
         last_val = history[-1]["val_dice"] if history else None
+        metrics = {"epoch": step // settings.iters_per_epoch, "lr": poly_lr(step, settings)}
+        yield Progress("train", step, total, f"resumed at step {step}", with_val(metrics, last_val))
 
     model.train()
     started, first_step = time.perf_counter(), step
@@ -460,7 +444,7 @@ def train(
         if cache is not None:
             batch, taps = cache.next_batch(settings.batch_size)
         else:
-            batch, taps = _to_device(sampler.next_batch(device), device), None
+            batch, taps = sampler.next_batch(device), None
         with autocast:
             logits = step_module(batch["image"], taps=taps) if taps is not None else step_module(batch["image"])
         loss = dice_ce_loss(logits, batch["labels"], batch["mask"], smooth=settings.dice_smooth)
@@ -476,9 +460,7 @@ def train(
         per_step = (time.perf_counter() - started) / (step - first_step)
         epoch = math.ceil(step / settings.iters_per_epoch)
         metrics = {"loss": epoch_losses[-1], "lr": lr, "epoch": epoch, "eta_s": per_step * (total - step)}
-        if last_val is not None and not math.isnan(last_val):
-            metrics["val_dice"] = last_val
-        yield Progress("train", step, total, f"epoch {epoch}/{settings.epochs}", metrics)
+        yield Progress("train", step, total, f"epoch {epoch}/{settings.epochs}", with_val(metrics, last_val))
 
         if step % settings.iters_per_epoch == 0 or step == total:
             last_val = validate()
@@ -487,7 +469,7 @@ def train(
             save(last_val, epoch_loss)
             model.train()
             yield Progress("train", step, total, f"epoch {epoch}/{settings.epochs} validated",
-                           {**metrics, "loss": epoch_loss, "val_dice": last_val})
+                           with_val({**metrics, "loss": epoch_loss}, last_val))
     if world > 1:
         torch.distributed.barrier()
     return out
@@ -498,14 +480,23 @@ def _default_class_names(samples: Sequence[Sample]) -> list[str]:
     return ["background"] + [f"class {i}" for i in range(1, max(highest, 1) + 1)]
 
 
-def _build_model(backbone, settings: TrainSettings, num_classes: int, in_channels: int):
+def build_model(backbone, settings: TrainSettings, num_classes: int, in_channels: int):
+    """A DinoUNet on ``backbone`` for these settings, its heads He-initialised (nnU-Net's ``InitWeights_He``).
+
+    in_channels: channels of the training images; more than 3 need ``settings.channels`` (which 3 to use).
+    """
     from .network import build_dinounet
 
+    if in_channels > 3 and settings.channels is None:
+        raise InputError(
+            f"the training images have {in_channels} channels but the backbone takes at most 3: choose which to "
+            "use (channels, e.g. (0, 1, 2))"
+        )
     model = build_dinounet(
-        size=settings.size or backbone.variant, projection=settings.projection, num_classes=num_classes,
-        backbone=backbone, grad_checkpointing=settings.grad_checkpointing,
+        size=settings.size, projection=settings.projection, num_classes=num_classes, backbone=backbone,
+        channels=settings.channels, grad_checkpointing=settings.grad_checkpointing,
     )
-    init_heads_he(model)
+    model.init_heads_he()
     return model
 
 

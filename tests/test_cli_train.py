@@ -1,0 +1,105 @@
+"""``dinounet train``: folders and nnU-Net datasets, resuming an interrupted run, clear errors."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+from _nuclei_training import write_nuclei_folders
+
+from napari_dinounet.cli import main
+
+TINY = ["--backbone", "random:tiny", "--size", "tiny", "--patch", "64", "--batch", "2", "--device", "cpu", "--quiet"]
+
+
+@pytest.fixture(autouse=True)
+def _quiet_random_backbone(monkeypatch):
+    monkeypatch.delenv("DINOUNET_BACKBONE", raising=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the random backbone's warning is tested in test_backbone
+        yield
+
+
+def test_train_on_folders_writes_a_checkpoint_with_history(tmp_path, capsys):
+    from napari_dinounet.engine.checkpoint import read_metadata
+
+    images, labels = write_nuclei_folders(tmp_path)
+    out = tmp_path / "heads.safetensors"
+    code = main(["train", *TINY, "--images", str(images), "--labels", str(labels), "--out", str(out),
+                 "--epochs", "2", "--iters-per-epoch", "2"])
+    assert code == 0
+    meta = read_metadata(out)
+    assert [h["step"] for h in meta.training["history"]] == [2, 4]
+    assert meta.patch_size == 64 and meta.class_names == ["background", "class 1"]
+    assert f"wrote {out}" in capsys.readouterr().out
+    # a second run must not silently replace it
+    assert main(["train", *TINY, "--images", str(images), "--labels", str(labels), "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_resume_finishes_an_interrupted_run(tmp_path, capsys):
+    from napari_dinounet.engine.checkpoint import read_metadata
+    from napari_dinounet.engine.data import samples_from_folders
+    from napari_dinounet.engine.train import TrainSettings, train
+
+    images, labels = write_nuclei_folders(tmp_path)
+    out = tmp_path / "heads.safetensors"
+    settings = TrainSettings(size="tiny", patch_size=64, batch_size=2, epochs=3, iters_per_epoch=2)
+    run = train(samples_from_folders(images, labels), out=out, backbone="random:tiny", settings=settings, device="cpu")
+    for event in run:  # stop during the second epoch, as Ctrl-C would
+        if event.done == 3:
+            break
+    run.close()
+    assert [h["step"] for h in read_metadata(out).training["history"]] == [2]
+
+    args = ["train", *TINY, "--images", str(images), "--labels", str(labels), "--out", str(out), "--epochs", "3",
+            "--iters-per-epoch", "2"]
+    assert main([*args, "--resume"]) == 0
+    assert [h["step"] for h in read_metadata(out).training["history"]] == [2, 4, 6]
+    # resuming with other settings is refused, naming what changed
+    capsys.readouterr()
+    assert main([*args[:-4], "--epochs", "5", "--iters-per-epoch", "2", "--resume"]) == 2
+    assert "epochs (3 -> 5)" in capsys.readouterr().err
+
+
+def test_train_on_an_nnunet_dataset_keeps_its_class_names(tmp_path):
+    import tifffile
+    from _nuclei_training import nuclei_foreground
+
+    from napari_dinounet.engine.checkpoint import read_metadata
+
+    image, foreground = nuclei_foreground()
+    root = tmp_path / "Dataset001_Nuclei"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    for i in range(2):
+        tifffile.imwrite(root / "imagesTr" / f"nuc_{i:03d}_0000.tif", image[:96, i * 96:(i + 1) * 96])
+        tifffile.imwrite(root / "labelsTr" / f"nuc_{i:03d}.tif", foreground[:96, i * 96:(i + 1) * 96])
+    (root / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "fluorescence"}, "labels": {"background": 0, "nucleus": 1},
+        "numTraining": 2, "file_ending": ".tif"}))
+    out = tmp_path / "nnunet.safetensors"
+    assert main(["train", *TINY, "--dataset", str(root), "--out", str(out), "--epochs", "1",
+                 "--iters-per-epoch", "1"]) == 0
+    assert read_metadata(out).class_names == ["background", "nucleus"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--images", "x", "--labels", "y", "--dataset", "z"], "not both"),
+        ([], "no training data"),
+        (["--images", "x", "--labels", "y", "--patch", "100"], "multiple of 32"),
+    ],
+)
+def test_bad_arguments_end_with_a_message_not_a_traceback(tmp_path, capsys, extra, message):
+    args = ["train", "--backbone", "random:tiny", "--out", str(tmp_path / "o.safetensors"), *extra]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_backbone_says_how_to_give_one(tmp_path, capsys):
+    images, labels = write_nuclei_folders(tmp_path)
+    assert main(["train", "--images", str(images), "--labels", str(labels), "--out", str(tmp_path / "o")]) == 2
+    assert "--backbone" in capsys.readouterr().err
