@@ -8,7 +8,8 @@ train mode, a mean-of-logits loss, ``backward()`` into the heads (the backbone i
 Memory: every case runs in a fresh Python process, so its peak resident set size (``resource``
 ``ru_maxrss``) is its own. "peak" is that process peak; "extra" is the peak minus the peak after imports
 and building the model, i.e. what the passes themselves needed. Time: the median of ``--repeats`` passes
-after one untimed warm-up pass (oneDNN picks its kernels on the first pass at a new size).
+after one untimed warm-up pass (oneDNN picks its kernels on the first pass at a new size), and the
+fastest pass (the least disturbed by other work on a shared machine).
 
     .venv/bin/python benchmarks/forward.py            # 256 and 512, 3 timed passes each
     .venv/bin/python benchmarks/forward.py --quick    # 256 only, 1 timed pass
@@ -95,12 +96,12 @@ def run_case(pixels: int, mode: str, repeats: int) -> dict:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| input | pass | time (s, median) | peak RSS (MiB) | extra RSS (MiB) |",
-        "|---|---|---|---|---|",
+        "| input | pass | time (s, median) | time (s, min) | peak RSS (MiB) | extra RSS (MiB) |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['pixels']}x{r['pixels']} | {r['mode']} | {r['seconds_median']:.2f} | "
+            f"| {r['pixels']}x{r['pixels']} | {r['mode']} | {r['seconds_median']:.2f} | {min(r['seconds']):.2f} | "
             f"{r['peak_rss_mib']:.0f} | {r['extra_rss_mib']:.0f} |"
         )
     return "\n".join(lines)
