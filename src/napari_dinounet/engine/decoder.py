@@ -56,7 +56,9 @@ class DecoderStage(nn.Module):
     def __init__(self, below_channels: int, skip_channels: int):
         super().__init__()
         self.up = nn.ConvTranspose2d(below_channels, skip_channels, 2, stride=2)
-        self.convs = nn.Sequential(conv_block(2 * skip_channels, skip_channels), conv_block(skip_channels, skip_channels))
+        self.convs = nn.Sequential(
+            conv_block(2 * skip_channels, skip_channels), conv_block(skip_channels, skip_channels)
+        )
 
     def forward(self, below: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return self.convs(torch.cat((self.up(below), skip), dim=1))
