@@ -1,0 +1,221 @@
+"""Our sliding window (engine/predict.py) against MONAI's ``sliding_window_inference``, on the CPU.
+
+Both run the same network with the same tile, overlap (step 0.5), Gaussian blending (sigma_scale 0.125,
+mode "gaussian") and tile batch, on a uint16 image: ours from the raw image (statistics, per-band
+normalisation, blending over open rows, argmax), MONAI from the image normalised with the same
+statistics into a float32 tensor (that conversion is timed too), then argmax. Every measurement runs in
+a fresh Python process (both import torch and MONAI); after imports, model, image and a one-tile
+warm-up, the peak-RSS count is reset (Linux ``/proc/self/clear_refs``) and the RSS noted as baseline;
+"peak" is the process's peak RSS (VmHWM) during the timed runs, "extra" that peak minus the baseline. Times are the best
+of ``--repeats`` runs, since the machine may be shared. The labels of both are compared pixel by pixel.
+
+    .venv/bin/python benchmarks/sliding_window.py                    # 1024 and 2048, small conv net
+    .venv/bin/python benchmarks/sliding_window.py --sizes 4096 --only ours
+    .venv/bin/python benchmarks/sliding_window.py --network dinounet-tiny --sizes 1024
+
+Writes a Markdown table to stdout and JSON to benchmarks/results/sliding_window.json (or --json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TILE = 512
+BATCH = 4
+CLASSES = 2
+RESULTS = Path(__file__).parent / "results" / "sliding_window.json"
+
+
+def build_network(name: str):
+    """The network both sliding windows run: a small conv net, or Dino U-Net on the random tiny backbone."""
+    import torch
+
+    torch.manual_seed(0)
+    if name == "conv":
+        layers = [torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU()]
+        for _ in range(2):
+            layers += [torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.ReLU()]
+        layers.append(torch.nn.Conv2d(16, CLASSES, 1))
+        return torch.nn.Sequential(*layers).eval()
+    import warnings
+
+    from napari_dinounet.engine.network import build_dinounet
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the random backbone's warning
+        return build_dinounet("tiny", num_classes=CLASSES).eval()
+
+
+def make_image(size: int):
+    """A uint16 test image (size, size): smooth structures plus noise, like a microscopy field.
+
+    Made 256 rows at a time, so that making it leaves no peak of its own in the measurement."""
+    import numpy as np
+
+    rng = np.random.default_rng(size)
+    image = np.empty((size, size), np.uint16)
+    x = np.sin(np.arange(size, dtype=np.float32) / 64)
+    for top in range(0, size, 256):
+        y = np.cos(np.arange(top, min(top + 256, size), dtype=np.float32) / 64 * 0.7)
+        rows = 1000 + 500 * y[:, None] * x[None, :] + rng.normal(0, 50, (len(y), size)).astype(np.float32)
+        image[top : top + len(y)] = rows.clip(0, 65535)
+    return image
+
+
+def _status_mb(field: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Start the peak-RSS count afresh from the current RSS (Linux: /proc/self/clear_refs); False if not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    """Peak RSS since the last reset (VmHWM), else since the start (ru_maxrss, KiB on Linux)."""
+    return _status_mb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_mb() -> float:
+    return _status_mb("VmRSS") or peak_rss_mb()
+
+
+def run_ours(model, image):
+    from napari_dinounet.engine.predict import predict
+    from napari_dinounet.engine.progress import drain
+
+    return drain(predict(model, image, patch_size=TILE, step=0.5, batch_size=BATCH))
+
+
+def run_monai(model, image):
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    from napari_dinounet.engine import normalize
+
+    norm = normalize.Normalization("zscore")
+    stats = normalize.statistics_for(image[None], norm)
+    x = torch.from_numpy(normalize.apply(image[None], norm, stats))[None]
+    with torch.no_grad():
+        logits = sliding_window_inference(x, (TILE, TILE), BATCH, model, overlap=0.5, mode="gaussian", sigma_scale=0.125)
+    return logits[0].argmax(0).to(torch.uint8).numpy()
+
+
+def worker(impl: str, size: int, network: str, labels_out: Path, repeats: int) -> dict:
+    """One measurement in its own process: warm up on one tile, then time ``repeats`` runs (the best counts:
+    the machine is shared). Both implementations import MONAI, so that their baselines are the same."""
+    import monai.inferers  # noqa: F401
+    import numpy as np
+    import torch
+
+    model = build_network(network)
+    run = run_ours if impl == "ours" else run_monai
+    image = make_image(size)
+    run(model, make_image(TILE))  # first-call costs are not the sliding window's
+    peak_was_reset = reset_peak_rss()
+    baseline = rss_mb()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        labels = run(model, image)
+        times.append(time.perf_counter() - start)
+    np.save(labels_out, labels)
+    return {"impl": impl, "size": size, "network": network, "seconds": min(times), "all_seconds": times,
+            "peak_rss_mb": peak_rss_mb(), "baseline_rss_mb": baseline, "peak_was_reset": peak_was_reset,
+            "torch_threads": torch.get_num_threads()}
+
+
+def measure(impl: str, size: int, network: str, labels_out: Path, repeats: int) -> dict:
+    command = [sys.executable, __file__, "--worker", impl, "--sizes", str(size), "--network", network,
+               "--labels-out", str(labels_out), "--repeats", str(repeats)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{impl} {size}: {done.stderr[-2000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["extra_rss_mb"] = result["peak_rss_mb"] - result["baseline_rss_mb"]
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048])
+    parser.add_argument("--network", choices=("conv", "dinounet-tiny"), default="conv")
+    parser.add_argument("--only", choices=("ours", "monai"), help="measure one implementation only")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement; the best counts")
+    parser.add_argument("--json", type=Path, default=RESULTS)
+    parser.add_argument("--worker", choices=("ours", "monai"), help=argparse.SUPPRESS)
+    parser.add_argument("--labels-out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.sizes[0], args.network, args.labels_out, args.repeats)))
+        return
+
+    import numpy as np
+
+    impls = [args.only] if args.only else ["ours", "monai"]
+    machine = {"cpus": os.cpu_count(), "load_before": os.getloadavg(), "python": platform.python_version(),
+               "platform": platform.platform()}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in args.sizes:
+            case = {impl: measure(impl, size, args.network, Path(tmp) / f"{impl}.npy", args.repeats) for impl in impls}
+            row = {"size": size, "network": args.network, "tile": TILE, "step": 0.5, "batch": BATCH, **case}
+            if len(impls) == 2:
+                ours, monai = (np.load(Path(tmp) / f"{impl}.npy") for impl in impls)
+                row["labels_agree"] = float(np.mean(ours == monai))
+                row["time_ratio"] = case["ours"]["seconds"] / case["monai"]["seconds"]
+                row["peak_ratio"] = case["ours"]["peak_rss_mb"] / case["monai"]["peak_rss_mb"]
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr)
+    machine["load_after"] = os.getloadavg()
+    import monai
+    import torch
+
+    machine.update(torch=torch.__version__, monai=monai.__version__)
+    report = {"machine": machine, "rows": rows}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2))
+    print(table(report))
+
+
+def table(report: dict) -> str:
+    lines = [
+        "| image | network | impl | time (s) | peak RSS (MB) | extra over baseline (MB) | ours/MONAI time | ours/MONAI peak | labels agree |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["rows"]:
+        for impl in ("ours", "monai"):
+            if impl not in row:
+                continue
+            r = row[impl]
+            ratios = (f"{row['time_ratio']:.2f} | {row['peak_ratio']:.2f} | {row['labels_agree']:.4%}"
+                      if impl == "ours" and "time_ratio" in row else " | | ")
+            lines.append(f"| {row['size']}x{row['size']} | {row['network']} | {impl} | {r['seconds']:.2f} | "
+                         f"{r['peak_rss_mb']:.0f} | {r['extra_rss_mb']:.0f} | {ratios} |")
+    m = report["machine"]
+    lines.append(f"\n{m['cpus']} CPUs, load average {m['load_before'][0]:.1f} before / {m['load_after'][0]:.1f} after; "
+                 f"torch {m['torch']}, MONAI {m['monai']}; tile {TILE}, step 0.5, batch {BATCH}, Gaussian sigma tile/8.")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
