@@ -149,6 +149,15 @@ def test_missing_file_and_backbone_weights_given_as_heads(backbones, dinov3_tiny
         read_metadata(dinov3_tiny_dir / "hf_tiny" / "model.safetensors")
 
 
+def test_newer_format_asks_for_an_upgrade(backbones, tmp_path):
+    backbone = backbones["random"]
+    model = trained_heads(backbone, num_classes=2)
+    header = {"format": "napari-dinounet-heads", "format_version": "2", "heads": metadata_for(model, backbone).to_json()}
+    save_file({k: v.contiguous() for k, v in model.heads_state_dict().items()}, str(tmp_path / "h.safetensors"), metadata=header)
+    with pytest.raises(CheckpointError, match="newer napari-dinounet"):
+        read_metadata(tmp_path / "h.safetensors")
+
+
 def test_tensors_that_do_not_fit_the_config_are_named(backbones, tmp_path):
     backbone = backbones["random"]
     two = trained_heads(backbone, num_classes=2)

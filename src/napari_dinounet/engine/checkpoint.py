@@ -145,7 +145,7 @@ def _header(path: Path) -> dict[str, str]:
     from safetensors import safe_open
 
     if not path.is_file():
-        raise CheckpointError(f"heads checkpoint {path} does not exist: check the path")
+        raise CheckpointError(f"heads checkpoint {path} does not exist or is not a file: check the path")
     try:
         with safe_open(str(path), framework="pt") as handle:
             header = handle.metadata() or {}
@@ -159,8 +159,11 @@ def _header(path: Path) -> dict[str, str]:
             f"{path} is a safetensors file but not napari-dinounet heads (no '{FORMAT}' header); if it holds "
             "DINOv3 weights, give it as the backbone instead"
         )
-    if int(header.get("format_version", "0")) > FORMAT_VERSION:
-        raise CheckpointError(f"{path} was written by a newer napari-dinounet (format {header['format_version']}): upgrade")
+    version = header.get("format_version", "")
+    if not version.isdigit():
+        raise CheckpointError(f"{path}: the heads header has no valid format_version ({version!r}); write it again")
+    if int(version) > FORMAT_VERSION:
+        raise CheckpointError(f"{path} was written by a newer napari-dinounet (heads format {version}): upgrade napari-dinounet")
     return header
 
 
