@@ -10,6 +10,7 @@ that say what to do; the bar closes and the widget's ``on_finished`` runs whatev
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Generator
 from typing import Any
@@ -34,8 +35,28 @@ class Stop:
         return self._event.is_set()
 
 
-def _pass_through(gen: Generator) -> Generator:
-    """The worker's body: the job's own generator, so that the job can be closed from outside."""
+def _available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _leave_a_core_to_the_gui() -> None:
+    """Run torch on all cores but one in this (worker) thread, so the GUI thread always has one.
+
+    Measured on 2 busy cores: a training step of the tiny model took 0.13 s with one torch thread and
+    0.75 s with two, whose OpenMP workers spin against each other and the GUI. OpenMP's thread count
+    is per calling thread, so this is set in the worker.
+    """
+    import torch
+
+    torch.set_num_threads(min(torch.get_num_threads(), max(1, _available_cores() - 1)))
+
+
+def _run_in_worker(gen: Generator) -> Generator:
+    """The worker's body: the job's own generator (so that the job can close it from outside)."""
+    _leave_a_core_to_the_gui()
     return (yield from gen)
 
 
@@ -74,7 +95,7 @@ class Job:
         self._on_finished = on_finished
         self._task = None
         self._bar = cancelable_progress(total=0, desc=what, cancel_callback=self.cancel)
-        self.worker = create_worker(_pass_through, gen, _start_thread=False, _ignore_errors=True)
+        self.worker = create_worker(_run_in_worker, gen, _start_thread=False, _ignore_errors=True)
         self.worker.yielded.connect(self._progress)
         self.worker.returned.connect(self._returned)
         self.worker.errored.connect(self._errored)

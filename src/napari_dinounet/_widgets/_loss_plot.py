@@ -33,12 +33,15 @@ class LossPlot(QWidget):
         self.total_steps = max(1, total_steps)
         self.update()
 
-    def add(self, step: int, loss: float | None = None, val_dice: float | None = None) -> None:
-        if loss is not None and math.isfinite(loss):
+    def add_loss(self, step: int, loss: float) -> None:
+        if math.isfinite(loss):
             self.loss.append((step, loss))
-        if val_dice is not None and math.isfinite(val_dice) and (not self.val_dice or self.val_dice[-1] != (step, val_dice)):
-            self.val_dice.append((step, val_dice))
-        self.update()
+            self.update()
+
+    def add_val_dice(self, step: int, dice: float) -> None:
+        if math.isfinite(dice):
+            self.val_dice.append((step, dice))
+            self.update()
 
     def paintEvent(self, event) -> None:
         painter = QPainter(self)

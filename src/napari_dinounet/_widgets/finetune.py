@@ -403,8 +403,15 @@ class FineTuneWidget(QWidget):
         return heads
 
     def _progress(self, event: Progress) -> None:
-        if event.task == "train":
-            self.plot.add(event.done, event.metrics.get("loss"), event.metrics.get("val_dice"))
+        if event.task != "train":
+            return
+        # The engine reports each validation as a second event for the step just done (or for step 0,
+        # before training); step events carry the last validation's Dice along, not a new one.
+        validation = event.done == 0 or bool(self.plot.loss) and event.done == self.plot.loss[-1][0]
+        if validation and "val_dice" in event.metrics:
+            self.plot.add_val_dice(event.done, event.metrics["val_dice"])
+        elif not validation and "loss" in event.metrics:
+            self.plot.add_loss(event.done, event.metrics["loss"])
 
     def _show_result(self, result: FineTuneResult) -> None:
         if result.checkpoint is None:
