@@ -3,14 +3,16 @@
 Both run the same network with the same tile, overlap (step 0.5), Gaussian blending (sigma_scale 0.125,
 mode "gaussian") and tile batch, on a uint16 image: ours from the raw image (statistics, per-band
 normalisation, blending over open rows, argmax), MONAI from the image normalised with the same
-statistics into a float32 tensor (that conversion is timed too), then argmax. Every measurement runs in
-a fresh Python process (both import torch and MONAI); after imports, model, image and a one-tile
-warm-up, the peak-RSS count is reset (Linux ``/proc/self/clear_refs``) and the RSS noted as baseline;
-"peak" is the process's peak RSS (VmHWM) during the timed runs, "extra" that peak minus the baseline. Times are the best
-of ``--repeats`` runs, since the machine may be shared. The labels of both are compared pixel by pixel.
+statistics into a float32 tensor (that conversion is timed too), then argmax.
+
+Memory: each implementation runs once in a fresh Python process (both import torch and MONAI); after
+imports, model, image and a one-tile warm-up, the peak-RSS count is reset (Linux ``/proc/self/clear_refs``)
+and the RSS noted as baseline; "peak" is the process's peak RSS (VmHWM) during the run, "extra" that peak
+minus the baseline. Time: both run ``--repeats`` times interleaved in one more process, so that both see
+the same load on a shared machine; the best time counts. The labels of both are compared pixel by pixel.
 
     .venv/bin/python benchmarks/sliding_window.py                    # 1024 and 2048, small conv net
-    .venv/bin/python benchmarks/sliding_window.py --sizes 4096 --only ours
+    .venv/bin/python benchmarks/sliding_window.py --sizes 4096 --repeats 1 --json benchmarks/results/sliding_window_4096.json
     .venv/bin/python benchmarks/sliding_window.py --network dinounet-tiny --sizes 1024
 
 Writes a Markdown table to stdout and JSON to benchmarks/results/sliding_window.json (or --json).
@@ -120,72 +122,99 @@ def run_monai(model, image):
     return logits[0].argmax(0).to(torch.uint8).numpy()
 
 
-def worker(impl: str, size: int, network: str, labels_out: Path, repeats: int) -> dict:
-    """One measurement in its own process: warm up on one tile, then time ``repeats`` runs (the best counts:
-    the machine is shared). Both implementations import MONAI, so that their baselines are the same."""
+def setup(network: str, size: int):
+    """Imports (both import MONAI, so that baselines agree), the network, the image, and a one-tile warm-up
+    of both implementations (first-call costs are not the sliding window's)."""
     import monai.inferers  # noqa: F401
-    import numpy as np
-    import torch
 
     model = build_network(network)
-    run = run_ours if impl == "ours" else run_monai
     image = make_image(size)
-    run(model, make_image(TILE))  # first-call costs are not the sliding window's
+    for run in RUNS.values():
+        run(model, make_image(TILE))
+    return model, image
+
+
+def memory_worker(impl: str, size: int, network: str, labels_out: Path) -> dict:
+    """Peak RSS of one run of ``impl``, in a fresh process; its labels are saved for the comparison."""
+    import numpy as np
+
+    model, image = setup(network, size)
     peak_was_reset = reset_peak_rss()
     baseline = rss_mb()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        labels = run(model, image)
-        times.append(time.perf_counter() - start)
-    np.save(labels_out, labels)
-    return {"impl": impl, "size": size, "network": network, "seconds": min(times), "all_seconds": times,
-            "peak_rss_mb": peak_rss_mb(), "baseline_rss_mb": baseline, "peak_was_reset": peak_was_reset,
-            "torch_threads": torch.get_num_threads()}
+    np.save(labels_out, RUNS[impl](model, image))
+    peak = peak_rss_mb()
+    return {"peak_rss_mb": peak, "baseline_rss_mb": baseline, "extra_rss_mb": peak - baseline,
+            "peak_was_reset": peak_was_reset}
 
 
-def measure(impl: str, size: int, network: str, labels_out: Path, repeats: int) -> dict:
-    command = [sys.executable, __file__, "--worker", impl, "--sizes", str(size), "--network", network,
-               "--labels-out", str(labels_out), "--repeats", str(repeats)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+def timing_worker(size: int, network: str, repeats: int) -> dict:
+    """Seconds per run of both implementations, interleaved in one process (ours first in even rounds,
+    MONAI first in odd ones) so that both see the same load on a shared machine."""
+    import torch
+
+    model, image = setup(network, size)
+    times: dict[str, list[float]] = {impl: [] for impl in RUNS}
+    for round_ in range(repeats):
+        for impl in sorted(RUNS, reverse=bool(round_ % 2)):
+            start = time.perf_counter()
+            RUNS[impl](model, image)
+            times[impl].append(time.perf_counter() - start)
+    return {"times": times, "torch_threads": torch.get_num_threads()}
+
+
+RUNS = {"ours": run_ours, "monai": run_monai}
+
+
+def in_subprocess(*worker_args: str) -> dict:
+    done = subprocess.run([sys.executable, __file__, "--worker", *worker_args], capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"{impl} {size}: {done.stderr[-2000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    result["extra_rss_mb"] = result["peak_rss_mb"] - result["baseline_rss_mb"]
-    return result
+        raise RuntimeError(f"{' '.join(worker_args)}: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure(size: int, network: str, repeats: int, tmp: Path) -> dict:
+    """One table row: time ratio (interleaved, best of ``repeats``), peak memory (fresh process each), agreement."""
+    import numpy as np
+
+    row = {"size": size, "network": network, "tile": TILE, "step": 0.5, "batch": BATCH}
+    for impl in RUNS:
+        row[impl] = in_subprocess("memory", impl, str(size), network, str(tmp / f"{impl}.npy"))
+    timing = in_subprocess("timing", str(size), network, str(repeats))
+    for impl in RUNS:
+        row[impl].update(seconds=min(timing["times"][impl]), all_seconds=timing["times"][impl])
+    row["torch_threads"] = timing["torch_threads"]
+    row["labels_agree"] = float(np.mean(np.load(tmp / "ours.npy") == np.load(tmp / "monai.npy")))
+    row["time_ratio"] = row["ours"]["seconds"] / row["monai"]["seconds"]
+    row["peak_ratio"] = row["ours"]["peak_rss_mb"] / row["monai"]["peak_rss_mb"]
+    return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048])
     parser.add_argument("--network", choices=("conv", "dinounet-tiny"), default="conv")
-    parser.add_argument("--only", choices=("ours", "monai"), help="measure one implementation only")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement; the best counts")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each implementation; the best counts")
     parser.add_argument("--json", type=Path, default=RESULTS)
-    parser.add_argument("--worker", choices=("ours", "monai"), help=argparse.SUPPRESS)
-    parser.add_argument("--labels-out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.sizes[0], args.network, args.labels_out, args.repeats)))
+        kind, *rest = args.worker
+        if kind == "memory":
+            impl, size, network, labels_out = rest
+            result = memory_worker(impl, int(size), network, Path(labels_out))
+        else:
+            size, network, repeats = rest
+            result = timing_worker(int(size), network, int(repeats))
+        print(json.dumps(result))
         return
 
-    import numpy as np
-
-    impls = [args.only] if args.only else ["ours", "monai"]
     machine = {"cpus": os.cpu_count(), "load_before": os.getloadavg(), "python": platform.python_version(),
                "platform": platform.platform()}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
-            case = {impl: measure(impl, size, args.network, Path(tmp) / f"{impl}.npy", args.repeats) for impl in impls}
-            row = {"size": size, "network": args.network, "tile": TILE, "step": 0.5, "batch": BATCH, **case}
-            if len(impls) == 2:
-                ours, monai = (np.load(Path(tmp) / f"{impl}.npy") for impl in impls)
-                row["labels_agree"] = float(np.mean(ours == monai))
-                row["time_ratio"] = case["ours"]["seconds"] / case["monai"]["seconds"]
-                row["peak_ratio"] = case["ours"]["peak_rss_mb"] / case["monai"]["peak_rss_mb"]
-            rows.append(row)
-            print(json.dumps(row), file=sys.stderr)
+            rows.append(measure(size, args.network, args.repeats, Path(tmp)))
+            print(json.dumps(rows[-1]), file=sys.stderr)
     machine["load_after"] = os.getloadavg()
     import monai
     import torch
@@ -193,7 +222,7 @@ def main() -> None:
     machine.update(torch=torch.__version__, monai=monai.__version__)
     report = {"machine": machine, "rows": rows}
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2))
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(table(report))
 
 
@@ -203,12 +232,10 @@ def table(report: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["rows"]:
-        for impl in ("ours", "monai"):
-            if impl not in row:
-                continue
+        for impl in RUNS:
             r = row[impl]
             ratios = (f"{row['time_ratio']:.2f} | {row['peak_ratio']:.2f} | {row['labels_agree']:.4%}"
-                      if impl == "ours" and "time_ratio" in row else " | | ")
+                      if impl == "ours" else " | | ")
             lines.append(f"| {row['size']}x{row['size']} | {row['network']} | {impl} | {r['seconds']:.2f} | "
                          f"{r['peak_rss_mb']:.0f} | {r['extra_rss_mb']:.0f} | {ratios} |")
     m = report["machine"]
