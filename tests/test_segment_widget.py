@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,6 +77,33 @@ def test_parse_channels():
     assert parse_channels("0, 2") == (0, 2)
     with pytest.raises(InputError, match="e.g. 0,2"):
         parse_channels("red")
+
+
+# -- the session the widgets share ----------------------------------------------------------------------------
+
+
+def test_session_signals_changes_and_keeps_the_backbone():
+    from napari.components import ViewerModel
+
+    from napari_dinounet._widgets._session import Session, get_session
+    from napari_dinounet.engine.errors import WeightsError
+
+    session = Session()
+    heard = []
+    session.heads_changed.connect(heard.append)
+    session.heads_path = "a.safetensors"
+    session.heads_path = Path("a.safetensors")  # the same: no signal
+    session.heads_path = None
+    assert heard == [Path("a.safetensors"), None]
+
+    backbone = session.backbone("random:tiny", "cpu")
+    assert session.backbone("random:tiny", "cpu") is backbone  # loaded once per (source, device)
+    assert session.backbone("random:tiny", "auto" if not torch.cuda.is_available() else "cpu") is backbone
+    with pytest.raises(WeightsError, match="no backbone weights chosen"):
+        session.backbone(" ", "cpu")
+
+    first, second = ViewerModel(), ViewerModel()
+    assert get_session(first) is get_session(first) and get_session(first) is not get_session(second)
 
 
 # -- the widget in a viewer --------------------------------------------------------------------------------
@@ -246,7 +274,8 @@ def test_cancel_leaves_the_previous_labels_untouched(qtbot, viewer, nuclei, head
     assert "cancelled" in widget.status.text()
 
 
-def test_errors_become_notifications_and_the_widget_stays_usable(qtbot, viewer, nuclei, heads, tmp_path, errors):
+def test_errors_become_notifications_and_the_widget_stays_usable(qtbot, viewer, nuclei, heads, tmp_path, errors,
+                                                                 dinov3_tiny_dir):
     widget = ready_widget(viewer, heads)
 
     widget.model_form.set_heads(str(tmp_path / "missing.safetensors"))
@@ -268,7 +297,17 @@ def test_errors_become_notifications_and_the_widget_stays_usable(qtbot, viewer, 
     wait_for(qtbot, widget.run())
     assert "3-channel" in errors[-1] and "Channels field" in errors[-1]
 
+    # weights that are not there, and heads trained with another backbone than the one chosen
     widget.model_form.set_heads(str(heads))
+    widget.model_form.set_backbone(str(tmp_path / "missing.pth"))
+    wait_for(qtbot, widget.run())
+    assert "missing.pth" in errors[-1] and "Segmentation failed" in errors[-1]
+    widget.model_form.set_backbone(str(dinov3_tiny_dir / "official_tiny.pth"))
+    wait_for(qtbot, widget.run())
+    assert "was trained with backbone" in errors[-1] and "load the backbone the heads were trained with" in errors[-1]
+    assert "nuclei labels" not in viewer.layers
+
+    widget.model_form.set_backbone("random:tiny")
     wait_for(qtbot, job := widget.run())
     assert not job.errored and "nuclei labels" in viewer.layers
 
