@@ -6,7 +6,7 @@ import json
 import warnings
 
 import pytest
-from _nuclei_training import write_nuclei_folders
+from _nuclei_training import one_torch_thread, write_nuclei_folders  # noqa: F401 (autouse fixture)
 
 from napari_dinounet.cli import main
 

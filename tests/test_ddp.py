@@ -35,11 +35,14 @@ def _rank_main(rank: int, world: int, port: int, out_dir: str) -> None:
         from napari_dinounet.engine.backbone import load_backbone
         from napari_dinounet.engine.train import build_model
 
-        torch.manual_seed(rank)  # different initial heads per rank: DDP must make them equal
         backbone = load_backbone("random:tiny")
         settings = TrainSettings(size="tiny", patch_size=64, batch_size=2, epochs=2, iters_per_epoch=12,
                                  val_crops=2, lr=3e-3, seed=5)
         model = build_model(backbone, settings, num_classes=2, in_channels=1)
+        with torch.no_grad():  # different initial heads per rank: DDP must make them equal
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.add_(0.01 * rank * torch.randn_like(p))
         losses: dict[int, float] = {}  # per step (an epoch's end repeats its last step with the epoch mean)
         samples = nuclei_samples([(slice(0, 256), slice(0, 256)), (slice(0, 256), slice(256, 512))])
         run = train(samples, validation=[], out=os.path.join(out_dir, "heads.safetensors"),

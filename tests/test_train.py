@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from _nuclei_training import one_torch_thread  # noqa: F401 (autouse fixture)
 
 from napari_dinounet.engine.errors import CheckpointError, InputError
 from napari_dinounet.engine.loss import dice_ce_loss
@@ -137,7 +138,8 @@ def test_validation_dice_rises_on_real_data(tmp_path, backbone, nuclei):
     validated = [e.metrics["val_dice"] for e in events if e.message.startswith("validation") or
                  e.message.endswith("validated")]
     assert len(validated) == 4  # before training and after each epoch
-    assert validated[0] < 0.4 and validated[-1] > 0.7, validated
+    # measured (seeds 0, 1, 2): 0.30 -> 0.87, 0.30 -> 0.88, 0.33 -> 0.85; the start is all-foreground level
+    assert validated[0] < 0.4 and validated[-1] > 0.75, validated
     losses = [e.metrics["loss"] for e in events if e.message.endswith("validated")]
     assert losses[-1] < losses[0]
 

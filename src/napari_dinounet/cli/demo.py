@@ -20,9 +20,9 @@ from .train import BACKBONE_ENV
 HELP = "train on the bundled nuclei sample (left half), test on the right half, compare with Otsu"
 
 RANDOM_BACKBONE = "random:tiny"
-DEMO_PATCH = 128
+DEMO_PATCH = 64
 DEMO_BATCH = 4
-DEMO_EPOCHS = 6
+DEMO_EPOCHS = 8
 DEMO_ITERS = 50
 
 RANDOM_WARNING = f"""

@@ -481,7 +481,8 @@ def _default_class_names(samples: Sequence[Sample]) -> list[str]:
 
 
 def build_model(backbone, settings: TrainSettings, num_classes: int, in_channels: int):
-    """A DinoUNet on ``backbone`` for these settings, its heads He-initialised (nnU-Net's ``InitWeights_He``).
+    """A DinoUNet on ``backbone`` for these settings, its heads He-initialised (nnU-Net's ``InitWeights_He``)
+    from ``settings.seed``.
 
     in_channels: channels of the training images; more than 3 need ``settings.channels`` (which 3 to use).
     """
@@ -492,11 +493,13 @@ def build_model(backbone, settings: TrainSettings, num_classes: int, in_channels
             f"the training images have {in_channels} channels but the backbone takes at most 3: choose which to "
             "use (channels, e.g. (0, 1, 2))"
         )
-    model = build_dinounet(
-        size=settings.size, projection=settings.projection, num_classes=num_classes, backbone=backbone,
-        channels=settings.channels, grad_checkpointing=settings.grad_checkpointing,
-    )
-    model.init_heads_he()
+    with torch.random.fork_rng(devices=[]):  # reproducible heads for a given seed, the caller's RNG untouched
+        torch.manual_seed(settings.seed)
+        model = build_dinounet(
+            size=settings.size, projection=settings.projection, num_classes=num_classes, backbone=backbone,
+            channels=settings.channels, grad_checkpointing=settings.grad_checkpointing,
+        )
+        model.init_heads_he()
     return model
 
 

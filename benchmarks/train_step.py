@@ -1,0 +1,179 @@
+"""Seconds per training step and peak memory of Dino U-Net S on the CPU, with and without cached features.
+
+Each case runs the real training loop (``engine.train.train``) for a few steps on the bundled nuclei
+image (512x512, one sample, no validation) with the random ViT-S backbone (``random:s``: the shapes and
+cost of pretrained DINOv3 ViT-S/16), the default FAPM projection, 2 classes and batch 2. A step is
+everything the loop does per optimiser step: drawing and augmenting the patches (nnU-Net's full set
+without the cache; mirroring and intensity only with it), forward, Dice+CE loss, backward, clipping, Adam.
+With ``cache_features`` the backbone runs once per cached crop before training (reported as the cache
+time, for ``CACHE_CROPS`` crops x 4 mirror variants) and never in a step.
+
+Time: the interval between consecutive step events of the training generator; the first step is a
+warm-up (oneDNN picks kernels at a new size) and is left out; the median and the fastest of the rest
+(the fastest is the least disturbed by other work on a shared machine). Memory: every case runs in a
+fresh Python process; "peak" is its peak resident set size (``ru_maxrss``), "extra" is the peak minus the
+peak after imports, data and model construction: what training itself needed (Adam state, activations,
+the feature cache).
+
+    .venv/bin/python benchmarks/train_step.py           # 256 and 512, 5 timed steps per case
+    .venv/bin/python benchmarks/train_step.py --quick   # 256 only, 2 timed steps
+
+Prints a Markdown table and writes JSON to benchmarks/results/train_step.json (or --json), with the
+machine's 1-minute load average at the start and end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SIZE = "s"
+PROJECTION = "fapm"
+BATCH = 2
+CACHE_CROPS = 4
+RESULTS = Path(__file__).parent / "results" / "train_step.json"
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size so far (Linux reports ru_maxrss in KiB, macOS in bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def measure(pixels: int, cached: bool, steps: int) -> dict:
+    """Train ``steps`` + 1 steps at pixels x pixels in this process; return step times and memory."""
+    import warnings
+
+    import torch
+
+    from napari_dinounet.engine.backbone import load_backbone
+    from napari_dinounet.engine.data import samples_from_arrays
+    from napari_dinounet.engine.samples import load_nuclei
+    from napari_dinounet.engine.train import TrainSettings, build_model, train
+
+    torch.manual_seed(0)
+    image, labels = load_nuclei()
+    samples = samples_from_arrays([image], [labels > 0])
+    settings = TrainSettings(projection=PROJECTION, patch_size=pixels, batch_size=BATCH, epochs=1,
+                             iters_per_epoch=steps + 1, cache_features=cached, cache_crops=CACHE_CROPS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the random backbone's not-pretrained warning
+        backbone = load_backbone(f"random:{SIZE}")
+    model = build_model(backbone, settings, num_classes=2, in_channels=1)
+    before = peak_rss_mib()
+
+    stamps: dict[str, list[float]] = {"cache features": [], "train": []}
+    with tempfile.TemporaryDirectory() as folder:
+        run = train(samples, validation=[], out=Path(folder) / "heads.safetensors", backbone=backbone,
+                    settings=settings, model=model, device="cpu")
+        start = time.perf_counter()
+        for event in run:
+            if event.task == "train" and "loss" in event.metrics and not event.message.endswith("validated"):
+                stamps["train"].append(time.perf_counter())
+            elif event.task == "cache features":
+                stamps["cache features"].append(time.perf_counter())
+    times = [b - a for a, b in zip(stamps["train"], stamps["train"][1:])]
+    peak = peak_rss_mib()
+    return {
+        "pixels": pixels,
+        "cached_features": cached,
+        "seconds_median": statistics.median(times),
+        "seconds": times,
+        "cache_seconds": stamps["cache features"][-1] - start if cached else None,
+        "peak_rss_mib": round(peak, 1),
+        "extra_rss_mib": round(peak - before, 1),
+        "model_rss_mib": round(before, 1),
+    }
+
+
+def run_case(pixels: int, cached: bool, steps: int) -> dict:
+    """Run :func:`measure` in a fresh Python process so that its peak memory is its own."""
+    command = [sys.executable, __file__, "--case", str(pixels), str(int(cached)), "--steps", str(steps)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise SystemExit(f"case {pixels} cached={cached} failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| patch | features | s/step (median) | s/step (min) | cache build (s) | peak RSS (MiB) | extra RSS (MiB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        cache = f"{r['cache_seconds']:.1f}" if r["cache_seconds"] is not None else "-"
+        lines.append(
+            f"| {r['pixels']}x{r['pixels']} | {'cached' if r['cached_features'] else 'backbone each step'} | "
+            f"{r['seconds_median']:.2f} | {min(r['seconds']):.2f} | {cache} | {r['peak_rss_mib']:.0f} | "
+            f"{r['extra_rss_mib']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512], help="patch sizes (multiples of 32)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per case, after one warm-up (default 5)")
+    parser.add_argument("--quick", action="store_true", help="256 only, 2 timed steps")
+    parser.add_argument("--json", type=Path, default=RESULTS, help=f"where to write the results (default {RESULTS})")
+    parser.add_argument("--case", nargs=2, metavar=("PIXELS", "CACHED"), help=argparse.SUPPRESS)  # worker process
+    args = parser.parse_args(argv)
+
+    if args.case:
+        print(json.dumps(measure(int(args.case[0]), bool(int(args.case[1])), args.steps)))
+        return 0
+    sizes, steps = ([256], 2) if args.quick else (args.sizes, args.steps)
+
+    import torch
+
+    from napari_dinounet.engine.atomic import atomic_path
+
+    load_start = os.getloadavg()[0]
+    rows = [run_case(pixels, cached, steps) for pixels in sizes for cached in (False, True)]
+    load_end = os.getloadavg()[0]
+    print(f"Dino U-Net {SIZE.upper()} ({PROJECTION}, random:{SIZE} backbone) training step, batch {BATCH}, CPU, "
+          f"{steps} timed step(s)")
+    print(table(rows))
+    for pixels in sizes:
+        plain, cached = (next(r for r in rows if r["pixels"] == pixels and r["cached_features"] == c) for c in (False, True))
+        print(f"{pixels}x{pixels}: cached features make a step {plain['seconds_median'] / cached['seconds_median']:.2f}x faster")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+        f"load average {load_start:.1f} at start, {load_end:.1f} at end"
+    )
+    result = {
+        "network": {"size": SIZE, "projection": PROJECTION, "num_classes": 2, "backbone": f"random:{SIZE}"},
+        "batch": BATCH,
+        "device": "cpu",
+        "timed_steps": steps,
+        "cache_crops": CACHE_CROPS,
+        "memory": "peak resident set size (resource.getrusage ru_maxrss) of a fresh process per case; "
+        "extra = peak minus the peak after imports, data and model construction",
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "load_average_start": load_start,
+            "load_average_end": load_end,
+        },
+        "results": rows,
+    }
+    with atomic_path(args.json) as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
