@@ -18,6 +18,17 @@ if not os.environ.get("DISPLAY"):
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 
+@pytest.fixture(autouse=True)
+def no_modal_dialogs(monkeypatch):
+    """A replace question the test did not expect fails the test instead of waiting for a click."""
+    from napari_dinounet._widgets.export import ExportWidget
+
+    def unexpected(self, path):
+        raise AssertionError(f"unexpected 'replace {path}?' question")
+
+    monkeypatch.setattr(ExportWidget, "_confirm_replace", unexpected)
+
+
 @pytest.fixture
 def viewer():
     from napari.components import ViewerModel
@@ -50,7 +61,7 @@ def test_nuclei_labels_to_tiff_with_resolution_and_png(qtbot, viewer, tmp_path):
     widget = _widget(qtbot, viewer)
     assert widget.layer_combo.layer() is labels_layer
     assert widget.format() == "tiff" and _enabled_formats(widget) == ["tiff", "png"]
-    assert widget.labels_path_edit.text().endswith("nuclei_labels.tif")
+    assert widget.labels_path_edit.text().endswith("nuclei_ground_truth.tif")
 
     widget.labels_path_edit.setText(str(tmp_path / "out" / "nuclei"))
     written = widget.export_labels()
@@ -59,7 +70,7 @@ def test_nuclei_labels_to_tiff_with_resolution_and_png(qtbot, viewer, tmp_path):
     np.testing.assert_array_equal(back.data, labels_layer.data)
     assert back.data[:10, :10].all() and (back.data[10:] == (load_nuclei()[1][10:] > 0)).all()
     assert back.spacing == pytest.approx((0.5, 0.5)) and back.unit == "um"
-    assert "Saved 'nuclei labels' (512×512)" in widget.status_label.text()
+    assert "Saved 'nuclei ground truth' (512×512)" in widget.status_label.text()
 
     widget.set_format("png")
     assert widget.labels_path_edit.text() == str(tmp_path / "out" / "nuclei.png")
@@ -72,7 +83,7 @@ def test_mni152_labels_default_to_nifti_with_the_affine(qtbot, viewer, tmp_path)
     widget = _widget(qtbot, viewer)
     widget.layer_combo.set_layer(mni_labels)
     assert widget.format() == "nifti" and _enabled_formats(widget) == ["tiff", "nifti"]
-    assert widget.labels_path_edit.text().endswith("MNI152_tissue_labels.nii.gz")
+    assert widget.labels_path_edit.text().endswith("MNI152_T1_ground_truth.nii.gz")
     widget.labels_path_edit.setText(str(tmp_path / "tissue.nii.gz"))
     image = nib.load(widget.export_labels())
     sample = load_mni152_slices()
@@ -80,7 +91,7 @@ def test_mni152_labels_default_to_nifti_with_the_affine(qtbot, viewer, tmp_path)
     np.testing.assert_allclose(image.affine, sample.affine)
 
     # back to the 2D nuclei labels: NIfTI is not offered there, the widget falls back to TIFF
-    widget.layer_combo.set_layer(viewer.layers["nuclei labels"])
+    widget.layer_combo.set_layer(viewer.layers["nuclei ground truth"])
     assert widget.format() == "tiff" and "nifti" not in _enabled_formats(widget)
 
 
@@ -138,3 +149,22 @@ def test_heads_export_copies_the_session_checkpoint(qtbot, viewer, tmp_path):
     widget.heads_path_edit.setText(str(tmp_path / "again.safetensors"))
     assert widget.export_heads() is None
     assert "no longer exists" in widget.status_label.text()
+
+
+@pytest.mark.gui
+@pytest.mark.skipif(not os.environ.get("DISPLAY"), reason="a real viewer needs a display: run under xvfb-run -a")
+def test_docked_from_the_layers_segment_menu_in_a_real_viewer(make_napari_viewer, tmp_path):
+    from napari._app_model import get_app_model
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-dinounet", "mni152")
+    menu = get_app_model().menus.get_menu("napari/layers/segment")
+    assert {"napari-dinounet.segment_widget", "napari-dinounet.finetune_widget",
+            "napari-dinounet.export_widget"} <= {item.command.id for item in menu if hasattr(item, "command")}
+
+    _, widget = viewer.window.add_plugin_dock_widget("napari-dinounet", "Export")
+    assert widget.layer_combo.layer() is viewer.layers["MNI152 T1 ground truth"]
+    widget.labels_path_edit.setText(str(tmp_path / "tissue"))
+    written = widget.export_labels()
+    assert written == tmp_path / "tissue.nii.gz"
+    np.testing.assert_allclose(nib.load(written).affine, load_mni152_slices().affine)

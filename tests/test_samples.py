@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import nibabel as nib
+import npe2
 import numpy as np
 import pytest
 
@@ -100,15 +101,13 @@ def test_derivation_tool_on_a_synthetic_template(tmp_path):
 
 def test_samples_open_through_napari():
     from napari.components import ViewerModel
-    from napari.plugins import _initialize_plugins
-
-    _initialize_plugins()
+    npe2.PluginManager.instance().discover()  # what napari does at start-up (no app-model registration)
     viewer = ViewerModel()
     viewer.open_sample("napari-dinounet", "nuclei")
     viewer.open_sample("napari-dinounet", "mni152")
     layers = {layer.name: layer for layer in viewer.layers}
-    assert layers["nuclei labels"].data.shape == (512, 512)
-    assert type(layers["MNI152 tissue labels"]).__name__ == "Labels"
+    assert layers["nuclei ground truth"].data.shape == (512, 512)
+    assert type(layers["MNI152 T1 ground truth"]).__name__ == "Labels"
     np.testing.assert_array_equal(layers["MNI152 T1"].scale, [1.0, 1.0, 1.0])
-    assert [str(unit) for unit in layers["MNI152 tissue labels"].units] == ["millimeter"] * 3
-    assert layers["MNI152 tissue labels"].metadata["class_names"][2] == "white matter"
+    assert [str(unit) for unit in layers["MNI152 T1 ground truth"].units] == ["millimeter"] * 3
+    assert layers["MNI152 T1 ground truth"].metadata["class_names"][2] == "white matter"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import nibabel as nib
+import npe2
 import numpy as np
 import pytest
 import skimage.io
@@ -80,7 +81,7 @@ def test_multiscale_writes_level_zero(tmp_path):
 def test_formats_and_file_names():
     assert formats_for(2, {}) == ["tiff", "png"]
     assert formats_for(3, {"affine": np.eye(4).tolist()}) == ["tiff", "nifti"]
-    assert suggested_name("MNI152 tissue labels", "nifti") == "MNI152_tissue_labels.nii.gz"
+    assert suggested_name("MNI152 T1 ground truth", "nifti") == "MNI152_T1_ground_truth.nii.gz"
     assert with_extension("/data/a.nii.gz", "tiff").name == "a.tif"
     assert with_extension("/data/my.labels", "png").name == "my.labels.png"
 
@@ -89,9 +90,7 @@ def test_napari_save_layers_uses_the_plugin_writer(tmp_path):
     """napari's writer path (npe2 writer contribution): TIFF with resolution and the MNI sample as NIfTI."""
     import napari
     from napari.layers import Labels
-    from napari.plugins import _initialize_plugins
-
-    _initialize_plugins()
+    npe2.PluginManager.instance().discover()  # what napari does at start-up (no app-model registration)
     labels = Labels(_labels((20, 30)), scale=(0.2, 0.2), units="micrometer", name="cells")
     tif = tmp_path / "cells.tif"
     assert napari.save_layers(str(tif), [labels], plugin="napari-dinounet") == [str(tif)]

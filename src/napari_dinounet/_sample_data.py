@@ -3,7 +3,9 @@
 Every layer carries its pixel spacing as ``scale``; labels layers carry ``metadata["class_names"]``
 (index = label value) and a fixed colour per class; the MNI152 layers also carry
 ``metadata["affine"]`` (see :mod:`napari_dinounet._writer`), so exporting their labels as NIfTI lands
-them back in template space. No torch here: napari imports this module when the File > Open Sample menu
+them back in template space. The labels layers are named "<image> ground truth", apart from the
+"<image> labels" layer the Segment widget writes, so a segmentation never overwrites the reference
+and the two can be compared. No torch here: napari imports this module when the File > Open Sample menu
 is used.
 """
 
@@ -32,7 +34,7 @@ def nuclei_sample() -> list[tuple]:
         (
             labels,
             {
-                "name": "nuclei labels",
+                "name": "nuclei ground truth",
                 "scale": scale,
                 "colormap": NUCLEI_COLORS,
                 "opacity": 0.5,
@@ -62,7 +64,7 @@ def mni152_sample() -> list[tuple]:
         (
             sample.labels,
             {
-                "name": "MNI152 tissue labels",
+                "name": "MNI152 T1 ground truth",
                 "scale": sample.spacing,
                 "units": "mm",
                 "colormap": MNI152_COLORS,

@@ -42,15 +42,16 @@ FORMAT_FILTERS = {"tiff": "TIFF (*.tif *.tiff)", "png": "PNG (*.png)", "nifti": 
 HEADS_EXTENSION = ".safetensors"
 
 
-def copy_heads(source: str | Path | None, target: str | Path) -> Path:
-    """Copy the heads checkpoint ``source`` to ``target`` (``.safetensors`` added when missing), atomically.
+def heads_target(source: str | Path | None, target: str | Path) -> Path:
+    """Check that the heads checkpoint ``source`` can be copied to ``target``; return the target file
+    (``.safetensors`` added when missing).
 
     Raises CheckpointError when there is no current heads file, InputError when ``target`` is that file.
     """
     if source is None:
         raise CheckpointError("there is no heads checkpoint yet: choose one in the Segment widget, or train "
                               "one with Fine-tune, then export it")
-    source, target = Path(source), Path(target)
+    source, target = Path(source), Path(target).expanduser()
     if not target.name.endswith(HEADS_EXTENSION):
         target = target.with_name(target.name + HEADS_EXTENSION)
     if not source.is_file():
@@ -58,6 +59,12 @@ def copy_heads(source: str | Path | None, target: str | Path) -> Path:
                               "Segment widget")
     if target.exists() and target.samefile(source):
         raise InputError(f"{target} is the current heads file itself; choose another file name")
+    return target
+
+
+def copy_heads(source: str | Path | None, target: str | Path) -> Path:
+    """Copy the heads checkpoint ``source`` to ``target`` atomically (see :func:`heads_target`); return the file."""
+    target = heads_target(source, target)
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
     return target
@@ -247,17 +254,15 @@ class ExportWidget(QWidget):
         text = self.heads_path_edit.text().strip()
         if not text:
             return self._fail("Export failed: no file name for the heads; type one or press … to choose it")
-        target = Path(text).expanduser()
-        if not target.name.endswith(HEADS_EXTENSION):
-            target = target.with_name(target.name + HEADS_EXTENSION)
-        if not self._may_replace(target):
-            return None
         try:
+            target = heads_target(self._session.heads_path, text)
+            if not self._may_replace(target):
+                return None
             written = copy_heads(self._session.heads_path, target)
         except DinoUNetError as err:
             return self._fail(f"Export failed: {err}")
         except OSError as err:
-            return self._fail(f"Export failed: cannot write {target} ({err.strerror or err}); choose a folder "
+            return self._fail(f"Export failed: cannot write {text} ({err.strerror or err}); choose a folder "
                               "you can write to")
         remember("export/folder", str(written.parent))
         return self._done(written, f"Saved the heads checkpoint to {written}")
