@@ -3,8 +3,8 @@
 The recipe of the paper (section IV-C) is the default (:class:`TrainSettings`): Dice + cross-entropy
 (:mod:`.loss`), Adam at 1e-3 with polynomial decay (exponent 0.9, stepped every iteration), gradient
 clipping at norm 12, He initialisation of the heads, AMP on CUDA (bf16 where supported, else fp16 with
-a gradient scaler), nnU-Net's augmentation and foreground oversampling (:mod:`.data`), 250 iterations
-per epoch.
+a gradient scaler), nnU-Net's augmentation (:mod:`.augment`) and foreground oversampling
+(:mod:`.data`), 250 iterations per epoch.
 
 Each epoch ends with a validation Dice (mean over the foreground classes, on fixed crops of the
 validation samples, masked pixels excluded) and a checkpoint: first the resume state
@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -387,23 +387,10 @@ def train(
     autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
-    # different draws per rank and per resumption, reproducible for a given run
-    seed = settings.seed + 1_000_003 * rank + step
     val_crops = fixed_crops(validation, settings.patch_size, settings.val_crops, seed=settings.seed) if validation else None
-    if settings.cache_features:
-        crops = fixed_crops(samples, settings.patch_size, settings.cache_crops, seed=seed)
-        augment = _intensity_augmenter(seed) if settings.augment else None
-        cache = yield from FeatureCache.build(
-            model, crops, mirror=settings.augment, augment=augment, seed=seed, device=device,
-            batch_size=settings.batch_size,
-        )
-        sampler = None
-    else:
-        cache = None
-        sampler = PatchSampler(
-            samples, settings.patch_size, settings.batch_size, foreground_fraction=settings.foreground_fraction,
-            augment=Augmenter(seed=seed) if settings.augment else None, seed=seed, rank=rank, world_size=world,
-        )
+    # different draws per rank and per resumption, reproducible for a given run
+    next_batch = yield from _batch_source(model, samples, settings, seed=settings.seed + 1_000_003 * rank + step,
+                                          rank=rank, world=world, device=device)
 
     def validate() -> float | None:
         if world > 1:
@@ -441,10 +428,7 @@ def train(
         lr = poly_lr(step, settings)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        if cache is not None:
-            batch, taps = cache.next_batch(settings.batch_size)
-        else:
-            batch, taps = sampler.next_batch(device), None
+        batch, taps = next_batch()
         with autocast:
             logits = step_module(batch["image"], taps=taps) if taps is not None else step_module(batch["image"])
         loss = dice_ce_loss(logits, batch["labels"], batch["mask"], smooth=settings.dice_smooth)
@@ -473,6 +457,28 @@ def train(
     if world > 1:
         torch.distributed.barrier()
     return out
+
+
+def _batch_source(model, samples: list[Sample], settings: TrainSettings, *, seed: int, rank: int, world: int,
+                  device: torch.device) -> Generator[Progress, None, Callable[[], tuple[dict, list | None]]]:
+    """The training batches: a function giving (batch on ``device``, cached backbone taps or None).
+
+    Without the cache, augmented random patches from this rank's shard (:class:`.data.PatchSampler`); with
+    it, the cache is built first (yielding its progress) from crops that differ per rank through ``seed``.
+    """
+    if not settings.cache_features:
+        sampler = PatchSampler(
+            samples, settings.patch_size, settings.batch_size, foreground_fraction=settings.foreground_fraction,
+            augment=Augmenter(seed=seed) if settings.augment else None, seed=seed, rank=rank, world_size=world,
+        )
+        return lambda: (sampler.next_batch(device), None)
+    crops = fixed_crops(samples, settings.patch_size, settings.cache_crops, seed=seed,
+                        foreground_fraction=settings.foreground_fraction)
+    cache = yield from FeatureCache.build(
+        model, crops, mirror=settings.augment, augment=_intensity_augmenter(seed) if settings.augment else None,
+        seed=seed, device=device, batch_size=settings.batch_size,
+    )
+    return lambda: cache.next_batch(settings.batch_size)
 
 
 def _default_class_names(samples: Sequence[Sample]) -> list[str]:
