@@ -8,7 +8,7 @@ statistics into a float32 tensor (that conversion is timed too), then argmax.
 Memory: each implementation runs once in a fresh Python process (both import torch and MONAI); after
 imports, model, image and a one-tile warm-up, the peak-RSS count is reset (Linux ``/proc/self/clear_refs``)
 and the RSS noted as baseline; "peak" is the process's peak RSS (VmHWM) during the run, "extra" that peak
-minus the baseline. Time: both run ``--repeats`` times interleaved in one more process, so that both see
+minus the baseline (glibc's mmap threshold is fixed at 1 MiB there, so freed arrays leave the RSS). Time: both run ``--repeats`` times interleaved in one more process, so that both see
 the same load on a shared machine; the best time counts. The labels of both are compared pixel by pixel.
 
     .venv/bin/python benchmarks/sliding_window.py                    # 1024 and 2048, small conv net
@@ -165,8 +165,14 @@ def timing_worker(size: int, network: str, repeats: int) -> dict:
 RUNS = {"ours": run_ours, "monai": run_monai}
 
 
-def in_subprocess(*worker_args: str) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--worker", *worker_args], capture_output=True, text=True, check=False)
+# glibc's malloc keeps freed blocks below its (self-raising) mmap threshold in the process, where they
+# still count as RSS: a fixed 1 MiB threshold hands big arrays back when freed, so RSS follows live memory.
+MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+
+
+def in_subprocess(*worker_args: str, env: dict[str, str] | None = None) -> dict:
+    done = subprocess.run([sys.executable, __file__, "--worker", *worker_args], capture_output=True, text=True,
+                          check=False, env={**os.environ, **(env or {})})
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(worker_args)}: {done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -178,7 +184,7 @@ def measure(size: int, network: str, repeats: int, tmp: Path) -> dict:
 
     row = {"size": size, "network": network, "tile": TILE, "step": 0.5, "batch": BATCH}
     for impl in RUNS:
-        row[impl] = in_subprocess("memory", impl, str(size), network, str(tmp / f"{impl}.npy"))
+        row[impl] = in_subprocess("memory", impl, str(size), network, str(tmp / f"{impl}.npy"), env=MEMORY_ENV)
     timing = in_subprocess("timing", str(size), network, str(repeats))
     for impl in RUNS:
         row[impl].update(seconds=min(timing["times"][impl]), all_seconds=timing["times"][impl])
