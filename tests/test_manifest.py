@@ -46,6 +46,10 @@ def test_widgets_writer_samples_and_menu():
     assert {".tif", ".tiff", ".png", ".nii.gz"} <= set(writer.filename_extensions)
     assert names[writer.command] == "napari_dinounet._writer:write_labels"
 
+    (reader,) = manifest.contributions.readers
+    assert reader.filename_patterns == ["*.nii", "*.nii.gz"]
+    assert names[reader.command] == "napari_dinounet._reader:get_reader"
+
     assert {sample.key for sample in manifest.contributions.sample_data} == {"nuclei", "mni152"}
     menu = manifest.contributions.menus["napari/layers/segment"]
     widget_commands = {widget.command for widget in manifest.contributions.widgets}
@@ -59,7 +63,7 @@ def test_every_python_name_resolves_to_a_callable():
 
 
 def test_start_up_path_does_not_import_torch():
-    """What napari touches before a widget opens: the manifest, samples, the writer, the widgets package."""
+    """What napari touches before a widget opens: the manifest, samples, reader, writer, the widgets package."""
     script = f"""
 import json, sys, npe2
 pm = npe2.PluginManager()
@@ -67,6 +71,7 @@ pm.discover()
 manifest = pm.get_manifest("napari-dinounet")
 npe2.PluginManifest.from_file({str(MANIFEST)!r})
 import napari_dinounet, napari_dinounet._widgets, napari_dinounet._writer, napari_dinounet._sample_data
+import napari_dinounet._reader
 from napari_dinounet._sample_data import mni152_sample, nuclei_sample
 layers = nuclei_sample() + mni152_sample()
 heavy = sorted(name for name in ("torch", "timm", "torchvision") if name in sys.modules)

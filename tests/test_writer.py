@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import napari
 import nibabel as nib
 import npe2
 import numpy as np
@@ -88,7 +89,6 @@ def test_formats_and_file_names():
 
 def test_napari_save_layers_uses_the_plugin_writer(tmp_path):
     """napari's writer path (npe2 writer contribution): TIFF with resolution and the MNI sample as NIfTI."""
-    import napari
     from napari.layers import Labels
     npe2.PluginManager.instance().discover()  # what napari does at start-up (no app-model registration)
     labels = Labels(_labels((20, 30)), scale=(0.2, 0.2), units="micrometer", name="cells")
@@ -107,3 +107,41 @@ def test_napari_save_layers_uses_the_plugin_writer(tmp_path):
     np.testing.assert_allclose(image.affine, sample.affine)
     # the affine puts the first slice at MNI z = +10 mm, as the sample's NOTICE says
     assert (image.affine @ [0, 0, 0, 1])[2] == pytest.approx(10.0)
+
+
+def test_nifti_opened_in_napari_exports_back_to_the_same_space(tmp_path):
+    """Reader -> labels on it -> writer: the labels file lands on the image's grid (affine and zooms)."""
+    from napari.components import ViewerModel
+    from napari.layers import Labels
+
+    npe2.PluginManager.instance().discover()
+    rng = np.random.default_rng(0)
+    volume = rng.normal(100, 20, (14, 12, 9)).astype(np.float32)
+    affine = np.array([[-2.0, 0, 0, 40], [0, 1.0, 0, -30], [0, 0, 1.5, -10], [0, 0, 0, 1]])
+    source = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(volume, affine), source)
+
+    viewer = ViewerModel()
+    (image,) = viewer.open(str(source), plugin="napari-dinounet")
+    assert image.name == "scan" and image.data.shape == (14, 12, 9)
+    np.testing.assert_allclose(image.data, volume)
+    np.testing.assert_allclose(image.scale, [2.0, 1.0, 1.5])  # the zooms
+    assert [str(unit) for unit in image.units] == ["millimeter"] * 3
+    np.testing.assert_allclose(image.metadata["affine"], affine)
+
+    # what the Segment widget writes: labels on the image's grid carrying its affine
+    labels = Labels((image.data > 100).astype(np.uint8), scale=image.scale, metadata={"affine": image.metadata["affine"]})
+    out = tmp_path / "scan_labels.nii.gz"
+    assert napari.save_layers(str(out), [labels]) == [str(out)]
+    written = nib.load(out)
+    np.testing.assert_allclose(written.affine, affine)
+    np.testing.assert_allclose(written.header.get_zooms(), (2.0, 1.0, 1.5))
+    np.testing.assert_array_equal(np.asarray(written.dataobj), volume > 100)
+
+
+def test_reader_leaves_other_files_to_other_readers(tmp_path):
+    from napari_dinounet._reader import get_reader
+
+    assert get_reader(str(tmp_path / "a.tif")) is None
+    assert get_reader([str(tmp_path / "a.nii.gz"), str(tmp_path / "b.png")]) is None
+    assert get_reader(str(tmp_path / "a.NII.GZ")) is not None
