@@ -6,8 +6,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from napari_dinounet._widgets._settings import SETTINGS_DIR_ENV
+
+# Imported while the test modules are collected, before any viewer exists: torch, timm and triton load
+# before the viewer's OpenGL brings in Mesa's libLLVM, whatever order the tests run in (see
+# napari_dinounet._widgets._llvm_clash; test_segment_widget checks that guard in a fresh process).
+from napari_dinounet.engine.backbone import load_backbone
+from napari_dinounet.engine.checkpoint import HeadsMetadata, save_heads
+from napari_dinounet.engine.network import build_dinounet
 
 CROP = (slice(0, 128), slice(0, 128))  # 128x128 of the nuclei sample with a dozen nuclei in it
 
@@ -31,20 +39,7 @@ def nuclei_crop() -> tuple[np.ndarray, np.ndarray]:
 
 def write_tiny_heads(path: Path, *, patch_size: int = 64, in_channels: int = 1,
                      class_names=("background", "nucleus")) -> Path:
-    """A heads checkpoint for the random:tiny backbone (randomly initialised heads), written with save_heads.
-
-    Tests call it after the viewer exists, as napari users load the engine: the widgets' triton guard
-    (:mod:`napari_dinounet._widgets._llvm_clash`) must already be in place.
-    """
-    from napari_dinounet._widgets._llvm_clash import avoid_triton_llvm_clash
-
-    avoid_triton_llvm_clash()
-    from napari_dinounet.engine.backbone import load_backbone
-    from napari_dinounet.engine.checkpoint import HeadsMetadata, save_heads
-    from napari_dinounet.engine.network import build_dinounet
-
-    import torch
-
+    """A heads checkpoint for the random:tiny backbone (randomly initialised heads), written with save_heads."""
     torch.manual_seed(0)
     model = build_dinounet("tiny", num_classes=len(class_names), backbone=load_backbone("random:tiny"))
     metadata = HeadsMetadata(

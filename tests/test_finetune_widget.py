@@ -11,6 +11,7 @@ from _widget_helpers import isolated_settings, nuclei_crop, wait_for, write_tiny
 
 from napari_dinounet._widgets import finetune as finetune_module
 from napari_dinounet._widgets.finetune import FRESH_HEADS, LOADED_HEADS, FineTuneWidget
+from napari_dinounet.engine.checkpoint import read_metadata
 
 
 @pytest.fixture
@@ -45,6 +46,20 @@ def ready_widget(viewer, tmp_path, *, steps=24, every=8):
     return widget
 
 
+LOSS_COLOR = np.array([255, 140, 0])
+DICE_COLOR = np.array([80, 170, 255])
+
+
+def qimage_to_array(image) -> np.ndarray:
+    """(H, W, 3) int RGB of a QImage."""
+    from qtpy.QtGui import QImage
+
+    image = image.convertToFormat(QImage.Format_RGB888)
+    buffer = np.frombuffer(image.constBits().asstring(image.sizeInBytes()), np.uint8)
+    return buffer.reshape(image.height(), image.bytesPerLine())[:, : image.width() * 3].reshape(
+        image.height(), image.width(), 3).astype(int)
+
+
 def digest(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -76,7 +91,6 @@ def test_pairs_follow_the_viewer_and_regions_become_masks(viewer):
 
 def test_fine_tune_lowers_the_loss_and_hands_the_heads_to_segment(qtbot, viewer, tmp_path):
     from napari_dinounet._widgets.segment import SegmentWidget
-    from napari_dinounet.engine.checkpoint import read_metadata
 
     segment = SegmentWidget(viewer)
     widget = ready_widget(viewer, tmp_path)
@@ -100,6 +114,9 @@ def test_fine_tune_lowers_the_loss_and_hands_the_heads_to_segment(qtbot, viewer,
     print(f"loss {first:.3f} (steps 1-4) -> {last:.3f} (steps 21-24); val Dice {widget.plot.val_dice}")
     assert last < 0.8 * first
     assert [step for step, _ in widget.plot.val_dice] == [0, 8, 16, 24]
+    drawn = qimage_to_array(widget.plot.grab().toImage())
+    assert (np.abs(drawn - LOSS_COLOR).sum(axis=-1) < 60).sum() > 50  # the loss curve is on screen
+    assert (np.abs(drawn - DICE_COLOR).sum(axis=-1) < 60).sum() > 20  # and the Dice points
     assert widget.start_button.isEnabled() and not widget.stop_button.isEnabled()
 
     # Segment now runs with the fine-tuned heads
@@ -129,8 +146,6 @@ def test_stop_keeps_the_last_checkpoint_and_the_starting_heads(qtbot, viewer, tm
     assert 6 <= widget.plot.loss[-1][0] < 400  # it ended early
     assert "stopped after" in widget.status.text() and widget.session.heads_path == out
     assert digest(start) == before  # the heads it started from are untouched
-
-    from napari_dinounet.engine.checkpoint import read_metadata
 
     assert read_metadata(out).training["history"][-1]["step"] in (4, 8)
 
