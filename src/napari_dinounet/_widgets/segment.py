@@ -234,6 +234,8 @@ class SegmentWidget(QWidget):
             # a same-named layer of another shape stays; napari gives the new one a unique name
             target = self.viewer.add_labels(data, name=name, scale=plan.scale, translate=plan.translate)
         target.metadata["class_names"] = class_names
+        if "affine" in image.metadata:  # a NIfTI image's grid: Export can write these labels back to NIfTI
+            target.metadata["affine"] = image.metadata["affine"]
         target.metadata["heads"] = str(heads)
         classes = ", ".join(f"{i} {n}" for i, n in enumerate(class_names))
         self.status.setText(f"{target.name}: {classes}")
