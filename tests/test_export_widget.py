@@ -151,6 +151,37 @@ def test_heads_export_copies_the_session_checkpoint(qtbot, viewer, tmp_path):
     assert "no longer exists" in widget.status_label.text()
 
 
+def test_segmented_labels_of_a_nifti_image_export_to_its_grid(qtbot, viewer, tmp_path):
+    """Segment carries the image's affine to its labels; Export then offers NIfTI and writes that grid."""
+    from _widget_helpers import wait_for, write_tiny_heads
+
+    from napari_dinounet._widgets.segment import SegmentWidget
+
+    heads = write_tiny_heads(tmp_path / "heads.safetensors", class_names=("background", "grey matter",
+                                                                           "white matter", "other brain"))
+    image, _ = _add(viewer, mni152_sample())
+    viewer.dims.set_current_step(0, 7)
+    segment = SegmentWidget(viewer)
+    qtbot.addWidget(segment)
+    segment.model_form.set_backbone("random:tiny")
+    segment.model_form.device_combo.setCurrentText("cpu")
+    segment.model_form.set_heads(str(heads))
+    segment.image_combo.set_layer(image)
+    segment.stack_combo.setCurrentText("current slice")
+    wait_for(qtbot, segment.run())
+    predicted = viewer.layers["MNI152 T1 labels"]
+    assert predicted.data.shape == (20, 188, 151)
+    assert predicted.metadata["affine"] == image.metadata["affine"]
+
+    widget = _widget(qtbot, viewer)
+    widget.layer_combo.set_layer(predicted)
+    assert widget.format() == "nifti"
+    widget.labels_path_edit.setText(str(tmp_path / "predicted"))
+    written = nib.load(widget.export_labels())
+    np.testing.assert_allclose(written.affine, load_mni152_slices().affine)
+    np.testing.assert_array_equal(np.asarray(written.dataobj), predicted.data)
+
+
 @pytest.mark.gui
 @pytest.mark.skipif(not os.environ.get("DISPLAY"), reason="a real viewer needs a display: run under xvfb-run -a")
 def test_docked_from_the_layers_segment_menu_in_a_real_viewer(make_napari_viewer, tmp_path):

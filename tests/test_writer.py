@@ -90,6 +90,7 @@ def test_formats_and_file_names():
 def test_napari_save_layers_uses_the_plugin_writer(tmp_path):
     """napari's writer path (npe2 writer contribution): TIFF with resolution and the MNI sample as NIfTI."""
     from napari.layers import Labels
+
     npe2.PluginManager.instance().discover()  # what napari does at start-up (no app-model registration)
     labels = Labels(_labels((20, 30)), scale=(0.2, 0.2), units="micrometer", name="cells")
     tif = tmp_path / "cells.tif"
