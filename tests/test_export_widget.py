@@ -95,6 +95,19 @@ def test_mni152_labels_default_to_nifti_with_the_affine(qtbot, viewer, tmp_path)
     assert widget.format() == "tiff" and "nifti" not in _enabled_formats(widget)
 
 
+def test_formats_are_checked_again_when_the_list_opens(qtbot, viewer):
+    """An affine added after the layer was chosen (as Segment does) makes NIfTI available."""
+    from napari.layers import Labels
+
+    layer = viewer.add_layer(Labels(np.zeros((4, 6, 6), np.uint8), name="drawn"))
+    widget = _widget(qtbot, viewer)
+    assert _enabled_formats(widget) == ["tiff"]
+    layer.metadata["affine"] = np.eye(4).tolist()
+    widget.format_combo.showPopup()
+    widget.format_combo.hidePopup()
+    assert _enabled_formats(widget) == ["tiff", "nifti"]
+
+
 def test_existing_file_is_replaced_only_when_confirmed(qtbot, viewer, tmp_path, monkeypatch):
     _add(viewer, nuclei_sample())
     widget = _widget(qtbot, viewer)

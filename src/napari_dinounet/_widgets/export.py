@@ -70,6 +70,19 @@ def copy_heads(source: str | Path | None, target: str | Path) -> Path:
     return target
 
 
+class _FormatCombo(QComboBox):
+    """The format list; which formats a layer allows is checked again each time the list opens, since
+    a layer's metadata (e.g. the affine Segment adds) can change without an event."""
+
+    def __init__(self, before_popup) -> None:
+        super().__init__()
+        self._before_popup = before_popup
+
+    def showPopup(self) -> None:
+        self._before_popup()
+        super().showPopup()
+
+
 def _path_row(edit: QLineEdit, on_browse) -> QWidget:
     row = QWidget()
     layout = QHBoxLayout(row)
@@ -94,7 +107,7 @@ class ExportWidget(QWidget):
         self._layer = None  # the labels layer the format and path were last chosen for
 
         self.layer_combo = LayerComboBox(napari_viewer, (Labels,), parent=self)
-        self.format_combo = QComboBox()
+        self.format_combo = _FormatCombo(self._refresh_formats)
         for fmt, title in FORMAT_TITLES.items():
             self.format_combo.addItem(title, fmt)
         self.labels_path_edit = QLineEdit()
@@ -158,13 +171,19 @@ class ExportWidget(QWidget):
         text = self.labels_path_edit.text().strip()
         return with_extension(Path(text).expanduser(), self.format()) if text else None
 
-    def _layer_chosen(self, *_) -> None:
+    def _refresh_formats(self) -> list[str]:
+        """Enable the formats the chosen layer can be written to; return them."""
         layer = self.layer_combo.layer()
         allowed = formats_for(layer.ndim, layer.metadata) if layer is not None else ["tiff"]
         model = self.format_combo.model()
         for row in range(self.format_combo.count()):
             model.item(row).setEnabled(self.format_combo.itemData(row) in allowed)
         self.format_combo.setToolTip(self._format_help(layer, allowed))
+        return allowed
+
+    def _layer_chosen(self, *_) -> None:
+        layer = self.layer_combo.layer()
+        allowed = self._refresh_formats()
         new_layer = layer is not self._layer
         self._layer = layer
         if new_layer or self.format() not in allowed:
