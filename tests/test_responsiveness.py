@@ -134,7 +134,8 @@ def test_gui_responsive_while_fine_tuning(qtbot, viewer, tmp_path):
         wait_for(qtbot, job)
     took = time.perf_counter() - started
     assert not job.errored and (tmp_path / "tuned.safetensors").is_file()
-    print(f"fine-tune: {took:.2f} s, {len(recorder.ticks)} ticks, longest GUI gap {recorder.longest_gap * 1000:.0f} ms; "
+    print(f"fine-tune: {took:.2f} s, {len(recorder.ticks)} ticks, "
+          f"longest GUI gap {recorder.longest_gap * 1000:.0f} ms; "
           f"longest garbage collection {recorder.longest_collection_ms} ms")
     assert took > 0.5, "the run was too short to show anything"
     assert recorder.longest_gap < MAX_GAP_S

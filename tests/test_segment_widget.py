@@ -312,6 +312,23 @@ def test_errors_become_notifications_and_the_widget_stays_usable(qtbot, viewer, 
     assert not job.errored and "nuclei labels" in viewer.layers
 
 
+def test_out_of_memory_during_a_run_is_explained(qtbot, viewer, nuclei, heads, errors, monkeypatch):
+    from napari_dinounet.engine import predict as predict_module
+    from napari_dinounet.engine.progress import Progress
+
+    def predict_out_of_memory(*args, **kwargs):
+        yield Progress("predict", 0, 9)
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(predict_module, "predict", predict_out_of_memory)
+    widget = ready_widget(viewer, heads)
+    wait_for(qtbot, job := widget.run())
+    assert job.errored and "ran out of accelerator memory" in errors[-1]
+    assert "lower the tile" in errors[-1] and "CPU device" in errors[-1]
+    assert job._bar not in progress._all_instances and widget.run_button.isEnabled()
+    assert "nuclei labels" not in viewer.layers
+
+
 def test_out_of_memory_message_names_the_fix():
     class OutOfMemoryError(RuntimeError):
         pass

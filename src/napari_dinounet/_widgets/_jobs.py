@@ -54,10 +54,27 @@ def _leave_a_core_to_the_gui() -> None:
     torch.set_num_threads(min(torch.get_num_threads(), max(1, _available_cores() - 1)))
 
 
+class RuntimeFailure(Exception):
+    """A job's ``RuntimeError``, carried out of the worker under another type.
+
+    superqt's generator worker takes any ``RuntimeError`` for a sign that the worker was deleted: it
+    only warns, and emits neither ``errored`` nor ``finished``, which would leave the widget waiting and
+    the progress bar up forever. torch reports most failures, running out of memory included, as
+    ``RuntimeError``.
+    """
+
+    def __init__(self, error: RuntimeError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def _run_in_worker(gen: Generator) -> Generator:
     """The worker's body: the job's own generator (so that the job can close it from outside)."""
     _leave_a_core_to_the_gui()
-    return (yield from gen)
+    try:
+        return (yield from gen)
+    except RuntimeError as error:
+        raise RuntimeFailure(error) from error
 
 
 def error_message(exc: BaseException, what: str) -> str:
@@ -138,6 +155,8 @@ class Job:
 
     def _errored(self, exc: BaseException) -> None:
         self.errored = True
+        if isinstance(exc, RuntimeFailure):
+            exc = exc.error
         from ..engine.errors import DinoUNetError
 
         if not isinstance(exc, DinoUNetError):

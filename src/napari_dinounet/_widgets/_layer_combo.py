@@ -62,7 +62,9 @@ class LayerComboBox(QComboBox):
         self.refresh()
 
     def _disconnect(self, events) -> None:
-        for event in (events.inserted, events.removed, events.reordered):
-            event.disconnect(self._on_layers_changed)
+        for name in ("inserted", "removed", "reordered"):
+            emitter = getattr(events, name, None)  # gone when the viewer closed first
+            if emitter is not None:
+                emitter.disconnect(self._on_layers_changed)
         for layer in self._viewer.layers:
             layer.events.name.disconnect(self.refresh)

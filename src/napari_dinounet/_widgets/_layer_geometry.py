@@ -96,7 +96,8 @@ def plan_run(layer, *, channel_axis: int | None = None, channels: tuple[int, ...
             raise InputError(f"channels {channels} do not exist: {layer.name!r} has channels 0 to {available - 1}")
         data = data[..., list(channels)]
     elif channels is not None:
-        raise InputError(f"channels were given but {layer.name!r} has no channel axis: choose one, or clear the channels")
+        raise InputError(f"channels were given but {layer.name!r} has no channel axis: "
+                         "choose one, or clear the channels")
 
     labels_shape = tuple(data.shape[: len(layer_axes)])
     leading = labels_shape[:-2]

@@ -28,7 +28,8 @@ def seed_session(session: Session) -> None:
     """Fill a new session with the fields remembered from the last napari session."""
     if not session.backbone_source:
         session.backbone_source = recall("model/backbone")
-        session.device = recall("model/device", "auto") if recall("model/device", "auto") in DEVICES else "auto"
+        device = recall("model/device", "auto")
+        session.device = device if device in DEVICES else "auto"
     if session.heads_path is None and recall("model/heads"):
         session.heads_path = recall("model/heads")
 

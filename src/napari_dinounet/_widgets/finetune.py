@@ -223,7 +223,8 @@ class FineTuneWidget(QWidget):
         self.foreground_check = QCheckBox("any label value is foreground (instance labels)")
         self.steps_spin = _spin(1, 1_000_000, int(recall("finetune/steps", "200")), 10)
         self.every_spin = _spin(1, 100_000, int(recall("finetune/every", "50")), 10)
-        self.every_spin.setToolTip("Validation Dice and a checkpoint after every this many steps (Stop keeps the last).")
+        self.every_spin.setToolTip("Validation Dice and a checkpoint after every this many steps "
+                                   "(Stop keeps the last).")
         self.lr_spin = QDoubleSpinBox()
         self.lr_spin.setDecimals(5)
         self.lr_spin.setRange(1e-5, 1.0)
@@ -363,7 +364,8 @@ class FineTuneWidget(QWidget):
         self.model_form.set_heads(self.model_form.heads_edit.text())
         try:
             start_heads = self._start_heads()
-            out = Path(self.out_edit.text().strip()) if self.out_edit.text().strip() else default_checkpoint_path(start_heads)
+            typed = self.out_edit.text().strip()
+            out = Path(typed) if typed else default_checkpoint_path(start_heads)
             if start_heads is not None and out.resolve() == start_heads.resolve():
                 raise InputError(f"saving to {out} would overwrite the heads training starts from: choose another file")
             if out.exists():
@@ -415,7 +417,8 @@ class FineTuneWidget(QWidget):
 
     def _show_result(self, result: FineTuneResult) -> None:
         if result.checkpoint is None:
-            self.status.setText(f"stopped after {result.steps_done} steps, before the first checkpoint: nothing was written")
+            self.status.setText(f"stopped after {result.steps_done} steps, before the first checkpoint: "
+                                "nothing was written")
             return
         self.session.heads_path = result.checkpoint
         self.model_form.set_heads(str(result.checkpoint))
