@@ -245,6 +245,31 @@ def test_segment_current_slice_of_a_stack(qtbot, viewer, heads):
     np.testing.assert_array_equal(viewer.layers["stack labels"].data, reference_labels(widget, heads, stack))
 
 
+def test_segment_colour_and_multichannel_images(qtbot, viewer, heads, tmp_path):
+    image, _ = nuclei_crop()
+    grey = (image / image.max() * 255).astype(np.uint8)
+    rgb = np.stack([grey, grey[::-1], grey[:, ::-1]], axis=-1)
+    viewer.add_image(rgb, name="colour", rgb=True)
+    widget = ready_widget(viewer, write_tiny_heads(tmp_path / "rgb-heads.safetensors", in_channels=3))
+    widget.image_combo.set_layer(viewer.layers["colour"])
+    assert widget.channel_axis_combo.currentText() == "RGB colours"
+    wait_for(qtbot, widget.run())
+    np.testing.assert_array_equal(viewer.layers["colour labels"].data,
+                                  reference_labels(widget, widget.session.heads_path, rgb, channel_axis=2))
+
+    # (C, Y, X) with the model's one channel picked from the second
+    channels = np.stack([grey[::-1], image, grey])
+    viewer.add_image(channels, name="channels", scale=(1, 0.5, 0.5))
+    widget.model_form.set_heads(str(heads))
+    widget.image_combo.set_layer(viewer.layers["channels"])
+    widget.channel_axis_combo.setCurrentIndex(widget.channel_axis_combo.findData(0))
+    widget.channels_edit.setText("1")
+    wait_for(qtbot, widget.run())
+    labels = viewer.layers["channels labels"]
+    assert labels.data.shape == (128, 128) and tuple(labels.scale) == (0.5, 0.5)
+    np.testing.assert_array_equal(labels.data, reference_labels(widget, heads, image))
+
+
 def test_cancel_leaves_the_previous_labels_untouched(qtbot, viewer, nuclei, heads):
     widget = ready_widget(viewer, heads)
     wait_for(qtbot, widget.run())
