@@ -82,6 +82,7 @@ def test_multiscale_writes_level_zero(tmp_path):
 def test_formats_and_file_names():
     assert formats_for(2, {}) == ["tiff", "png"]
     assert formats_for(3, {"affine": np.eye(4).tolist()}) == ["tiff", "nifti"]
+    assert formats_for(4, {"affine": np.eye(4).tolist()}) == ["tiff"]  # NIfTI labels are 2D or 3D
     assert suggested_name("MNI152 T1 ground truth", "nifti") == "MNI152_T1_ground_truth.nii.gz"
     assert with_extension("/data/a.nii.gz", "tiff").name == "a.tif"
     assert with_extension("/data/my.labels", "png").name == "my.labels.png"

@@ -50,11 +50,11 @@ def write_labels(path: str, data: Any, attributes: dict) -> list[str]:
 
 
 def formats_for(labels_ndim: int, metadata: dict) -> list[str]:
-    """The formats a labels layer can be exported to: always TIFF; PNG in 2D; NIfTI with an affine."""
+    """The formats a labels layer can be exported to: always TIFF; PNG in 2D; NIfTI in 2D/3D with an affine."""
     formats = ["tiff"]
     if labels_ndim == 2:
         formats.append("png")
-    if metadata.get(AFFINE_KEY) is not None:
+    if metadata.get(AFFINE_KEY) is not None and labels_ndim <= 3:
         formats.append("nifti")
     return formats
 
