@@ -14,6 +14,8 @@ import numpy as np
 
 from ..engine.errors import InputError
 
+WHOLE_STACK, CURRENT_SLICE = "whole stack", "current slice"  # the widgets' choice for stacks
+
 
 @dataclass(frozen=True)
 class RunPlan:
@@ -57,6 +59,17 @@ def parse_channels(text: str) -> tuple[int, ...] | None:
         return tuple(int(part) for part in text.replace(";", ",").split(",") if part.strip())
     except ValueError:
         raise InputError(f"channels {text!r} must be channel numbers separated by commas, e.g. 0,2") from None
+
+
+def labels_layer_name(image_name: str) -> str:
+    """Where Segment puts an image's labels, and where Fine-tune looks for the corrected ones."""
+    return f"{image_name} labels"
+
+
+def viewer_indices(viewer, layer) -> tuple[int, ...]:
+    """The layer's data indices (one per layer axis) of the plane the viewer shows."""
+    point = np.asarray(viewer.dims.point, dtype=float)[-layer.ndim :]
+    return tuple(int(round(v)) for v in layer.world_to_data(point))
 
 
 def channel_axis_choices(layer) -> list[int]:

@@ -95,11 +95,6 @@ class Session:
                 self._loaded = (key, load_backbone(source, device=resolved))
             return self._loaded[1]
 
-    def forget_backbone(self) -> None:
-        """Drop the loaded backbone (frees its memory once no running job holds it)."""
-        with self._load_lock:
-            self._loaded = None
-
 
 _sessions: dict[int, Session] = {}
 

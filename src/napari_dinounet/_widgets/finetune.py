@@ -38,14 +38,13 @@ from ..engine.errors import DinoUNetError, InputError
 from ..engine.progress import Progress
 from ._jobs import Job, Stop
 from ._layer_combo import LayerComboBox
-from ._layer_geometry import plan_run
+from ._layer_geometry import CURRENT_SLICE, WHOLE_STACK, labels_layer_name, plan_run, viewer_indices
 from ._llvm_clash import avoid_triton_llvm_clash
 from ._model_form import ModelForm
 from ._session import Session, get_session
 from ._settings import recall, remember
 
 LOADED_HEADS, FRESH_HEADS = "the loaded heads", "fresh heads"
-WHOLE_STACK, CURRENT_SLICE = "whole stack", "current slice"
 
 
 @dataclass(frozen=True)
@@ -175,7 +174,7 @@ class _PairRow:
     def _guess_labels(self, *_) -> None:
         """Pick "<image> labels" (what Segment writes) when it exists."""
         image = self.image.layer()
-        index = self.labels.findText(f"{image.name} labels") if image is not None else -1
+        index = self.labels.findText(labels_layer_name(image.name)) if image is not None else -1
         if index >= 0:
             self.labels.setCurrentIndex(index)
 
@@ -333,9 +332,7 @@ class FineTuneWidget(QWidget):
             if (image.name, labels.name) in seen:
                 continue
             seen.add((image.name, labels.name))
-            point = np.asarray(self.viewer.dims.point, dtype=float)[-image.ndim :]
-            current = tuple(int(round(v)) for v in image.world_to_data(point))
-            plan = plan_run(image, whole_stack=whole, current=current)
+            plan = plan_run(image, whole_stack=whole, current=viewer_indices(self.viewer, image))
             if labels.data.shape != plan.labels_shape:
                 raise InputError(f"labels {labels.name!r} have shape {labels.data.shape} but image {image.name!r} "
                                  f"needs {plan.labels_shape}: pick the labels drawn on that image")

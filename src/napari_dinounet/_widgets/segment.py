@@ -32,17 +32,21 @@ from ..engine.errors import DinoUNetError, InputError
 from ..engine.progress import Progress
 from ._jobs import Job
 from ._layer_combo import LayerComboBox
-from ._layer_geometry import RunPlan, channel_axis_choices, parse_channels, plan_run
+from ._layer_geometry import (
+    CURRENT_SLICE,
+    WHOLE_STACK,
+    RunPlan,
+    channel_axis_choices,
+    labels_layer_name,
+    parse_channels,
+    plan_run,
+    viewer_indices,
+)
 from ._llvm_clash import avoid_triton_llvm_clash
 from ._model_form import ModelForm
 from ._session import Session, get_session
 from ._settings import recall, remember
 
-WHOLE_STACK, CURRENT_SLICE = "whole stack", "current slice"
-
-
-def labels_layer_name(image_name: str) -> str:
-    return f"{image_name} labels"
 
 
 def segment_job(session: Session, backbone_source: str, device: str, heads_path: Path, plan: RunPlan, *,
@@ -160,11 +164,6 @@ class SegmentWidget(QWidget):
         remember("segment/overlap", f"{self.overlap_spin.value():g}")
         remember("segment/tta", "true" if self.tta_check.isChecked() else "false")
 
-    def _current_indices(self, layer) -> tuple[int, ...]:
-        """The layer's data indices (one per layer axis) of the plane the viewer shows."""
-        point = np.asarray(self.viewer.dims.point, dtype=float)[-layer.ndim :]
-        return tuple(int(round(v)) for v in layer.world_to_data(point))
-
     # -- running ----------------------------------------------------------------------------------------
 
     def run(self) -> Job | None:
@@ -182,7 +181,7 @@ class SegmentWidget(QWidget):
                 layer, channel_axis=self.channel_axis_combo.currentData(),
                 channels=parse_channels(self.channels_edit.text()),
                 whole_stack=self.stack_combo.currentText() == WHOLE_STACK,
-                current=self._current_indices(layer),
+                current=viewer_indices(self.viewer, layer),
             )
         except DinoUNetError as err:
             show_error(f"Segmentation cannot start: {err}")
