@@ -44,7 +44,8 @@ def metadata_for(model, backbone, **extra) -> HeadsMetadata:
         config=model.config.to_dict(), class_names=names, in_channels=extra.pop("in_channels", 1),
         normalization={"scheme": "zscore", "clip": None, "mean": None, "std": None}, patch_size=64,
         spacing=(0.5, 0.25), backbone_variant=backbone.variant, backbone_sha256=backbone.sha256,
-        library_version="0.0.0-ignored", training={"steps": 10, "final_loss": np.float32(0.25), "dice": np.array([0.5, 0.75])},
+        library_version="0.0.0-ignored",
+        training={"steps": 10, "final_loss": np.float32(0.25), "dice": np.array([0.5, 0.75])},
         **extra,
     )
 
@@ -62,7 +63,8 @@ def test_round_trip_gives_identical_outputs_and_metadata(backbones, tmp_path):
     assert meta.class_names == ["background", "class 1", "class 2"] and meta.num_classes == 3
     assert meta.in_channels == 5 and meta.channel_map == (0, 2, 3)
     assert meta.patch_size == 64 and meta.spacing == (0.5, 0.25)
-    assert meta.backbone_variant == "tiny" and meta.backbone_sha256 == backbone.sha256 and len(meta.backbone_sha256) == 64
+    assert meta.backbone_variant == "tiny" and meta.backbone_sha256 == backbone.sha256
+    assert len(meta.backbone_sha256) == 64
     assert meta.library_version == __version__
     assert meta.training == {"steps": 10, "final_loss": 0.25, "dice": [0.5, 0.75]}
     assert read_metadata(path) == meta
@@ -152,8 +154,10 @@ def test_missing_file_and_backbone_weights_given_as_heads(backbones, dinov3_tiny
 def test_newer_format_asks_for_an_upgrade(backbones, tmp_path):
     backbone = backbones["random"]
     model = trained_heads(backbone, num_classes=2)
-    header = {"format": "napari-dinounet-heads", "format_version": "2", "heads": metadata_for(model, backbone).to_json()}
-    save_file({k: v.contiguous() for k, v in model.heads_state_dict().items()}, str(tmp_path / "h.safetensors"), metadata=header)
+    header = {"format": "napari-dinounet-heads", "format_version": "2",
+              "heads": metadata_for(model, backbone).to_json()}
+    tensors = {k: v.contiguous() for k, v in model.heads_state_dict().items()}
+    save_file(tensors, str(tmp_path / "h.safetensors"), metadata=header)
     with pytest.raises(CheckpointError, match="newer napari-dinounet"):
         read_metadata(tmp_path / "h.safetensors")
 

@@ -53,7 +53,8 @@ def image(shape, seed=0, dtype=np.uint16) -> np.ndarray:
 
 def cli(heads, *args) -> int:
     path, backbone_path = heads
-    return main(["predict", "--heads", str(path), "--backbone", str(backbone_path), "--device", "cpu", "--quiet", *args])
+    return main(["predict", "--heads", str(path), "--backbone", str(backbone_path), "--device", "cpu", "--quiet",
+                 *args])
 
 
 def test_folder_of_tiff_and_npy_files(heads, tmp_path, capsys):
@@ -80,7 +81,8 @@ def test_nnunet_dataset_imagests_keeps_the_nifti_geometry(heads, tmp_path):
     root = tmp_path / "Dataset001_Test"
     (root / "imagesTs").mkdir(parents=True)
     (root / "dataset.json").write_text(json.dumps(
-        {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "tumour": 1}, "numTraining": 0, "file_ending": ".nii.gz"}
+        {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "tumour": 1}, "numTraining": 0,
+         "file_ending": ".nii.gz"}
     ))
     volume = image((40, 50, 2), seed=2).astype(np.int16)  # (X, Y, Z)
     affine = np.diag([0.8, 0.8, 3.0, 1.0])

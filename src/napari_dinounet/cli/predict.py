@@ -17,7 +17,8 @@ HELP = "segment image files (files, folders, nnU-Net imagesTs) with a heads chec
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .train import BACKBONE_ENV
 
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, or nnU-Net imagesTs / dataset folders")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="image files, folders, or nnU-Net imagesTs / dataset folders")
     parser.add_argument("--heads", required=True, type=Path, metavar="CKPT", help="the heads checkpoint (.safetensors)")
     parser.add_argument(
         "--backbone", metavar="SOURCE",
@@ -52,7 +53,9 @@ def _slice_axis(image, axis: int | None) -> int | None:
     if axis is None:
         return spatial.index(image.slice_axis)
     if not -len(spatial) <= axis < len(spatial):
-        raise InputError(f"--axis {axis} does not exist in {image.path.name} (spatial shape {image.spatial_shape}): use 0 to 2")
+        raise InputError(
+            f"--axis {axis} does not exist in {image.path.name} (spatial shape {image.spatial_shape}): use 0 to 2"
+        )
     return axis % len(spatial)
 
 
@@ -65,7 +68,9 @@ def _check_outputs(cases, out_dir: Path) -> list[Path]:
     outputs = [output_path_for(case, out_dir) for case in cases]
     for case, target in zip(cases, outputs):
         if target.resolve() in inputs:
-            raise InputError(f"writing the prediction of {case.name!r} to {target} would overwrite an input: choose another --out")
+            raise InputError(
+                f"writing the prediction of {case.name!r} to {target} would overwrite an input: choose another --out"
+            )
     return outputs
 
 
@@ -86,7 +91,9 @@ def run(args: argparse.Namespace) -> int:
     outputs = _check_outputs(cases, args.out)
     device = pick_device(args.device)
     backbone = load_backbone(backbone_source(args), device=device)
-    model, metadata = load_heads(args.heads, backbone, allow_backbone_mismatch=args.allow_backbone_mismatch, device=device)
+    model, metadata = load_heads(
+        args.heads, backbone, allow_backbone_mismatch=args.allow_backbone_mismatch, device=device
+    )
     for number, (case, target) in enumerate(zip(cases, outputs), start=1):
         image = read_case(case)
         channels = 1 if image.channel_axis is None else image.data.shape[image.channel_axis]

@@ -82,7 +82,7 @@ class HeadsMetadata:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
-            raise CheckpointError(f"{path}: the heads description in the file is damaged ({err}); write it again") from None
+            raise CheckpointError(f"{path}: the heads description is damaged ({err}); write it again") from None
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown or not isinstance(data.get("config"), dict) or "class_names" not in data:
@@ -93,7 +93,7 @@ class HeadsMetadata:
         try:
             return cls(**data)
         except (TypeError, ValueError) as err:
-            raise CheckpointError(f"{path}: the heads description has a malformed field ({err}); write it again") from None
+            raise CheckpointError(f"{path}: the heads description has a bad field ({err}); write it again") from None
 
 
 def _json_value(value):
@@ -121,7 +121,9 @@ def save_heads(path: str | Path, model: DinoUNet, metadata: HeadsMetadata) -> Pa
     path = Path(path)
     config = model.config.to_dict()
     if metadata.config != config:
-        raise DinoUNetError(f"metadata.config {metadata.config} is not the model's config {config}: pass model.config.to_dict()")
+        raise DinoUNetError(
+            f"metadata.config {metadata.config} is not the model's config {config}: pass model.config.to_dict()"
+        )
     if len(metadata.class_names) != model.config.num_classes:
         raise DinoUNetError(
             f"{len(metadata.class_names)} class names {metadata.class_names} for a network of "
@@ -131,7 +133,9 @@ def save_heads(path: str | Path, model: DinoUNet, metadata: HeadsMetadata) -> Pa
     try:
         header = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "heads": metadata.to_json()}
     except TypeError as err:
-        raise DinoUNetError(f"the heads description cannot be saved: {err}; keep numbers, strings, lists and dicts in it") from None
+        raise DinoUNetError(
+            f"the heads description cannot be saved: {err}; keep numbers, strings, lists and dicts in it"
+        ) from None
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.heads_state_dict().items()}
     from safetensors.torch import save_file
 
@@ -163,7 +167,7 @@ def _header(path: Path) -> dict[str, str]:
     if not version.isdigit():
         raise CheckpointError(f"{path}: the heads header has no valid format_version ({version!r}); write it again")
     if int(version) > FORMAT_VERSION:
-        raise CheckpointError(f"{path} was written by a newer napari-dinounet (heads format {version}): upgrade napari-dinounet")
+        raise CheckpointError(f"{path} was written by a newer napari-dinounet (heads format {version}): upgrade it")
     return header
 
 
@@ -207,7 +211,9 @@ def load_heads(
     try:
         state = load_file(str(path), device="cpu")
     except Exception as err:
-        raise CheckpointError(f"{path}: the heads' tensors cannot be read ({err}); the file is damaged, copy or train it again") from None
+        raise CheckpointError(
+            f"{path}: the heads' tensors cannot be read ({err}); the file is damaged, copy or train it again"
+        ) from None
     with torch.device(next(backbone.parameters()).device):
         model = DinoUNet(config, backbone)
     model.load_heads_state_dict(state)

@@ -50,7 +50,7 @@ _MIRRORS = ((), (-1,), (-2,), (-2, -1))  # test-time augmentation: every combina
 
 
 def gaussian_importance(tile: tuple[int, int], sigma_scale: float = SIGMA_SCALE) -> np.ndarray:
-    """Importance map (th, tw) float32: a Gaussian peaking at 1 in the tile's centre, sigma = ``sigma_scale``
+    """Importance map (th, tw) float32: a Gaussian centred on the tile (1 at its exact centre), sigma = ``sigma_scale``
     times the tile size per axis, floored at :data:`MIN_IMPORTANCE`."""
     profiles = []
     for size in tile:
@@ -119,7 +119,8 @@ def _layout(shape: tuple[int, ...], channel_axis: int | None, slice_axis: int | 
             raise InputError(f"slice_axis={slice_axis} was given but the image {shape} is 2D: leave slice_axis out")
         slice_ = None
     else:
-        slice_ = spatial[_normalise_axis(0 if slice_axis is None else slice_axis, 3, "slice_axis", tuple(shape[a] for a in spatial))]
+        spatial_shape = tuple(shape[a] for a in spatial)
+        slice_ = spatial[_normalise_axis(0 if slice_axis is None else slice_axis, 3, "slice_axis", spatial_shape)]
     rows, cols = (axis for axis in spatial if axis != slice_)
     return _Layout(channel, channels, slice_, rows, cols, tuple(shape[axis] for axis in spatial))
 
@@ -234,15 +235,17 @@ class _Output:
         spatial = self.layout.spatial_shape
         shape, kind = tuple(self.out.shape), np.dtype(self.out.dtype).kind
         if self.probabilities and (shape[1:] != spatial or kind != "f"):
-            raise InputError(f"out must be a float array of shape (classes, *{spatial}) for probabilities; got {shape} {self.out.dtype}")
+            raise InputError(f"out must be float (classes, *{spatial}) for probabilities; got {shape} {self.out.dtype}")
         if not self.probabilities and (shape != spatial or kind not in "iu"):
-            raise InputError(f"out must be an integer array of shape {spatial} for labels; got {shape} {self.out.dtype}")
+            raise InputError(f"out must be integer {spatial} for labels; got {shape} {self.out.dtype}")
 
     def _allocate(self, block: np.ndarray) -> None:
         shape = ((block.shape[0],) if self.probabilities else ()) + self.layout.spatial_shape
         if self.out is not None:
             if tuple(self.out.shape) != shape:
-                raise InputError(f"out has shape {tuple(self.out.shape)} but the model predicts {shape[0]} classes: expected {shape}")
+                raise InputError(
+                    f"out has shape {tuple(self.out.shape)} but the model predicts {shape[0]} classes: expected {shape}"
+                )
             if not self.probabilities and not np.can_cast(block.dtype, self.out.dtype):
                 raise InputError(f"out has dtype {self.out.dtype}, too small for these labels: use {block.dtype}")
         if self.out is None or isinstance(self.out, np.ndarray):
@@ -424,7 +427,7 @@ def predict(
         raise InputError(f"cannot predict an image of dtype {image.dtype}: use integer or float pixels")
     tile = _tile_shape(patch_size)
     if not 0 < step <= 1:
-        raise InputError(f"step={step} must be in (0, 1]: it is the tile offset as a fraction of the tile (0.5 is usual)")
+        raise InputError(f"step={step} must be in (0, 1]: the tile offset as a fraction of the tile (0.5 is usual)")
     if batch_size < 1:
         raise InputError(f"batch_size={batch_size} must be at least 1")
     norm = _as_normalization(normalization)
