@@ -14,10 +14,12 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .cli import main as cli_main
+    from .cli.train import passive_openmp_threads
+
+    passive_openmp_threads()
     import torch
     import torch.distributed as dist
-
-    from .cli import main as cli_main
 
     argv = sys.argv[1:] if argv is None else argv
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
