@@ -262,7 +262,9 @@ def test_segment_colour_and_multichannel_images(qtbot, viewer, heads, tmp_path):
     viewer.add_image(channels, name="channels", scale=(1, 0.5, 0.5))
     widget.model_form.set_heads(str(heads))
     widget.image_combo.set_layer(viewer.layers["channels"])
+    assert not widget.channels_edit.isEnabled()  # no channel axis chosen yet
     widget.channel_axis_combo.setCurrentIndex(widget.channel_axis_combo.findData(0))
+    assert widget.channels_edit.isEnabled()
     widget.channels_edit.setText("1")
     wait_for(qtbot, widget.run())
     labels = viewer.layers["channels labels"]

@@ -139,6 +139,7 @@ class SegmentWidget(QWidget):
         layout.addStretch(1)
 
         self.image_combo.currentIndexChanged.connect(self._image_changed)
+        self.channel_axis_combo.currentIndexChanged.connect(self._channel_axis_changed)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         self._image_changed()
@@ -156,6 +157,13 @@ class SegmentWidget(QWidget):
                 self.channel_axis_combo.addItem(f"axis {axis} ({layer.data.shape[axis]})", axis)
         self.channel_axis_combo.setEnabled(self.channel_axis_combo.count() > 1)
         self.stack_combo.setEnabled(layer is not None and layer.ndim > 2)
+        self._channel_axis_changed()
+
+    def _channel_axis_changed(self, *_) -> None:
+        """Channels can be picked from colours or a channel axis; without either the field is ignored."""
+        layer = self.image_combo.layer()
+        has_channels = layer is not None and (layer.rgb or self.channel_axis_combo.currentData() is not None)
+        self.channels_edit.setEnabled(has_channels)
 
     def _remember_form(self) -> None:
         remember("segment/channels", self.channels_edit.text())
@@ -179,7 +187,7 @@ class SegmentWidget(QWidget):
                 raise InputError("no image layer: open an image (File > Open, or a sample) and choose it")
             plan = plan_run(
                 layer, channel_axis=self.channel_axis_combo.currentData(),
-                channels=parse_channels(self.channels_edit.text()),
+                channels=parse_channels(self.channels_edit.text()) if self.channels_edit.isEnabled() else None,
                 whole_stack=self.stack_combo.currentText() == WHOLE_STACK,
                 current=viewer_indices(self.viewer, layer),
             )
