@@ -8,12 +8,15 @@ statistics into a float32 tensor (that conversion is timed too), then argmax.
 Memory: each implementation runs once in a fresh Python process (both import torch and MONAI); after
 imports, model, image and a one-tile warm-up, the peak-RSS count is reset (Linux ``/proc/self/clear_refs``)
 and the RSS noted as baseline; "peak" is the process's peak RSS (VmHWM) during the run, "extra" that peak
-minus the baseline (glibc's mmap threshold is fixed at 1 MiB there, so freed arrays leave the RSS). Time: both run ``--repeats`` times interleaved in one more process, so that both see
-the same load on a shared machine; the best time counts. The labels of both are compared pixel by pixel.
+minus the baseline (glibc's mmap threshold is fixed at 1 MiB there, so freed arrays leave the RSS).
+Time: both run ``--repeats`` times interleaved in one more process, so that both see the same load on a
+shared machine; the best time counts. The labels of both are compared pixel by pixel.
 
     .venv/bin/python benchmarks/sliding_window.py                    # 1024 and 2048, small conv net
-    .venv/bin/python benchmarks/sliding_window.py --sizes 4096 --repeats 1 --json benchmarks/results/sliding_window_4096.json
-    .venv/bin/python benchmarks/sliding_window.py --network dinounet-tiny --sizes 1024
+    .venv/bin/python benchmarks/sliding_window.py --sizes 4096 --repeats 1 \
+        --json benchmarks/results/sliding_window_4096.json
+    .venv/bin/python benchmarks/sliding_window.py --network dinounet-tiny --sizes 1024 \
+        --json benchmarks/results/sliding_window_dinounet_tiny.json
 
 Writes a Markdown table to stdout and JSON to benchmarks/results/sliding_window.json (or --json).
 """
@@ -118,7 +121,9 @@ def run_monai(model, image):
     stats = normalize.statistics_for(image[None], norm)
     x = torch.from_numpy(normalize.apply(image[None], norm, stats))[None]
     with torch.no_grad():
-        logits = sliding_window_inference(x, (TILE, TILE), BATCH, model, overlap=0.5, mode="gaussian", sigma_scale=0.125)
+        logits = sliding_window_inference(
+            x, (TILE, TILE), BATCH, model, overlap=0.5, mode="gaussian", sigma_scale=0.125
+        )
     return logits[0].argmax(0).to(torch.uint8).numpy()
 
 
@@ -234,7 +239,8 @@ def main() -> None:
 
 def table(report: dict) -> str:
     lines = [
-        "| image | network | impl | time (s) | peak RSS (MB) | extra over baseline (MB) | ours/MONAI time | ours/MONAI peak | labels agree |",
+        "| image | network | impl | time (s) | peak RSS (MB) | extra over baseline (MB) | ours/MONAI time "
+        "| ours/MONAI peak | labels agree |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["rows"]:
@@ -245,8 +251,9 @@ def table(report: dict) -> str:
             lines.append(f"| {row['size']}x{row['size']} | {row['network']} | {impl} | {r['seconds']:.2f} | "
                          f"{r['peak_rss_mb']:.0f} | {r['extra_rss_mb']:.0f} | {ratios} |")
     m = report["machine"]
-    lines.append(f"\n{m['cpus']} CPUs, load average {m['load_before'][0]:.1f} before / {m['load_after'][0]:.1f} after; "
-                 f"torch {m['torch']}, MONAI {m['monai']}; tile {TILE}, step 0.5, batch {BATCH}, Gaussian sigma tile/8.")
+    lines.append(f"\n{m['cpus']} CPUs, load average {m['load_before'][0]:.1f} before / {m['load_after'][0]:.1f} "
+                 f"after; torch {m['torch']}, MONAI {m['monai']}; tile {TILE}, step 0.5, batch {BATCH}, "
+                 "Gaussian sigma tile/8.")
     return "\n".join(lines)
 
 
