@@ -1,4 +1,4 @@
-"""Seconds per training step and peak memory of Dino U-Net S on the CPU, with and without cached features.
+"""Seconds per training step and peak memory of Dino U-Net (S) on the CPU, with and without cached features.
 
 Each case runs the real training loop (``engine.train.train``) for a few steps on the bundled nuclei
 image (512x512, one sample, no validation) with the random ViT-S backbone (``random:s``: the shapes and
@@ -17,9 +17,11 @@ the feature cache).
 
     .venv/bin/python benchmarks/train_step.py           # 256 and 512, 5 timed steps per case
     .venv/bin/python benchmarks/train_step.py --quick   # 256 only, 2 timed steps
+    .venv/bin/python benchmarks/train_step.py --size l --sizes 256 --json /tmp/l.json   # another size
 
 Prints a Markdown table and writes JSON to benchmarks/results/train_step.json (or --json), with the
-machine's 1-minute load average at the start and end.
+machine's 1-minute load average at the start and end. Cases run with OMP_WAIT_POLICY=PASSIVE unless set
+otherwise, as ``dinounet train`` does.
 """
 
 from __future__ import annotations
@@ -36,7 +38,6 @@ import tempfile
 import time
 from pathlib import Path
 
-SIZE = "s"
 PROJECTION = "fapm"
 BATCH = 2
 CACHE_CROPS = 4
@@ -49,7 +50,7 @@ def peak_rss_mib() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
-def measure(pixels: int, cached: bool, steps: int) -> dict:
+def measure(size: str, pixels: int, cached: bool, steps: int) -> dict:
     """Train ``steps`` + 1 steps at pixels x pixels in this process; return step times and memory."""
     import warnings
 
@@ -67,7 +68,7 @@ def measure(pixels: int, cached: bool, steps: int) -> dict:
                              iters_per_epoch=steps + 1, cache_features=cached, cache_crops=CACHE_CROPS)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the random backbone's not-pretrained warning
-        backbone = load_backbone(f"random:{SIZE}")
+        backbone = load_backbone(f"random:{size}")
     model = build_model(backbone, settings, num_classes=2, in_channels=1)
     before = peak_rss_mib()
 
@@ -84,6 +85,7 @@ def measure(pixels: int, cached: bool, steps: int) -> dict:
     times = [b - a for a, b in zip(stamps["train"], stamps["train"][1:])]
     peak = peak_rss_mib()
     return {
+        "size": size,
         "pixels": pixels,
         "cached_features": cached,
         "seconds_median": statistics.median(times),
@@ -95,9 +97,9 @@ def measure(pixels: int, cached: bool, steps: int) -> dict:
     }
 
 
-def run_case(pixels: int, cached: bool, steps: int) -> dict:
+def run_case(size: str, pixels: int, cached: bool, steps: int) -> dict:
     """Run :func:`measure` in a fresh Python process so that its peak memory is its own."""
-    command = [sys.executable, __file__, "--case", str(pixels), str(int(cached)), "--steps", str(steps)]
+    command = [sys.executable, __file__, "--case", size, str(pixels), str(int(cached)), "--steps", str(steps)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode:
         raise SystemExit(f"case {pixels} cached={cached} failed:\n{done.stderr}")
@@ -121,37 +123,41 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="s", help="network and random backbone size (default s; e.g. b, l)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512], help="patch sizes (multiples of 32)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per case, after one warm-up (default 5)")
     parser.add_argument("--quick", action="store_true", help="256 only, 2 timed steps")
     parser.add_argument("--json", type=Path, default=RESULTS, help=f"where to write the results (default {RESULTS})")
-    parser.add_argument("--case", nargs=2, metavar=("PIXELS", "CACHED"), help=argparse.SUPPRESS)  # worker process
+    parser.add_argument("--case", nargs=3, metavar=("SIZE", "PIXELS", "CACHED"), help=argparse.SUPPRESS)  # worker
     args = parser.parse_args(argv)
 
     if args.case:
-        print(json.dumps(measure(int(args.case[0]), bool(int(args.case[1])), args.steps)))
+        print(json.dumps(measure(args.case[0], int(args.case[1]), bool(int(args.case[2])), args.steps)))
         return 0
     sizes, steps = ([256], 2) if args.quick else (args.sizes, args.steps)
+    # as `dinounet train` does: idle OpenMP threads sleep (spinning ones ruin a shared machine; cli/train.py)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     import torch
 
     from napari_dinounet.engine.atomic import atomic_path
 
     load_start = os.getloadavg()[0]
-    rows = [run_case(pixels, cached, steps) for pixels in sizes for cached in (False, True)]
+    rows = [run_case(args.size, pixels, cached, steps) for pixels in sizes for cached in (False, True)]
     load_end = os.getloadavg()[0]
-    print(f"Dino U-Net {SIZE.upper()} ({PROJECTION}, random:{SIZE} backbone) training step, batch {BATCH}, CPU, "
+    print(f"Dino U-Net {args.size.upper()} ({PROJECTION}, random:{args.size} backbone) training step, batch {BATCH}, CPU, "
           f"{steps} timed step(s)")
     print(table(rows))
     for pixels in sizes:
         plain, cached = (next(r for r in rows if r["pixels"] == pixels and r["cached_features"] == c) for c in (False, True))
-        print(f"{pixels}x{pixels}: cached features make a step {plain['seconds_median'] / cached['seconds_median']:.2f}x faster")
+        print(f"{pixels}x{pixels}: speed-up from cached features (median step without / with): "
+              f"{plain['seconds_median'] / cached['seconds_median']:.2f}")
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
         f"load average {load_start:.1f} at start, {load_end:.1f} at end"
     )
     result = {
-        "network": {"size": SIZE, "projection": PROJECTION, "num_classes": 2, "backbone": f"random:{SIZE}"},
+        "network": {"size": args.size, "projection": PROJECTION, "num_classes": 2, "backbone": f"random:{args.size}"},
         "batch": BATCH,
         "device": "cpu",
         "timed_steps": steps,
@@ -164,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpus": os.cpu_count(),
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
+            "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
             "load_average_start": load_start,
             "load_average_end": load_end,
         },

@@ -203,6 +203,9 @@ def test_resume_refuses_missing_state_and_changed_settings(tmp_path, backbone, n
     changed = TrainSettings(epochs=1, iters_per_epoch=1, **{**TINY, "patch_size": 96})
     with pytest.raises(CheckpointError, match=r"patch_size \(64 -> 96\)"):
         next(train(nuclei[:1], out=out, backbone=backbone, settings=changed, resume=True))
+    state_path(out).write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="cannot read the training state"):
+        next(train(nuclei[:1], out=out, backbone=backbone, settings=settings, resume=True))
 
 
 def test_feature_cache_holds_mirrored_crops_with_their_exact_features(backbone, nuclei):

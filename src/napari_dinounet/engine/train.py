@@ -155,6 +155,8 @@ class FeatureCache:
     @staticmethod
     def build(model, crops: dict, *, mirror: bool, augment: Augmenter | None, seed: int, device: torch.device,
               batch_size: int) -> Generator[Progress, None, FeatureCache]:
+        """Compute the features of ``crops`` (a :func:`.data.fixed_crops` dict), ``batch_size`` crops at a time,
+        yielding progress; ``augment``: the intensity augmenter applied to each drawn batch (or None)."""
         crops = {k: crops[k].to(device) for k in ("image", "labels", "mask")}
         if mirror:
             flips = [(), (-1,), (-2,), (-2, -1)]
@@ -230,13 +232,13 @@ def save_state(path: Path, model, optimizer: torch.optim.Optimizer, *, step: int
 
 def load_state(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
     """Read a resume state: (info dict, heads state dict, optimizer state dict)."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             info = json.loads((f.metadata() or {}).get("train_state", "null"))
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (OSError, ValueError, json.JSONDecodeError) as err:
+    except (OSError, ValueError, SafetensorError) as err:
         raise CheckpointError(f"cannot read the training state {path}: {err}; start a new run without resume") from err
     if not isinstance(info, dict) or info.get("format") != _STATE_FORMAT:
         raise CheckpointError(f"{path} is not a napari-dinounet training state; start a new run without resume")
@@ -363,6 +365,11 @@ def train(
             raise CheckpointError(f"nothing to resume: {state_file} does not exist; start the run without resume")
         resumed = load_state(state_file)
         _check_resumable(TrainSettings.from_dict(resumed[0]["settings"]), settings, state_file)
+        if resumed[0]["num_classes"] != num_classes:
+            raise CheckpointError(
+                f"cannot resume the run in {state_file}: it trained {resumed[0]['num_classes']} classes, these "
+                f"labels have {num_classes}; resume with the original data or start a new run"
+            )
     elif out.exists() and not overwrite:
         raise InputError(f"{out} already exists: resume that run, choose another output path, or allow overwriting")
 
