@@ -145,11 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()[0]
     rows = [run_case(args.size, pixels, cached, steps) for pixels in sizes for cached in (False, True)]
     load_end = os.getloadavg()[0]
-    print(f"Dino U-Net {args.size.upper()} ({PROJECTION}, random:{args.size} backbone) training step, batch {BATCH}, CPU, "
-          f"{steps} timed step(s)")
+    print(f"Dino U-Net {args.size.upper()} ({PROJECTION}, random:{args.size} backbone) training step, "
+          f"batch {BATCH}, CPU, {steps} timed step(s)")
     print(table(rows))
     for pixels in sizes:
-        plain, cached = (next(r for r in rows if r["pixels"] == pixels and r["cached_features"] == c) for c in (False, True))
+        plain, cached = (next(r for r in rows if r["pixels"] == pixels and r["cached_features"] == c)
+                         for c in (False, True))
         print(f"{pixels}x{pixels}: speed-up from cached features (median step without / with): "
               f"{plain['seconds_median'] / cached['seconds_median']:.2f}")
     print(

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import pytest
 import torch
 from _nuclei_training import one_torch_thread  # noqa: F401 (autouse fixture)

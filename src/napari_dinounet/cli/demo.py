@@ -39,9 +39,11 @@ that. The tiny size keeps the demo to a few CPU minutes. For real Dino U-Net, do
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="dinounet_demo", metavar="DIR", help="folder for the results (default ./dinounet_demo)")
+    parser.add_argument("--out", default="dinounet_demo", metavar="DIR",
+                        help="folder for the results (default ./dinounet_demo)")
     parser.add_argument("--backbone", metavar="SOURCE",
-                        help=f"DINOv3 weights; default: {BACKBONE_ENV}, else {RANDOM_BACKBONE} (random, with a warning)")
+                        help=f"DINOv3 weights; default: {BACKBONE_ENV}, else {RANDOM_BACKBONE} (random, with a "
+                        "warning)")
     parser.add_argument("--epochs", type=int, default=DEMO_EPOCHS, help=f"default {DEMO_EPOCHS}")
     parser.add_argument("--iters-per-epoch", type=int, default=DEMO_ITERS, help=f"default {DEMO_ITERS}")
     parser.add_argument("--device", default="auto", help="auto, cuda, mps or cpu; default auto")

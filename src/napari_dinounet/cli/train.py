@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"default: the {BACKBONE_ENV} environment variable",
     )
     data = parser.add_argument_group("training data (one of)")
-    data.add_argument("--dataset", metavar="NNUNET_DIR", help="an nnU-Net raw dataset (dataset.json, imagesTr, labelsTr)")
+    data.add_argument("--dataset", metavar="NNUNET_DIR",
+                      help="an nnU-Net raw dataset (dataset.json, imagesTr, labelsTr)")
     data.add_argument("--images", metavar="DIR", help="a folder of images (with --labels; pairs matched by file name)")
     data.add_argument("--labels", metavar="DIR", help="a folder of label images, class indices 0..nc-1")
     parser.add_argument("--out", required=True, metavar="CKPT", help="the heads checkpoint to write (.safetensors)")

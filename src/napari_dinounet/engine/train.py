@@ -394,7 +394,9 @@ def train(
     autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
-    val_crops = fixed_crops(validation, settings.patch_size, settings.val_crops, seed=settings.seed) if validation else None
+    val_crops = None
+    if validation:
+        val_crops = fixed_crops(validation, settings.patch_size, settings.val_crops, seed=settings.seed)
     # different draws per rank and per resumption, reproducible for a given run
     next_batch = yield from _batch_source(model, samples, settings, seed=settings.seed + 1_000_003 * rank + step,
                                           rank=rank, world=world, device=device)
