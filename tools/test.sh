@@ -17,4 +17,5 @@ fi
 # torch first, pinned to the wheels that install offline here (a CUDA build that also runs on the CPU).
 .venv/bin/pip install -q torch==2.14.1 torchvision==0.29.1
 .venv/bin/pip install -q -e ".[testing]"
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"  # idle OpenMP threads sleep instead of spinning (2-core CI)
 xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python -m pytest -q "$@"
