@@ -15,7 +15,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     from .cli import main as cli_main
-    from .cli.train import passive_openmp_threads
+    from .cli import passive_openmp_threads
 
     passive_openmp_threads()
     import torch

@@ -16,7 +16,7 @@ import time
 import warnings
 from pathlib import Path
 
-from .train import BACKBONE_ENV, passive_openmp_threads
+from .train import BACKBONE_ENV
 
 HELP = "train on the bundled nuclei sample (left half), test on the right half, compare with Otsu"
 
@@ -72,7 +72,6 @@ def _scores(predicted, truth) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    passive_openmp_threads()
     import numpy as np
     from PIL import Image
     from skimage.filters import threshold_otsu

@@ -75,9 +75,6 @@ def _check_outputs(cases, out_dir: Path) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .train import backbone_source, passive_openmp_threads
-
-    passive_openmp_threads()  # before torch is imported
     import numpy as np
 
     from ..engine.atomic import atomic_path
@@ -88,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.io import find_images, read_case, write_labels
     from ..engine.predict import predict
     from ..engine.progress import run_with_bar
+    from .train import backbone_source
 
     cases = find_images(args.inputs)
     outputs = _check_outputs(cases, args.out)

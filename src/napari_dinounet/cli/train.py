@@ -63,16 +63,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def passive_openmp_threads() -> None:
-    """Let idle OpenMP threads sleep rather than spin; effective only before torch is first imported.
-
-    Spinning threads that compete with other work for the cores are ruinous: on a shared 2-core machine
-    under load a training step took 18 s with PyTorch's default 2 spinning threads, 0.4 s with passive
-    ones (measured). A user's own OMP_WAIT_POLICY wins.
-    """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
 def backbone_source(args: argparse.Namespace) -> str:
     """The backbone from --backbone or the environment; an error that says how to give one otherwise."""
     from ..engine.errors import InputError
@@ -104,7 +94,6 @@ def load_training_data(args: argparse.Namespace, normalization) -> tuple[list, l
 
 
 def run(args: argparse.Namespace) -> int:
-    passive_openmp_threads()
     import torch
 
     from ..engine.checkpoint import read_metadata
