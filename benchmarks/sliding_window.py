@@ -28,11 +28,12 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _common import in_fresh_process, write_json
 
 TILE = 512
 BATCH = 4
@@ -175,22 +176,16 @@ RUNS = {"ours": run_ours, "monai": run_monai}
 MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
 
 
-def in_subprocess(*worker_args: str, env: dict[str, str] | None = None) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--worker", *worker_args], capture_output=True, text=True,
-                          check=False, env={**os.environ, **(env or {})})
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(worker_args)}: {done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def measure(size: int, network: str, repeats: int, tmp: Path) -> dict:
     """One table row: time ratio (interleaved, best of ``repeats``), peak memory (fresh process each), agreement."""
     import numpy as np
 
     row = {"size": size, "network": network, "tile": TILE, "step": 0.5, "batch": BATCH}
     for impl in RUNS:
-        row[impl] = in_subprocess("memory", impl, str(size), network, str(tmp / f"{impl}.npy"), env=MEMORY_ENV)
-    timing = in_subprocess("timing", str(size), network, str(repeats))
+        labels_out = str(tmp / f"{impl}.npy")
+        row[impl] = in_fresh_process(__file__, "--worker", "memory", impl, str(size), network, labels_out,
+                                     env=MEMORY_ENV)
+    timing = in_fresh_process(__file__, "--worker", "timing", str(size), network, str(repeats))
     for impl in RUNS:
         row[impl].update(seconds=min(timing["times"][impl]), all_seconds=timing["times"][impl])
     row["torch_threads"] = timing["torch_threads"]
@@ -232,9 +227,8 @@ def main() -> None:
 
     machine.update(torch=torch.__version__, monai=monai.__version__)
     report = {"machine": machine, "rows": rows}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(table(report))
+    write_json(args.json, report)
 
 
 def table(report: dict) -> str:

@@ -29,25 +29,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _common import in_fresh_process, machine, peak_rss_mib, write_json
+
 PROJECTION = "fapm"
 BATCH = 2
 CACHE_CROPS = 4
 RESULTS = Path(__file__).parent / "results" / "train_step.json"
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident set size so far (Linux reports ru_maxrss in KiB, macOS in bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
 def measure(size: str, pixels: int, cached: bool, steps: int) -> dict:
@@ -99,11 +92,7 @@ def measure(size: str, pixels: int, cached: bool, steps: int) -> dict:
 
 def run_case(size: str, pixels: int, cached: bool, steps: int) -> dict:
     """Run :func:`measure` in a fresh Python process so that its peak memory is its own."""
-    command = [sys.executable, __file__, "--case", size, str(pixels), str(int(cached)), "--steps", str(steps)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode:
-        raise SystemExit(f"case {pixels} cached={cached} failed:\n{done.stderr}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return in_fresh_process(__file__, "--case", size, str(pixels), str(int(cached)), "--steps", str(steps))
 
 
 def table(rows: list[dict]) -> str:
@@ -140,8 +129,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from napari_dinounet.engine.atomic import atomic_path
-
     load_start = os.getloadavg()[0]
     rows = [run_case(args.size, pixels, cached, steps) for pixels in sizes for cached in (False, True)]
     load_end = os.getloadavg()[0]
@@ -165,21 +152,10 @@ def main(argv: list[str] | None = None) -> int:
         "cache_crops": CACHE_CROPS,
         "memory": "peak resident set size (resource.getrusage ru_maxrss) of a fresh process per case; "
         "extra = peak minus the peak after imports, data and model construction",
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "cpus": os.cpu_count(),
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
-            "load_average_start": load_start,
-            "load_average_end": load_end,
-        },
+        "machine": machine(load_start, load_end, omp_wait_policy=os.environ["OMP_WAIT_POLICY"]),
         "results": rows,
     }
-    with atomic_path(args.json) as tmp:
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written to {args.json}")
+    write_json(args.json, result)
     return 0
 
 
