@@ -99,6 +99,22 @@ def match_variant(arch: Architecture) -> Variant | None:
     return None
 
 
+def check_image_batch(x, taker: str, multiple: int, *, channels: int | None = None, size_note: str = "") -> None:
+    """An InputError naming the fix unless x is a float (B, C, H, W) tensor (C == ``channels`` if given)
+    with H and W multiples of ``multiple``; ``taker`` (backbone, network) is what takes it."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or channels is not None and x.shape[1] != channels:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        fix = f"; map channels to {channels} first" if channels is not None else ""
+        raise InputError(f"the {taker} takes a (B, {channels or 'C'}, H, W) tensor, got {shape}{fix}")
+    if not x.is_floating_point():
+        raise InputError(f"the {taker} takes a float tensor, got {x.dtype}; normalise the image first")
+    h, w = x.shape[-2:]
+    if h % multiple or w % multiple:
+        raise InputError(
+            f"image size {h}x{w} is not a multiple of {multiple}: pad or crop it to a multiple of {multiple}{size_note}"
+        )
+
+
 class Backbone(torch.nn.Module):
     """A frozen DINOv3 ViT that returns the feature maps of chosen blocks.
 
@@ -177,16 +193,7 @@ class Backbone(torch.nn.Module):
         return [by_block[b].float() for b in blocks]
 
     def _check_input(self, x: torch.Tensor, blocks: tuple[int, ...]) -> None:
-        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise InputError(f"the backbone takes a (B, 3, H, W) tensor, got {shape}; map channels to 3 first")
-        if not x.is_floating_point():
-            raise InputError(f"the backbone takes a float tensor, got {x.dtype}; normalise the image first")
-        h, w = x.shape[-2:]
-        if h % PATCH_SIZE or w % PATCH_SIZE:
-            raise InputError(
-                f"image size {h}x{w} is not a multiple of {PATCH_SIZE}; pad or crop it to a multiple of {PATCH_SIZE}"
-            )
+        check_image_batch(x, "backbone", PATCH_SIZE, channels=3)
         weight = self.vit.patch_embed.proj.weight
         if weight.is_meta:
             raise InputError("this backbone was built on the meta device (shapes only); load it on 'cpu' or 'cuda'")

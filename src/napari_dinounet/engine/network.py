@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .adapter import Adapter
-from .backbone import PATCH_SIZE, VARIANTS, Backbone, load_backbone
+from .backbone import PATCH_SIZE, VARIANTS, Backbone, check_image_batch, load_backbone
 from .decoder import SKIP_CHANNELS, SkipUpsampling, UNetDecoder
 from .errors import CheckpointError, DinoUNetError, InputError
 from .projection import LEAKY_SLOPE, PROJECTIONS, build_projection
@@ -131,17 +131,7 @@ class DinoUNet(nn.Module):
         x: (B, C, H, W) float, H and W multiples of 32. ``config.channels`` first picks channels; then
         1 channel is repeated, 2 channels become [c0, c1, c0], 3 are kept. Returns (B, 3, H, W).
         """
-        if not isinstance(x, torch.Tensor) or x.ndim != 4:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise InputError(f"the network takes a (B, C, H, W) tensor, got {shape}")
-        if not x.is_floating_point():
-            raise InputError(f"the network takes a float tensor, got {x.dtype}; normalise the image first")
-        h, w = x.shape[-2:]
-        if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE:
-            raise InputError(
-                f"image size {h}x{w} is not a multiple of {SIZE_MULTIPLE}: pad or crop it to a multiple of "
-                f"{SIZE_MULTIPLE} (prediction pads automatically)"
-            )
+        check_image_batch(x, "network", SIZE_MULTIPLE, size_note=" (prediction pads automatically)")
         c = x.shape[1]
         channels = self.config.channels
         if channels is not None:
