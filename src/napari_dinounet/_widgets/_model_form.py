@@ -91,6 +91,11 @@ class ModelForm(QWidget):
         session.heads_changed.connect(self._show_heads)
         self.destroyed.connect(lambda *_: self._disconnect(session))
 
+    def apply_typed(self) -> None:
+        """Use the paths as typed, also when the user did not press Enter or leave the field before a run."""
+        self.set_backbone(self.backbone_edit.text())
+        self.set_heads(self.heads_edit.text())
+
     def set_backbone(self, source: str) -> None:
         self._session.backbone_source = source
         remember("model/backbone", self._session.backbone_source)

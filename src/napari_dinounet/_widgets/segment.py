@@ -178,8 +178,7 @@ class SegmentWidget(QWidget):
         """Start a run with the form's choices; returns the job, or None when the form is not usable."""
         if self.job is not None and not self.job.done:
             return self.job
-        self.model_form.set_backbone(self.model_form.backbone_edit.text())
-        self.model_form.set_heads(self.model_form.heads_edit.text())
+        self.model_form.apply_typed()
         layer = self.image_combo.layer()
         try:
             heads = self._heads_path()
