@@ -29,6 +29,16 @@ def isolated_settings(tmp_path, monkeypatch) -> Path:
     return folder
 
 
+def collect_errors(monkeypatch, widget_module) -> list[str]:
+    """The error notifications a widget module and its jobs show, collected in a list instead of shown."""
+    from napari_dinounet._widgets import _jobs
+
+    shown: list[str] = []
+    for module in (_jobs, widget_module):
+        monkeypatch.setattr(module, "show_error", shown.append)
+    return shown
+
+
 def nuclei_crop() -> tuple[np.ndarray, np.ndarray]:
     """A 128x128 crop of the nuclei sample: image uint16 and semantic labels uint8 (1 = nucleus)."""
     from napari_dinounet.engine.samples import load_nuclei

@@ -7,7 +7,13 @@ import hashlib
 
 import numpy as np
 import pytest
-from _widget_helpers import isolated_settings, nuclei_crop, wait_for, write_tiny_heads  # noqa: F401
+from _widget_helpers import (  # noqa: F401
+    collect_errors,
+    isolated_settings,
+    nuclei_crop,
+    wait_for,
+    write_tiny_heads,
+)
 
 from napari_dinounet._widgets import finetune as finetune_module
 from napari_dinounet._widgets.finetune import FRESH_HEADS, LOADED_HEADS, FineTuneWidget
@@ -25,12 +31,7 @@ def viewer(make_napari_viewer):
 
 @pytest.fixture
 def errors(monkeypatch) -> list[str]:
-    shown: list[str] = []
-    from napari_dinounet._widgets import _jobs
-
-    monkeypatch.setattr(_jobs, "show_error", shown.append)
-    monkeypatch.setattr(finetune_module, "show_error", shown.append)
-    return shown
+    return collect_errors(monkeypatch, finetune_module)
 
 
 def ready_widget(viewer, tmp_path, *, steps=24, every=8):
@@ -127,6 +128,19 @@ def test_fine_tune_lowers_the_loss_and_hands_the_heads_to_segment(qtbot, viewer,
     assert predicted.shape == (128, 128) and set(np.unique(predicted)) <= {0, 1}
 
 
+def train_and_stop_at(qtbot, widget, step: int):
+    """Start training, press Stop once training step ``step`` is reported, and wait for the job to end."""
+
+    def stop(event):
+        if event.task == "train" and event.done >= step:
+            widget.stop()
+
+    job = widget.start()
+    job.worker.yielded.connect(stop)
+    wait_for(qtbot, job)
+    return job
+
+
 def test_stop_keeps_the_last_checkpoint_and_the_starting_heads(qtbot, viewer, tmp_path):
     start = write_tiny_heads(tmp_path / "start.safetensors")
     before = digest(start)
@@ -134,13 +148,7 @@ def test_stop_keeps_the_last_checkpoint_and_the_starting_heads(qtbot, viewer, tm
     widget.model_form.set_heads(str(start))
     widget.start_combo.setCurrentText(LOADED_HEADS)
 
-    def stop_after_a_checkpoint(event):
-        if event.task == "train" and event.done >= 6:
-            widget.stop()
-
-    job = widget.start()
-    job.worker.yielded.connect(stop_after_a_checkpoint)
-    wait_for(qtbot, job)
+    job = train_and_stop_at(qtbot, widget, step=6)  # after a checkpoint
     out = tmp_path / "tuned.safetensors"
     assert not job.errored and out.is_file()
     assert 6 <= widget.plot.loss[-1][0] < 400  # it ended early
@@ -154,13 +162,7 @@ def test_stop_before_the_first_checkpoint_writes_nothing(qtbot, viewer, tmp_path
     widget = ready_widget(viewer, tmp_path, steps=400, every=200)
     original = widget.session.heads_path
 
-    def stop_at_once(event):
-        if event.task == "train" and event.done >= 1:
-            widget.stop()
-
-    job = widget.start()
-    job.worker.yielded.connect(stop_at_once)
-    wait_for(qtbot, job)
+    train_and_stop_at(qtbot, widget, step=1)  # at once
     assert not (tmp_path / "tuned.safetensors").exists()
     assert widget.session.heads_path == original and "nothing was written" in widget.status.text()
 

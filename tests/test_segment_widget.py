@@ -10,7 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _widget_helpers import isolated_settings, nuclei_crop, wait_for, write_tiny_heads  # noqa: F401
+from _widget_helpers import (  # noqa: F401
+    collect_errors,
+    isolated_settings,
+    nuclei_crop,
+    wait_for,
+    write_tiny_heads,
+)
 from napari.layers import Image
 from napari.utils import progress
 
@@ -117,12 +123,9 @@ def viewer(make_napari_viewer):
 @pytest.fixture
 def errors(monkeypatch) -> list[str]:
     """Error notifications the widgets show (collected instead of shown)."""
-    shown: list[str] = []
     from napari_dinounet._widgets import segment
 
-    monkeypatch.setattr(_jobs, "show_error", shown.append)
-    monkeypatch.setattr(segment, "show_error", shown.append)
-    return shown
+    return collect_errors(monkeypatch, segment)
 
 
 def make_widget(viewer):
