@@ -10,6 +10,7 @@ one rename, so a failed export leaves any earlier file as it was. No torch here.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from napari.layers import Labels
@@ -94,6 +95,15 @@ def _path_row(edit: QLineEdit, on_browse) -> QWidget:
     return row
 
 
+def _form_box(title: str, *rows: tuple[str, QWidget] | QWidget) -> QGroupBox:
+    """A titled group of form rows: (label, field) pairs, or a widget spanning the row."""
+    box = QGroupBox(title)
+    form = QFormLayout(box)
+    for row in rows:
+        form.addRow(*(row if isinstance(row, tuple) else (row,)))
+    return box
+
+
 class ExportWidget(QWidget):
     """Dock widget: export a labels layer to a file, and the current heads checkpoint to a file."""
 
@@ -116,12 +126,9 @@ class ExportWidget(QWidget):
         self.export_labels_button.setToolTip("Write the chosen labels layer; an existing file is replaced only "
                                              "after you confirm, and only once the new file is complete.")
 
-        labels_box = QGroupBox("Labels")
-        labels_form = QFormLayout(labels_box)
-        labels_form.addRow("Layer", self.layer_combo)
-        labels_form.addRow("Format", self.format_combo)
-        labels_form.addRow("File", _path_row(self.labels_path_edit, self._browse_labels))
-        labels_form.addRow(self.export_labels_button)
+        labels_box = _form_box("Labels", ("Layer", self.layer_combo), ("Format", self.format_combo),
+                               ("File", _path_row(self.labels_path_edit, self._browse_labels)),
+                               self.export_labels_button)
 
         self.heads_label = QLabel()
         self.heads_label.setWordWrap(True)
@@ -130,11 +137,8 @@ class ExportWidget(QWidget):
         self.export_heads_button = QPushButton("Export heads")
         self.export_heads_button.setToolTip("Copy the heads checkpoint in use (adapter, projection, decoder and "
                                             "their settings; never the backbone) to the file above.")
-        heads_box = QGroupBox("Heads checkpoint")
-        heads_form = QFormLayout(heads_box)
-        heads_form.addRow("In use", self.heads_label)
-        heads_form.addRow("File", _path_row(self.heads_path_edit, self._browse_heads))
-        heads_form.addRow(self.export_heads_button)
+        heads_box = _form_box("Heads checkpoint", ("In use", self.heads_label),
+                              ("File", _path_row(self.heads_path_edit, self._browse_heads)), self.export_heads_button)
 
         self.status_label = QLabel()
         self.status_label.setWordWrap(True)
@@ -241,16 +245,11 @@ class ExportWidget(QWidget):
         if not self._may_replace(target):
             return None
         data, attributes, _ = layer.as_layer_data_tuple()
-        try:
-            (written,) = write_labels(str(target), data, attributes)
-        except DinoUNetError as err:
-            return self._fail(f"Export failed: {err}")
-        except OSError as err:
-            return self._fail(f"Export failed: cannot write {target} ({err.strerror or err}); choose a folder "
-                              "you can write to")
-        remember("export/folder", str(target.parent))
+        written = self._write(target, lambda: write_labels(str(target), data, attributes)[0])
+        if written is None:
+            return None
         shape = "×".join(str(s) for s in layer.data.shape)
-        return self._done(Path(written), f"Saved {layer.name!r} ({shape}) to {written}")
+        return self._done(written, f"Saved {layer.name!r} ({shape}) to {written}")
 
     # --------------------------------------------------------------------------------------- heads
 
@@ -275,15 +274,13 @@ class ExportWidget(QWidget):
             return self._fail("Export failed: no file name for the heads; type one or press … to choose it")
         try:
             target = heads_target(self._session.heads_path, text)
-            if not self._may_replace(target):
-                return None
-            written = copy_heads(self._session.heads_path, target)
         except DinoUNetError as err:
             return self._fail(f"Export failed: {err}")
-        except OSError as err:
-            return self._fail(f"Export failed: cannot write {text} ({err.strerror or err}); choose a folder "
-                              "you can write to")
-        remember("export/folder", str(written.parent))
+        if not self._may_replace(target):
+            return None
+        written = self._write(target, lambda: copy_heads(self._session.heads_path, target))
+        if written is None:
+            return None
         return self._done(written, f"Saved the heads checkpoint to {written}")
 
     # -------------------------------------------------------------------------------------- common
@@ -298,6 +295,18 @@ class ExportWidget(QWidget):
         answer = QMessageBox.question(self, "Replace file?", f"{target} exists. Replace it?",
                                       QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
         return answer == QMessageBox.Yes
+
+    def _write(self, target: Path, write: Callable[[], str | Path]) -> Path | None:
+        """Run ``write``, which writes ``target``; the file written, or None once the user is told why not."""
+        try:
+            written = Path(write())
+        except DinoUNetError as err:
+            return self._fail(f"Export failed: {err}")
+        except OSError as err:
+            return self._fail(f"Export failed: cannot write {target} ({err.strerror or err}); choose a folder "
+                              "you can write to")
+        remember("export/folder", str(written.parent))
+        return written
 
     def _fail(self, message: str) -> None:
         self.status_label.setText(message)
