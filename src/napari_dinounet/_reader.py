@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 
+from napari_dinounet._writer import AFFINE_KEY
 from napari_dinounet.engine.io import read_image, split_extension
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
@@ -43,7 +44,7 @@ def read_nifti(path) -> list[tuple]:
             "name": split_extension(file)[0],
             "scale": scale,
             "units": units,
-            "metadata": {"affine": image.affine.tolist()},
+            "metadata": {AFFINE_KEY: image.affine.tolist()},
         }
         layers.append((image.data, meta, "image"))
     return layers

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from napari_dinounet._writer import AFFINE_KEY, CLASS_NAMES_KEY
 from napari_dinounet.engine.samples import load_mni152_slices, load_nuclei
 
 NUCLEI_CLASSES = ("background", "nuclei")
@@ -38,7 +39,7 @@ def nuclei_sample() -> list[tuple]:
                 "scale": scale,
                 "colormap": NUCLEI_COLORS,
                 "opacity": 0.5,
-                "metadata": {"class_names": list(NUCLEI_CLASSES)},
+                "metadata": {CLASS_NAMES_KEY: list(NUCLEI_CLASSES)},
             },
             "labels",
         ),
@@ -57,7 +58,7 @@ def mni152_sample() -> list[tuple]:
                 "colormap": "gray",
                 "scale": sample.spacing,
                 "units": "mm",
-                "metadata": {"affine": affine},
+                "metadata": {AFFINE_KEY: affine},
             },
             "image",
         ),
@@ -69,7 +70,7 @@ def mni152_sample() -> list[tuple]:
                 "units": "mm",
                 "colormap": MNI152_COLORS,
                 "opacity": 0.4,
-                "metadata": {"class_names": list(sample.class_names), "affine": affine},
+                "metadata": {CLASS_NAMES_KEY: list(sample.class_names), AFFINE_KEY: affine},
             },
             "labels",
         ),

@@ -34,6 +34,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from .._writer import CLASS_NAMES_KEY
 from ..engine.errors import DinoUNetError, InputError
 from ..engine.progress import Progress
 from ._jobs import Job, Stop
@@ -348,7 +349,7 @@ class FineTuneWidget(QWidget):
         """Class names for fresh heads: from the labels layer's metadata, or background/foreground."""
         if self.foreground_check.isChecked():
             return ["background", "foreground"]
-        names = self.rows[0].labels.layer().metadata.get("class_names") if self.rows else None
+        names = self.rows[0].labels.layer().metadata.get(CLASS_NAMES_KEY) if self.rows else None
         return list(names) if names else None
 
     # -- running ----------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from .._writer import AFFINE_KEY, CLASS_NAMES_KEY
 from ..engine.errors import DinoUNetError, InputError
 from ..engine.progress import Progress
 from ._jobs import Job
@@ -239,9 +240,9 @@ class SegmentWidget(QWidget):
             data[plan.target] = labels
             # a same-named layer of another shape stays; napari gives the new one a unique name
             target = self.viewer.add_labels(data, name=name, scale=plan.scale, translate=plan.translate)
-        target.metadata["class_names"] = class_names
-        if "affine" in image.metadata:  # a NIfTI image's grid: Export can write these labels back to NIfTI
-            target.metadata["affine"] = image.metadata["affine"]
+        target.metadata[CLASS_NAMES_KEY] = class_names
+        if AFFINE_KEY in image.metadata:  # a NIfTI image's grid: Export can write these labels back to NIfTI
+            target.metadata[AFFINE_KEY] = image.metadata[AFFINE_KEY]
         target.metadata["heads"] = str(heads)
         classes = ", ".join(f"{i} {n}" for i, n in enumerate(class_names))
         self.status.setText(f"{target.name}: {classes}")

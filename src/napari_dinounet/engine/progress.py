@@ -30,10 +30,6 @@ class Progress:
     message: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
 
-    @property
-    def fraction(self) -> float:
-        return self.done / self.total if self.total else 0.0
-
 
 def drain(gen: ProgressGenerator[Result], on_progress: Callable[[Progress], Any] | None = None) -> Result:
     """Run a progress generator to the end and return its result, passing each event to ``on_progress``."""
