@@ -15,3 +15,11 @@ class CheckpointError(DinoUNetError):
 
 class InputError(DinoUNetError):
     """An image or label array cannot be used as given (shape, channels, classes, values)."""
+
+
+class OutputError(InputError):
+    """An output path cannot be written (no permission, a file in the way, a full disk, a folder)."""
+
+
+class TrainingError(DinoUNetError):
+    """Training cannot go on (the loss or the weights became NaN or infinite)."""
