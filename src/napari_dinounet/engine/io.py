@@ -47,6 +47,7 @@ FORMATS: dict[str, str] = {
 }
 SUPPORTED = ", ".join(FORMATS)
 NNUNET_IMAGE_FOLDERS = ("imagesTr", "imagesTs")  # where file names end in a _0000 channel suffix
+IGNORE_LABEL = "ignore"  # nnU-Net's label for unlabelled pixels (left out of the loss); it takes the highest value
 _CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 _TIFF_UNITS = {2: "inch", 3: "cm", 4: "mm", 5: "um"}  # TIFF ResolutionUnit codes (1 = none)
 # NIfTI xyzt_units -> unit names; "unknown" is read as millimetres, as ITK and nnU-Net do.
@@ -376,9 +377,10 @@ def group_channels(files: Iterable[Path], n_channels: int | None = None) -> list
     for path in files:
         stem, extension = split_extension(path)
         match = _CHANNEL_SUFFIX.match(stem)
-        if match is None:
+        if match is None:  # a prediction written into imagesTs lacks the suffix too: renaming it would be wrong
             raise InputError(f"{path}: nnU-Net image names end with a channel suffix (_0000, _0001, ...); "
-                             f"rename it, e.g. to {stem}_0000{extension}")
+                             f"rename it, e.g. to {stem}_0000{extension}, unless it is a prediction written into "
+                             f"{path.parent.name} by mistake: then move it out")
         grouped.setdefault(match["case"], {})[int(match["channel"])] = path
     expected = n_channels if n_channels is not None else max(len(ch) for ch in grouped.values())
     cases = []
@@ -391,7 +393,8 @@ def group_channels(files: Iterable[Path], n_channels: int | None = None) -> list
 
 
 def read_dataset_json(path: str | Path) -> dict[str, Any]:
-    """An nnU-Net ``dataset.json`` as a dict, checked to have channel names and labels."""
+    """An nnU-Net ``dataset.json`` as a dict, checked to have channel names and labels that follow nnU-Net's
+    rules (:func:`label_values`); errors name the file."""
     path = Path(path)
     try:
         info = json.loads(path.read_text())
@@ -404,6 +407,8 @@ def read_dataset_json(path: str | Path) -> dict[str, Any]:
     except (AttributeError, TypeError, ValueError) as err:
         raise InputError(f"{path}: 'channel_names'/'modality' must map channel numbers to names and 'labels' "
                          f"class names to values ({err})") from err
+    except InputError as err:
+        raise InputError(f"{path}: {err}") from err
     return info
 
 
@@ -412,14 +417,64 @@ def _channel_names(info: dict[str, Any]) -> dict[int, str]:
 
 
 def label_values(info: dict[str, Any]) -> dict[str, int]:
-    """Class name -> label value from a ``dataset.json`` (v2 ``{"name": value}`` or v1 ``{"value": "name"}``)."""
+    """Class name -> label value from a ``dataset.json`` (v2 ``{"name": value}`` or v1 ``{"value": "name"}``),
+    ordered by value.
+
+    The values must follow nnU-Net's rules: whole numbers, "background" at 0, one value per name, values
+    0, 1, 2, ... without gaps, an "ignore" label (:data:`IGNORE_LABEL`) only at the highest value. Anything
+    else is an InputError saying which rule (the caller names the file: :func:`read_dataset_json`).
+    """
     labels = info["labels"]
     if all(str(k).isdigit() for k in labels):  # v1: {"0": "background", "1": "tumour"}
-        return {str(name): int(value) for value, name in labels.items()}
-    if any(not isinstance(v, int) for v in labels.values()):
-        raise InputError("dataset.json: region-based labels (lists of values) are not supported; "
+        pairs = [(str(name), int(value)) for value, name in labels.items()]
+    else:
+        pairs = [(str(name), _label_value(name, value)) for name, value in labels.items()]
+    pairs.sort(key=lambda pair: pair[1])
+    values = [value for _, value in pairs]
+    negative = next((pair for pair in pairs if pair[1] < 0), None)
+    if negative is not None:
+        raise InputError(f"label {negative[0]!r} has the value {negative[1]}: label values are 0 (background), "
+                         f"1, 2, ... ('{IGNORE_LABEL}' takes the highest value, not a negative one)")
+    shared = next((i for i in range(1, len(pairs)) if values[i] == values[i - 1]), None)
+    if shared is not None:
+        raise InputError(f"labels {pairs[shared - 1][0]!r} and {pairs[shared][0]!r} share the value {values[shared]}: "
+                         "give each class its own value")
+    if not values or values[0] != 0:
+        raise InputError("'labels' lacks \"background\": 0 (nnU-Net's value for pixels of no class): add it")
+    if values != list(range(len(values))):
+        missing = sorted(set(range(values[-1])) - set(values))
+        raise InputError(f"label values {', '.join(map(str, values))} skip {', '.join(map(str, missing))}: nnU-Net "
+                         "needs values 0, 1, 2, ... without gaps; renumber the classes (and the label files to match)")
+    ignore = dict(pairs).get(IGNORE_LABEL)
+    if ignore is not None and ignore != values[-1]:
+        raise InputError(f"'{IGNORE_LABEL}' has the value {ignore}, but nnU-Net gives it the highest value: "
+                         f"swap it with {pairs[-1][0]!r} ({values[-1]}), here and in the label files")
+    if len(values) - (ignore is not None) < 2:
+        raise InputError("'labels' names no class besides background: add the classes to segment, "
+                         'e.g. "nuclei": 1')
+    return dict(pairs)
+
+
+def _label_value(name: str, value: Any) -> int:
+    """One v2 label value, or an InputError saying what is wrong with it."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, (list, tuple)):
+        raise InputError(f"label {name!r} is a list of values {value}: region-based labels are not supported; "
                          "use one value per class")
-    return {str(name): int(value) for name, value in labels.items()}
+    if isinstance(value, str):
+        kind = "text in quotes"
+    elif isinstance(value, float):
+        kind = "written with a decimal point" if value.is_integer() else "not a whole number"
+    else:
+        kind = "not a number"
+    raise InputError(f"label {name!r} has the value {json.dumps(value)}, {kind}: label values are whole numbers "
+                     "(0 for background, 1, 2, ...) written without quotes")
+
+
+def class_names(info: dict[str, Any]) -> list[str]:
+    """The classes a network learns from a ``dataset.json``: its label names ordered by value, "ignore" left out."""
+    return [name for name in label_values(info) if name != IGNORE_LABEL]
 
 
 def read_nnunet_dataset(root: str | Path) -> NnUNetDataset:
@@ -435,6 +490,9 @@ def read_nnunet_dataset(root: str | Path) -> NnUNetDataset:
     info = read_dataset_json(dataset_json)
     channel_names = _channel_names(info)
     file_ending = str(info.get("file_ending", ".nii.gz"))
+    if not file_ending.startswith("."):
+        raise InputError(f'{dataset_json}: "file_ending": {json.dumps(file_ending)} lacks the dot of an '
+                         f'extension; write "file_ending": ".{file_ending}"')
     format_of(f"case{file_ending}")  # a file ending we cannot read fails here, naming the supported ones
     images_tr, labels_tr = root / "imagesTr", root / "labelsTr"
     for folder in (images_tr, labels_tr):
