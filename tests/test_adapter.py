@@ -255,3 +255,65 @@ def test_width_must_split_into_heads():
 
     with pytest.raises(DinoUNetError, match="multiple of 32"):
         DeformableAttention(48)
+
+
+def _direct_loss_run(adapter, x, taps, weights, contiguous_inputs=False):
+    """Adapter maps and parameter gradients under a loss read straight off f1..f4, whose gradients reach
+    the output BatchNorms NCHW-contiguous. ``contiguous_inputs`` makes the input of every BatchNorm and
+    depthwise conv contiguous by pre-hooks: the authors' layout, the reference."""
+    modules = [*adapter.norms, *(extractor.ffn.dwconv for extractor in adapter.extractors)]
+    hooks = [
+        m.register_forward_pre_hook(lambda module, args: (args[0].contiguous(),)) for m in modules if contiguous_inputs
+    ]
+    adapter.zero_grad()
+    torch.manual_seed(11)  # the same drop-path draws in both runs
+    maps = adapter(x, taps)
+    sum((m * w).sum() for m, w in zip(maps, weights)).backward()
+    for hook in hooks:
+        hook.remove()
+    return [m.detach() for m in maps], {n: p.grad.clone() for n, p in adapter.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_batch_one_gradients_under_a_direct_loss_equal_the_contiguous_reference(mode):
+    # D2 of the release-equivalence report: PyTorch's CPU BatchNorm backward returns wrong input gradients
+    # for a channels-last view with a non-canonical batch stride at batch 1 (off by ~2x the gradient's scale)
+    torch.manual_seed(9)
+    adapter = Adapter(64).train(mode == "train")
+    generator = torch.Generator().manual_seed(3)
+    x, taps = torch.randn(1, 3, 64, 96, generator=generator), _taps(1, 64, 64, 96, 3)
+    weights = [torch.randn(1, 64, 64 // s, 96 // s, generator=generator) for s in (4, 8, 16, 32)]
+    maps, grads = _direct_loss_run(adapter, x, taps, weights)
+    ref_maps, ref_grads = _direct_loss_run(adapter, x, taps, weights, contiguous_inputs=True)
+    for got, want in zip(maps, ref_maps):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    assert grads.keys() == ref_grads.keys() and len(grads) == len(list(adapter.parameters()))
+    # one scale for all: biases feeding a train-mode BatchNorm have a zero gradient up to rounding
+    scale = max(g.abs().max() for g in ref_grads.values())
+    for name, want in ref_grads.items():
+        torch.testing.assert_close(grads[name], want, rtol=0, atol=1e-5 * scale, msg=name)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_contiguous_maps_leave_the_network_outputs_as_they_were(tiny_backbone, batch, monkeypatch):
+    from napari_dinounet.engine.network import build_dinounet
+
+    torch.manual_seed(10)
+    model = build_dinounet(backbone=tiny_backbone, num_classes=3).eval()
+    x = torch.randn(batch, 1, 64, 96)
+    outputs = []
+    with torch.no_grad():
+        taps = model.backbone_taps(x)
+        outputs.append((model.adapter(model.to_three_channels(x), taps), model(x, taps=taps)))
+        # the code before the D2 fix: with Tensor.contiguous a no-op, the adapter passes on the channels-last
+        # views it used to (the fix's only change)
+        monkeypatch.setattr(torch.Tensor, "contiguous", lambda self, *args, **kwargs: self)
+        outputs.append((model.adapter(model.to_three_channels(x), taps), model(x, taps=taps)))
+    (maps, logits), (maps_before, logits_before) = outputs
+    assert not maps_before[1].is_contiguous() and all(m.is_contiguous() for m in maps)
+    # the same values in another layout (bitwise equal on the machine this was written on; a depthwise conv
+    # may sum a channels-last input in another order elsewhere); the next kernels read the maps in another
+    # layout too, so the logits move by rounding only (measured: 3e-6 at a scale of 2)
+    for got, want in zip(maps, maps_before):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6 * want.abs().max().item())
+    torch.testing.assert_close(logits, logits_before, rtol=0, atol=1e-5 * logits_before.abs().max().item())

@@ -177,8 +177,10 @@ class ConvFFN(nn.Module):
     def forward(self, tokens: torch.Tensor, shapes: list[tuple[int, int]]) -> torch.Tensor:
         h = self.fc1(tokens)
         parts = h.split([hh * ww for hh, ww in shapes], dim=1)
+        # contiguous, as in the authors' release, so that the conv sums in the release's order (a channels-last
+        # view gives the same values, rounded differently)
         convolved = [
-            self.dwconv(part.transpose(1, 2).unflatten(2, shape)).flatten(2).transpose(1, 2)
+            self.dwconv(part.transpose(1, 2).unflatten(2, shape).contiguous()).flatten(2).transpose(1, 2)
             for part, shape in zip(parts, shapes)
         ]
         return self.fc2(self.act(torch.cat(convolved, dim=1)))
@@ -248,8 +250,11 @@ class Adapter(nn.Module):
                 c = checkpoint(extractor, *args, use_reentrant=False)
             else:
                 c = extractor(*args)
+        # contiguous, as in the authors' release: at batch 1, `view + interpolate` below is a channels-last
+        # tensor with a non-canonical batch stride, for which PyTorch's CPU BatchNorm backward returns wrong
+        # input gradients whenever the gradient arrives NCHW-contiguous (a loss taken on f1..f4 directly)
         c2, c3, c4 = (
-            part.transpose(1, 2).unflatten(2, shape)
+            part.transpose(1, 2).unflatten(2, shape).contiguous()
             for part, shape in zip(c.split([h * w for h, w in query_shapes], dim=1), query_shapes)
         )
         c1 = self.up(c2) + c1
