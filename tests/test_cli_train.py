@@ -85,12 +85,53 @@ def test_train_on_an_nnunet_dataset_keeps_its_class_names(tmp_path):
     assert read_metadata(out).class_names == ["background", "nucleus"]
 
 
+def test_labels_with_an_absent_class_need_classes(tmp_path, capsys):
+    import tifffile
+
+    from napari_dinounet.engine.checkpoint import read_metadata
+
+    images, labels = write_nuclei_folders(tmp_path)
+    for path in labels.iterdir():  # nuclei are class 2, class 1 occurs nowhere
+        tifffile.imwrite(path, tifffile.imread(path) * 2)
+    out = tmp_path / "heads.safetensors"
+    args = ["train", *TINY, "--images", str(images), "--labels", str(labels), "--out", str(out), "--epochs", "1",
+            "--iters-per-epoch", "1"]
+    assert main(args) == 2
+    assert "crop0.tif" in (err := capsys.readouterr().err) and "contain 2 but no 1" in err and "--classes N" in err
+    assert main([*args, "--classes", "3"]) == 0
+    meta = read_metadata(out)
+    assert meta.num_classes == 3 and meta.class_names == ["background", "class 1", "class 2"]
+
+
+def test_nnunet_v1_class_names_are_ordered_by_value(tmp_path):
+    import argparse
+
+    import numpy as np
+    import tifffile
+
+    from napari_dinounet.cli.train import load_training_data
+    from napari_dinounet.engine.normalize import Normalization
+
+    root = tmp_path / "Task01"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    tifffile.imwrite(root / "imagesTr" / "a_0000.tif", np.arange(64, dtype=np.float32).reshape(8, 8))
+    tifffile.imwrite(root / "labelsTr" / "a.tif", (np.arange(64).reshape(8, 8) % 3).astype(np.uint8))
+    (root / "dataset.json").write_text(json.dumps({
+        "modality": {"0": "MRI"}, "labels": {"0": "background", "1": "tumour", "2": "oedema"}, "numTraining": 1,
+        "file_ending": ".tif"}))
+    args = argparse.Namespace(dataset=str(root), images=None, labels=None, classes=None)
+    _, names = load_training_data(args, Normalization())
+    assert names == ["background", "tumour", "oedema"]  # sorting the raw dict gave ['0', '2', '1']
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
         (["--images", "x", "--labels", "y", "--dataset", "z"], "not both"),
         ([], "no training data"),
         (["--images", "x", "--labels", "y", "--patch", "100"], "multiple of 32"),
+        (["--dataset", "z", "--classes", "3"], "--classes is for --images/--labels"),
     ],
 )
 def test_bad_arguments_end_with_a_message_not_a_traceback(tmp_path, capsys, extra, message):

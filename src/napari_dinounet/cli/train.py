@@ -39,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="an nnU-Net raw dataset (dataset.json, imagesTr, labelsTr)")
     data.add_argument("--images", metavar="DIR", help="a folder of images (with --labels; pairs matched by file name)")
     data.add_argument("--labels", metavar="DIR", help="a folder of label images, class indices 0..nc-1")
+    parser.add_argument("--classes", type=int, metavar="N",
+                        help="number of classes including background, for --images/--labels when some classes are "
+                        "absent from the label files; default: the label values 0..k present")
     parser.add_argument("--out", required=True, metavar="CKPT", help="the heads checkpoint to write (.safetensors)")
     keep = argparse.SUPPRESS  # absent options are not set, so TrainSettings' defaults (the paper's) apply
     parser.add_argument("--size", default=keep, help="heads size (s, b, l, 7b, tiny ...); default: the backbone's")
@@ -77,19 +80,23 @@ def backbone_source(args: argparse.Namespace) -> str:
 
 
 def load_training_data(args: argparse.Namespace, normalization) -> tuple[list, list[str] | None]:
-    """(samples, class names or None) from --dataset or --images/--labels."""
-    from ..engine import data
+    """(samples, class names or None) from --dataset (names from dataset.json, by value) or --images/--labels
+    (with --classes N: N unnamed classes; without: None, the classes are the label values present)."""
+    from ..engine import data, io
     from ..engine.errors import InputError
 
     if args.dataset and (args.images or args.labels):
         raise InputError("give either --dataset or --images with --labels, not both")
     if args.dataset:
-        samples, dataset = data.samples_from_nnunet(args.dataset, normalization=normalization)
-        labels = dataset.get("labels") or {}
-        names = sorted(labels, key=lambda name: labels[name]) if isinstance(labels, dict) else None
-        return samples, names
+        if args.classes is not None:
+            raise InputError("--classes is for --images/--labels: an nnU-Net dataset's classes are the labels "
+                             "in its dataset.json")
+        samples, info = data.samples_from_nnunet(args.dataset, normalization=normalization)
+        return samples, io.class_names(info)
     if args.images and args.labels:
-        return data.samples_from_folders(args.images, args.labels, normalization=normalization), None
+        samples = data.samples_from_folders(args.images, args.labels, normalization=normalization,
+                                            num_classes=args.classes)
+        return samples, None if args.classes is None else data.default_class_names(args.classes)
     raise InputError("no training data: pass --dataset NNUNET_DIR, or --images DIR and --labels DIR")
 
 

@@ -26,6 +26,14 @@ from .errors import InputError
 from .normalize import Normalization
 
 MAX_LOCATIONS = 10_000  # pixels remembered per class (and per mask) and sample, as nnU-Net does
+# Foreground values that look like instance ids (one per object), not classes: more than
+# MAX_INFERRED_CLASSES (semantic label maps rarely have that many classes, and giving the count costs
+# little), or at least MIN_SPARSE_IDS with gaps between them (crops of instance maps: e.g. 7, 50, 75, 83).
+MAX_INFERRED_CLASSES = 16
+MIN_SPARSE_IDS = 4
+_CLASSES_OPTION = "num_classes, --classes N in the CLI"
+_INSTANCE_HINT = ("these look like instance labels, one id per object; Dino U-Net trains classes: convert them, "
+                  f"e.g. labels > 0 for one foreground class, or give the number of classes ({_CLASSES_OPTION})")
 
 
 @dataclass
@@ -99,22 +107,77 @@ def _integer_labels(labels: np.ndarray, name: str) -> np.ndarray:
     return labels.astype(np.int64, copy=False)
 
 
-def _check_classes(labels: list[np.ndarray], names: list[str], num_classes: int | None, fix: str | None = None) -> None:
-    """Label values outside [0, num_classes) (None: inferred as max + 1) are an InputError naming them,
-    whose message ends with ``fix`` (default: set num_classes or relabel)."""
+def _shown(values, limit: int = 10, total: int | None = None) -> str:
+    """``values`` as "1, 5, 7" (at most ``limit`` of them, then how many more of ``total``, default all)."""
+    values = [str(v) for v in values]
+    more = (len(values) if total is None else total) - min(limit, len(values))
+    return ", ".join(values[:limit]) + (f" and {more} more" if more > 0 else "")
+
+
+def _missing(foreground: np.ndarray, limit: int = 5) -> tuple[list[int], int]:
+    """The first ``limit`` values of 1..max absent from the sorted ``foreground`` values, and how many are absent
+    in all (counted, never listed: a stray value of 4e9 must not build a range of 4e9)."""
+    total = int(foreground[-1]) - foreground.size if foreground.size else 0
+    present, first, value = set(foreground.tolist()), [], 1
+    while len(first) < min(limit, total):
+        if value not in present:
+            first.append(value)
+        value += 1
+    return first, total
+
+
+def _holding(present: list[np.ndarray], names: list[str], values) -> str:
+    """The names (at most 5) of the label maps whose values ``present`` include any of ``values``."""
+    return _shown([name for name, p in zip(names, present) if np.isin(p, values).any()], 5)
+
+
+def _checked_labels(labels: list[np.ndarray], names: list[str], num_classes: int | None,
+                    fix: str | None = None) -> list[np.ndarray]:
+    """The label maps, checked to hold classes a network can learn; binary masks saved as 0/255 become 0/1.
+
+    With ``num_classes`` every value must lie in [0, num_classes); the error ends with ``fix`` (default:
+    fewer labels or more classes). Without it the values present define the classes (folder mode: no class
+    list exists), so they must run 1..k without gaps (0 may be absent) with k <= ``MAX_INFERRED_CLASSES``:
+    a gap or a crowd of values is far more often the wrong files (0/255 masks, instance ids, a stray value)
+    than classes that are really absent, and every value up to the largest would become a class (70001 of
+    them for one stray 70000). ``names`` name the maps in messages (file paths, layer names).
+    """
+    if num_classes is not None and num_classes < 2:
+        raise InputError(f"{num_classes} classes: the count includes background, so give at least 2 "
+                         f"({_CLASSES_OPTION})")
     present = [np.unique(lab) for lab in labels]
     values = np.unique(np.concatenate(present))
-    if num_classes is None:
-        num_classes = max(2, int(values.max()) + 1 if values.size else 2)
-    bad = values[(values < 0) | (values >= num_classes)]
-    if bad.size:
-        where = [n for n, p in zip(names, present) if np.any((p < 0) | (p >= num_classes))]
-        shown = ", ".join(str(v) for v in bad[:10]) + (f" and {bad.size - 10} more" if bad.size > 10 else "")
-        if fix is None:
-            fix = (f"set num_classes to {int(values.max()) + 1} or more, or relabel (instance labels such as "
-                   "nuclei numbered 1..N are one class: pass labels > 0)" if bad.min() >= 0
-                   else "use 0 for background and 1, 2, ... for classes")
-        raise InputError(f"labels of {', '.join(where[:5])} contain values {shown} outside 0..{num_classes - 1}: {fix}")
+    if values.size and values[0] < 0:
+        negative = values[values < 0]
+        raise InputError(f"labels of {_holding(present, names, negative)} contain the negative values "
+                         f"{_shown(negative)}: use 0 for background and 1, 2, ... for classes")
+    if values.size and values[-1] == 255 and set(values.tolist()) <= {0, 255} and (num_classes or 0) <= 255:
+        warnings.warn(f"labels of {_holding(present, names, [255])} hold only 0 and 255, a binary mask: 255 is "
+                      "read as class 1 (save masks as 0/1 to skip this step)", UserWarning, stacklevel=3)
+        return [(lab != 0).astype(np.int64) for lab in labels]
+    foreground = values[values > 0]
+    missing, missing_count = _missing(foreground)
+    instances = foreground.size > MAX_INFERRED_CLASSES or (missing_count > 0 and foreground.size >= MIN_SPARSE_IDS)
+    if num_classes is not None:
+        bad = values[values >= num_classes]
+        if bad.size:
+            fix = fix or (_INSTANCE_HINT if instances else
+                          f"use only labels 0..{num_classes - 1}, or train {int(values[-1]) + 1} or more classes "
+                          f"({_CLASSES_OPTION})")
+            raise InputError(f"labels of {_holding(present, names, bad)} contain values {_shown(bad)} outside "
+                             f"0..{num_classes - 1}: {fix}")
+        return labels
+    if foreground.size > MAX_INFERRED_CLASSES:
+        raise InputError(f"labels of {_holding(present, names, foreground)} hold {foreground.size} different "
+                         f"values ({_shown(foreground, 5)}): {_INSTANCE_HINT}")
+    if missing_count:
+        beyond = values[values > missing[0]]
+        fix = _INSTANCE_HINT if instances else (
+            "class values must run 0, 1, 2, ... without gaps (a missing value would be a class never seen); "
+            f"relabel them, or give the number of classes if some are really absent ({_CLASSES_OPTION})")
+        raise InputError(f"labels of {_holding(present, names, beyond)} contain {_shown(beyond)} but no "
+                         f"{_shown(missing, 5, missing_count)}: {fix}")
+    return labels
 
 
 def _normalised(image: np.ndarray, norm: Normalization, name: str) -> tuple[np.ndarray, tuple]:
@@ -161,7 +224,10 @@ def samples_from_arrays(images, labels, *, masks=None, names: Sequence[str] | No
     masks: optional, one per image (None entries allowed): nonzero = the pixel counts (partial labels).
     names: one per image (layer names); default "image0", "image1", ...
     slice_axis: the axis stacks are cut along, counted in the *labels'* axes (channel axis left out).
-    num_classes: classes including background; None infers max label + 1. Values outside give an InputError.
+    num_classes: classes including background; values outside 0..num_classes-1 are an InputError. None
+      takes the values present as the classes: they must run 0, 1, ..., k without gaps (at most
+      ``MAX_INFERRED_CLASSES`` foreground values; more look like instance ids). Either way a binary mask
+      saved as 0/255 is read as 0/1, with a UserWarning.
     Slices whose mask has no pixel that counts are left out. Returns one Sample per 2D image or slice.
     """
     images, labels = _as_list(images, "images"), _as_list(labels, "labels")
@@ -174,8 +240,8 @@ def samples_from_arrays(images, labels, *, masks=None, names: Sequence[str] | No
     if len(names) != len(images) or len(set(names)) != len(names):
         raise InputError(f"names {names} must be {len(images)} different names, one per image")
 
-    label_arrays = [_integer_labels(np.asarray(lab), name) for lab, name in zip(labels, names)]
-    _check_classes(label_arrays, names, num_classes)
+    label_arrays = _checked_labels([_integer_labels(np.asarray(lab), name) for lab, name in zip(labels, names)],
+                                   names, num_classes)
     samples = [sample for image, lab, mask, name in zip(images, label_arrays, masks, names)
                for sample in _pair_samples(image, lab, mask, name, channel_axis, slice_axis, normalization)]
     if not samples:
@@ -184,31 +250,43 @@ def samples_from_arrays(images, labels, *, masks=None, names: Sequence[str] | No
 
 
 def _samples_from_files(pairs: Sequence[tuple[str, io.Case, Path]], normalization: Normalization,
-                        num_classes: int | None, fix: str | None = None) -> list[Sample]:
-    """Samples from (name, image case, label file) triples: labels are read and checked first, then the
-    images one at a time, each with the channel and slice axes its file format implies (see engine/io.py)."""
-    names = [name for name, _, _ in pairs]
-    labels = [_integer_labels(io.read_labels(path).data, name) for name, _, path in pairs]
-    _check_classes(labels, names, num_classes, fix)
+                        num_classes: int | None, fix: str | None = None, ignore: int | None = None) -> list[Sample]:
+    """Samples from (name, image case, label file) triples: labels are read and checked first (before any
+    image, so a wrong label file fails fast), messages naming the label files; then the images one at a
+    time, each with the channel and slice axes its file format implies (see engine/io.py).
+
+    ignore: a label value that marks unlabelled pixels (nnU-Net's "ignore"): they are left out of the
+    samples' masks, so the loss skips them, and hold 0 so that no class value >= num_classes remains.
+    """
+    labels = [io.read_labels(path).data for _, _, path in pairs]
+    masks = [None if ignore is None or not np.any(lab == ignore) else lab != ignore for lab in labels]
+    labels = [np.where(mask, lab, 0) if mask is not None else lab for lab, mask in zip(labels, masks)]
+    labels = _checked_labels([_integer_labels(lab, name) for lab, (name, _, _) in zip(labels, pairs)],
+                             [str(path) for _, _, path in pairs], num_classes, fix)
     samples = []
-    for (name, case, _), lab in zip(pairs, labels):
+    for (name, case, _), lab, mask in zip(pairs, labels, masks):
         image = io.read_case(case)
         slice_axis = 0 if image.slice_axis is None else image.spatial_axes.index(image.slice_axis)
-        samples += _pair_samples(image.data, lab, None, name, image.channel_axis, slice_axis, normalization)
+        samples += _pair_samples(image.data, lab, mask, name, image.channel_axis, slice_axis, normalization)
     return samples
 
 
 def samples_from_nnunet(root, *, normalization: Normalization = Normalization()) -> tuple[list[Sample], dict]:
     """Samples from an nnU-Net raw dataset's imagesTr/labelsTr (one group per case), and its dataset.json.
 
-    The classes are dataset.json's ``labels`` (values 0..max); a label file holding any other value is an
-    InputError naming it. 3D cases are cut into 2D slices across their slice axis (NIfTI: the last).
+    The classes are dataset.json's ``labels`` (:func:`.io.class_names`: values 0..k); a label file holding
+    any other value is an InputError naming it. Pixels of the "ignore" label, if dataset.json has one,
+    are left out of the loss (the samples' masks). 3D cases are cut into 2D slices across their slice axis
+    (NIfTI: the last); slices holding only "ignore" are left out.
     """
     dataset = io.read_nnunet_dataset(root)
-    num_classes = max(dataset.labels.values()) + 1
+    num_classes = len(io.class_names(dataset.info))
     pairs = [(case.name, case, label_path) for case, label_path in dataset.training]
     fix = "add the missing classes to dataset.json's labels, or correct the label files"
-    return _samples_from_files(pairs, normalization, num_classes, fix), dataset.info
+    samples = _samples_from_files(pairs, normalization, num_classes, fix, ignore=dataset.labels.get(io.IGNORE_LABEL))
+    if not samples:
+        raise InputError(f"{dataset.root}: every labelled pixel is '{io.IGNORE_LABEL}': label some pixels with classes")
+    return samples, dataset.info
 
 
 def samples_from_folders(images_dir, labels_dir, *, normalization: Normalization = Normalization(),
@@ -217,7 +295,8 @@ def samples_from_folders(images_dir, labels_dir, *, normalization: Normalization
 
     Names ignore the extension (``a.tif`` pairs with ``a.png``) and an nnU-Net ``_0000`` channel suffix on
     the image; a folder named imagesTr groups channel files into cases. Unpaired files are an InputError
-    listing them.
+    listing them. num_classes: as for :func:`samples_from_arrays` (None: the label values must run 0..k
+    without gaps); label problems name the label files.
     """
     cases = io.find_images([images_dir])
     label_paths = {case.name: case.paths[0] for case in io.find_images([labels_dir])}
@@ -235,6 +314,53 @@ def samples_from_folders(images_dir, labels_dir, *, normalization: Normalization
         raise InputError("; ".join(problems) + " (pairs are matched by file name without extension): "
                          "add the missing files or move the extra ones out")
     return _samples_from_files(pairs, normalization, num_classes)
+
+
+def default_class_names(num_classes: int) -> list[str]:
+    """Names for classes that have none (folders of label files): "background", "class 1", "class 2", ..."""
+    return ["background"] + [f"class {i}" for i in range(1, num_classes)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checks before training
+
+
+def check_labels_fit(samples: Sequence[Sample], num_classes: int) -> None:
+    """Refuse samples whose labels (inside their mask) hold values outside 0..num_classes-1, naming each
+    with its values: the loss cannot take them (napari's Fine-tune gets here when label 2 is painted for
+    2-class heads). Warn (UserWarning) when no sample has any foreground: the heads would learn to predict
+    background everywhere.
+    """
+    bad, foreground = [], False
+    for sample in samples:
+        labels = sample.labels if sample.mask is None else sample.labels[sample.mask]
+        if labels.size == 0:
+            continue
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= num_classes:
+            values = np.unique(labels)
+            bad.append(f"{sample.name} ({_shown(values[(values < 0) | (values >= num_classes)], 5)})")
+        foreground = foreground or high > 0
+    if bad:
+        raise InputError(f"labels of {_shown(bad, 5)} lie outside the {num_classes} classes 0..{num_classes - 1}: "
+                         f"paint only labels 0..{num_classes - 1}, or train new heads with more classes")
+    if not foreground:
+        warnings.warn("no training sample has any foreground (every labelled pixel is 0): the heads would learn "
+                      "to predict background everywhere; label some objects first", UserWarning, stacklevel=2)
+
+
+def check_same_channels(samples: Sequence[Sample]) -> int:
+    """The channel count C of the images (C, H, W) of ``samples``; InputError naming the first sample whose
+    count differs from the first sample's (grey and RGB images mixed): one network takes one kind."""
+    if not samples:
+        raise InputError("no training samples: give at least one image with labels")
+    first = samples[0]
+    channels = first.image.shape[0]
+    odd = next((s for s in samples if s.image.shape[0] != channels), None)
+    if odd is not None:
+        raise InputError(f"{odd.name} has {odd.image.shape[0]} channels but {first.name} has {channels}: train on "
+                         "images of one kind (all grey or all RGB), or convert them first")
+    return int(channels)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -344,12 +470,8 @@ class _Cropper:
             raise InputError(f"patch_size={patch_size} must be a positive number of pixels")
         if not 0 <= foreground_fraction <= 1:
             raise InputError(f"foreground_fraction={foreground_fraction} must lie in [0, 1] (nnU-Net uses 0.33)")
-        channels = {s.image.shape[0] for s in samples}
-        if len(channels) > 1:
-            raise InputError(f"the samples have different channel counts {sorted(channels)}: "
-                             "give images with the same channels")
         self.samples = list(samples)
-        self.channels = channels.pop()
+        self.channels = check_same_channels(self.samples)
         self.patch_size = patch_size
         self.foreground_fraction = foreground_fraction
         self.rng = rng
