@@ -66,6 +66,27 @@ def test_tiff_rgb_and_multichannel_axes(tmp_path):
     assert np.array_equal(io.read_image(io.write_labels(tmp_path / "zc_labels.tif", labels, like=stack)).data, labels)
 
 
+def test_channels_last_arrays_without_axis_metadata_are_guessed_as_predict_does(tmp_path):
+    two = np.random.default_rng(1).integers(0, 255, (20, 30, 2), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "two.tif", two)  # stored as 20 pages of 30 x 2 pixels, axes "QYX"
+    np.save(tmp_path / "two.npy", two)
+    for name in ("two.tif", "two.npy"):  # both were 20 slices of 30 x 2 pixels before
+        image = io.read_image(tmp_path / name)
+        assert image.channel_axis == 2 and image.spatial_shape == (20, 30) and image.slice_axis is None
+        assert np.array_equal(image.data, two)
+    np.save(tmp_path / "rgba.npy", np.concatenate([two, two], axis=-1))
+    rgba = io.read_image(tmp_path / "rgba.npy")  # as predict() and napari take (H, W, 4)
+    assert rgba.data.shape == (20, 30, 3) and rgba.channel_axis == 2 and rgba.metadata["alpha_dropped"]
+    np.save(tmp_path / "stack.npy", np.zeros((2, 20, 30), np.uint8))
+    assert io.read_image(tmp_path / "stack.npy").channel_axis is None
+    tifffile.imwrite(tmp_path / "zyx.tif", two, metadata={"axes": "ZYX"})  # the file says: a stack
+    assert io.read_image(tmp_path / "zyx.tif").channel_axis is None
+    nib.save(nib.Nifti1Image(two, np.eye(4)), tmp_path / "thin.nii.gz")  # (X, Y, Z): two thin slices
+    assert io.read_image(tmp_path / "thin.nii.gz").channel_axis is None
+    assert io.channels_last_axis((2, 20, 30, 1)) == 3 and io.channels_last_axis((20, 3, 2)) is None
+    assert io.channels_last_axis(()) is None and io.channels_last_axis((2, 3, 3)) == 2  # RGB whatever its size
+
+
 def test_tiff_large_labels_keep_spacing_without_imagej(tmp_path):
     like = io.ImageFile(np.zeros((3, 8, 9)), "tiff", spacing=(4.0, 0.5, 0.5), unit="mm",
                         metadata={"imagej": True, "resolutionunit": 4})

@@ -3,7 +3,10 @@
 Arrays are kept in the axis order the file stores them, never transposed:
 
 - TIFF, ``.npy``, PNG/JPEG: ``(Y, X)``, ``(Z, Y, X)``, colour samples last ``(Y, X, 3)``;
-  TIFF channel axes (``C``/``S`` in tifffile's series axes) are reported in ``channel_axis``.
+  TIFF channel axes (``C``/``S`` in tifffile's series axes) are reported in ``channel_axis``. A ``.npy``
+  array, or a TIFF whose leading axes have no stated meaning (tifffile's ``Q``/``I``), has its channel axis
+  guessed from its shape by :func:`channels_last_axis`, the rule :func:`~.predict.predict` applies to
+  arrays: ``(Y, X, 2)`` is two channels, not Y slices of X x 2 pixels; four are RGBA (alpha dropped).
 - NIfTI: nibabel's voxel order ``(X, Y, Z)`` (a 4th axis is channels); ``spacing`` comes from the header
   zooms in that same order and ``affine`` maps voxel indices to world millimetres. Predictions written
   with ``like=`` keep the header, affine and zooms exactly.
@@ -178,6 +181,31 @@ def is_supported(path: str | Path) -> bool:
 
 # ----------------------------------------------------------------------------------------------- reading
 
+_GENERIC_TIFF_AXES = set("QI")  # tifffile's letters for axes of unknown meaning (pages, sequences)
+
+
+def channels_last_axis(shape: Sequence[int]) -> int | None:
+    """The channel axis of an array of ``shape`` that says nothing about its axes, or None: the last axis
+    of a 3D ``(Y, X, C)`` or 4D ``(Z, Y, X, C)`` shape when it holds RGB(A) colours (3 or 4 entries), or
+    one or two channels of an image plane larger than 4 x 4 (a stack of slices 1 or 2 pixels wide is
+    not an image anyone segments)."""
+    if len(shape) not in (3, 4):
+        return None
+    last = shape[-1]
+    if last in (3, 4) or (last <= 2 and min(shape[-3:-1]) > 4):
+        return len(shape) - 1
+    return None
+
+
+def _guessed_channels(data: np.ndarray, metadata: dict[str, Any]) -> tuple[np.ndarray, int | None]:
+    """``data`` and its :func:`channels_last_axis`; 4 guessed channels are RGBA, whose alpha is dropped
+    (``metadata["alpha_dropped"]``) as :func:`~.predict.predict` drops it."""
+    channel_axis = channels_last_axis(data.shape)
+    if channel_axis is not None and data.shape[-1] == 4:
+        data = data[..., :3]
+        metadata["alpha_dropped"] = True
+    return data, channel_axis
+
 
 def read_image(path: str | Path) -> ImageFile:
     """Read one image or label file (TIFF, PNG, JPEG, NIfTI, .npy) with its spacing and metadata.
@@ -222,6 +250,9 @@ def _read_tiff(path: Path) -> ImageFile:
     if rgba:  # as for PNG: the alpha channel carries no image content
         data = np.take(data, [0, 1, 2], axis=channel_axis)
         metadata["alpha_dropped"] = True
+    elif channel_axis is None and set(axes[:-2]) <= _GENERIC_TIFF_AXES:
+        # tifffile stores an unnamed (Y, X, 2) array as Y pages of X x 2 pixels: guess as for .npy
+        data, channel_axis = _guessed_channels(data, metadata)
     unit = _unit_name(extra.get("unit")) or _TIFF_UNITS.get(resolution_unit)
     z_spacing = extra.get("spacing")
     spacing = None
@@ -270,7 +301,9 @@ def _read_npy(path: Path) -> ImageFile:
     data = np.load(path, allow_pickle=False)
     if not isinstance(data, np.ndarray) or data.dtype.kind not in "biuf":
         raise InputError(f"{path}: holds {data.dtype} data; an image must be a numeric array")
-    return ImageFile(data, "npy")
+    metadata: dict[str, Any] = {}
+    data, channel_axis = _guessed_channels(data, metadata)
+    return ImageFile(data, "npy", channel_axis=channel_axis, metadata=metadata)
 
 
 def read_labels(path: str | Path) -> ImageFile:
