@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import timm
 import torch
@@ -75,6 +79,41 @@ def test_registry_sizes_and_taps():
 def test_unknown_random_variant_names_the_choices():
     with pytest.raises(WeightsError, match="use one of s, s\\+, b, l, h\\+, 7b, tiny"):
         load_backbone("random:xl")
+
+
+# a digest of random:tiny's tensors, printed by a fresh interpreter (its own torch seed and hash salt)
+_RANDOM_TINY_DIGEST = """
+import hashlib, warnings
+from napari_dinounet.engine.backbone import load_backbone
+warnings.simplefilter("ignore")
+digest = hashlib.sha256()
+for name, tensor in load_backbone("random:tiny").vit.state_dict().items():
+    digest.update(name.encode() + tensor.numpy().tobytes())
+print(digest.hexdigest())
+"""
+
+
+def test_random_variant_is_the_same_network_in_every_process():
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    runs = [  # side by side: two imports of torch cost seconds each
+        subprocess.Popen([sys.executable, "-c", _RANDOM_TINY_DIGEST], stdout=subprocess.PIPE, text=True, env=env)
+        for _ in range(2)
+    ]
+    digests = [run.communicate(timeout=300)[0].strip() for run in runs]
+    assert [run.returncode for run in runs] == [0, 0]
+    assert len(digests[0]) == 64 and digests[0] == digests[1]
+
+
+def test_random_variant_ignores_and_keeps_the_callers_rng():
+    weights = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        state = torch.get_rng_state()
+        with pytest.warns(UserWarning, match="RANDOM weights"):  # still loud
+            weights.append(load_backbone("random:tiny").vit.state_dict())
+        assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert weights[0]["blocks.0.attn.qkv.weight"].std() > 0  # really drawn, not left at a constant
 
 
 def test_tiny_features_shapes_frozen_and_eval(tiny_backbone):

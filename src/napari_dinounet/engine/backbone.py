@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import warnings
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -217,7 +218,8 @@ def load_backbone(source: str | Path, device: str | torch.device = "cpu") -> Bac
     """Build the frozen backbone from a weights file or folder, or a random one for tests and demos.
 
     source: a Meta official ``.pth``, a Hugging Face folder (``config.json`` + ``model.safetensors``), a
-    timm-layout ``.safetensors``/``.pth``, or ``"random:<variant>"`` (s, s+, b, l, h+, 7b, tiny).
+    timm-layout ``.safetensors``/``.pth``, or ``"random:<variant>"`` (s, s+, b, l, h+, 7b, tiny): random
+    weights, but the same ones in every process (seeded by the variant's name).
     device: where the weights go; ``"meta"`` builds the structure without memory (for counting
     parameters), still checking that a file's tensors fit the model.
     Raises WeightsError for anything wrong with the source.
@@ -239,8 +241,13 @@ def _random_backbone(name: str, device: torch.device) -> Backbone:
         "facebook/dinov3-* folder) and pass their path as the backbone."
     )
     warnings.warn(message, UserWarning, stacklevel=3)
-    with torch.device(device):
+    # one fixed network per variant in every process, so that heads trained on 'random:tiny' fit the
+    # 'random:tiny' of a later run: seeded from the name (crc32, not the per-process salted hash()), drawn on
+    # the CPU whatever the device (CUDA draws other numbers), leaving the caller's RNG as it was
+    with torch.random.fork_rng(devices=[]), torch.device("meta" if device.type == "meta" else "cpu"):
+        torch.manual_seed(zlib.crc32(f"random:{name}".encode()))
         vit = _create_vit(variant.architecture)
+    vit = vit.to(device)
     return Backbone(
         vit, variant=name, format="random", architecture=variant.architecture, taps=variant.taps, sha256=None
     )

@@ -574,8 +574,10 @@ def evaluation_name(path: str | Path) -> str:
 def match_cases(pred_dir: str | Path, gt_dir: str | Path) -> list[tuple[str, Path, Path]]:
     """Pair the supported files of two folders by case name: ``[(name, prediction, ground truth)]``.
 
-    Names ignore extensions and an nnU-Net ``_0000`` suffix. Raises InputError when a folder is missing
-    or empty, two files in one folder share a name, or a file has no partner (listing them).
+    Names ignore extensions and an nnU-Net ``_0000`` suffix; the class probabilities that prediction
+    writes beside its labels (:func:`probabilities_path`) are not label files and are left out.
+    Raises InputError when a folder is missing or empty, two files in one folder share a name, or a file
+    has no partner (listing them).
     """
     found = []
     for folder in (Path(pred_dir), Path(gt_dir)):
@@ -616,6 +618,8 @@ def output_path_for(source: Case | str | Path, out_dir: str | Path) -> Path:
     extension = ".png" if case.format == "jpeg" else case.extension
     return Path(out_dir) / f"{case.name}{extension}"
 
+            if path.name.endswith(PROBABILITIES_SUFFIX):
+                continue
 
 def as_label_array(labels) -> np.ndarray:
     """Labels as the smallest unsigned type that holds them (uint8, else uint16, else uint32).
@@ -638,6 +642,14 @@ def as_label_array(labels) -> np.ndarray:
         if high <= np.iinfo(dtype).max:
             return labels.astype(dtype, copy=False)
     raise InputError(f"label value {high} is too large (at most {np.iinfo(np.uint32).max})")
+
+PROBABILITIES_SUFFIX = "_probabilities.npy"
+
+
+def probabilities_path(labels_path: str | Path, case_name: str) -> Path:
+    """Where a case's class probabilities go beside its labels: ``<case>_probabilities.npy``."""
+    return Path(labels_path).with_name(case_name + PROBABILITIES_SUFFIX)
+
 
 
 def write_labels(path: str | Path, labels, like: ImageFile | None = None) -> Path:
