@@ -10,9 +10,12 @@ status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
+import signal
 import sys
+import threading
 
 from .. import __version__
 
@@ -46,19 +49,43 @@ def passive_openmp_threads() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (timeout, SLURM's scancel, docker stop), handled as Ctrl-C: a message and resumable state."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """While the body runs, SIGTERM raises :class:`Terminated` in the main thread, as Ctrl-C raises
+    KeyboardInterrupt, so that generators close and atomic writes clean up. Elsewhere: nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     passive_openmp_threads()  # before any command imports torch
     from ..engine.errors import DinoUNetError
 
     args = build_parser().parse_args(argv)
     try:
-        return int(args.run(args) or 0)
+        with sigterm_as_interrupt():
+            return int(args.run(args) or 0)
     except DinoUNetError as err:
         print(f"dinounet {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"dinounet {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        terminated = isinstance(stop, Terminated)
+        print(f"dinounet {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 128 + signal.SIGTERM if terminated else 130
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
     from skimage.filters import threshold_otsu
 
-    from ..engine.atomic import atomic_path
+    from ..engine.atomic import atomic_path, probe_folder
     from ..engine.backbone import load_backbone
     from ..engine.checkpoint import load_heads
     from ..engine.data import samples_from_arrays
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.train import TrainSettings, train
 
     out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    probe_folder(out_dir)  # a folder that cannot be written fails now, not after the training
     source = args.backbone or os.environ.get(BACKBONE_ENV)
     device = pick_device(args.device)
     if source:

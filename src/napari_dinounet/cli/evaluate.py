@@ -27,20 +27,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def evaluate_folders(pred_dir: Path, gt_dir: Path, classes=None, pixels: bool = False):
-    """Score every matched pair; a progress generator returning ``(per-case results, unit)``.
+    """Score every matched pair; a progress generator returning ``(per-case results, unit, values)``.
 
-    per-case results: ``{case name: evaluate_pair result}``; unit: the HD95 unit ("px" for pixels).
+    per-case results: ``{case name: evaluate_pair result}``; unit: the HD95 unit ("px" for pixels);
+    values: ``{"pred": set, "gt": set}`` of the non-zero label values found on each side.
     """
+    import numpy as np
+
     from ..engine.errors import InputError
     from ..engine.io import match_cases, read_labels
     from ..engine.metrics import evaluate_pair
     from ..engine.progress import Progress
 
     pairs = match_cases(pred_dir, gt_dir)
-    results, units = {}, {}
+    results, units, values = {}, {}, {"pred": set(), "gt": set()}
     for done, (name, pred_path, gt_path) in enumerate(pairs):
         yield Progress("evaluate", done, len(pairs), name)
         pred, gt = read_labels(pred_path), read_labels(gt_path)
+        for side, labels in (("pred", pred), ("gt", gt)):
+            values[side].update(int(v) for v in np.unique(labels.data) if v != 0)
         spacing = None if pixels else gt.spacing
         units[name] = "px" if spacing is None else (gt.unit or "spacing units")
         try:
@@ -53,7 +58,27 @@ def evaluate_folders(pred_dir: Path, gt_dir: Path, classes=None, pixels: bool = 
         examples = ", ".join(f"{next(n for n in units if units[n] == u)} ({u})" for u in found_units)
         raise InputError(f"the ground-truth files do not share one spacing unit ({examples}), so HD95 values "
                          "cannot be averaged; rerun with --pixels")
-    return results, found_units[0]
+    return results, found_units[0], values
+
+
+def value_mismatch_hint(values: dict[str, set[int]]) -> str | None:
+    """A hint when predictions and ground truth use disjoint label values (e.g. 0/255 masks against 0/1)."""
+    only_pred, only_gt = sorted(values["pred"] - values["gt"]), sorted(values["gt"] - values["pred"])
+    if not (only_pred and only_gt):
+        return None
+    return (f"note: label values {only_pred} occur only in the predictions and {only_gt} only in the ground truth; "
+            "if the two were saved with different values (e.g. 0/255 masks against 0/1), convert one and rerun")
+
+
+def check_json_target(path: Path) -> None:
+    """Refuse a --json path that could destroy data (an image, a folder) and probe it before any scoring."""
+    from ..engine.atomic import probe_writable
+    from ..engine.errors import InputError
+
+    if path.suffix.lower() != ".json":
+        raise InputError(f"--json {path}: give a file name ending in .json; other names are refused so that an "
+                         "image or label file is never replaced by scores")
+    probe_writable(path)
 
 
 def class_names_for(gt_dir: Path) -> dict[int, str]:
@@ -116,10 +141,19 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.metrics import mean_scores
     from ..engine.progress import run_with_bar
 
-    results, unit = run_with_bar(evaluate_folders(args.pred, args.gt, args.classes, args.pixels))
+    if args.json is not None:
+        check_json_target(args.json)
+    results, unit, values = run_with_bar(evaluate_folders(args.pred, args.gt, args.classes, args.pixels))
     summary = mean_scores(list(results.values()))
     names = class_names_for(args.gt)
-    print(format_table(results, summary, unit, names))
+    if not summary["dice"]:
+        print(f"nothing was scored: the {len(results)} predictions and their ground truth hold only background "
+              "(0); give --classes N to score class N anyway")
+    else:
+        print(format_table(results, summary, unit, names))
+    hint = value_mismatch_hint(values)
+    if hint:
+        print(hint)
     infinite = {c: n for c, n in summary["hd95_infinite"].items() if n}
     if infinite:
         counts = ", ".join(f"class {c}: {n}" for c, n in infinite.items())

@@ -40,6 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--allow-backbone-mismatch", action="store_true",
                         help="use heads trained with another backbone of the same width (results may be poor)")
+    existing = parser.add_mutually_exclusive_group()
+    existing.add_argument("--overwrite", action="store_true", help="replace files that already exist in --out")
+    existing.add_argument("--skip-existing", action="store_true",
+                          help="leave cases whose prediction already exists in --out alone (continue a stopped run)")
+    parser.add_argument("--force", action="store_true",
+                        help="run even when --step makes more than 10 times the tiles of --step 0.5")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -59,19 +65,46 @@ def _slice_axis(image, axis: int | None) -> int | None:
     return axis % len(spatial)
 
 
-def _check_outputs(cases, out_dir: Path) -> list[Path]:
-    """Output paths, refusing any that would overwrite an input."""
+def _some(paths: list[Path], limit: int = 3) -> str:
+    shown = ", ".join(str(p) for p in paths[:limit])
+    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+def _plan_outputs(cases, out_dir: Path, args: argparse.Namespace) -> list[tuple[object, Path]]:
+    """(case, labels path) for every case to predict, checked before any work starts.
+
+    Refuses: an output that is an input; an --out that is an input folder (predictions would mix into the
+    data); existing files, unless --overwrite (replace them) or --skip-existing (leave those cases out).
+    """
+    from ..engine.atomic import probe_folder
     from ..engine.errors import InputError
-    from ..engine.io import output_path_for
+    from ..engine.io import output_path_for, probabilities_path
 
     inputs = {p.resolve() for case in cases for p in case.paths}
-    outputs = [output_path_for(case, out_dir) for case in cases]
-    for case, target in zip(cases, outputs):
+    targets = [output_path_for(case, out_dir) for case in cases]
+    for case, target in zip(cases, targets):
         if target.resolve() in inputs:
             raise InputError(
                 f"writing the prediction of {case.name!r} to {target} would overwrite an input: choose another --out"
             )
-    return outputs
+    if out_dir.resolve() in {p.parent for p in inputs}:
+        raise InputError(f"--out {out_dir} is a folder of input images: the predictions would mix into the data "
+                         "(and be read as images next time); choose another --out")
+    planned, existing = [], []
+    for case, target in zip(cases, targets):
+        outputs = [target] + ([probabilities_path(target, case.name)] if args.probabilities else [])
+        found = [path for path in outputs if path.exists()]
+        if found and args.skip_existing and len(found) == len(outputs):
+            continue
+        existing += found
+        planned.append((case, target))
+    if existing and not args.overwrite:
+        raise InputError(
+            f"{len(existing)} output file(s) already exist ({_some(existing)}); nothing was written. Choose another "
+            "--out, keep them and predict only the rest (--skip-existing), or replace them (--overwrite)"
+        )
+    probe_folder(out_dir)  # an --out that cannot be written fails now, before the backbone loads
+    return planned
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,19 +115,22 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.checkpoint import load_heads
     from ..engine.device import pick_device
     from ..engine.errors import InputError
-    from ..engine.io import find_images, read_case, write_labels
+    from ..engine.io import find_images, probabilities_path, read_case, write_labels
     from ..engine.predict import predict
     from ..engine.progress import run_with_bar
     from .train import backbone_source
 
     cases = find_images(args.inputs)
-    outputs = _check_outputs(cases, args.out)
+    planned = _plan_outputs(cases, args.out, args)
+    if not planned:
+        print(f"nothing to do: every prediction is already in {args.out} (--skip-existing)")
+        return 0
     device = pick_device(args.device)
     backbone = load_backbone(backbone_source(args), device=device)
     model, metadata = load_heads(
         args.heads, backbone, allow_backbone_mismatch=args.allow_backbone_mismatch, device=device
     )
-    for number, (case, target) in enumerate(zip(cases, outputs), start=1):
+    for number, (case, target) in enumerate(planned, start=1):
         image = read_case(case)
         channels = 1 if image.channel_axis is None else image.data.shape[image.channel_axis]
         if metadata.in_channels and channels != metadata.in_channels:
@@ -102,17 +138,18 @@ def run(args: argparse.Namespace) -> int:
                 f"{case.name}: the heads were trained on {metadata.in_channels}-channel images but this image has "
                 f"{channels}; give images like the training ones"
             )
+        tile = metadata.patch_size if args.tile is None else args.tile  # --tile 0 is refused, not ignored
         job = predict(
-            model, image.data, patch_size=args.tile or metadata.patch_size, step=args.step, tta=args.tta,
-            batch_size=args.batch, normalization=metadata.normalization, channel_axis=image.channel_axis,
+            model, image.data, patch_size=tile, step=args.step, tta=args.tta, batch_size=args.batch,
+            normalization=metadata.normalization, channel_axis=image.channel_axis,
             slice_axis=_slice_axis(image, args.axis), probabilities=args.probabilities, device=device,
         )
-        result = run_with_bar(job, desc=f"[{number}/{len(cases)}] {case.name}", disable=args.quiet)
+        result = run_with_bar(job, desc=f"[{number}/{len(planned)}] {case.name}", disable=args.quiet)
         labels = result.argmax(axis=0) if args.probabilities else result
         write_labels(target, labels, like=image)
         print(f"{case.name}: {target}")
         if args.probabilities:
-            probabilities = target.with_name(f"{case.name}_probabilities.npy")
+            probabilities = probabilities_path(target, case.name)
             with atomic_path(probabilities) as tmp:
                 np.save(tmp, result)
             print(f"{case.name}: {probabilities}")

@@ -100,7 +100,17 @@ def load_training_data(args: argparse.Namespace, normalization) -> tuple[list, l
     raise InputError("no training data: pass --dataset NNUNET_DIR, or --images DIR and --labels DIR")
 
 
+def _modified(path) -> int | None:
+    """The file's modification time in ns, None when it does not exist: tells whether this run wrote it."""
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+
+
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     import torch
 
     from ..engine.checkpoint import read_metadata
@@ -111,8 +121,12 @@ def run(args: argparse.Namespace) -> int:
     settings = TrainSettings(**{field: getattr(args, opt) for opt, field in _SETTINGS.items() if hasattr(args, opt)})
     normalization = Normalization(args.normalization)
     source = backbone_source(args)
+    if not str(args.out).endswith(".safetensors"):
+        print(f"note: {args.out} does not end in .safetensors, the format heads checkpoints are written in",
+              file=sys.stderr)
     samples, class_names = load_training_data(args, normalization)
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    state_before, out_before = _modified(state_path(args.out)), _modified(args.out)
     run = train(
         samples, out=args.out, backbone=source, settings=settings, class_names=class_names,
         normalization=normalization, resume=args.resume, overwrite=args.overwrite, device=args.device,
@@ -121,7 +135,9 @@ def run(args: argparse.Namespace) -> int:
         out = run_with_bar(run, desc="train", disable=args.quiet or rank != 0)
     except KeyboardInterrupt:
         if rank == 0:
-            saved = state_path(args.out).exists()
+            # resumable only from what this run saved, or from the state it resumed (not an older run's)
+            state_now = _modified(state_path(args.out))
+            saved = state_now is not None and (args.resume or state_now != state_before)
             print(f"stopped: the last finished epoch is saved in {args.out}; continue with the same command plus "
                   "--resume" if saved else "stopped before the first epoch ended: nothing was saved")
         raise
@@ -129,5 +145,8 @@ def run(args: argparse.Namespace) -> int:
         history = read_metadata(out).training.get("history") or [{}]
         val_dice = history[-1].get("val_dice")
         shown = "no validation images" if val_dice is None else f"validation Dice {val_dice:.4f}"
-        print(f"wrote {out} (epoch {history[-1].get('epoch')}, {shown})")
+        if args.resume and _modified(out) == out_before:
+            print(f"nothing to do: the run in {out} had already finished (epoch {history[-1].get('epoch')}, {shown})")
+        else:
+            print(f"wrote {out} (epoch {history[-1].get('epoch')}, {shown})")
     return 0

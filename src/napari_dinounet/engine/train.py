@@ -35,6 +35,7 @@ again before validating and saving), so all ranks always hold identical weights.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -45,11 +46,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import atomic_path
+from .atomic import atomic_path, exclusive_run, probe_writable
 from .augment import Augmenter
-from .data import PatchSampler, Sample, fixed_crops, split_samples
+from .data import (
+    PatchSampler, Sample, check_labels_fit, check_same_channels, default_class_names, fixed_crops, split_samples,
+)
 from .device import pick_device
-from .errors import CheckpointError, InputError
+from .errors import CheckpointError, DinoUNetError, InputError, OutputError, TrainingError
 from .loss import dice_ce_loss
 from .metrics import dice
 from .normalize import Normalization
@@ -101,8 +104,10 @@ class TrainSettings:
         for name in ("batch_size", "epochs", "iters_per_epoch", "val_crops", "cache_crops"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise InputError(f"learning rate must be positive, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise InputError(f"learning rate must be a positive finite number, got {self.lr} (1e-3 is usual)")
+        if not 0 <= self.seed < 2**32:
+            raise InputError(f"seed must be a whole number from 0 to 2**32 - 1, got {self.seed}")
 
     @property
     def total_steps(self) -> int:
@@ -208,9 +213,16 @@ def validation_dice(model, crops: dict, *, device: torch.device, batch_size: int
 # ------------------------------------------------------------------------------------------- run state
 
 
+def backbone_identity(backbone) -> dict:
+    """What identifies a backbone for heads trained on it: variant, weights sha256 and head count."""
+    return {"variant": backbone.variant, "sha256": backbone.sha256,
+            "num_heads": int(backbone.architecture.num_heads)}
+
+
 def save_state(path: Path, model, optimizer: torch.optim.Optimizer, *, step: int, settings: TrainSettings,
                history: list[dict], num_classes: int) -> None:
-    """Write the resume state (heads, Adam state, step, settings, history) to one safetensors file, atomically."""
+    """Write the resume state (heads, Adam state, step, settings, history, the backbone's identity) to one
+    safetensors file, atomically."""
     from safetensors.torch import save_file
 
     tensors = {f"heads/{k}": v.detach().cpu().contiguous() for k, v in model.heads_state_dict().items()}
@@ -225,30 +237,66 @@ def save_state(path: Path, model, optimizer: torch.optim.Optimizer, *, step: int
         "num_classes": num_classes,
         "param_groups": optim["param_groups"],
         "history": history,
+        "backbone": backbone_identity(model.backbone),
     }
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"train_state": json.dumps(info)})
 
 
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def load_state(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
-    """Read a resume state: (info dict, heads state dict, optimizer state dict)."""
+    """Read a resume state: (info dict, heads state dict, optimizer state dict).
+
+    Raises CheckpointError for a file that is damaged, edited or not a training state.
+    """
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             info = json.loads((f.metadata() or {}).get("train_state", "null"))
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (OSError, ValueError, SafetensorError) as err:
+    except (OSError, ValueError, RecursionError, SafetensorError) as err:
         raise CheckpointError(f"cannot read the training state {path}: {err}; start a new run without resume") from err
     if not isinstance(info, dict) or info.get("format") != _STATE_FORMAT:
         raise CheckpointError(f"{path} is not a napari-dinounet training state; start a new run without resume")
+    bad = [name for name, ok in (
+        ("step", _is_count(info.get("step"))),
+        ("num_classes", _is_count(info.get("num_classes")) and info.get("num_classes", 0) >= 2),
+        ("settings", isinstance(info.get("settings"), dict)),
+        ("param_groups", isinstance(info.get("param_groups"), list) and len(info["param_groups"]) == 1
+         and all(isinstance(g, dict) for g in info["param_groups"])),
+        ("history", isinstance(info.get("history"), list) and all(isinstance(h, dict) for h in info["history"])),
+        ("backbone", isinstance(info.get("backbone", {}), dict)),
+    ) if not ok]
+    if bad:
+        raise CheckpointError(f"the training state {path} is damaged or was edited (bad {', '.join(bad)}); start a "
+                              "new run without resume")
     heads = {k[len("heads/"):]: v for k, v in tensors.items() if k.startswith("heads/")}
     optim_state: dict[int, dict] = {}
     for key, value in tensors.items():
         if key.startswith("optim/"):
             _, index, name = key.split("/", 2)
+            if not index.isdigit():
+                raise CheckpointError(f"the training state {path} is damaged (tensor {key!r}); start a new run")
             optim_state.setdefault(int(index), {})[name] = value
     return info, heads, {"state": optim_state, "param_groups": info["param_groups"]}
+
+
+def _check_state_backbone(info: dict, backbone, path: Path) -> None:
+    """Refuse to resume a run on another backbone than it started with (as load_heads refuses heads)."""
+    saved = info.get("backbone")
+    if not saved:  # states written before the identity was recorded
+        return
+    current = backbone_identity(backbone)
+    changed = [f"{key} {saved.get(key)!r} -> {current[key]!r}" for key in current if saved.get(key) != current[key]]
+    if changed:
+        raise CheckpointError(
+            f"cannot resume the run in {path} on this backbone: it was started on another one ({', '.join(changed)}); "
+            "resume with the original backbone, or start a new run"
+        )
 
 
 def _check_resumable(saved: TrainSettings, wanted: TrainSettings, path: Path) -> None:
@@ -355,117 +403,175 @@ def train(
     if validation is None:
         samples, validation = split_samples(samples, settings.val_fraction, seed=settings.seed)
     validation = list(validation)
-    class_names = list(class_names) if class_names else _default_class_names(samples + validation)
-    num_classes = len(class_names)
+    if model is not None:
+        num_classes = model.config.num_classes
+        class_names = list(class_names) if class_names else default_class_names(num_classes)
+    else:
+        class_names = list(class_names) if class_names else _default_class_names(samples + validation)
+        num_classes = len(class_names)
+    check_labels_fit(samples + validation, num_classes)
+    in_channels = check_same_channels(samples + validation)
 
     state_file = state_path(out)
-    resumed = None
-    if resume:
-        if not state_file.exists():
-            raise CheckpointError(f"nothing to resume: {state_file} does not exist; start the run without resume")
-        resumed = load_state(state_file)
-        _check_resumable(TrainSettings.from_dict(resumed[0]["settings"]), settings, state_file)
-        if resumed[0]["num_classes"] != num_classes:
-            raise CheckpointError(
-                f"cannot resume the run in {state_file}: it trained {resumed[0]['num_classes']} classes, these "
-                f"labels have {num_classes}; resume with the original data or start a new run"
-            )
-    elif out.exists() and not overwrite:
-        raise InputError(f"{out} already exists: resume that run, choose another output path, or allow overwriting")
+    if rank == 0:
+        _check_output(out, state_file, resume=resume, overwrite=overwrite)
+    with exclusive_run(out, state_file) if rank == 0 else contextlib.nullcontext():
+        resumed = None
+        if resume:
+            if not state_file.exists():
+                raise CheckpointError(f"nothing to resume: {state_file} does not exist; start the run without resume")
+            resumed = load_state(state_file)
+            _check_resumable(TrainSettings.from_dict(resumed[0]["settings"]), settings, state_file)
+            if resumed[0]["num_classes"] != num_classes:
+                raise CheckpointError(
+                    f"cannot resume the run in {state_file}: it trained {resumed[0]['num_classes']} classes, these "
+                    f"labels have {num_classes}; resume with the original data or start a new run"
+                )
 
-    if not isinstance(backbone, Backbone):
-        backbone = load_backbone(backbone, device=device)
-    if model is None:
-        model = build_model(backbone, settings, num_classes, in_channels=samples[0].image.shape[0])
-    model.to(device)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=settings.lr)
-    step = 0
-    history: list[dict] = []
-    if resumed is not None:
-        info, heads, optim_state = resumed
-        model.load_heads_state_dict(heads)
-        optimizer.load_state_dict(optim_state)
-        step, history = int(info["step"]), list(info["history"])
+        if not isinstance(backbone, Backbone):
+            backbone = load_backbone(backbone, device=device)
+        if resumed is not None:
+            _check_state_backbone(resumed[0], backbone, state_file)
+        if model is None:
+            model = build_model(backbone, settings, num_classes, in_channels=in_channels)
+        model.to(device)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(trainable, lr=settings.lr)
+        step = 0
+        history: list[dict] = []
+        if resumed is not None:
+            info, heads, optim_state = resumed
+            model.load_heads_state_dict(heads)
+            try:
+                optimizer.load_state_dict(optim_state)
+            except (ValueError, KeyError, RuntimeError) as err:
+                raise CheckpointError(f"the training state {state_file} does not fit this network ({err}); start a "
+                                      "new run without resume") from None
+            step, history = info["step"], list(info["history"])
 
-    step_module = wrap_distributed(model, device) if world > 1 else model
-    use_amp = settings.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+        step_module = wrap_distributed(model, device) if world > 1 else model
+        use_amp = settings.amp and device.type == "cuda"
+        amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+        autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp)
+        scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
-    val_crops = None
-    if validation:
-        val_crops = fixed_crops(validation, settings.patch_size, settings.val_crops, seed=settings.seed)
-    # different draws per rank and per resumption, reproducible for a given run
-    next_batch = yield from _batch_source(model, samples, settings, seed=settings.seed + 1_000_003 * rank + step,
-                                          rank=rank, world=world, device=device)
+        total = settings.total_steps
+        if resumed is not None and step >= total:
+            yield Progress("train", step, total, "the run had already finished: nothing to do",
+                           {"epoch": settings.epochs})
+            return out
 
-    def validate() -> float | None:
-        if world > 1:
-            _broadcast_head_buffers(model)
-        if val_crops is None:
-            return None
-        value = validation_dice(model, val_crops, device=device, batch_size=settings.batch_size, autocast=autocast)
-        return None if math.isnan(value) else value
+        val_crops = None
+        if validation:
+            val_crops = fixed_crops(validation, settings.patch_size, settings.val_crops, seed=settings.seed)
+        # different draws per rank and per resumption, reproducible for a given run
+        next_batch = yield from _batch_source(model, samples, settings,
+                                              seed=settings.seed + 1_000_003 * rank + step,
+                                              rank=rank, world=world, device=device)
 
-    def save(val_dice: float | None, epoch_loss: float) -> None:
-        history.append({"epoch": step // settings.iters_per_epoch, "step": step, "loss": epoch_loss,
-                        "val_dice": val_dice, "lr": poly_lr(step, settings)})
-        if rank != 0:
-            return
-        save_state(state_file, model, optimizer, step=step, settings=settings, history=history,
-                   num_classes=num_classes)
-        _save_heads(out, model, backbone, settings, class_names, normalization, samples, history)
+        def validate() -> float | None:
+            if world > 1:
+                _broadcast_head_buffers(model)
+            if val_crops is None:
+                return None
+            value = validation_dice(model, val_crops, device=device, batch_size=settings.batch_size,
+                                    autocast=autocast)
+            return None if math.isnan(value) else value
 
-    def with_val(metrics: dict, val_dice: float | None) -> dict:
-        return metrics if val_dice is None else {**metrics, "val_dice": val_dice}
+        def save(val_dice: float | None, epoch_loss: float) -> None:
+            _check_finite_heads(model, step)
+            history.append({"epoch": step // settings.iters_per_epoch, "step": step, "loss": epoch_loss,
+                            "val_dice": val_dice, "lr": poly_lr(step, settings)})
+            if rank != 0:
+                return
+            save_state(state_file, model, optimizer, step=step, settings=settings, history=history,
+                       num_classes=num_classes)
+            _save_heads(out, model, backbone, settings, class_names, normalization, in_channels, history)
 
-    total = settings.total_steps
-    if resumed is None:
-        last_val = validate()
-        yield Progress("train", 0, total, "validation before training", with_val({"epoch": 0}, last_val))
-    else:
-        last_val = history[-1]["val_dice"] if history else None
-        metrics = {"epoch": step // settings.iters_per_epoch, "lr": poly_lr(step, settings)}
-        yield Progress("train", step, total, f"resumed at step {step}", with_val(metrics, last_val))
+        def with_val(metrics: dict, val_dice: float | None) -> dict:
+            return metrics if val_dice is None else {**metrics, "val_dice": val_dice}
 
-    model.train()
-    started, first_step = time.perf_counter(), step
-    epoch_losses: list[float] = []
-    while step < total:
-        lr = poly_lr(step, settings)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        batch, taps = next_batch()
-        with autocast:
-            logits = step_module(batch["image"], taps=taps) if taps is not None else step_module(batch["image"])
-        loss = dice_ce_loss(logits, batch["labels"], batch["mask"], smooth=settings.dice_smooth)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(trainable, settings.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        step += 1
-        epoch_losses.append(float(loss.detach()))
-
-        per_step = (time.perf_counter() - started) / (step - first_step)
-        epoch = math.ceil(step / settings.iters_per_epoch)
-        metrics = {"loss": epoch_losses[-1], "lr": lr, "epoch": epoch, "eta_s": per_step * (total - step)}
-        yield Progress("train", step, total, f"epoch {epoch}/{settings.epochs}", with_val(metrics, last_val))
-
-        if step % settings.iters_per_epoch == 0 or step == total:
+        if resumed is None:
             last_val = validate()
-            epoch_loss = float(np.mean(epoch_losses))
-            epoch_losses = []
-            save(last_val, epoch_loss)
-            model.train()
-            yield Progress("train", step, total, f"epoch {epoch}/{settings.epochs} validated",
-                           with_val({**metrics, "loss": epoch_loss}, last_val))
-    if world > 1:
-        torch.distributed.barrier()
+            yield Progress("train", 0, total, "validation before training", with_val({"epoch": 0}, last_val))
+        else:
+            last_val = history[-1].get("val_dice") if history else None
+            metrics = {"epoch": step // settings.iters_per_epoch, "lr": poly_lr(step, settings)}
+            yield Progress("train", step, total, f"resumed at step {step}", with_val(metrics, last_val))
+
+        model.train()
+        started, first_step = time.perf_counter(), step
+        epoch_losses: list[float] = []
+        while step < total:
+            lr = poly_lr(step, settings)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch, taps = next_batch()
+            with autocast:
+                logits = step_module(batch["image"], taps=taps) if taps is not None else step_module(batch["image"])
+            loss = dice_ce_loss(logits, batch["labels"], batch["mask"], smooth=settings.dice_smooth)
+            if not torch.isfinite(loss.detach()):
+                raise TrainingError(
+                    f"training stopped: the loss became {float(loss)} at step {step + 1}, and nothing was saved over "
+                    f"{out}. Lower the learning rate (--lr), check the images for extreme values, and check that the "
+                    "backbone file is not damaged"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(trainable, settings.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            epoch_losses.append(float(loss.detach()))
+
+            per_step = (time.perf_counter() - started) / (step - first_step)
+            epoch = math.ceil(step / settings.iters_per_epoch)
+            metrics = {"loss": epoch_losses[-1], "lr": lr, "epoch": epoch, "eta_s": per_step * (total - step)}
+            yield Progress("train", step, total, f"epoch {epoch}/{settings.epochs}", with_val(metrics, last_val))
+
+            if step % settings.iters_per_epoch == 0 or step == total:
+                last_val = validate()
+                epoch_loss = float(np.mean(epoch_losses))
+                epoch_losses = []
+                save(last_val, epoch_loss)
+                model.train()
+                yield Progress("train", step, total, f"epoch {epoch}/{settings.epochs} validated",
+                               with_val({**metrics, "loss": epoch_loss}, last_val))
+        if world > 1:
+            torch.distributed.barrier()
     return out
+
+
+def _check_finite_heads(model, step: int) -> None:
+    """Stop before saving heads that hold NaN or inf (a step diverged after the last finite loss)."""
+    for name, value in model.heads_state_dict().items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise TrainingError(f"training stopped: the weights became NaN or infinite at step {step} (first in "
+                                f"{name}); nothing was saved over the last checkpoint. Lower the learning rate "
+                                "(--lr) and start again")
+
+
+def _check_output(out: Path, state_file: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse outputs that would lose something, and find unwritable ones before any work starts."""
+    from .checkpoint import read_metadata
+
+    if out.is_dir():
+        raise OutputError(f"{out} is a folder: give the path of the heads file to write, e.g. {out / 'heads.safetensors'}")
+    if not resume:
+        if out.exists() and not overwrite:
+            raise InputError(f"{out} already exists: continue that run (--resume / resume=True), choose another "
+                             "output path, or replace it (--overwrite / overwrite=True)")
+        if out.exists():
+            try:
+                read_metadata(out)
+            except DinoUNetError:
+                raise InputError(f"{out} is not a napari-dinounet heads checkpoint, and overwriting only ever replaces "
+                                 "one: choose another output path (e.g. ending in .safetensors)") from None
+        if state_file.exists() and not overwrite:
+            raise InputError(f"{state_file} holds the resume state of an earlier run: continue it (--resume / "
+                             "resume=True), or replace it with a new run (--overwrite / overwrite=True)")
+    probe_writable(out)
 
 
 def _batch_source(model, samples: list[Sample], settings: TrainSettings, *, seed: int, rank: int, world: int,
@@ -491,8 +597,7 @@ def _batch_source(model, samples: list[Sample], settings: TrainSettings, *, seed
 
 
 def _default_class_names(samples: Sequence[Sample]) -> list[str]:
-    highest = max(int(s.labels.max()) for s in samples)
-    return ["background"] + [f"class {i}" for i in range(1, max(highest, 1) + 1)]
+    return default_class_names(max(max(int(s.labels.max()) for s in samples), 1) + 1)
 
 
 def build_model(backbone, settings: TrainSettings, num_classes: int, in_channels: int):
@@ -518,13 +623,13 @@ def build_model(backbone, settings: TrainSettings, num_classes: int, in_channels
     return model
 
 
-def _save_heads(out, model, backbone, settings, class_names, normalization, samples, history) -> None:
+def _save_heads(out, model, backbone, settings, class_names, normalization, in_channels: int, history) -> None:
     from .checkpoint import HeadsMetadata, save_heads
 
     metadata = HeadsMetadata(
         config=model.config.to_dict(),
         class_names=list(class_names),
-        in_channels=int(samples[0].image.shape[0]),
+        in_channels=in_channels,
         normalization=normalization.to_dict(),
         patch_size=settings.patch_size,
         backbone_variant=backbone.variant,
