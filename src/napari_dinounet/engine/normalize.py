@@ -10,10 +10,15 @@ Schemes:
 
 Images are handled as ``(C, *spatial)`` arrays; statistics are computed in row blocks so that dask,
 zarr and memory-mapped arrays are never converted to float in one piece, and NaN/inf are ignored.
+Statistics are float64 and stay finite for any finite float64 image (values up to 1.8e308); images
+whose values float32 cannot hold are normalised in float64 (a 1e300-scaled image gave inf in float32
+and was normalised to zeros).
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
@@ -23,6 +28,8 @@ from .errors import InputError
 
 SCHEMES = ("zscore", "rgb", "ct")
 _BLOCK_ELEMENTS = 1 << 22  # values read per block when computing statistics (16 MB as float32)
+# Values up to this size are summed as they are: 2^63 squares of 2^480 stay below float64's 2^1024.
+_SAFE_MAGNITUDE = 2.0**480
 
 
 @dataclass(frozen=True)
@@ -37,8 +44,24 @@ class Normalization:
     def __post_init__(self):
         if self.scheme not in SCHEMES:
             raise InputError(f"unknown normalisation {self.scheme!r}: use one of {', '.join(SCHEMES)}")
-        if self.scheme == "ct" and (self.clip is None or self.mean is None or self.std is None):
+        if self.scheme != "ct":
+            return
+        if self.clip is None or self.mean is None or self.std is None:
             raise InputError("the 'ct' normalisation needs fitted numbers: build it with fit_ct(images, labels)")
+        # Checked here, where a crafted or damaged checkpoint's numbers arrive: std 0 divided by zero and
+        # NaN/inf turned every pixel into NaN, which prediction then made background without a word.
+        clip = tuple(self.clip) if isinstance(self.clip, (tuple, list)) else ()
+        fields = {
+            "clip": len(clip) == 2 and all(map(_is_finite, clip)) and clip[0] <= clip[1],
+            "mean": _is_finite(self.mean),
+            "std": _is_finite(self.std) and self.std > 0,
+        }
+        bad = ", ".join(f"{name}={getattr(self, name)!r}" for name, ok in fields.items() if not ok)
+        if bad:
+            raise InputError(
+                f"the 'ct' normalisation has {bad}: clip must be two finite numbers low <= high, mean a finite "
+                "number and std a finite number > 0; refit it with fit_ct(images, labels)"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -47,6 +70,10 @@ class Normalization:
     def from_dict(cls, data: dict) -> Normalization:
         clip = data.get("clip")
         return cls(data.get("scheme", "zscore"), tuple(clip) if clip is not None else None, data.get("mean"), data.get("std"))
+
+
+def _is_finite(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _row_blocks(image) -> Iterable[np.ndarray]:
@@ -62,24 +89,43 @@ def image_statistics(image, scheme: str = "zscore") -> tuple[np.ndarray, np.ndar
 
     For ``rgb`` one value over all channels is repeated C times. A constant image gets std 1 (so the
     normalised image is all zeros rather than NaN); an image with no finite value is an error.
+
+    Sums are kept in units of ``scale`` per channel, 1 unless a value beyond :data:`_SAFE_MAGNITUDE`
+    (2^480) makes it a larger power of two, so that squares of values near the float64 limit cannot
+    overflow; dividing by a power of two is exact, so ordinary images get exactly the unscaled sums.
     """
     channels = image.shape[0]
     total = np.zeros(channels)
     total_sq = np.zeros(channels)
     count = np.zeros(channels)
+    scale = np.ones(channels)
+
+    def rescale(new_scale: np.ndarray) -> None:
+        ratio = scale / new_scale
+        total[:] *= ratio
+        total_sq[:] *= ratio * ratio
+        scale[:] = new_scale
+
     for block in _row_blocks(image):
         block = block.reshape(channels, -1)
         finite = np.isfinite(block)
         values = np.where(finite, block, 0.0)
+        peak = np.abs(values).max(axis=1)
+        beyond = peak > _SAFE_MAGNITUDE * scale
+        if beyond.any():
+            rescale(np.where(beyond, np.exp2(np.ceil(np.log2(np.maximum(peak, scale)))), scale))
+        values /= scale[:, None]
         total += values.sum(axis=1)
         total_sq += (values * values).sum(axis=1)
         count += finite.sum(axis=1)
     if scheme == "rgb":
+        rescale(np.full(channels, scale.max()))
         total, total_sq, count = (np.full(channels, a.sum()) for a in (total, total_sq, count))
     if np.any(count == 0):
         raise InputError("the image has no finite value (all NaN or inf): check the layer or file")
     mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean * mean, 0.0))
+    std = np.sqrt(np.maximum(total_sq / count - mean * mean, 0.0)) * scale
+    mean *= scale
     std[std < 1e-8 * np.maximum(1.0, np.abs(mean))] = 1.0
     return mean, std
 
@@ -106,12 +152,16 @@ def statistics_for(image, norm: Normalization) -> tuple[np.ndarray, np.ndarray]:
 def apply(block, norm: Normalization, stats: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """Normalise ``block`` (C, *spatial) with image statistics ``stats``; NaN/inf become 0 (the mean).
 
+    Computed in float32 for pixels that float32 holds (8/16-bit integers, float16/32) and in float64 for
+    float64 and 32/64-bit integers, whose values may exceed float32's range or precision.
     Returns float32 of the block's shape.
     """
-    block = np.asarray(block, dtype=np.float32)
+    block = np.asarray(block)
+    work = np.result_type(block.dtype, np.float32)
+    block = block.astype(work, copy=False)
     if norm.scheme == "ct":
         block = np.clip(block, *norm.clip)
     mean, std = stats
     shape = (-1,) + (1,) * (block.ndim - 1)
-    out = (block - mean.astype(np.float32).reshape(shape)) / std.astype(np.float32).reshape(shape)
+    out = ((block - mean.astype(work).reshape(shape)) / std.astype(work).reshape(shape)).astype(np.float32, copy=False)
     return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0, copy=False)
