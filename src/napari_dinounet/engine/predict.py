@@ -1,8 +1,12 @@
 """Sliding-window prediction (spec section 6): training-patch tiles, Gaussian blending, optional mirror TTA.
 
 Tiling. Tiles have the training patch size (multiples of 32) and start ``int(step * tile)`` pixels apart,
-the last one flush with the image's end (the placement of MONAI's ``sliding_window_inference``). An image
-smaller than a tile is padded with zeros (its mean, once normalised) and the prediction cropped back.
+the last one flush with the image's end (the placement of MONAI's ``sliding_window_inference``). A tile is
+never larger than the image rounded up to a multiple of 32, per axis (a 2048 tile on a 128 x 128 image
+took 30 s and 4.9 GB of RAM for padding; a crafted 1048576 tile asked for an 8 TiB Gaussian); an image
+smaller than the tile is padded with zeros (its mean, once normalised) and the prediction cropped back.
+A step that would make more than :data:`MAX_TILE_FACTOR` times the tiles of step 0.5 (``step=0.01``:
+201,601 tiles on 512 x 512 instead of 225) is refused unless ``force=True``.
 Tile logits are weighted by a Gaussian importance map (sigma = tile/8, floored at 1e-3 of its peak, as
 MONAI does) and overlapping tiles give the weighted mean of their logits: labels are its argmax,
 probabilities its softmax.
@@ -28,6 +32,7 @@ generator (``gen.close()``, a Cancel in napari) never leaves ``out`` half-writte
 from __future__ import annotations
 
 import math
+import numbers
 import tempfile
 import warnings
 from collections.abc import Generator, Sequence
@@ -40,12 +45,14 @@ import torch
 
 from . import normalize
 from .device import pick_device
-from .errors import InputError
+from .errors import DinoUNetError, InputError
+from .io import channels_last_axis
 from .progress import Progress
 
 DEFAULT_PATCH_SIZE = 512
 SIGMA_SCALE = 0.125  # sigma = tile / 8 (nnU-Net, the paper's release)
 MIN_IMPORTANCE = 1e-3  # floor of the importance map, relative to its peak (MONAI's choice)
+MAX_TILE_FACTOR = 10  # more tiles than this times those of step 0.5 need force=True (hours for no gain)
 _MIRRORS = ((), (-1,), (-2,), (-2, -1))  # test-time augmentation: every combination of the two flips
 
 
@@ -96,16 +103,20 @@ def _normalise_axis(axis: int, ndim: int, name: str, shape: tuple[int, ...]) -> 
 
 
 def _layout(shape: tuple[int, ...], channel_axis: int | None, slice_axis: int | None) -> _Layout:
-    """Find the axes as ``engine/data.py`` does for training: (..., 3|4) is RGB(A) unless told otherwise,
-    and ``slice_axis`` counts the spatial axes only (the channel axis left out)."""
+    """Find the axes as ``engine/data.py`` does for training and ``engine/io.py`` for files: unless told
+    otherwise, the last axis holds the channels by :func:`~.io.channels_last_axis` ((..., 3|4) is RGB(A),
+    (H, W, 1|2) one or two channels), except that a 3D image with a ``slice_axis`` is a stack; and
+    ``slice_axis`` counts the spatial axes only (the channel axis left out)."""
     ndim = len(shape)
     if 0 in shape:
         raise InputError(f"the image of shape {shape} is empty")
     channels = slice(None)
     if channel_axis is not None:
         channel = _normalise_axis(channel_axis, ndim, "channel_axis", shape)
-    elif shape[-1] in (3, 4) and (ndim == 4 or (ndim == 3 and slice_axis is None)):
-        channel, channels = ndim - 1, slice(0, 3)  # RGB(A), the way napari shows it
+    elif slice_axis is None or ndim == 4:
+        channel = channels_last_axis(shape)
+        if channel is not None and shape[channel] == 4:
+            channels = slice(0, 3)  # RGBA, the way napari shows it: alpha carries no content
     else:
         channel = None
     spatial = [axis for axis in range(ndim) if axis != channel]
@@ -201,25 +212,32 @@ class _OpenRows:
         return final
 
 
+def _label_dtype(classes: int) -> np.dtype:
+    """The label type for ``classes`` classes: uint8, uint16 beyond 256 classes, uint32 beyond 65,536."""
+    return np.dtype(np.uint8 if classes <= 1 << 8 else np.uint16 if classes <= 1 << 16 else np.uint32)
+
+
 def _argmax_classes(planes: torch.Tensor) -> np.ndarray:
-    """Per pixel, the index of the largest of ``planes`` (nc, h, w), the first one on ties: uint8 (h, w),
-    uint16 beyond 256 classes. A loop over classes: torch's argmax over a leading axis is about five
-    times slower on the CPU."""
+    """Per pixel, the index of the largest of ``planes`` (nc, h, w), the first one on ties: (h, w) of
+    :func:`_label_dtype`. A loop over classes: torch's argmax over a leading axis is about five times
+    slower on the CPU."""
     classes = planes.shape[0]
-    labels = torch.zeros(planes.shape[1:], dtype=torch.uint8 if classes <= 256 else torch.int32, device=planes.device)
+    dtype = _label_dtype(classes)
+    # int32 beyond uint8: torch has no masked_fill_ for uint16/uint32, and int32 holds any class count here
+    labels = torch.zeros(planes.shape[1:], dtype=torch.uint8 if dtype == np.uint8 else torch.int32,
+                         device=planes.device)
     best = planes[0]
     for index in range(1, classes):
         higher = planes[index] > best
         labels.masked_fill_(higher, index)
         best = torch.where(higher, planes[index], best)
-    labels = labels.cpu().numpy()
-    return labels if classes <= 256 else labels.astype(np.uint16)
+    return labels.cpu().numpy().astype(dtype, copy=False)
 
 
 class _Output:
     """Where predictions go while they run: the array returned, or a private buffer copied into ``out`` at the end.
 
-    Labels are (spatial...) uint8 (uint16 beyond 256 classes); probabilities (nc, spatial...) float32.
+    Labels are (spatial...) of :func:`_label_dtype`; probabilities (nc, spatial...) float32.
     """
 
     def __init__(self, layout: _Layout, probabilities: bool, out):
@@ -238,6 +256,10 @@ class _Output:
             raise InputError(f"out must be float (classes, *{spatial}) for probabilities; got {shape} {self.out.dtype}")
         if not self.probabilities and (shape != spatial or kind not in "iu"):
             raise InputError(f"out must be integer {spatial} for labels; got {shape} {self.out.dtype}")
+        # NumPy (and memmaps) say so in their flags, zarr in read_only; found out only at the end otherwise
+        if getattr(self.out, "read_only", False) or (isinstance(self.out, np.ndarray) and not self.out.flags.writeable):
+            raise InputError(f"out is read-only ({type(self.out).__name__}): pass a writable array, e.g. "
+                             f"np.empty({shape}, {self.out.dtype}), or a zarr array opened with mode='r+'")
 
     def _allocate(self, block: np.ndarray) -> None:
         shape = ((block.shape[0],) if self.probabilities else ()) + self.layout.spatial_shape
@@ -282,12 +304,38 @@ class _Output:
 
 
 def _tile_shape(patch_size) -> tuple[int, int]:
+    """``patch_size`` (None, an int or (th, tw)) as (th, tw), or an InputError suggesting a valid tile."""
     size = DEFAULT_PATCH_SIZE if patch_size is None else patch_size
-    tile = (int(size), int(size)) if np.isscalar(size) else tuple(int(s) for s in size)
+    try:
+        tile = (int(size), int(size)) if np.isscalar(size) else tuple(int(s) for s in size)
+    except (TypeError, ValueError):  # "abc", NaN, None inside a tuple
+        tile = ()
     if len(tile) != 2 or any(s <= 0 or s % 32 for s in tile):
-        fix = tuple(max(32, 32 * round(s / 32)) for s in tile)
+        sizes = (list(tile) * 2)[:2] if tile else [DEFAULT_PATCH_SIZE] * 2  # (64,) means (64, 64)
+        fix = tuple(max(32, 32 * round(s / 32)) for s in sizes)
         raise InputError(f"tile size {size} must be two positive multiples of 32, e.g. {fix}")
     return tile
+
+
+def _fit_tile(tile: tuple[int, int], height: int, width: int) -> tuple[int, int]:
+    """``tile`` (th, tw) no larger than a plane (height, width) rounded up to a multiple of 32 per axis: a
+    larger tile only adds padding to compute."""
+    return tuple(min(size, 32 * math.ceil(extent / 32)) for size, extent in zip(tile, (height, width)))
+
+
+def _is_number(value, kind: type) -> bool:
+    """Whether ``value`` is a number of ``kind`` (numbers.Real, numbers.Integral); True and False are not."""
+    return isinstance(value, kind) and not isinstance(value, bool)
+
+
+def _check_array(image) -> None:
+    """An InputError, naming the fix, for an image that is not an array-like with a shape and a NumPy dtype."""
+    if isinstance(image, torch.Tensor):  # its dtype is torch's, which NumPy cannot interpret
+        raise InputError("predict takes a NumPy, dask or zarr array, not a torch tensor: pass tensor.cpu().numpy()")
+    if not (hasattr(image, "shape") and hasattr(image, "dtype")):
+        raise InputError(
+            f"predict takes a NumPy, dask or zarr array, not a {type(image).__name__}: wrap it in np.asarray(...)"
+        )
 
 
 def _as_normalization(normalization) -> normalize.Normalization:
@@ -334,7 +382,8 @@ class _Tiler:
         return normalize.apply(raw, self.norm, self.stats)
 
     def _forward(self, batch: np.ndarray) -> torch.Tensor:
-        """Logits (n, nc, th, tw) float32 for a batch of tiles (n, C, th, tw), averaged over the mirrors."""
+        """Logits (n, nc, th, tw) float32 for a batch of tiles (n, C, th, tw), averaged over the mirrors;
+        a DinoUNetError when any is NaN or infinite."""
         x = torch.from_numpy(batch).to(self.device)
         total = None
         with torch.no_grad(), _autocast(self.device):
@@ -349,6 +398,11 @@ class _Tiler:
                     )
                 logits = (logits.flip(dims) if dims else logits).float()
                 total = logits if total is None else total + logits
+        if not torch.isfinite(total).all():  # NaN would argmax to class 0 everywhere: all background, no error
+            raise DinoUNetError(
+                "the network produced NaN/inf logits: its weights are damaged or the training diverged; retrain "
+                "or check the backbone file"
+            )
         return total / len(self.mirrors)
 
     def _final(self, sums: torch.Tensor, width: int) -> np.ndarray:
@@ -400,36 +454,55 @@ def predict(
     probabilities: bool = False,
     out=None,
     device: str | torch.device | None = None,
+    force: bool = False,
 ) -> Generator[Progress, None, np.ndarray]:
     """Segment ``image`` with a sliding window; yields ``Progress(task="predict")`` per tile batch.
 
     model: any module mapping normalised tiles (B, C, th, tw) to logits (B, nc, th, tw), e.g. a DinoUNet
         (which maps C input channels to its backbone's three itself).
-    image: NumPy, dask or zarr; uint8/uint16/int16/float32/float64 (NaN and inf are predicted as the image
-        mean, with a warning). 2D (H, W); (H, W, 3|4) and (Z, H, W, 3|4) are RGB(A) (alpha is dropped);
-        ``channel_axis`` (counted in the input's axes) marks the channels of a multichannel image; stacks go
-        slice by slice along ``slice_axis``, counted in the spatial axes (the output's), default 0; both
-        as ``engine/data.py`` reads training images.
-    patch_size: the tile, an int or (th, tw), multiples of 32 (default 512; use the training patch).
-    step: tile offset as a fraction of the tile (0.5: tiles overlap by half).
+    image: a NumPy, dask or zarr array (not a list: ``np.asarray`` it; not a torch tensor: ``.cpu().numpy()``
+        it); integer or float pixels, float64 beyond float32's range included (NaN and inf are predicted as
+        the image mean, with a warning). 2D (H, W); (H, W, 3|4) and (Z, H, W, 3|4) are RGB(A) (alpha is
+        dropped); (H, W, 1|2) and (Z, H, W, 1|2) with H and W over 4 are one or two channels, never a stack
+        of slices 1 or 2 pixels wide; ``channel_axis`` (counted in the input's axes) marks the channels of
+        any other multichannel image; stacks go slice by slice along ``slice_axis``, counted in the spatial
+        axes (the output's), default 0, and a 3D image given a ``slice_axis`` is always a stack; all as
+        ``engine/data.py`` reads training images and ``engine/io.py`` files.
+    patch_size: the tile, an int or (th, tw), multiples of 32 (default 512; use the training patch); never
+        larger than the image rounded up to a multiple of 32.
+    step: tile offset as a fraction of the tile (0.5: tiles overlap by half); a step that makes more than
+        :data:`MAX_TILE_FACTOR` times the tiles of step 0.5 is an InputError unless ``force``.
     tta: also predict the three mirror images of each tile and average (4x slower).
     normalization: the scheme (``zscore``, ``rgb``) or a fitted :class:`~.normalize.Normalization`
         (``ct``); statistics span the whole image or stack, computed block-wise.
     probabilities: return class probabilities (nc, *spatial) float32 instead of labels.
-    out: an array (NumPy, zarr) of the result's shape to fill; it is written only at the very end.
+    out: a writable array (NumPy, zarr) of the result's shape to fill; it is written only at the very end.
     device: where to run the model (moved there); default: where its parameters are.
+    force: run a step that makes more than :data:`MAX_TILE_FACTOR` times the tiles of step 0.5 (``--force``).
 
     Returns labels of the input's spatial shape (its shape without the channel axis), uint8 (uint16
-    beyond 256 classes), or the probabilities; ``out`` itself when given.
+    beyond 256 classes, uint32 beyond 65,536), or the probabilities; ``out`` itself when given. A network
+    producing NaN or infinite logits stops the run with a DinoUNetError (``out`` is left as it was).
     """
+    _check_array(image)
     layout = _layout(tuple(image.shape), channel_axis, slice_axis)
     if np.dtype(image.dtype).kind not in "biuf":
         raise InputError(f"cannot predict an image of dtype {image.dtype}: use integer or float pixels")
-    tile = _tile_shape(patch_size)
-    if not 0 < step <= 1:
+    height, width = image.shape[layout.rows], image.shape[layout.cols]
+    tile = _fit_tile(_tile_shape(patch_size), height, width)
+    if not _is_number(step, numbers.Real) or not 0 < step <= 1:
         raise InputError(f"step={step} must be in (0, 1]: the tile offset as a fraction of the tile (0.5 is usual)")
-    if batch_size < 1:
-        raise InputError(f"batch_size={batch_size} must be at least 1")
+    if not _is_number(batch_size, numbers.Integral) or batch_size < 1:
+        raise InputError(f"batch_size={batch_size!r} must be a whole number, at least 1: tiles per step (4 is usual)")
+    slices = 1 if layout.slice is None else image.shape[layout.slice]
+    ys, xs = _grid(height, width, tile, step)
+    total = slices * len(ys) * len(xs)
+    usual = slices * math.prod(len(starts) for starts in _grid(height, width, tile, 0.5))
+    if total > MAX_TILE_FACTOR * usual and not force:
+        raise InputError(
+            f"step={step} makes {total} tiles, {total / usual:.0f} times the {usual} at step 0.5: use a step near 0.5, "
+            "or pass --force (force=True) to run them all"
+        )
     norm = _as_normalization(normalization)
     output = _Output(layout, probabilities, out)
     if device is None:
@@ -440,12 +513,9 @@ def predict(
     was_training = model.training
     model.eval()
     try:
-        slices = 1 if layout.slice is None else image.shape[layout.slice]
         channel_pin = {layout.channel: layout.channels} if layout.channel is not None else {}
         stack_axes = (layout.slice,) if layout.slice is not None else ()
         whole = _AxisView(image, (layout.channel, *stack_axes, layout.rows, layout.cols), channel_pin)
-        ys, xs = _grid(image.shape[layout.rows], image.shape[layout.cols], tile, step)
-        total = slices * len(ys) * len(xs)
         yield Progress("predict", 0, total, "image statistics")
         stats = normalize.statistics_for(whole, norm)
         tiler = _Tiler(model, device, tile, step, batch_size, tta, norm, stats, probabilities)
