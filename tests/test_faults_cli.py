@@ -334,3 +334,11 @@ def test_sigterm_stops_training_like_ctrl_c_and_the_run_resumes(trained, tmp_pat
     assert run.returncode == 128 + signal.SIGTERM, stderr
     assert "stopped: the last finished epoch is saved" in stdout and "terminated" in stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["h.safetensors", "h.state.safetensors"]
+
+
+def test_warnings_are_one_line_naming_the_command():
+    result = subprocess.run([str(Path(sys.executable).parent / "dinounet"), "info", "random:tiny"],
+                            capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "default"})
+    assert result.returncode == 0, result.stderr
+    assert "dinounet info: warning: backbone 'random:tiny' has RANDOM weights" in result.stderr
+    assert ".py:" not in result.stderr  # no source file and line number

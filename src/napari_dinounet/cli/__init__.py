@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 
 from .. import __version__
 
@@ -71,13 +72,28 @@ def sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def warnings_as_lines(command: str):
+    """Show warnings (0/255 masks mapped, random backbone, no foreground) as ``dinounet CMD: warning: ...``
+    lines, not with Python's source file and line number, which mean nothing to a user."""
+    def format_line(message, category, filename, lineno, line=None):
+        return f"dinounet {command}: warning: {message}\n"
+
+    previous = warnings.formatwarning  # formatting only: code that records warnings still gets them
+    warnings.formatwarning = format_line
+    try:
+        yield
+    finally:
+        warnings.formatwarning = previous
+
+
 def main(argv: list[str] | None = None) -> int:
     passive_openmp_threads()  # before any command imports torch
     from ..engine.errors import DinoUNetError
 
     args = build_parser().parse_args(argv)
     try:
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt(), warnings_as_lines(args.command):
             return int(args.run(args) or 0)
     except DinoUNetError as err:
         print(f"dinounet {args.command}: error: {err}", file=sys.stderr)
