@@ -67,6 +67,8 @@ def run(model, img, **kwargs):
         ((100, 40), 2048, (128, 64)),  # per dimension, rounded up to a multiple of 32
         ((128, 128), 1048576, (128, 128)),  # H-predict-patchhuge: an 8 TiB Gaussian was attempted
         ((300, 40), (64, 512), (64, 64)),  # a tile smaller than the image stays as it is
+        ((20, 300), 512, (64, 320)),  # never clamped below 64, which a DinoUNet needs
+        ((20, 17), 32, (32, 32)),  # but a tile asked for as 32 stays 32
     ],
 )
 def test_the_tile_is_clamped_to_the_image_rounded_up_to_32(shape, patch, tile):
@@ -76,6 +78,15 @@ def test_the_tile_is_clamped_to_the_image_rounded_up_to_32(shape, patch, tile):
     assert labels.shape == shape
     assert {batch[2:] for batch in model.batches} == {tile}
     np.testing.assert_array_equal(labels, run(Recording(), img, patch_size=tile))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (20, 300)])
+def test_a_dino_unet_predicts_images_smaller_than_its_tile(tiny_backbone, shape):
+    from napari_dinounet.engine.network import build_dinounet
+
+    model = build_dinounet(num_classes=2, backbone=tiny_backbone).eval()
+    img = np.random.default_rng(0).integers(0, 255, shape).astype(np.uint8)
+    assert run(model, img, patch_size=512).shape == shape  # a 32 tile: InstanceNorm of 1 x 1 features refused
 
 
 @pytest.mark.parametrize("step, tiles", [(0.01, 201_601), (1e-9, 201_601), (0.1, 5_776)])

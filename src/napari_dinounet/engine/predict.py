@@ -2,9 +2,10 @@
 
 Tiling. Tiles have the training patch size (multiples of 32) and start ``int(step * tile)`` pixels apart,
 the last one flush with the image's end (the placement of MONAI's ``sliding_window_inference``). A tile is
-never larger than the image rounded up to a multiple of 32, per axis (a 2048 tile on a 128 x 128 image
-took 30 s and 4.9 GB of RAM for padding; a crafted 1048576 tile asked for an 8 TiB Gaussian); an image
-smaller than the tile is padded with zeros (its mean, once normalised) and the prediction cropped back.
+never larger than the image rounded up to a multiple of 32 (but at least :data:`MIN_FITTED_TILE`), per
+axis: a 2048 tile on a 128 x 128 image took 30 s and 4.9 GB of RAM for padding, and a crafted 1048576
+tile asked for an 8 TiB Gaussian. An image smaller than the tile is padded with zeros (its mean, once
+normalised) and the prediction cropped back.
 A step that would make more than :data:`MAX_TILE_FACTOR` times the tiles of step 0.5 (``step=0.01``:
 201,601 tiles on 512 x 512 instead of 225) is refused unless ``force=True``.
 Tile logits are weighted by a Gaussian importance map (sigma = tile/8, floored at 1e-3 of its peak, as
@@ -53,6 +54,9 @@ DEFAULT_PATCH_SIZE = 512
 SIGMA_SCALE = 0.125  # sigma = tile / 8 (nnU-Net, the paper's release)
 MIN_IMPORTANCE = 1e-3  # floor of the importance map, relative to its peak (MONAI's choice)
 MAX_TILE_FACTOR = 10  # more tiles than this times those of step 0.5 need force=True (hours for no gain)
+# The smallest tile clamping leaves: a DinoUNet's 1/32 features of a 32-pixel tile are 1 x 1, which its
+# InstanceNorm refuses.
+MIN_FITTED_TILE = 64
 _MIRRORS = ((), (-1,), (-2,), (-2, -1))  # test-time augmentation: every combination of the two flips
 
 
@@ -318,9 +322,10 @@ def _tile_shape(patch_size) -> tuple[int, int]:
 
 
 def _fit_tile(tile: tuple[int, int], height: int, width: int) -> tuple[int, int]:
-    """``tile`` (th, tw) no larger than a plane (height, width) rounded up to a multiple of 32 per axis: a
-    larger tile only adds padding to compute."""
-    return tuple(min(size, 32 * math.ceil(extent / 32)) for size, extent in zip(tile, (height, width)))
+    """``tile`` (th, tw) no larger than a plane (height, width) rounded up to a multiple of 32 per axis, nor
+    below :data:`MIN_FITTED_TILE` unless ``tile`` itself is: a larger tile only adds padding to compute."""
+    return tuple(min(size, max(MIN_FITTED_TILE, 32 * math.ceil(extent / 32)))
+                 for size, extent in zip(tile, (height, width)))
 
 
 def _is_number(value, kind: type) -> bool:
@@ -469,7 +474,7 @@ def predict(
         axes (the output's), default 0, and a 3D image given a ``slice_axis`` is always a stack; all as
         ``engine/data.py`` reads training images and ``engine/io.py`` files.
     patch_size: the tile, an int or (th, tw), multiples of 32 (default 512; use the training patch); never
-        larger than the image rounded up to a multiple of 32.
+        larger than the image rounded up to a multiple of 32 (at least :data:`MIN_FITTED_TILE`).
     step: tile offset as a fraction of the tile (0.5: tiles overlap by half); a step that makes more than
         :data:`MAX_TILE_FACTOR` times the tiles of step 0.5 is an InputError unless ``force``.
     tta: also predict the three mirror images of each tile and average (4x slower).
