@@ -342,3 +342,25 @@ def test_warnings_are_one_line_naming_the_command():
     assert result.returncode == 0, result.stderr
     assert "dinounet info: warning: backbone 'random:tiny' has RANDOM weights" in result.stderr
     assert ".py:" not in result.stderr  # no source file and line number
+
+
+def test_predict_channel_axis_option_for_files_that_do_not_say(trained, tmp_path, capsys):
+    heads, images, _ = trained
+    plane = tifffile.imread(next(images.iterdir()))[:64, :64]
+    np.save(tmp_path / "czyx.npy", np.stack([plane, plane, plane])[None])  # (C=1, Z=3, Y, X)
+    assert predict_cli(heads, str(tmp_path / "czyx.npy"), "--out", str(tmp_path / "p")) == 2
+    assert "--channel-axis" in capsys.readouterr().err
+    assert predict_cli(heads, str(tmp_path / "czyx.npy"), "--out", str(tmp_path / "p"), "--channel-axis", "0") == 0
+    labels = np.load(tmp_path / "p" / "czyx.npy")
+    assert labels.shape == (3, 64, 64)
+    np.testing.assert_array_equal(labels[0], labels[2])  # three equal slices, predicted alike
+
+
+def test_predict_step_that_multiplies_tiles_needs_force(trained, tmp_path, capsys):
+    heads, images, _ = trained
+    one = next(images.iterdir())
+    assert predict_cli(heads, str(one), "--out", str(tmp_path / "p"), "--step", "0.05") == 2
+    assert "--force" in capsys.readouterr().err
+    assert not (tmp_path / "p" / one.name).exists()
+    assert predict_cli(heads, str(one), "--out", str(tmp_path / "p"), "--step", "0.1", "--force") == 0
+    assert (tmp_path / "p" / one.name).exists()

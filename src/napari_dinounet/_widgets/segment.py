@@ -108,7 +108,7 @@ class SegmentWidget(QWidget):
         self.tile_spin.setValue(int(recall("segment/tile", "0") or 0))
         self.tile_spin.setToolTip("Sliding-window tile in pixels (multiple of 32); default: the training patch.")
         self.overlap_spin = QDoubleSpinBox()
-        self.overlap_spin.setRange(0.0, 0.9)
+        self.overlap_spin.setRange(0.0, 0.8)  # 0.8 makes ~6x the tiles of 0.5; predict refuses beyond 10x
         self.overlap_spin.setSingleStep(0.05)
         self.overlap_spin.setValue(float(recall("segment/overlap", "0.5") or 0.5))
         self.overlap_spin.setToolTip("How much neighbouring tiles overlap (0.5: half a tile).")

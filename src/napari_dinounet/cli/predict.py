@@ -35,6 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="for 3D images: the spatial axis (channels not counted) to cut 2D slices along; default: the file's z",
     )
     parser.add_argument(
+        "--channel-axis", type=int, metavar="N",
+        help="the array axis that holds channels, for files that do not say (e.g. 0 for a (C, Z, Y, X) .npy); "
+        "default: the file's own",
+    )
+    parser.add_argument(
         "--probabilities", action="store_true",
         help="also write class probabilities, float32 with classes first, as <case>_probabilities.npy",
     )
@@ -63,6 +68,22 @@ def _slice_axis(image, axis: int | None) -> int | None:
             f"--axis {axis} does not exist in {image.path.name} (spatial shape {image.spatial_shape}): use 0 to 2"
         )
     return axis % len(spatial)
+
+
+def _with_channel_axis(image, axis: int):
+    """``image`` with ``--channel-axis`` as its channel axis (a spacing that no longer fits is dropped)."""
+    import dataclasses
+
+    from ..engine.errors import InputError
+
+    ndim = image.data.ndim
+    if not -ndim <= axis < ndim:
+        raise InputError(f"--channel-axis {axis} does not exist in {image.path.name} (shape {image.data.shape}): "
+                         f"use 0 to {ndim - 1}")
+    image = dataclasses.replace(image, channel_axis=axis % ndim)
+    if image.spacing is not None and len(image.spacing) != len(image.spatial_axes):
+        image = dataclasses.replace(image, spacing=None, unit=None)
+    return image
 
 
 def _some(paths: list[Path], limit: int = 3) -> str:
@@ -132,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
     )
     for number, (case, target) in enumerate(planned, start=1):
         image = read_case(case)
+        if args.channel_axis is not None:
+            image = _with_channel_axis(image, args.channel_axis)
         channels = 1 if image.channel_axis is None else image.data.shape[image.channel_axis]
         if metadata.in_channels and channels != metadata.in_channels:
             raise InputError(
@@ -142,7 +165,8 @@ def run(args: argparse.Namespace) -> int:
         job = predict(
             model, image.data, patch_size=tile, step=args.step, tta=args.tta, batch_size=args.batch,
             normalization=metadata.normalization, channel_axis=image.channel_axis,
-            slice_axis=_slice_axis(image, args.axis), probabilities=args.probabilities, device=device,
+            slice_axis=_slice_axis(image, args.axis), probabilities=args.probabilities, force=args.force,
+            device=device,
         )
         result = run_with_bar(job, desc=f"[{number}/{len(planned)}] {case.name}", disable=args.quiet)
         labels = result.argmax(axis=0) if args.probabilities else result

@@ -127,7 +127,8 @@ def _layout(shape: tuple[int, ...], channel_axis: int | None, slice_axis: int | 
     if len(spatial) not in (2, 3):
         raise InputError(
             f"cannot predict an image of shape {shape}: give a 2D image (H, W), RGB (H, W, 3), a stack (Z, H, W), "
-            "RGB stacks (Z, H, W, 3), or say which axis holds the channels with channel_axis"
+            "RGB stacks (Z, H, W, 3), or say which axis holds the channels (channel_axis=N in Python, "
+            "--channel-axis N in the CLI)"
         )
     if len(spatial) == 2:
         if slice_axis is not None:
