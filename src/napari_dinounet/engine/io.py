@@ -585,6 +585,8 @@ def match_cases(pred_dir: str | Path, gt_dir: str | Path) -> list[tuple[str, Pat
             raise InputError(f"{folder}: no such folder; check the path")
         by_name: dict[str, Path] = {}
         for path in sorted(p for p in folder.iterdir() if p.is_file() and is_supported(p)):
+            if path.name.endswith(PROBABILITIES_SUFFIX):
+                continue
             name = evaluation_name(path)
             if name in by_name:
                 raise InputError(f"{folder}: {by_name[name].name} and {path.name} are the same case {name!r}; keep one")
@@ -608,6 +610,14 @@ def match_cases(pred_dir: str | Path, gt_dir: str | Path) -> list[tuple[str, Pat
 # ----------------------------------------------------------------------------------------------- writing
 
 
+PROBABILITIES_SUFFIX = "_probabilities.npy"
+
+
+def probabilities_path(labels_path: str | Path, case_name: str) -> Path:
+    """Where a case's class probabilities go beside its labels: ``<case>_probabilities.npy``."""
+    return Path(labels_path).with_name(case_name + PROBABILITIES_SUFFIX)
+
+
 def output_path_for(source: Case | str | Path, out_dir: str | Path) -> Path:
     """Where the prediction for ``source`` goes: ``out_dir/<case name><input extension>``.
 
@@ -618,8 +628,6 @@ def output_path_for(source: Case | str | Path, out_dir: str | Path) -> Path:
     extension = ".png" if case.format == "jpeg" else case.extension
     return Path(out_dir) / f"{case.name}{extension}"
 
-            if path.name.endswith(PROBABILITIES_SUFFIX):
-                continue
 
 def as_label_array(labels) -> np.ndarray:
     """Labels as the smallest unsigned type that holds them (uint8, else uint16, else uint32).
@@ -642,14 +650,6 @@ def as_label_array(labels) -> np.ndarray:
         if high <= np.iinfo(dtype).max:
             return labels.astype(dtype, copy=False)
     raise InputError(f"label value {high} is too large (at most {np.iinfo(np.uint32).max})")
-
-PROBABILITIES_SUFFIX = "_probabilities.npy"
-
-
-def probabilities_path(labels_path: str | Path, case_name: str) -> Path:
-    """Where a case's class probabilities go beside its labels: ``<case>_probabilities.npy``."""
-    return Path(labels_path).with_name(case_name + PROBABILITIES_SUFFIX)
-
 
 
 def write_labels(path: str | Path, labels, like: ImageFile | None = None) -> Path:
