@@ -15,9 +15,12 @@ becomes a :class:`~.errors.WeightsError` that names the file and the fix.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import pickle
+import pickletools
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,22 +102,73 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _torch_load(path: Path, zipped: bool):
+    # torch.load reads any path named *.safetensors with safetensors, whatever it holds. Such a file is
+    # refused, but it goes through the weights-only unpickler first (given an open file, onto the meta device:
+    # no tensor bytes are read), so that pickled code is called code, not a naming slip
+    misnamed = path.name.lower().endswith(".safetensors")
     try:
+        if misnamed:
+            with open(path, "rb") as f:
+                torch.load(f, map_location="meta", weights_only=True)
+            raise WeightsError(f"{path}: this is a PyTorch file with a .safetensors name; rename it to .pth")
         # mmap needs the zip format; it keeps a 27 GB 7B file out of RAM until tensors are copied
         return torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
     except pickle.UnpicklingError as err:
         if "weights only load failed" not in str(err).lower():
-            raise WeightsError(f"{path}: the file is corrupt ({_first_line(err)}); download it again") from None
+            raise _corrupt(path, _first_line(err)) from None
+        if not holds_python_objects(path, zipped):
+            raise _corrupt(path, "not a valid pickle") from None
         raise WeightsError(
             f"{path}: refused: the file holds Python objects or code, not only tensors, and loading it could "
             "run that code. If you trust its origin, re-save just its tensors, e.g. "
             "safetensors.torch.save_file({k: v.contiguous() for k, v in state_dict.items()}, 'weights.safetensors')."
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise WeightsError(
-            f"{path}: cannot be read as a PyTorch file, it is truncated or corrupt ({_first_line(err)}); "
-            "download it again"
-        ) from None
+    # the weights-only unpickler meets random bytes with any of these (a memo or stack index out of range, a
+    # length field asking for petabytes)
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, MemoryError, OverflowError) as err:
+        raise _corrupt(path, _first_line(err)) from None
+
+
+def _corrupt(path: Path, detail: str) -> WeightsError:
+    return WeightsError(
+        f"{path}: cannot be read as a PyTorch file, it is truncated or corrupt ({detail}); download it again"
+    )
+
+
+# opcodes that name a Python object (module.attribute) for the unpickler to import and call
+_GLOBAL_OPCODES = {"GLOBAL", "STACK_GLOBAL", "INST"}
+# the pickles of a state dict are small (the tensors' bytes lie elsewhere): 64 MB covers any real one
+_PICKLE_LIMIT = 64 << 20
+
+
+def holds_python_objects(path: Path, zipped: bool) -> bool:
+    """Whether a file torch refused holds well-formed pickles that name Python objects (code, or classes
+    beyond tensors) rather than damaged or random bytes. Parses the opcodes only; runs nothing.
+
+    zipped: a torch.save zip archive, whose ``<name>/data.pkl`` is the one pickle; else the legacy format,
+    up to four pickles in a row (magic number, version, system info, the object) before the tensor bytes.
+    """
+    try:
+        if zipped:
+            with zipfile.ZipFile(path) as archive:
+                name = next(n for n in archive.namelist() if n.endswith("/data.pkl"))
+                with archive.open(name) as member:
+                    head = member.read(_PICKLE_LIMIT)
+        else:
+            with open(path, "rb") as f:
+                head = f.read(_PICKLE_LIMIT)
+    except (OSError, zipfile.BadZipFile, StopIteration):
+        return False
+    # in memory, so that a random length field cannot make the reader allocate gigabytes
+    stream = io.BytesIO(head)
+    for _ in range(1 if zipped else 4):
+        try:  # the whole pickle must parse up to its STOP: random bytes soon hit an unknown opcode
+            names = [opcode.name for opcode, _, _ in pickletools.genops(stream)]
+        except ValueError:  # an unknown opcode, a bad argument or bytes ending before STOP
+            return False
+        if _GLOBAL_OPCODES.intersection(names):
+            return True
+    return False
 
 
 def _safetensors_load(path: Path):
