@@ -1,5 +1,5 @@
-"""Faulty backbone weights (the 2026-12 reliability report): misnamed, random or pickled files each give a
-one-line WeightsError naming the file and the fix."""
+"""Faulty backbone weights (the 2026-12 reliability report): misnamed, random, pickled, non-finite or
+integer files each give a one-line WeightsError naming the file and the fix."""
 
 from __future__ import annotations
 
@@ -113,3 +113,51 @@ def test_a_pickle_cut_short_is_corrupt_not_code(tmp_path):
     with pytest.raises(WeightsError, match="cut.pth: cannot be read as a PyTorch file, it is truncated or corrupt"):
         load_backbone(tmp_path / "cut.pth")
     assert not (tmp_path / "payload_ran").exists()
+
+
+# ---- non-finite and integer weights (defect 5) ----
+
+
+def test_nan_and_inf_in_some_blocks_are_refused_with_the_count_and_first_tensor(official_state, tmp_path):
+    official_state["blocks.1.attn.qkv.weight"][3, :2] = float("nan")
+    official_state["blocks.3.mlp.fc2.bias"][0] = float("-inf")
+    torch.save(official_state, tmp_path / "nan.pth")
+    with pytest.raises(WeightsError, match=r"nan.pth: 3 values are NaN or infinite, in 2 tensors \(the first: "
+                       r"blocks\.1\.attn\.qkv\.weight\); the file is damaged: download it again$"):
+        load_backbone(tmp_path / "nan.pth")
+
+
+def test_nan_in_an_hf_folder_names_its_weights_file(dinov3_tiny_dir, tmp_path):
+    folder = _hf_folder(dinov3_tiny_dir, tmp_path)
+    state = load_file(dinov3_tiny_dir / "hf_tiny" / "model.safetensors")
+    state["layer.2.norm1.weight"] = torch.full_like(state["layer.2.norm1.weight"], float("nan"))
+    save_file(state, folder / "model.safetensors")
+    with pytest.raises(WeightsError, match=r"hf/model.safetensors: 64 values are NaN or infinite, in 1 tensor "
+                       r"\(the first: layer\.2\.norm1\.weight\)"):
+        load_backbone(folder)
+
+
+def test_integer_weights_are_refused_not_cast(official_state, tmp_path):
+    torch.save({k: v.to(torch.int32) for k, v in official_state.items()}, tmp_path / "int.pth")
+    with pytest.raises(WeightsError, match="int.pth: tensor cls_token holds int32 values, but DINOv3 weights are "
+                       "floating point .*converted wrongly"):
+        load_backbone(tmp_path / "int.pth")
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.uint8, torch.int64])
+def test_integer_or_boolean_qkv_bias_masks_are_accepted(official_state, dinov3_tiny_dir, tmp_path, dtype):
+    # Meta's forward casts its bias masks to the bias's dtype: they are masks, not weights
+    masks = [k for k in official_state if k.endswith(".qkv.bias_mask")]
+    assert len(masks) == 4 and set(official_state[masks[0]].unique().tolist()) == {0.0, 1.0}
+    torch.save({k: v.to(dtype) if k in masks else v for k, v in official_state.items()}, tmp_path / "masks.pth")
+    got, want = load_backbone(tmp_path / "masks.pth"), load_backbone(dinov3_tiny_dir / "official_tiny.pth")
+    assert all(torch.equal(got.vit.state_dict()[k], v) for k, v in want.vit.state_dict().items())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_weights_are_accepted(official_state, dinov3_tiny_dir, tmp_path, dtype):
+    torch.save({k: v.to(dtype) for k, v in official_state.items()}, tmp_path / "half.pth")
+    x = torch.randn(1, 3, 32, 32)
+    got = load_backbone(tmp_path / "half.pth").features(x)[3]
+    want = load_backbone(dinov3_tiny_dir / "official_tiny.pth").features(x)[3]
+    torch.testing.assert_close(got, want, atol=0.1, rtol=0)  # the weights' rounding, nothing else

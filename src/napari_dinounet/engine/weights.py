@@ -53,7 +53,10 @@ class WeightsFile:
 
 
 def read_weights(source: str | Path) -> WeightsFile:
-    """Read a Meta ``.pth``, an HF folder or a timm-layout file; raise WeightsError if it is not usable."""
+    """Read a Meta ``.pth``, an HF folder or a timm-layout file; raise WeightsError if it is not usable.
+
+    Besides the format, checked here: every tensor is floating point and finite (:func:`check_values`).
+    """
     path = Path(source).expanduser()
     if not path.exists():
         raise WeightsError(
@@ -64,10 +67,11 @@ def read_weights(source: str | Path) -> WeightsFile:
         files, config = _hf_folder(path)
     else:
         files, config = [path], None
-    raw: dict[str, torch.Tensor] = {}
-    for file in files:
-        raw.update(read_tensors(file))
+    per_file = {file: read_tensors(file) for file in files}
+    raw = {key: tensor for tensors in per_file.values() for key, tensor in tensors.items()}
     fmt = detect_format(raw, path)
+    for file, tensors in per_file.items():
+        check_values(tensors, file)
     if fmt == "official":
         state_dict, periods = official_to_timm(raw)
         head_dim = 4 * periods.numel() if periods is not None else None
@@ -195,6 +199,34 @@ def _tensor_dict(state, path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+# Meta's per-block masks of the fused qkv bias (1 for q and v, 0 for k): its forward casts them to the bias's
+# dtype, so integer or boolean ones are as good as float ones
+_BIAS_MASK = re.compile(r".*\.qkv\.bias_mask")
+
+
+def check_values(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """WeightsError unless every tensor is floating point (any width: fp32, fp16, bf16) and finite.
+
+    Integer tensors are refused rather than cast (a wrong conversion truncates weights to whole numbers);
+    only bias masks may be integer or boolean. Reads every value once (a 7B file: tens of seconds).
+    """
+    for key, tensor in tensors.items():
+        if not tensor.is_floating_point() and not _BIAS_MASK.fullmatch(key):
+            raise WeightsError(
+                f"{path}: tensor {key} holds {str(tensor.dtype).removeprefix('torch.')} values, but DINOv3 weights "
+                "are floating point (float32, float16 or bfloat16); the file was converted wrongly: download it again"
+            )
+    # a float64 sum is finite exactly when every value is: it cannot overflow, and NaN or inf propagate;
+    # cheaper than an isfinite mask of each tensor
+    bad = [key for key, t in tensors.items() if t.is_floating_point() and not t.sum(dtype=torch.float64).isfinite()]
+    if bad:
+        count = sum(int((~tensors[key].isfinite()).sum()) for key in bad)
+        raise WeightsError(
+            f"{path}: {count} values are NaN or infinite, in {len(bad)} tensor{'s' if len(bad) > 1 else ''} "
+            f"(the first: {bad[0]}); the file is damaged: download it again"
+        )
+
+
 def detect_format(state: dict[str, torch.Tensor], path: Path) -> str:
     """'official', 'hf' or 'timm' from the keys; WeightsError for any other network."""
     if "storage_tokens" in state:
@@ -237,7 +269,7 @@ def official_to_timm(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Te
             continue
         if key.endswith(".attn.qkv.bias"):
             mask = state.get(key + "_mask")
-            bias = value * mask if mask is not None else value
+            bias = value * mask.to(value.dtype) if mask is not None else value
             q_bias, _, v_bias = bias.chunk(3)
             stem = key.removesuffix("qkv.bias")
             out[stem + "q_bias"], out[stem + "v_bias"] = q_bias, v_bias
