@@ -1,5 +1,5 @@
-"""Faulty backbone weights (the 2026-12 reliability report): misnamed, random, pickled, non-finite or
-integer files each give a one-line WeightsError naming the file and the fix."""
+"""Faulty backbone weights (the 2026-12 reliability report): misnamed, random, pickled, non-finite, integer or
+incomplete files and lying config.json files each give a one-line WeightsError naming the file and the fix."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import random
 import shutil
 
 import pytest
+import timm
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -161,3 +162,77 @@ def test_half_precision_weights_are_accepted(official_state, dinov3_tiny_dir, tm
     got = load_backbone(tmp_path / "half.pth").features(x)[3]
     want = load_backbone(dinov3_tiny_dir / "official_tiny.pth").features(x)[3]
     torch.testing.assert_close(got, want, atol=0.1, rtol=0)  # the weights' rounding, nothing else
+
+
+# ---- config.json that lies (defects 6, 16, 23) ----
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"hidden_size": 128}, "hidden_size is 128, but the weights are 64 wide; this config.json belongs to another "
+         "model or was edited: download it again"),
+        ({"hidden_size": "abc"}, "hidden_size is 'abc', not a positive whole number; download config.json again"),
+        ({"hidden_size": 64.0}, "hidden_size is 64.0, not a positive whole number"),
+        ({"num_attention_heads": 0}, "num_attention_heads is 0, not a positive whole number"),
+        ({"num_attention_heads": "4"}, "num_attention_heads is '4', not a positive whole number"),
+        ({"num_attention_heads": True}, "num_attention_heads is True, not a positive whole number"),
+        ({"num_attention_heads": 3}, "num_attention_heads 3 does not split the width 64 into heads whose width is a "
+         r"multiple of 4 \(as DINOv3's RoPE needs\); config.json is wrong: download it again"),
+        ({"num_attention_heads": 7}, "num_attention_heads 7 does not split the width 64"),
+        ({"num_attention_heads": 32}, "num_attention_heads 32 does not split the width 64"),  # heads of width 2
+        ({"layer_norm_eps": "abc"}, "layer_norm_eps='abc', but DINOv3 backbones use 1e-05"),
+    ],
+)
+def test_a_config_json_that_disagrees_or_is_damaged_is_named(dinov3_tiny_dir, tmp_path, changes, message):
+    with pytest.raises(WeightsError, match="hf/config.json: " + message):
+        load_backbone(_hf_folder(dinov3_tiny_dir, tmp_path, changes))
+
+
+def test_config_head_count_is_what_the_backbone_records(dinov3_tiny_dir, tmp_path):
+    # An HF folder's tensors do not show the head count: a lie that still divides the width builds another
+    # network from the same tensors. architecture.num_heads says which, for heads checkpoints to compare.
+    honest = load_backbone(_hf_folder(dinov3_tiny_dir, tmp_path, name="honest"))
+    lying = load_backbone(_hf_folder(dinov3_tiny_dir, tmp_path, {"num_attention_heads": 1}, name="lying"))
+    assert (honest.architecture.num_heads, lying.architecture.num_heads) == (4, 1)
+    assert honest.sha256 == lying.sha256  # the hash covers the tensors only
+    x = torch.randn(1, 3, 32, 32)
+    assert (honest.features(x)[3] - lying.features(x)[3]).abs().max() > 0.1
+
+
+def test_config_without_hidden_size_takes_the_width_from_the_tensors(dinov3_tiny_dir, tmp_path):
+    backbone = load_backbone(_hf_folder(dinov3_tiny_dir, tmp_path, {"hidden_size": None}))
+    assert (backbone.embed_dim, backbone.num_heads) == (64, 4)
+
+
+def _official_folder(official_state, tmp_path, heads: int):
+    """Meta's tensors (with their RoPE periods) saved as a folder's model.safetensors, with a config.json."""
+    folder = tmp_path / f"heads{heads}"
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in official_state.items()}, folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps({"hidden_size": 64, "num_attention_heads": heads}))
+    return folder
+
+
+def test_config_head_count_is_checked_against_the_rope_periods(official_state, tmp_path):
+    assert load_backbone(_official_folder(official_state, tmp_path, 4)).num_heads == 4
+    # 4 periods: heads of width 16, so 4 heads; 2 heads of width 32 would split the width too
+    with pytest.raises(WeightsError, match=r"heads2/config.json: num_attention_heads 2 means heads of width 32, but "
+                       r"the weights' RoPE periods are for 4 heads of width 16; config.json is wrong"):
+        load_backbone(_official_folder(official_state, tmp_path, 2))
+
+
+def test_rope_periods_that_do_not_divide_the_width(official_state, tmp_path):
+    official_state["rope_embed.periods"] = official_state["rope_embed.periods"][:3]  # heads of width 12
+    torch.save(official_state, tmp_path / "periods.pth")
+    with pytest.raises(WeightsError, match="periods.pth: its RoPE periods are for heads of width 12, which does not "
+                       "divide its width 64; the file is damaged"):
+        load_backbone(tmp_path / "periods.pth")
+
+
+def test_an_odd_width_without_a_head_count_says_how_to_give_one(tmp_path):
+    model = timm.create_model("vit_small_patch16_dinov3", embed_dim=96, depth=4, num_heads=2, num_classes=0)
+    save_file(model.state_dict(), tmp_path / "w96.safetensors")
+    with pytest.raises(WeightsError, match="w96.safetensors: width 96 is not a multiple of DINOv3's head width 64, "
+                       "and the file does not say its head count; give it as a Hugging Face folder"):
+        load_backbone(tmp_path / "w96.safetensors")

@@ -27,7 +27,13 @@ _TIMM_BASE = "vit_small_patch16_dinov3"
 
 @dataclass(frozen=True)
 class Architecture:
-    """The shape of a DINOv3 ViT: what differs between S, S+, B, L, H+, 7B and custom sizes."""
+    """The shape of a DINOv3 ViT: what differs between S, S+, B, L, H+, 7B and custom sizes.
+
+    num_heads: the attention head count the model is built with, from the registry or, for a file, its RoPE
+    periods, its config.json or the registry size of its width. The tensors of an HF folder do not show it
+    (config.json alone says it), so heads checkpoints record it: a later backbone with another count is not
+    the one they were trained on.
+    """
 
     embed_dim: int
     depth: int
@@ -281,7 +287,7 @@ def _pretrained_backbone(weights: WeightsFile, device: torch.device) -> Backbone
 def infer_architecture(weights: WeightsFile) -> Architecture:
     """The architecture from the tensor shapes of a timm-keyed state dict (and the head width if known).
 
-    Head width: from the file (RoPE periods or HF config), else the registry's for a standard size, else
+    Head width: from the file (RoPE periods or config.json), else the registry's for a standard size, else
     64 (128 at width 4096, as 7B).
     """
     state, path = weights.state_dict, weights.path
@@ -302,13 +308,16 @@ def infer_architecture(weights: WeightsFile) -> Architecture:
     shape_only = Architecture(embed_dim, depth, 0, mlp_hidden, swiglu, "blocks.0.attn.q_bias" in state, num_reg_tokens)
     known = match_variant(shape_only)
     if weights.head_dim:
-        head_dim = weights.head_dim
+        head_dim = weights.head_dim  # read_weights checked that it divides the width
     elif known:
         head_dim = embed_dim // known.architecture.num_heads
     else:
         head_dim = 128 if embed_dim == 4096 else 64
-    if embed_dim % head_dim:
-        raise WeightsError(f"{path}: width {embed_dim} is not a multiple of the head width {head_dim}")
+        if embed_dim % head_dim:
+            raise WeightsError(
+                f"{path}: width {embed_dim} is not a multiple of DINOv3's head width {head_dim}, and the file does "
+                "not say its head count; give it as a Hugging Face folder whose config.json has num_attention_heads"
+            )
     return replace(shape_only, num_heads=embed_dim // head_dim)
 
 

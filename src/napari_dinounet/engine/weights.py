@@ -41,7 +41,8 @@ class WeightsFile:
     state_dict: timm keys -> tensors (CPU, possibly memory-mapped).
     rope_periods: the checkpoint's RoPE periods (official files store them, bf16-rounded), (head_dim/4,);
     None when the file has none and timm's own fp32 periods apply.
-    head_dim: attention head width when the file tells it (periods, HF config), else None.
+    head_dim: attention head width when the file tells it (RoPE periods, config.json), else None; checked
+    against the tensors' width (see :func:`head_width`).
     """
 
     path: Path
@@ -55,7 +56,8 @@ class WeightsFile:
 def read_weights(source: str | Path) -> WeightsFile:
     """Read a Meta ``.pth``, an HF folder or a timm-layout file; raise WeightsError if it is not usable.
 
-    Besides the format, checked here: every tensor is floating point and finite (:func:`check_values`).
+    Besides the format, checked here: every tensor is floating point and finite (:func:`check_values`), and a
+    folder's ``config.json`` agrees with the tensors (:func:`head_width`).
     """
     path = Path(source).expanduser()
     if not path.exists():
@@ -74,15 +76,14 @@ def read_weights(source: str | Path) -> WeightsFile:
         check_values(tensors, file)
     if fmt == "official":
         state_dict, periods = official_to_timm(raw)
-        head_dim = 4 * periods.numel() if periods is not None else None
     elif fmt == "hf":
         try:
             state_dict, periods = hf_to_timm(raw), None
         except WeightsError as err:
             raise WeightsError(f"{path}: {err}") from None
-        head_dim = _hf_head_dim(config, path)
     else:
-        state_dict, periods, head_dim = raw, None, None
+        state_dict, periods = raw, None
+    head_dim = head_width(state_dict, periods, config, path)
     return WeightsFile(path, fmt, state_dict, periods, head_dim, sha256_of(files))
 
 
@@ -363,16 +364,64 @@ def _hf_folder(path: Path) -> tuple[list[Path], dict | None]:
     )
 
 
-def _hf_head_dim(config: dict | None, path: Path) -> int | None:
-    if not config or "num_attention_heads" not in config:
-        return None
+def head_width(state_dict: dict[str, torch.Tensor], periods: torch.Tensor | None, config, path: Path) -> int | None:
+    """The attention head width the file tells, checked against its tensors; None when it tells none.
+
+    Two sources: the RoPE periods (head_dim/4 of them, in Meta's files) and config.json (any JSON value,
+    or None outside a folder): hidden_size / num_attention_heads. config.json must agree with the tensors'
+    width D and with the periods; it is the only source for HF folders, whose tensors do not show the head
+    count.
+    """
+    patch = state_dict.get("patch_embed.proj.weight")
+    if patch is None:
+        return None  # not a complete DINOv3 checkpoint: infer_architecture says so
+    width = patch.shape[0]
+    from_periods = 4 * periods.numel() if periods is not None else None
+    if from_periods and width % from_periods:
+        raise WeightsError(
+            f"{path}: its RoPE periods are for heads of width {from_periods}, which does not divide its width "
+            f"{width}; the file is damaged: download it again"
+        )
+    if not isinstance(config, dict):
+        return from_periods
+    where = path / "config.json"
     for key, expected in (("layer_norm_eps", 1e-5), ("rope_theta", 100.0), ("patch_size", 16)):
-        if key in config and abs(float(config[key]) - expected) > 1e-12:
+        value = config.get(key, expected)
+        if not _is_number(value) or abs(value - expected) > 1e-12:
             raise WeightsError(
-                f"{path}: config.json has {key}={config[key]}, but DINOv3 backbones use {expected}; "
-                "this is not a supported DINOv3 model"
+                f"{where}: {key}={value!r}, but DINOv3 backbones use {expected}; this is not a supported DINOv3 model"
             )
-    return int(config["hidden_size"]) // int(config["num_attention_heads"])
+    hidden, heads = (_positive_int(config, key, where) for key in ("hidden_size", "num_attention_heads"))
+    if hidden is not None and hidden != width:
+        raise WeightsError(
+            f"{where}: hidden_size is {hidden}, but the weights are {width} wide; this config.json belongs to "
+            "another model or was edited: download it again"
+        )
+    if heads is None:
+        return from_periods
+    if width % heads or width // heads % 4:
+        raise WeightsError(
+            f"{where}: num_attention_heads {heads} does not split the width {width} into heads whose width is a "
+            "multiple of 4 (as DINOv3's RoPE needs); config.json is wrong: download it again"
+        )
+    if from_periods and width // heads != from_periods:
+        raise WeightsError(
+            f"{where}: num_attention_heads {heads} means heads of width {width // heads}, but the weights' RoPE "
+            f"periods are for {width // from_periods} heads of width {from_periods}; config.json is wrong: "
+            "download it again"
+        )
+    return width // heads
+
+
+def _positive_int(config: dict, key: str, where: Path) -> int | None:
+    value = config.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        raise WeightsError(f"{where}: {key} is {value!r}, not a positive whole number; download config.json again")
+    return value
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def sha256_of(files: list[Path]) -> str:
