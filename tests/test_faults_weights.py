@@ -236,3 +236,28 @@ def test_an_odd_width_without_a_head_count_says_how_to_give_one(tmp_path):
     with pytest.raises(WeightsError, match="w96.safetensors: width 96 is not a multiple of DINOv3's head width 64, "
                        "and the file does not say its head count; give it as a Hugging Face folder"):
         load_backbone(tmp_path / "w96.safetensors")
+
+
+# ---- blocks missing (defect 23) ----
+
+
+def test_a_file_without_its_last_block_looks_incomplete(official_state, tmp_path):
+    torch.save({k: v for k, v in official_state.items() if not k.startswith("blocks.3.")}, tmp_path / "cut.pth")
+    with pytest.raises(WeightsError, match=r"cut.pth: holds only 3 blocks \(0..2\), where a DINOv3 'tiny' backbone "
+                       r"of its width has 4; the file looks incomplete \(its last blocks are missing\): download it "
+                       "again$"):
+        load_backbone(tmp_path / "cut.pth")
+
+
+def test_a_gap_in_the_block_numbers_is_named(official_state, tmp_path):
+    torch.save({k: v for k, v in official_state.items() if not k.startswith("blocks.1.")}, tmp_path / "gap.pth")
+    with pytest.raises(WeightsError, match=r"gap.pth: blocks 1 of 0..3 are missing; the file looks incomplete"):
+        load_backbone(tmp_path / "gap.pth")
+
+
+def test_too_few_blocks_of_a_width_no_variant_has(tmp_path):
+    model = timm.create_model("vit_small_patch16_dinov3", embed_dim=128, depth=3, num_heads=2, num_classes=0)
+    save_file(model.state_dict(), tmp_path / "shallow.safetensors")
+    with pytest.raises(WeightsError, match=r"shallow.safetensors: holds only 3 blocks \(0..2\), fewer than the four "
+                       "that Dino U-Net taps; the file looks incomplete"):
+        load_backbone(tmp_path / "shallow.safetensors")

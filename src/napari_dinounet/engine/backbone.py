@@ -294,7 +294,8 @@ def infer_architecture(weights: WeightsFile) -> Architecture:
     try:
         patch = state["patch_embed.proj.weight"]  # (D, 3, 16, 16)
         embed_dim = patch.shape[0]
-        depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+        blocks = {int(k.split(".")[1]) for k in state if k.startswith("blocks.")}
+        depth = 1 + max(blocks)
         swiglu = "blocks.0.mlp.fc1_g.weight" in state
         mlp_hidden = state["blocks.0.mlp.fc1_g.weight" if swiglu else "blocks.0.mlp.fc1.weight"].shape[0]
         num_reg_tokens = state["reg_token"].shape[1]
@@ -306,6 +307,7 @@ def infer_architecture(weights: WeightsFile) -> Architecture:
             "only DINOv3 ViT/16 backbones are supported"
         )
     shape_only = Architecture(embed_dim, depth, 0, mlp_hidden, swiglu, "blocks.0.attn.q_bias" in state, num_reg_tokens)
+    _check_complete(blocks, shape_only, path)
     known = match_variant(shape_only)
     if weights.head_dim:
         head_dim = weights.head_dim  # read_weights checked that it divides the width
@@ -319,6 +321,30 @@ def infer_architecture(weights: WeightsFile) -> Architecture:
                 "not say its head count; give it as a Hugging Face folder whose config.json has num_attention_heads"
             )
     return replace(shape_only, num_heads=embed_dim // head_dim)
+
+
+def _check_complete(blocks: set[int], arch: Architecture, path: Path) -> None:
+    """WeightsError when blocks are missing: a gap in the block numbers, or fewer than the four blocks Dino U-Net
+    taps (no DINOv3 model is that shallow: the file lost its last blocks), compared with the registry size of
+    that width when there is one."""
+    missing = sorted(set(range(arch.depth)) - blocks)
+    if missing:
+        raise WeightsError(
+            f"{path}: blocks {', '.join(map(str, missing))} of 0..{arch.depth - 1} are missing; the file looks "
+            "incomplete: download it again"
+        )
+    if arch.depth >= 4:
+        return
+    kind = (arch.embed_dim, arch.swiglu)
+    variant = next((v for v in VARIANTS.values() if (v.architecture.embed_dim, v.architecture.swiglu) == kind), None)
+    expected = (
+        f"where a DINOv3 '{variant.name}' backbone of its width has {variant.architecture.depth}"
+        if variant else "fewer than the four that Dino U-Net taps"
+    )
+    raise WeightsError(
+        f"{path}: holds only {arch.depth} blocks (0..{arch.depth - 1}), {expected}; the file looks incomplete "
+        "(its last blocks are missing): download it again"
+    )
 
 
 def _check_fits(vit: torch.nn.Module, weights: WeightsFile, arch: Architecture) -> None:
