@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from napari_dinounet import __version__
 from napari_dinounet.engine.checkpoint import HeadsMetadata, load_heads, read_metadata, save_heads
-from napari_dinounet.engine.errors import CheckpointError, DinoUNetError
+from napari_dinounet.engine.errors import CheckpointError, DinoUNetError, OutputError
 from napari_dinounet.engine.network import build_dinounet
 
 
@@ -189,7 +189,7 @@ def test_save_is_atomic_and_checks_its_metadata(backbones, tmp_path, monkeypatch
 
     monkeypatch.setattr(safetensors.torch, "save_file", fails_halfway)
     other = trained_heads(backbone, num_classes=2, seed=1)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match="cannot write .*heads.safetensors.*disk full"):
         save_heads(path, other, metadata_for(other, backbone))
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["heads.safetensors"]
