@@ -9,14 +9,20 @@ upsampling, decoder; never a backbone tensor). The safetensors header metadata (
   weights; None for a random backbone), the library version that wrote it, and a training summary.
 
 So any safetensors reader can open the file, and ``read_metadata`` reads the description without the
-tensors. Writes are atomic. Loading checks the file, the backbone identity (a checkpoint made for
-another backbone is refused unless ``allow_backbone_mismatch``) and that the tensors fit the config.
+tensors. Writes are atomic and refuse NaN/inf tensors. Reading checks every field of the description
+(:meth:`HeadsMetadata.validate`), so a damaged or edited file is a :class:`CheckpointError` naming it;
+loading also checks the backbone identity (a checkpoint made for another backbone is refused unless
+``allow_backbone_mismatch``) and that the tensors fit the config and are finite floats.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
+import reprlib
+import string
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,10 +34,14 @@ from .. import __version__
 from .atomic import atomic_path
 from .backbone import Backbone
 from .errors import CheckpointError, DinoUNetError
-from .network import DinoUNet, DinoUNetConfig
+from .network import SIZE_MULTIPLE, DinoUNet, DinoUNetConfig
+from .normalize import Normalization
 
 FORMAT = "napari-dinounet-heads"
 FORMAT_VERSION = 1
+# The largest training patch a description may give. It is the default prediction tile, so a crafted
+# 1048576 once asked for an 8 TiB array; no training fits a patch beyond this in memory.
+MAX_PATCH_SIZE = 8192
 
 
 @dataclass
@@ -44,6 +54,9 @@ class HeadsMetadata:
     spacing: pixel spacing (y, x) of the training images if known; backbone_variant, backbone_sha256:
     the backbone the heads were trained with (sha None: random weights); library_version: the
     napari-dinounet that wrote the file (set when saving); training: a summary (settings, history).
+
+    Construction runs :meth:`validate`, so a description with a field of the wrong type or range never
+    exists: a DinoUNetError names the field.
     """
 
     config: dict
@@ -58,11 +71,48 @@ class HeadsMetadata:
     training: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        self.class_names = [str(name) for name in self.class_names]
-        if isinstance(self.patch_size, (list, tuple)):
-            self.patch_size = tuple(int(s) for s in self.patch_size)
-        if self.spacing is not None:
-            self.spacing = tuple(float(s) for s in self.spacing)
+        # JSON gives lists back for tuples; callers may name classes with numbers
+        if isinstance(self.class_names, (list, tuple)):
+            self.class_names = [str(name) for name in self.class_names]
+        if isinstance(self.patch_size, list):
+            self.patch_size = tuple(self.patch_size)
+        if isinstance(self.spacing, list):
+            self.spacing = tuple(self.spacing)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise DinoUNetError naming the first field of the wrong type or out of range, or two that disagree.
+
+        The one place every field is checked. Construction runs it, so it checks every description read
+        from a file, and the copy :func:`save_heads` writes (fields changed after construction included).
+        """
+        for name, (ok, expected) in _FIELD_RULES.items():
+            value = getattr(self, name)
+            if not ok(value):
+                raise DinoUNetError(f"{name}={reprlib.repr(value)} is not {expected}")
+        config = self.network_config()
+        if len(self.class_names) != config.num_classes:
+            raise DinoUNetError(
+                f"{len(self.class_names)} class names {reprlib.repr(self.class_names)} for a network of "
+                f"{config.num_classes} classes: name every class, background first"
+            )
+        if config.channels is not None and self.in_channels is not None and max(config.channels) >= self.in_channels:
+            raise DinoUNetError(
+                f"channels={config.channels} in the network config asks for channel {max(config.channels)} but the "
+                f"training images had {self.in_channels} (in_channels)"
+            )
+        try:
+            Normalization.from_dict(self.normalization)
+        except (DinoUNetError, TypeError, ValueError) as err:  # TypeError: e.g. clip 5, tuple(5)
+            raise DinoUNetError(f"normalization={reprlib.repr(self.normalization)} is invalid: {err}") from None
+
+    def network_config(self) -> DinoUNetConfig:
+        """``config`` as a :class:`DinoUNetConfig`; CheckpointError (unknown keys, bad values) or
+        DinoUNetError (values of the wrong type) if it cannot be one."""
+        try:
+            return DinoUNetConfig.from_dict(self.config)
+        except (TypeError, ValueError) as err:  # e.g. taps "abcd": int("a")
+            raise DinoUNetError(f"network config: {err}") from None
 
     @property
     def channel_map(self) -> tuple[int, ...] | None:
@@ -79,21 +129,73 @@ class HeadsMetadata:
 
     @classmethod
     def from_json(cls, text: str, path: Path) -> HeadsMetadata:
+        """Parse and validate a description read from ``path``; CheckpointError naming the file for any fault."""
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as err:
+        except (ValueError, RecursionError) as err:  # RecursionError: nesting deeper than Python's stack
             raise CheckpointError(f"{path}: the heads description is damaged ({err}); write it again") from None
+        if not isinstance(data, dict):
+            raise CheckpointError(
+                f"{path}: the heads description ({text[:40]!r}) is not a JSON object; the file was edited or "
+                "damaged: copy or train it again"
+            )
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
-        if unknown or not isinstance(data.get("config"), dict) or "class_names" not in data:
+        if unknown or "config" not in data or "class_names" not in data:
             raise CheckpointError(
                 f"{path}: the heads description has unknown fields {unknown} or misses config/class_names: it was "
                 "written by another version of napari-dinounet; use that version or retrain"
             )
         try:
             return cls(**data)
-        except (TypeError, ValueError) as err:
-            raise CheckpointError(f"{path}: the heads description has a bad field ({err}); write it again") from None
+        except CheckpointError as err:  # the network config's own errors already blame the checkpoint
+            raise CheckpointError(f"{path}: {err}") from None
+        except DinoUNetError as err:
+            raise CheckpointError(
+                f"{path}: the heads description is invalid: {err}; the file was edited or damaged: copy or train it "
+                "again"
+            ) from None
+
+
+def _whole(value, low: int, high: float = math.inf) -> bool:
+    """Whether ``value`` is an int from low to high (True and False are not numbers here)."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _optional(ok):
+    return lambda value: value is None or ok(value)
+
+
+def _patch_side(value) -> bool:
+    return _whole(value, SIZE_MULTIPLE, MAX_PATCH_SIZE) and value % SIZE_MULTIPLE == 0
+
+
+def _sha256(value) -> bool:
+    return isinstance(value, str) and len(value) == 64 and set(value) <= set(string.hexdigits.lower())
+
+
+def _spacing(value) -> bool:
+    return isinstance(value, tuple) and 1 <= len(value) <= 3 and all(
+        isinstance(s, numbers.Real) and not isinstance(s, bool) and math.isfinite(s) and s > 0 for s in value
+    )
+
+
+# Every field's type and range: (check, what the field must be). Cross-field checks are in validate().
+_FIELD_RULES = {
+    "config": (lambda v: isinstance(v, dict), "a JSON object (the network config)"),
+    "class_names": (lambda v: isinstance(v, list), "a list of class names"),
+    "in_channels": (_optional(lambda v: _whole(v, 1)), "a whole number >= 1 or null"),
+    "normalization": (lambda v: isinstance(v, dict), "a JSON object (the normalisation)"),
+    "patch_size": (
+        _optional(lambda v: _patch_side(v) or (isinstance(v, tuple) and len(v) == 2 and all(map(_patch_side, v)))),
+        f"null, a multiple of {SIZE_MULTIPLE} from {SIZE_MULTIPLE} to {MAX_PATCH_SIZE}, or two of them",
+    ),
+    "spacing": (_optional(_spacing), "null or 1 to 3 positive finite numbers"),
+    "backbone_variant": (_optional(lambda v: isinstance(v, str)), "null or a variant name"),
+    "backbone_sha256": (_optional(_sha256), "null or 64 lowercase hex digits"),
+    "library_version": (lambda v: isinstance(v, str), "a version string"),
+    "training": (lambda v: isinstance(v, dict), "a JSON object (the training summary)"),
+}
 
 
 def _json_value(value):
@@ -112,11 +214,23 @@ def _describe_backbone(variant: str | None, sha256: str | None) -> str:
     return f"{variant!r} ({weights})"
 
 
+def _non_finite(tensors: dict[str, torch.Tensor]) -> tuple[int, str | None]:
+    """How many NaN/inf values ``tensors`` hold, and the name of the first tensor holding one."""
+    count, first = 0, None
+    for name, tensor in tensors.items():
+        bad = int((~torch.isfinite(tensor)).sum()) if tensor.is_floating_point() else 0
+        if bad and first is None:
+            first = name
+        count += bad
+    return count, first
+
+
 def save_heads(path: str | Path, model: DinoUNet, metadata: HeadsMetadata) -> Path:
     """Write ``model``'s heads and ``metadata`` to ``path`` (atomically); returns the path.
 
     The library version is recorded as this one. ``metadata.config`` must be the model's config and
-    ``class_names`` must name every class.
+    ``class_names`` must name every class. Heads holding NaN or inf (a diverged training) are refused: such a file would only predict
+    background.
     """
     path = Path(path)
     config = model.config.to_dict()
@@ -124,11 +238,7 @@ def save_heads(path: str | Path, model: DinoUNet, metadata: HeadsMetadata) -> Pa
         raise DinoUNetError(
             f"metadata.config {metadata.config} is not the model's config {config}: pass model.config.to_dict()"
         )
-    if len(metadata.class_names) != model.config.num_classes:
-        raise DinoUNetError(
-            f"{len(metadata.class_names)} class names {metadata.class_names} for a network of "
-            f"{model.config.num_classes} classes: name every class, background first"
-        )
+    # replace() constructs anew, so this validates every field as it is now
     metadata = dataclasses.replace(metadata, library_version=__version__)
     try:
         header = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "heads": metadata.to_json()}
@@ -137,6 +247,12 @@ def save_heads(path: str | Path, model: DinoUNet, metadata: HeadsMetadata) -> Pa
             f"the heads description cannot be saved: {err}; keep numbers, strings, lists and dicts in it"
         ) from None
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.heads_state_dict().items()}
+    count, first = _non_finite(tensors)
+    if count:
+        raise DinoUNetError(
+            f"not writing {path}: the heads hold {count} non-finite values, e.g. in {first}: the training diverged; "
+            "train again with a lower learning rate"
+        )
     from safetensors.torch import save_file
 
     with atomic_path(path) as tmp:
@@ -172,9 +288,68 @@ def _header(path: Path) -> dict[str, str]:
 
 
 def read_metadata(path: str | Path) -> HeadsMetadata:
-    """The description stored in a heads checkpoint, without loading its tensors."""
+    """The description stored in a heads checkpoint, without loading its tensors; every field checked."""
     path = Path(path)
     return HeadsMetadata.from_json(_header(path).get("heads", ""), path)
+
+
+def _check_backbone(metadata: HeadsMetadata, backbone: Backbone, path: Path, allow_mismatch: bool) -> None:
+    """Refuse (or, if allowed, warn about) a backbone other than the one the heads were trained with."""
+    trained_with = (metadata.backbone_variant, metadata.backbone_sha256)
+    given = (backbone.variant, backbone.sha256)
+    if trained_with == given:
+        return
+    message = (
+        f"{path} was trained with backbone {_describe_backbone(*trained_with)} but the backbone given is "
+        f"{_describe_backbone(*given)}"
+    )
+    if not allow_mismatch:
+        raise CheckpointError(
+            f"{message}: load the backbone the heads were trained with, or allow the mismatch "
+            "(allow_backbone_mismatch=True, --allow-backbone-mismatch) if you know the features agree"
+        )
+    warnings.warn(f"{message}; using it anyway, as asked", UserWarning, stacklevel=3)
+
+
+def _build_network(metadata: HeadsMetadata, backbone: Backbone, path: Path) -> DinoUNet:
+    """The network the checkpoint's config describes, on ``backbone``.
+
+    Errors its config causes are the checkpoint's fault and say so, naming the file; a backbone of
+    another width keeps its own message, which names the fix.
+    """
+    config = metadata.network_config()  # valid: read_metadata checked it
+    try:
+        if not all(0 <= tap < backbone.depth for tap in config.taps):
+            # otherwise only the first forward pass finds out, blaming the input
+            raise DinoUNetError(
+                f"taps={list(config.taps)} asks for blocks this backbone lacks (it has blocks 0..{backbone.depth - 1})"
+            )
+        with torch.device(next(backbone.parameters()).device):
+            return DinoUNet(config, backbone)
+    except CheckpointError:
+        raise
+    except (DinoUNetError, TypeError, ValueError) as err:  # TypeError: e.g. embed_dim 64.0 reaching nn.Linear
+        raise CheckpointError(
+            f"{path}: its network config is invalid: {err}; the file was edited or damaged"
+        ) from None
+
+
+def _check_tensors(state: dict[str, torch.Tensor], model: DinoUNet, path: Path) -> None:
+    """Refuse head tensors that are not floats where the network's are, or that hold NaN/inf: both only
+    ever came from damaged files or diverged trainings, and gave an all-background map without a word."""
+    own = model.heads_state_dict()
+    for name, tensor in state.items():
+        if name in own and own[name].is_floating_point() and not tensor.is_floating_point():
+            raise CheckpointError(
+                f"{path}: head tensor {name} is {tensor.dtype}, not floating point; the file was edited or damaged: "
+                "copy or train it again"
+            )
+    count, first = _non_finite(state)
+    if count:
+        raise CheckpointError(
+            f"{path}: {count} non-finite values, e.g. in {first}: the training diverged or the file is damaged; "
+            "retrain"
+        )
 
 
 def load_heads(
@@ -187,25 +362,13 @@ def load_heads(
     """Rebuild the network a heads checkpoint describes on ``backbone`` and load its heads (eval mode).
 
     The backbone must be the one the heads were trained with (same variant and weights hash); with
-    ``allow_backbone_mismatch`` another one of the same width is used anyway, with a warning.
+    ``allow_backbone_mismatch`` another one of the same width is used anyway, with a warning. Head tensors must be finite floats.
     device: where the network goes; default: the backbone's device.
     """
     path = Path(path)
     metadata = read_metadata(path)
-    trained_with = (metadata.backbone_variant, metadata.backbone_sha256)
-    given = (backbone.variant, backbone.sha256)
-    if trained_with != given:
-        message = (
-            f"{path} was trained with backbone {_describe_backbone(*trained_with)} but the backbone given is "
-            f"{_describe_backbone(*given)}"
-        )
-        if not allow_backbone_mismatch:
-            raise CheckpointError(
-                f"{message}: load the backbone the heads were trained with, or allow the mismatch "
-                "(allow_backbone_mismatch=True, --allow-backbone-mismatch) if you know the features agree"
-            )
-        warnings.warn(f"{message}; using it anyway, as asked", UserWarning, stacklevel=2)
-    config = DinoUNetConfig.from_dict(metadata.config)
+    _check_backbone(metadata, backbone, path, allow_backbone_mismatch)
+    model = _build_network(metadata, backbone, path)
     from safetensors.torch import load_file
 
     try:
@@ -214,8 +377,7 @@ def load_heads(
         raise CheckpointError(
             f"{path}: the heads' tensors cannot be read ({err}); the file is damaged, copy or train it again"
         ) from None
-    with torch.device(next(backbone.parameters()).device):
-        model = DinoUNet(config, backbone)
+    _check_tensors(state, model, path)
     model.load_heads_state_dict(state)
     if device is not None:
         model.to(device)
