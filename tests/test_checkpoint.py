@@ -64,6 +64,7 @@ def test_round_trip_gives_identical_outputs_and_metadata(backbones, tmp_path):
     assert meta.in_channels == 5 and meta.channel_map == (0, 2, 3)
     assert meta.patch_size == 64 and meta.spacing == (0.5, 0.25)
     assert meta.backbone_variant == "tiny" and meta.backbone_sha256 == backbone.sha256
+    assert meta.backbone_num_heads == backbone.architecture.num_heads == 4  # recorded by save_heads
     assert len(meta.backbone_sha256) == 64
     assert meta.library_version == __version__
     assert meta.training == {"steps": 10, "final_loss": 0.25, "dice": [0.5, 0.75]}

@@ -1,4 +1,5 @@
-"""Faults of heads checkpoints from the December reliability report: crafted and damaged files, diverged heads.
+"""Faults of heads checkpoints from the December reliability report: crafted and damaged files, diverged heads,
+a backbone whose config.json lies about its head count.
 
 Every crafted file is built here from a good one by editing its header (as the report's fixtures were): each must
 be a CheckpointError naming the file, never a traceback or a silently wrong network.
@@ -7,6 +8,7 @@ be a CheckpointError naming the file, never a traceback or a silently wrong netw
 from __future__ import annotations
 
 import json
+import shutil
 import struct
 import warnings
 from pathlib import Path
@@ -117,6 +119,8 @@ def test_a_description_that_is_not_an_object_is_refused(good, backbone, tmp_path
         ("spacing", [float("nan"), 1.0]),
         ("backbone_variant", 5),
         ("backbone_sha256", "not-a-hash"),
+        ("backbone_num_heads", 0),
+        ("backbone_num_heads", "4"),
         ("library_version", 1),
         ("training", []),
         ("config", "tiny"),
@@ -221,3 +225,47 @@ def test_save_heads_refuses_non_finite_heads(backbone, tmp_path):
     with pytest.raises(DinoUNetError, match="3 non-finite values, e.g. in adapter.norms.0.running_var.*diverged"):
         save_heads(tmp_path / "h.safetensors", model, metadata)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def lying_hf(dinov3_tiny_dir, tmp_path_factory):
+    """The HF fixture and a copy whose config.json says 2 attention heads (the tensors are for 4)."""
+    folder = tmp_path_factory.mktemp("hf") / "hf_lie_heads"
+    shutil.copytree(dinov3_tiny_dir / "hf_tiny", folder)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["num_attention_heads"] == 4
+    config["num_attention_heads"] = 2  # divides the width 64 into heads of 32: loads, gives other features
+    (folder / "config.json").write_text(json.dumps(config))
+    return load_backbone(dinov3_tiny_dir / "hf_tiny"), load_backbone(folder)
+
+
+def test_heads_record_the_head_count_and_refuse_a_config_json_that_lies(lying_hf, tmp_path):
+    """Defect 6: same tensors, same sha256, another network; it loaded without a word."""
+    honest, lying = lying_hf
+    assert lying.sha256 == honest.sha256 and lying.variant == honest.variant
+    assert (honest.architecture.num_heads, lying.architecture.num_heads) == (4, 2)
+    path = two_class_heads(honest, tmp_path / "hf.safetensors")
+    assert read_metadata(path).backbone_num_heads == 4
+    message = refused(path, lying, "was trained with backbone")
+    assert "4 attention heads" in message and "2 attention heads" in message
+    assert "allow_backbone_mismatch" in message
+    with pytest.warns(UserWarning, match="2 attention heads.*using it anyway"):
+        model, _ = load_heads(path, lying, allow_backbone_mismatch=True)
+    assert model.backbone is lying
+
+
+def test_save_heads_takes_the_head_count_from_the_model(lying_hf, tmp_path):
+    """Whatever the caller's metadata says, the file records the backbone the heads were trained on."""
+    honest, _ = lying_hf
+    path = two_class_heads(honest, tmp_path / "hf.safetensors", backbone_num_heads=7)
+    assert read_metadata(path).backbone_num_heads == 4
+
+
+def test_old_files_without_the_head_count_still_load_unchecked(lying_hf, tmp_path):
+    honest, lying = lying_hf
+    path = edited(two_class_heads(honest, tmp_path / "hf.safetensors"), tmp_path / "old.safetensors",
+                  backbone_num_heads=...)
+    assert read_metadata(path).backbone_num_heads is None
+    for backbone in (honest, lying):
+        model, _ = load_heads(path, backbone)
+        assert model.backbone is backbone

@@ -5,8 +5,9 @@ upsampling, decoder; never a backbone tensor). The safetensors header metadata (
 
 - ``format``: ``"napari-dinounet-heads"``, ``format_version``: ``"1"``;
 - ``heads``: :class:`HeadsMetadata` as JSON: the network config, class names, input channels,
-  normalisation, training patch size, pixel spacing, the backbone's identity (variant and SHA-256 of its
-  weights; None for a random backbone), the library version that wrote it, and a training summary.
+  normalisation, training patch size, pixel spacing, the backbone's identity (variant, SHA-256 of its
+  weights, None for a random backbone, and attention head count), the library version that wrote it, and
+  a training summary.
 
 So any safetensors reader can open the file, and ``read_metadata`` reads the description without the
 tensors. Writes are atomic and refuse NaN/inf tensors. Reading checks every field of the description
@@ -51,9 +52,11 @@ class HeadsMetadata:
     config: :meth:`DinoUNetConfig.to_dict` of the network; class_names: one per class, background first;
     in_channels: channels of the training images before the channel map (None: unknown);
     normalization: :meth:`Normalization.to_dict`; patch_size: the training patch, int or (h, w);
-    spacing: pixel spacing (y, x) of the training images if known; backbone_variant, backbone_sha256:
-    the backbone the heads were trained with (sha None: random weights); library_version: the
-    napari-dinounet that wrote the file (set when saving); training: a summary (settings, history).
+    spacing: pixel spacing (y, x) of the training images if known; backbone_variant, backbone_sha256,
+    backbone_num_heads: the backbone the heads were trained with (sha None: random weights; head count
+    None: not recorded, as in files written before it was, and then not checked; set when saving);
+    library_version: the napari-dinounet that wrote the file (set when saving); training: a summary
+    (settings, history).
 
     Construction runs :meth:`validate`, so a description with a field of the wrong type or range never
     exists: a DinoUNetError names the field.
@@ -67,6 +70,7 @@ class HeadsMetadata:
     spacing: tuple[float, ...] | None = None
     backbone_variant: str | None = None
     backbone_sha256: str | None = None
+    backbone_num_heads: int | None = None
     library_version: str = __version__
     training: dict = field(default_factory=dict)
 
@@ -193,6 +197,7 @@ _FIELD_RULES = {
     "spacing": (_optional(_spacing), "null or 1 to 3 positive finite numbers"),
     "backbone_variant": (_optional(lambda v: isinstance(v, str)), "null or a variant name"),
     "backbone_sha256": (_optional(_sha256), "null or 64 lowercase hex digits"),
+    "backbone_num_heads": (_optional(lambda v: _whole(v, 1)), "null or a whole number >= 1"),
     "library_version": (lambda v: isinstance(v, str), "a version string"),
     "training": (lambda v: isinstance(v, dict), "a JSON object (the training summary)"),
 }
@@ -209,9 +214,10 @@ def _json_value(value):
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def _describe_backbone(variant: str | None, sha256: str | None) -> str:
+def _describe_backbone(variant: str | None, sha256: str | None, num_heads: int | None) -> str:
     weights = f"sha256 {sha256[:12]}" if sha256 else "random weights"
-    return f"{variant!r} ({weights})"
+    heads = f", {num_heads} attention heads" if num_heads is not None else ""
+    return f"{variant!r} ({weights}{heads})"
 
 
 def _non_finite(tensors: dict[str, torch.Tensor]) -> tuple[int, str | None]:
@@ -228,8 +234,9 @@ def _non_finite(tensors: dict[str, torch.Tensor]) -> tuple[int, str | None]:
 def save_heads(path: str | Path, model: DinoUNet, metadata: HeadsMetadata) -> Path:
     """Write ``model``'s heads and ``metadata`` to ``path`` (atomically); returns the path.
 
-    The library version is recorded as this one. ``metadata.config`` must be the model's config and
-    ``class_names`` must name every class. Heads holding NaN or inf (a diverged training) are refused: such a file would only predict
+    The library version and the backbone's attention head count are recorded from this library and
+    ``model.backbone``. ``metadata.config`` must be the model's config and ``class_names`` must name every
+    class. Heads holding NaN or inf (a diverged training) are refused: such a file would only predict
     background.
     """
     path = Path(path)
@@ -238,8 +245,9 @@ def save_heads(path: str | Path, model: DinoUNet, metadata: HeadsMetadata) -> Pa
         raise DinoUNetError(
             f"metadata.config {metadata.config} is not the model's config {config}: pass model.config.to_dict()"
         )
-    # replace() constructs anew, so this validates every field as it is now
-    metadata = dataclasses.replace(metadata, library_version=__version__)
+    metadata = dataclasses.replace(
+        metadata, library_version=__version__, backbone_num_heads=model.backbone.architecture.num_heads
+    )  # replace() constructs anew, so this validates every field as it is now
     try:
         header = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "heads": metadata.to_json()}
     except TypeError as err:
@@ -294,9 +302,14 @@ def read_metadata(path: str | Path) -> HeadsMetadata:
 
 
 def _check_backbone(metadata: HeadsMetadata, backbone: Backbone, path: Path, allow_mismatch: bool) -> None:
-    """Refuse (or, if allowed, warn about) a backbone other than the one the heads were trained with."""
-    trained_with = (metadata.backbone_variant, metadata.backbone_sha256)
-    given = (backbone.variant, backbone.sha256)
+    """Refuse (or, if allowed, warn about) a backbone other than the one the heads were trained with.
+
+    The head count is compared too: an HF config.json can change it without changing the weights' hash,
+    and it changes the features. Files that do not record it are not checked for it.
+    """
+    trained_with = (metadata.backbone_variant, metadata.backbone_sha256, metadata.backbone_num_heads)
+    given_heads = None if metadata.backbone_num_heads is None else backbone.architecture.num_heads
+    given = (backbone.variant, backbone.sha256, given_heads)
     if trained_with == given:
         return
     message = (
@@ -361,8 +374,9 @@ def load_heads(
 ) -> tuple[DinoUNet, HeadsMetadata]:
     """Rebuild the network a heads checkpoint describes on ``backbone`` and load its heads (eval mode).
 
-    The backbone must be the one the heads were trained with (same variant and weights hash); with
-    ``allow_backbone_mismatch`` another one of the same width is used anyway, with a warning. Head tensors must be finite floats.
+    The backbone must be the one the heads were trained with (same variant, weights hash and, where
+    recorded, head count); with ``allow_backbone_mismatch`` another one of the same width is used
+    anyway, with a warning. Head tensors must be finite floats.
     device: where the network goes; default: the backbone's device.
     """
     path = Path(path)
