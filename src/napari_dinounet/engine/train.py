@@ -48,6 +48,7 @@ import torch
 
 from .atomic import atomic_path, exclusive_run, probe_writable
 from .augment import Augmenter
+from .checkpoint import MAX_PATCH_SIZE
 from .data import (
     PatchSampler, Sample, check_labels_fit, check_same_channels, default_class_names, fixed_crops, split_samples,
 )
@@ -96,10 +97,10 @@ class TrainSettings:
     def __post_init__(self):
         if self.channels is not None:
             self.channels = tuple(int(c) for c in self.channels)  # JSON gives a list back
-        if self.patch_size < 64 or self.patch_size % 32:
+        if not 64 <= self.patch_size <= MAX_PATCH_SIZE or self.patch_size % 32:
             raise InputError(
-                f"patch size {self.patch_size} does not fit the network: use a multiple of 32, at least 64 "
-                f"(e.g. {max(64, round(self.patch_size / 32) * 32)})"
+                f"patch size {self.patch_size} does not fit the network: use a multiple of 32 from 64 to "
+                f"{MAX_PATCH_SIZE} (e.g. {min(MAX_PATCH_SIZE, max(64, round(self.patch_size / 32) * 32))})"
             )
         for name in ("batch_size", "epochs", "iters_per_epoch", "val_crops", "cache_crops"):
             if getattr(self, name) < 1:
