@@ -22,3 +22,15 @@ def tiny_backbone():
     from napari_dinounet.engine.backbone import load_backbone
 
     return load_backbone("random:tiny")
+
+
+@pytest.fixture
+def quiet_random_backbone(monkeypatch):
+    """For CLI tests: no DINOUNET_BACKBONE from the environment, and the random backbone's warning (tested in
+    test_backbone) silenced."""
+    import warnings
+
+    monkeypatch.delenv("DINOUNET_BACKBONE", raising=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 
 import pytest
 from _nuclei_training import one_torch_thread, write_nuclei_folders  # noqa: F401 (autouse fixture)
@@ -12,13 +11,7 @@ from napari_dinounet.cli import main
 
 TINY = ["--backbone", "random:tiny", "--size", "tiny", "--patch", "64", "--batch", "2", "--device", "cpu", "--quiet"]
 
-
-@pytest.fixture(autouse=True)
-def _quiet_random_backbone(monkeypatch):
-    monkeypatch.delenv("DINOUNET_BACKBONE", raising=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the random backbone's warning is tested in test_backbone
-        yield
+pytestmark = pytest.mark.usefixtures("quiet_random_backbone")
 
 
 def test_train_on_folders_writes_a_checkpoint_with_history(tmp_path, capsys):

@@ -25,13 +25,7 @@ TINY = ["--backbone", "random:tiny", "--size", "tiny", "--patch", "64", "--batch
 ONE_STEP = ["--epochs", "1", "--iters-per-epoch", "1"]
 MISSING_BACKBONE = ["--backbone", "/nonexistent/backbone.pth"]
 
-
-@pytest.fixture(autouse=True)
-def _quiet_random_backbone(monkeypatch):
-    monkeypatch.delenv("DINOUNET_BACKBONE", raising=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the random backbone's warning is tested in test_backbone
-        yield
+pytestmark = pytest.mark.usefixtures("quiet_random_backbone")
 
 
 def digest(path: Path) -> str:

@@ -134,7 +134,8 @@ def write_dataset(root, labels_json, label_maps: list[np.ndarray] | None = None,
         ({"background": 0, "ignore": -1, "nuclei": 1}, r"label 'ignore' has the value -1: label values are 0 "
          r"\(background\), 1, 2"),
         ({"background": 0, "a": 1, "b": 1}, "labels 'a' and 'b' share the value 1: give each class its own value"),
-        ({"background": 0, "nuclei": 2}, r"label values 0, 2 skip 1: nnU-Net needs values 0, 1, 2, \.\.\. without gaps"),
+        ({"background": 0, "nuclei": 2},
+         r"label values 0, 2 skip 1: nnU-Net needs values 0, 1, 2, \.\.\. without gaps"),
         ({"background": 0, "ignore": 1, "nuclei": 2}, "'ignore' has the value 1, but nnU-Net gives it the highest"),
         ({"background": "0", "nuclei": "1"}, r"label 'background' has the value \"0\", text in quotes: label values "
          "are whole numbers"),

@@ -69,7 +69,8 @@ class Normalization:
     @classmethod
     def from_dict(cls, data: dict) -> Normalization:
         clip = data.get("clip")
-        return cls(data.get("scheme", "zscore"), tuple(clip) if clip is not None else None, data.get("mean"), data.get("std"))
+        return cls(data.get("scheme", "zscore"), tuple(clip) if clip is not None else None, data.get("mean"),
+                   data.get("std"))
 
 
 def _is_finite(value) -> bool:

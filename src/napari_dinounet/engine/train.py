@@ -558,7 +558,8 @@ def _check_output(out: Path, state_file: Path, *, resume: bool, overwrite: bool)
     from .checkpoint import read_metadata
 
     if out.is_dir():
-        raise OutputError(f"{out} is a folder: give the path of the heads file to write, e.g. {out / 'heads.safetensors'}")
+        raise OutputError(f"{out} is a folder: give the path of the heads file to write, e.g. "
+                          f"{out / 'heads.safetensors'}")
     if not resume:
         if out.exists() and not overwrite:
             raise InputError(f"{out} already exists: continue that run (--resume / resume=True), choose another "
