@@ -189,5 +189,5 @@ def test_bad_input_is_explained_and_nothing_starts(qtbot, viewer, tmp_path, erro
     widget.out_edit.setText(str(tmp_path / "other.safetensors"))
     job = widget.start()
     wait_for(qtbot, job)
-    assert job.errored and "Fine-tuning failed" in errors[-1]
+    assert job.errored and "Fine-tuning failed" in errors[-1] and "labels 0..1" in errors[-1], errors[-1]
     assert widget.start_button.isEnabled() and not (tmp_path / "other.safetensors").exists()

@@ -239,3 +239,30 @@ def test_cached_training_never_runs_the_backbone_after_caching(tmp_path, backbon
     assert caching[-1].done == caching[-1].total == 12  # 3 crops x 4 mirror variants
     assert sum(calls) == 12  # every backbone call was for the cache; the 6 steps used cached features
     assert [e.done for e in events if e.message.endswith("validated")] == [3, 6]
+
+
+def test_label_beyond_a_loaded_models_classes_is_an_input_error_before_any_step(tmp_path, backbone, nuclei):
+    """What Fine-tune meets when label 2 is painted on 2-class heads (report defect 13): an InputError naming the
+    sample, raised before the backbone runs or anything is written, not IndexError from the loss."""
+    import numpy as np
+
+    from napari_dinounet.engine.data import samples_from_arrays
+    from napari_dinounet.engine.train import build_model
+
+    settings = TrainSettings(**TINY, epochs=1, iters_per_epoch=1)
+    model = build_model(backbone, settings, num_classes=2, in_channels=1)
+    image = nuclei[0].image[0]
+    labels = nuclei[0].labels.astype(np.uint8)
+    labels[:8, :8] = 2  # the newly painted class
+    painted = samples_from_arrays([image], [labels], names=["painted"])
+    run = train(painted, out=tmp_path / "h.safetensors", backbone=backbone, settings=settings, validation=[],
+                model=model)
+    with pytest.raises(InputError, match=r"painted.*0\.\.1"):
+        next(run)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_non_finite_learning_rate_and_negative_seed_are_refused():
+    for bad in ({"lr": float("inf")}, {"lr": float("nan")}, {"seed": -1}, {"patch_size": 16384}):
+        with pytest.raises(InputError):
+            TrainSettings(**bad)
