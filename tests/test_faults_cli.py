@@ -327,7 +327,10 @@ def test_sigterm_stops_training_like_ctrl_c_and_the_run_resumes(trained, tmp_pat
     stdout, stderr = run.communicate(timeout=60)
     assert run.returncode == 128 + signal.SIGTERM, stderr
     assert "stopped: the last finished epoch is saved" in stdout and "terminated" in stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["h.safetensors", "h.state.safetensors"]
+    # the state is saved (the heads may not be, when the signal came between the two writes); no temporary
+    # file and no lock is left
+    names = {p.name for p in tmp_path.iterdir()}
+    assert "h.state.safetensors" in names and names <= {"h.safetensors", "h.state.safetensors"}
 
 
 def test_warnings_are_one_line_naming_the_command():

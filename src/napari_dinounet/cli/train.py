@@ -138,8 +138,8 @@ def run(args: argparse.Namespace) -> int:
             # resumable only from what this run saved, or from the state it resumed (not an older run's)
             state_now = _modified(state_path(args.out))
             saved = state_now is not None and (args.resume or state_now != state_before)
-            print(f"stopped: the last finished epoch is saved in {args.out}; continue with the same command plus "
-                  "--resume" if saved else "stopped before the first epoch ended: nothing was saved")
+            print(f"stopped: the last finished epoch is saved in {state_path(args.out)}; continue with the same "
+                  "command plus --resume" if saved else "stopped before the first epoch ended: nothing was saved")
         raise
     if rank == 0:
         history = read_metadata(out).training.get("history") or [{}]
