@@ -255,17 +255,29 @@ def test_resume_checks_the_backbone_and_a_finished_run_writes_nothing(trained, t
     assert digest(out) == before
 
 
-def test_non_finite_training_stops_and_keeps_the_last_good_checkpoint(trained, tmp_path, capsys):
+def test_non_finite_training_stops_and_keeps_the_last_good_checkpoint(trained, tmp_path, capsys, monkeypatch):
     _, images, labels = trained
     out = tmp_path / "h.safetensors"
     assert train_cli(images, labels, out) == 0
     before = digest(out)
     assert train_cli(images, labels, out, "--lr", "inf", "--overwrite") == 2
-    assert "learning rate must be a positive finite number" in capsys.readouterr().err
+    assert "learning rate must be a positive number up to 1" in capsys.readouterr().err
+    assert train_cli(images, labels, out, "--lr", "1e6", "--overwrite") == 2
+    assert "up to 1" in capsys.readouterr().err
+    from napari_dinounet.engine import train as train_module
+
+    real_loss, calls = train_module.dice_ce_loss, []
+
+    def diverging_loss(*args, **kwargs):  # what a diverging run (or a NaN in the data) gives at step 2
+        calls.append(1)
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    monkeypatch.setattr(train_module, "dice_ce_loss", diverging_loss)
     assert main(["train", *TINY, "--epochs", "1", "--iters-per-epoch", "3", "--images", str(images),
-                 "--labels", str(labels), "--out", str(out), "--lr", "1e6", "--overwrite"]) == 2
+                 "--labels", str(labels), "--out", str(out), "--overwrite"]) == 2
     err = capsys.readouterr().err
-    assert "training stopped" in err
+    assert "training stopped: the loss became nan at step 2" in err
     assert digest(out) == before
 
 

@@ -266,3 +266,21 @@ def test_non_finite_learning_rate_and_negative_seed_are_refused():
     for bad in ({"lr": float("inf")}, {"lr": float("nan")}, {"seed": -1}, {"patch_size": 16384}):
         with pytest.raises(InputError):
             TrainSettings(**bad)
+
+
+def test_validation_outputs_beyond_float_range_stop_training(backbone, nuclei):
+    """Heads blown up by one huge step stay finite but give infinite logits: validation stops the run."""
+    from napari_dinounet.engine.data import fixed_crops
+    from napari_dinounet.engine.errors import TrainingError
+    from napari_dinounet.engine.train import build_model, validation_dice
+
+    model = build_model(backbone, TrainSettings(**TINY), num_classes=2, in_channels=1)
+    crops = fixed_crops(nuclei[1:], 64, 2, seed=0)
+    assert 0 <= validation_dice(model, crops, device=torch.device("cpu"), batch_size=2,
+                                autocast=torch.autocast("cpu", enabled=False)) <= 1
+    with torch.no_grad():
+        for parameter in model.decoder.parameters():
+            parameter.mul_(1e30)
+    with pytest.raises(TrainingError, match="validation crops became NaN or infinite"):
+        validation_dice(model, crops, device=torch.device("cpu"), batch_size=2,
+                        autocast=torch.autocast("cpu", enabled=False))

@@ -105,8 +105,9 @@ class TrainSettings:
         for name in ("batch_size", "epochs", "iters_per_epoch", "val_crops", "cache_crops"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise InputError(f"learning rate must be a positive finite number, got {self.lr} (1e-3 is usual)")
+        if not (math.isfinite(self.lr) and 0 < self.lr <= 1):
+            # Adam moves every weight by about lr per step: beyond 1 the heads are destroyed in one step
+            raise InputError(f"learning rate must be a positive number up to 1, got {self.lr} (1e-3 is usual)")
         if not 0 <= self.seed < 2**32:
             raise InputError(f"seed must be a whole number from 0 to 2**32 - 1, got {self.seed}")
 
@@ -203,6 +204,10 @@ def validation_dice(model, crops: dict, *, device: torch.device, batch_size: int
         part = {k: v[start : start + batch_size] for k, v in crops.items()}
         with autocast:
             logits = model(part["image"].to(device))
+        if not torch.isfinite(logits).all():  # heads blown up to huge but finite weights (e.g. lr 1e6)
+            raise TrainingError("training stopped: the network's outputs on the validation crops became NaN or "
+                                "infinite, and nothing was saved over the last checkpoint. Lower the learning rate "
+                                "(--lr) and start again")
         mask = part["mask"].numpy()
         predicted.append(logits.argmax(dim=1).cpu().numpy()[mask])
         reference.append(part["labels"].numpy()[mask])
