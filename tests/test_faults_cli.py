@@ -373,3 +373,18 @@ def test_predict_step_that_multiplies_tiles_needs_force(trained, tmp_path, capsy
     assert not (tmp_path / "p" / one.name).exists()
     assert predict_cli(heads, str(one), "--out", str(tmp_path / "p"), "--step", "0.1", "--force") == 0
     assert (tmp_path / "p" / one.name).exists()
+
+
+def test_a_broken_file_midway_says_how_to_continue(trained, tmp_path, capsys):
+    heads, images, _ = trained
+    folder = tmp_path / "mix"
+    folder.mkdir()
+    for path in images.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "zz_broken.tif").write_bytes(b"not a tiff at all")
+    assert predict_cli(heads, str(folder), "--out", str(tmp_path / "p")) == 2
+    err = capsys.readouterr().err
+    assert "zz_broken.tif" in err and "2 predictions before it are written" in err and "--skip-existing" in err
+    (folder / "zz_broken.tif").unlink()
+    assert predict_cli(heads, str(folder), "--out", str(tmp_path / "p"), "--skip-existing") == 0
+    assert "nothing to do" in capsys.readouterr().out

@@ -152,7 +152,13 @@ def run(args: argparse.Namespace) -> int:
         args.heads, backbone, allow_backbone_mismatch=args.allow_backbone_mismatch, device=device
     )
     for number, (case, target) in enumerate(planned, start=1):
-        image = read_case(case)
+        try:
+            image = read_case(case)
+        except InputError as err:
+            if number == 1:
+                raise
+            raise InputError(f"{err}. The {number - 1} predictions before it are written: fix or move this file, "
+                             "then rerun with --skip-existing to predict only the rest") from None
         if args.channel_axis is not None:
             image = _with_channel_axis(image, args.channel_axis)
         channels = 1 if image.channel_axis is None else image.data.shape[image.channel_axis]
