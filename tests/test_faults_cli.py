@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -32,6 +33,12 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def copy_folder(source: Path, target: Path) -> Path:
+    """A copy of a flat folder of files, for a test to change (or to check that nothing changed it)."""
+    shutil.copytree(source, target)
+    return target
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A one-step heads checkpoint on random:tiny and its training folders."""
@@ -54,15 +61,21 @@ def train_cli(images: Path, labels: Path, out: Path, *args: str) -> int:
                  *args])
 
 
+@pytest.fixture
+def one_run(trained, tmp_path) -> tuple[Path, Path, Path]:
+    """(images, labels, heads) of a finished one-step run in tmp_path, its state beside the heads."""
+    _, images, labels = trained
+    out = tmp_path / "h.safetensors"
+    assert train_cli(images, labels, out) == 0
+    return images, labels, out
+
+
 # ------------------------------------------------------------------------------------------ predict
 
 
 def test_predict_never_replaces_ground_truth_without_overwrite(trained, tmp_path, capsys):
     heads, images, labels = trained
-    truth = tmp_path / "labels"
-    truth.mkdir()
-    for path in labels.iterdir():
-        (truth / path.name).write_bytes(path.read_bytes())
+    truth = copy_folder(labels, tmp_path / "labels")
     before = {p.name: digest(p) for p in truth.iterdir()}
     assert predict_cli(heads, str(images), "--out", str(truth)) == 2
     err = capsys.readouterr().err
@@ -228,10 +241,8 @@ def test_a_second_run_on_one_out_is_refused_and_stale_temporaries_are_removed(tr
     assert out.exists() and not leftover.exists() and not lock_path(out).exists()
 
 
-def test_a_new_run_does_not_replace_an_old_runs_state(trained, tmp_path, capsys):
-    _, images, labels = trained
-    out = tmp_path / "h.safetensors"
-    assert train_cli(images, labels, out) == 0
+def test_a_new_run_does_not_replace_an_old_runs_state(one_run, tmp_path, capsys):
+    images, labels, out = one_run
     out.rename(tmp_path / "moved.safetensors")
     state = tmp_path / "h.state.safetensors"
     before = digest(state)
@@ -240,10 +251,8 @@ def test_a_new_run_does_not_replace_an_old_runs_state(trained, tmp_path, capsys)
     assert digest(state) == before
 
 
-def test_resume_checks_the_backbone_and_a_finished_run_writes_nothing(trained, tmp_path, dinov3_tiny_dir, capsys):
-    _, images, labels = trained
-    out = tmp_path / "h.safetensors"
-    assert train_cli(images, labels, out) == 0
+def test_resume_checks_the_backbone_and_a_finished_run_writes_nothing(one_run, tmp_path, dinov3_tiny_dir, capsys):
+    images, labels, out = one_run
     before = digest(out)
     capsys.readouterr()
     code = main(["train", *TINY[2:], "--backbone", str(dinov3_tiny_dir / "official_tiny.pth"), *ONE_STEP,
@@ -255,10 +264,8 @@ def test_resume_checks_the_backbone_and_a_finished_run_writes_nothing(trained, t
     assert digest(out) == before
 
 
-def test_non_finite_training_stops_and_keeps_the_last_good_checkpoint(trained, tmp_path, capsys, monkeypatch):
-    _, images, labels = trained
-    out = tmp_path / "h.safetensors"
-    assert train_cli(images, labels, out) == 0
+def test_non_finite_training_stops_and_keeps_the_last_good_checkpoint(one_run, tmp_path, capsys, monkeypatch):
+    images, labels, out = one_run
     before = digest(out)
     assert train_cli(images, labels, out, "--lr", "inf", "--overwrite") == 2
     assert "learning rate must be a positive number up to 1" in capsys.readouterr().err
@@ -308,12 +315,10 @@ def test_crafted_state_files_are_checkpoint_errors(trained, tmp_path, capsys, ed
     assert "damaged or was edited" in err and edit in err
 
 
-def test_interrupt_of_an_overwrite_run_does_not_point_at_the_old_run(trained, tmp_path, capsys, monkeypatch):
+def test_interrupt_of_an_overwrite_run_does_not_point_at_the_old_run(one_run, tmp_path, capsys, monkeypatch):
     from napari_dinounet.engine import progress
 
-    _, images, labels = trained
-    out = tmp_path / "h.safetensors"
-    assert train_cli(images, labels, out) == 0
+    images, labels, out = one_run
 
     def interrupted(gen, desc="", disable=False):
         next(gen)  # the run starts, then Ctrl-C before its first epoch ends
@@ -377,10 +382,7 @@ def test_predict_step_that_multiplies_tiles_needs_force(trained, tmp_path, capsy
 
 def test_a_broken_file_midway_says_how_to_continue(trained, tmp_path, capsys):
     heads, images, _ = trained
-    folder = tmp_path / "mix"
-    folder.mkdir()
-    for path in images.iterdir():
-        (folder / path.name).write_bytes(path.read_bytes())
+    folder = copy_folder(images, tmp_path / "mix")
     (folder / "zz_broken.tif").write_bytes(b"not a tiff at all")
     assert predict_cli(heads, str(folder), "--out", str(tmp_path / "p")) == 2
     err = capsys.readouterr().err
