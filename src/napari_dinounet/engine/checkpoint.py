@@ -37,6 +37,7 @@ from .backbone import Backbone
 from .errors import CheckpointError, DinoUNetError
 from .network import SIZE_MULTIPLE, DinoUNet, DinoUNetConfig
 from .normalize import Normalization
+from .values import is_number
 
 FORMAT = "napari-dinounet-heads"
 FORMAT_VERSION = 1
@@ -163,7 +164,7 @@ class HeadsMetadata:
 
 def _whole(value, low: int, high: float = math.inf) -> bool:
     """Whether ``value`` is an int from low to high (True and False are not numbers here)."""
-    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+    return is_number(value, numbers.Integral) and low <= value <= high
 
 
 def _optional(ok):
@@ -180,7 +181,7 @@ def _sha256(value) -> bool:
 
 def _spacing(value) -> bool:
     return isinstance(value, tuple) and 1 <= len(value) <= 3 and all(
-        isinstance(s, numbers.Real) and not isinstance(s, bool) and math.isfinite(s) and s > 0 for s in value
+        is_number(s) and math.isfinite(s) and s > 0 for s in value
     )
 
 
@@ -220,7 +221,7 @@ def _describe_backbone(variant: str | None, sha256: str | None, num_heads: int |
     return f"{variant!r} ({weights}{heads})"
 
 
-def _non_finite(tensors: dict[str, torch.Tensor]) -> tuple[int, str | None]:
+def count_non_finite(tensors: dict[str, torch.Tensor]) -> tuple[int, str | None]:
     """How many NaN/inf values ``tensors`` hold, and the name of the first tensor holding one."""
     count, first = 0, None
     for name, tensor in tensors.items():
@@ -246,7 +247,7 @@ def save_heads(path: str | Path, model: DinoUNet, metadata: HeadsMetadata) -> Pa
             f"metadata.config {metadata.config} is not the model's config {config}: pass model.config.to_dict()"
         )
     metadata = dataclasses.replace(
-        metadata, library_version=__version__, backbone_num_heads=model.backbone.architecture.num_heads
+        metadata, library_version=__version__, backbone_num_heads=backbone_identity(model.backbone)[2]
     )  # replace() constructs anew, so this validates every field as it is now
     try:
         header = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "heads": metadata.to_json()}
@@ -255,7 +256,7 @@ def save_heads(path: str | Path, model: DinoUNet, metadata: HeadsMetadata) -> Pa
             f"the heads description cannot be saved: {err}; keep numbers, strings, lists and dicts in it"
         ) from None
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.heads_state_dict().items()}
-    count, first = _non_finite(tensors)
+    count, first = count_non_finite(tensors)
     if count:
         raise DinoUNetError(
             f"not writing {path}: the heads hold {count} non-finite values, e.g. in {first}: the training diverged; "
@@ -301,21 +302,33 @@ def read_metadata(path: str | Path) -> HeadsMetadata:
     return HeadsMetadata.from_json(_header(path).get("heads", ""), path)
 
 
-def _check_backbone(metadata: HeadsMetadata, backbone: Backbone, path: Path, allow_mismatch: bool) -> None:
-    """Refuse (or, if allowed, warn about) a backbone other than the one the heads were trained with.
+def backbone_identity(backbone: Backbone) -> tuple[str, str | None, int]:
+    """What identifies the backbone heads were trained on: (variant, weights sha256 or None for random
+    weights, attention head count). Heads checkpoints and training states record it."""
+    return backbone.variant, backbone.sha256, int(backbone.architecture.num_heads)
+
+
+def identity_mismatch(recorded: tuple[str | None, str | None, int | None], backbone: Backbone) -> str | None:
+    """None if ``backbone`` is the recorded one, else "backbone X but the backbone given is Y".
 
     The head count is compared too: an HF config.json can change it without changing the weights' hash,
-    and it changes the features. Files that do not record it are not checked for it.
+    and it changes the features. A record without it (files written before it was kept) is not checked for it.
     """
-    trained_with = (metadata.backbone_variant, metadata.backbone_sha256, metadata.backbone_num_heads)
-    given_heads = None if metadata.backbone_num_heads is None else backbone.architecture.num_heads
-    given = (backbone.variant, backbone.sha256, given_heads)
-    if trained_with == given:
-        return
-    message = (
-        f"{path} was trained with backbone {_describe_backbone(*trained_with)} but the backbone given is "
-        f"{_describe_backbone(*given)}"
+    variant, sha256, num_heads = backbone_identity(backbone)
+    given = (variant, sha256, None if recorded[2] is None else num_heads)
+    if tuple(recorded) == given:
+        return None
+    return f"backbone {_describe_backbone(*recorded)} but the backbone given is {_describe_backbone(*given)}"
+
+
+def _check_backbone(metadata: HeadsMetadata, backbone: Backbone, path: Path, allow_mismatch: bool) -> None:
+    """Refuse (or, if allowed, warn about) a backbone other than the one the heads were trained with."""
+    mismatch = identity_mismatch(
+        (metadata.backbone_variant, metadata.backbone_sha256, metadata.backbone_num_heads), backbone
     )
+    if mismatch is None:
+        return
+    message = f"{path} was trained with {mismatch}"
     if not allow_mismatch:
         raise CheckpointError(
             f"{message}: load the backbone the heads were trained with, or allow the mismatch "
@@ -357,7 +370,7 @@ def _check_tensors(state: dict[str, torch.Tensor], model: DinoUNet, path: Path) 
                 f"{path}: head tensor {name} is {tensor.dtype}, not floating point; the file was edited or damaged: "
                 "copy or train it again"
             )
-    count, first = _non_finite(state)
+    count, first = count_non_finite(state)
     if count:
         raise CheckpointError(
             f"{path}: {count} non-finite values, e.g. in {first}: the training diverged or the file is damaged; "

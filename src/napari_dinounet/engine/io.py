@@ -26,6 +26,7 @@ files; :func:`read_case` stacks them channels-last.
 from __future__ import annotations
 
 import json
+import numbers
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ import numpy as np
 
 from .atomic import atomic_path
 from .errors import InputError
+from .values import is_number
 
 # Lower-case file endings -> format name. Longest endings first so ".nii.gz" wins over ".gz".
 FORMATS: dict[str, str] = {
@@ -490,7 +492,7 @@ def label_values(info: dict[str, Any]) -> dict[str, int]:
 
 def _label_value(name: str, value: Any) -> int:
     """One v2 label value, or an InputError saying what is wrong with it."""
-    if isinstance(value, int) and not isinstance(value, bool):
+    if is_number(value, numbers.Integral):
         return value
     if isinstance(value, (list, tuple)):
         raise InputError(f"label {name!r} is a list of values {value}: region-based labels are not supported; "

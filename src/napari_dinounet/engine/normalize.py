@@ -18,13 +18,13 @@ and was normalised to zeros).
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from .errors import InputError
+from .values import is_number
 
 SCHEMES = ("zscore", "rgb", "ct")
 _BLOCK_ELEMENTS = 1 << 22  # values read per block when computing statistics (16 MB as float32)
@@ -74,7 +74,7 @@ class Normalization:
 
 
 def _is_finite(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    return is_number(value) and math.isfinite(value)
 
 
 def _row_blocks(image) -> Iterable[np.ndarray]:

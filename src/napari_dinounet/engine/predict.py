@@ -49,6 +49,7 @@ from .device import pick_device
 from .errors import DinoUNetError, InputError
 from .io import channels_last_axis
 from .progress import Progress
+from .values import is_number
 
 DEFAULT_PATCH_SIZE = 512
 SIGMA_SCALE = 0.125  # sigma = tile / 8 (nnU-Net, the paper's release)
@@ -329,11 +330,6 @@ def _fit_tile(tile: tuple[int, int], height: int, width: int) -> tuple[int, int]
                  for size, extent in zip(tile, (height, width)))
 
 
-def _is_number(value, kind: type) -> bool:
-    """Whether ``value`` is a number of ``kind`` (numbers.Real, numbers.Integral); True and False are not."""
-    return isinstance(value, kind) and not isinstance(value, bool)
-
-
 def _check_array(image) -> None:
     """An InputError, naming the fix, for an image that is not an array-like with a shape and a NumPy dtype."""
     if isinstance(image, torch.Tensor):  # its dtype is torch's, which NumPy cannot interpret
@@ -496,9 +492,9 @@ def predict(
         raise InputError(f"cannot predict an image of dtype {image.dtype}: use integer or float pixels")
     height, width = image.shape[layout.rows], image.shape[layout.cols]
     tile = _fit_tile(_tile_shape(patch_size), height, width)
-    if not _is_number(step, numbers.Real) or not 0 < step <= 1:
+    if not is_number(step) or not 0 < step <= 1:
         raise InputError(f"step={step} must be in (0, 1]: the tile offset as a fraction of the tile (0.5 is usual)")
-    if not _is_number(batch_size, numbers.Integral) or batch_size < 1:
+    if not is_number(batch_size, numbers.Integral) or batch_size < 1:
         raise InputError(f"batch_size={batch_size!r} must be a whole number, at least 1: tiles per step (4 is usual)")
     slices = 1 if layout.slice is None else image.shape[layout.slice]
     ys, xs = _grid(height, width, tile, step)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import numbers
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -48,16 +49,34 @@ import torch
 
 from .atomic import atomic_path, exclusive_run, probe_writable
 from .augment import Augmenter
-from .checkpoint import MAX_PATCH_SIZE
+from .checkpoint import (
+    MAX_PATCH_SIZE,
+    backbone_identity,
+    count_non_finite,
+    identity_mismatch,
+)
 from .data import (
-    PatchSampler, Sample, check_labels_fit, check_same_channels, default_class_names, fixed_crops, split_samples,
+    PatchSampler,
+    Sample,
+    check_labels_fit,
+    check_same_channels,
+    default_class_names,
+    fixed_crops,
+    split_samples,
 )
 from .device import pick_device
-from .errors import CheckpointError, DinoUNetError, InputError, OutputError, TrainingError
+from .errors import (
+    CheckpointError,
+    DinoUNetError,
+    InputError,
+    OutputError,
+    TrainingError,
+)
 from .loss import dice_ce_loss
 from .metrics import dice
 from .normalize import Normalization
 from .progress import Progress
+from .values import is_number
 
 _STATE_FORMAT = "napari-dinounet-train-state/1"
 
@@ -219,10 +238,7 @@ def validation_dice(model, crops: dict, *, device: torch.device, batch_size: int
 # ------------------------------------------------------------------------------------------- run state
 
 
-def backbone_identity(backbone) -> dict:
-    """What identifies a backbone for heads trained on it: variant, weights sha256 and head count."""
-    return {"variant": backbone.variant, "sha256": backbone.sha256,
-            "num_heads": int(backbone.architecture.num_heads)}
+_IDENTITY_KEYS = ("variant", "sha256", "num_heads")  # checkpoint.backbone_identity, as the state records it
 
 
 def save_state(path: Path, model, optimizer: torch.optim.Optimizer, *, step: int, settings: TrainSettings,
@@ -243,14 +259,14 @@ def save_state(path: Path, model, optimizer: torch.optim.Optimizer, *, step: int
         "num_classes": num_classes,
         "param_groups": optim["param_groups"],
         "history": history,
-        "backbone": backbone_identity(model.backbone),
+        "backbone": dict(zip(_IDENTITY_KEYS, backbone_identity(model.backbone))),
     }
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"train_state": json.dumps(info)})
 
 
 def _is_count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return is_number(value, numbers.Integral) and value >= 0
 
 
 def load_state(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
@@ -296,11 +312,10 @@ def _check_state_backbone(info: dict, backbone, path: Path) -> None:
     saved = info.get("backbone")
     if not saved:  # states written before the identity was recorded
         return
-    current = backbone_identity(backbone)
-    changed = [f"{key} {saved.get(key)!r} -> {current[key]!r}" for key in current if saved.get(key) != current[key]]
-    if changed:
+    mismatch = identity_mismatch(tuple(saved.get(key) for key in _IDENTITY_KEYS), backbone)
+    if mismatch is not None:
         raise CheckpointError(
-            f"cannot resume the run in {path} on this backbone: it was started on another one ({', '.join(changed)}); "
+            f"cannot resume the run in {path} on this backbone: it was started on another one ({mismatch}); "
             "resume with the original backbone, or start a new run"
         )
 
@@ -551,11 +566,11 @@ def train(
 
 def _check_finite_heads(model, step: int) -> None:
     """Stop before saving heads that hold NaN or inf (a step diverged after the last finite loss)."""
-    for name, value in model.heads_state_dict().items():
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            raise TrainingError(f"training stopped: the weights became NaN or infinite at step {step} (first in "
-                                f"{name}); nothing was saved over the last checkpoint. Lower the learning rate "
-                                "(--lr) and start again")
+    count, first = count_non_finite(model.heads_state_dict())
+    if count:
+        raise TrainingError(f"training stopped: the weights became NaN or infinite at step {step} (first in "
+                            f"{first}); nothing was saved over the last checkpoint. Lower the learning rate "
+                            "(--lr) and start again")
 
 
 def _check_output(out: Path, state_file: Path, *, resume: bool, overwrite: bool) -> None:

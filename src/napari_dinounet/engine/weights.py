@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import numbers
 import pickle
 import pickletools
 import re
@@ -27,6 +28,7 @@ from pathlib import Path
 import torch
 
 from .errors import WeightsError
+from .values import is_number
 
 GET_WEIGHTS = (
     "DINOv3 weights come from Meta's download form (ai.meta.com/resources/models-and-libraries/dinov3-downloads) "
@@ -387,7 +389,7 @@ def head_width(state_dict: dict[str, torch.Tensor], periods: torch.Tensor | None
     where = path / "config.json"
     for key, expected in (("layer_norm_eps", 1e-5), ("rope_theta", 100.0), ("patch_size", 16)):
         value = config.get(key, expected)
-        if not _is_number(value) or abs(value - expected) > 1e-12:
+        if not is_number(value) or abs(value - expected) > 1e-12:
             raise WeightsError(
                 f"{where}: {key}={value!r}, but DINOv3 backbones use {expected}; this is not a supported DINOv3 model"
             )
@@ -415,13 +417,9 @@ def head_width(state_dict: dict[str, torch.Tensor], periods: torch.Tensor | None
 
 def _positive_int(config: dict, key: str, where: Path) -> int | None:
     value = config.get(key)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+    if value is not None and not (is_number(value, numbers.Integral) and value > 0):
         raise WeightsError(f"{where}: {key} is {value!r}, not a positive whole number; download config.json again")
     return value
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def sha256_of(files: list[Path]) -> str:
