@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 
-from napari_dinounet._writer import AFFINE_KEY
+from napari_dinounet._layer_metadata import AFFINE_KEY
 from napari_dinounet.engine.io import read_image, split_extension
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_dinounet._writer import AFFINE_KEY, CLASS_NAMES_KEY
+from napari_dinounet._layer_metadata import AFFINE_KEY, CLASS_NAMES_KEY
 from napari_dinounet.engine.samples import load_mni152_slices, load_nuclei
 
 NUCLEI_CLASSES = ("background", "nuclei")

@@ -22,12 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from napari_dinounet._layer_metadata import AFFINE_KEY
 from napari_dinounet.engine.errors import InputError
 from napari_dinounet.engine.io import FORMATS, ImageFile, format_of, split_extension
 from napari_dinounet.engine.io import write_labels as write_label_file
 
-AFFINE_KEY = "affine"
-CLASS_NAMES_KEY = "class_names"
 # napari (pint) unit names -> engine.io unit names, and their size in metres to convert between axes
 _UNIT_NAMES = {"meter": "m", "centimeter": "cm", "millimeter": "mm", "micrometer": "um", "nanometer": "nm", "inch": "inch"}
 _METRES = {"m": 1.0, "cm": 1e-2, "mm": 1e-3, "um": 1e-6, "nm": 1e-9, "inch": 0.0254}

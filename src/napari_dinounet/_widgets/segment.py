@@ -28,7 +28,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .._writer import AFFINE_KEY, CLASS_NAMES_KEY
+from .._layer_metadata import AFFINE_KEY, CLASS_NAMES_KEY, HEADS_KEY
 from ..engine.errors import DinoUNetError, InputError
 from ..engine.progress import Progress
 from ._jobs import Job
@@ -243,7 +243,7 @@ class SegmentWidget(QWidget):
         target.metadata[CLASS_NAMES_KEY] = class_names
         if AFFINE_KEY in image.metadata:  # a NIfTI image's grid: Export can write these labels back to NIfTI
             target.metadata[AFFINE_KEY] = image.metadata[AFFINE_KEY]
-        target.metadata["heads"] = str(heads)
+        target.metadata[HEADS_KEY] = str(heads)
         classes = ", ".join(f"{i} {n}" for i, n in enumerate(class_names))
         self.status.setText(f"{target.name}: {classes}")
         show_info(f"Segmented {image.name} into {target.name!r}")
