@@ -82,7 +82,7 @@ def test_torchrun_entry_point_trains_on_two_processes(tmp_path):
     images, labels = write_nuclei_folders(tmp_path)
     out = tmp_path / "ddp.safetensors"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(_free_port()), "-m", "napari_dinounet.train", "--backbone", "random:tiny", "--size", "tiny",
+               str(_free_port()), "-m", "napari_dinounet.torchrun", "--backbone", "random:tiny", "--size", "tiny",
                "--images", str(images), "--labels", str(labels), "--out", str(out), "--patch", "64",
                "--batch", "2", "--epochs", "1", "--iters-per-epoch", "3", "--device", "cpu", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -1,4 +1,5 @@
-"""Training: the loss, the settings, learning on real data, stopping, resuming and feature caching."""
+"""Training: the settings, learning on real data, stopping, resuming, caching, the loss and targets as
+parameters, and the events it reports (the loss itself: test_loss.py; the resume file: test_run_state.py)."""
 
 from __future__ import annotations
 
@@ -7,67 +8,9 @@ import torch
 from _nuclei_training import one_torch_thread  # noqa: F401 (autouse fixture)
 
 from napari_dinounet.engine.errors import CheckpointError, InputError
-from napari_dinounet.engine.loss import dice_ce_loss
-from napari_dinounet.engine.progress import drain
-from napari_dinounet.engine.train import TrainSettings, poly_lr, state_path, train
-
-
-# ------------------------------------------------------------------------------------------------ loss
-
-
-def _logits_and_labels(seed=0, batch=2, classes=3, size=16):
-    g = torch.Generator().manual_seed(seed)
-    logits = torch.randn(batch, classes, size, size, generator=g)
-    labels = torch.randint(0, classes, (batch, size, size), generator=g)
-    return logits, labels
-
-
-def test_loss_equals_monai_dice_ce_with_batch_dice_without_background():
-    from monai.losses import DiceCELoss
-
-    logits, labels = _logits_and_labels()
-    reference = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=True,
-                           smooth_nr=1e-5, smooth_dr=1e-5)(logits, labels[:, None])
-    assert dice_ce_loss(logits, labels).item() == pytest.approx(reference.item(), rel=1e-5)
-
-
-def test_masked_loss_equals_loss_on_the_masked_region_alone():
-    logits, labels = _logits_and_labels(seed=1)
-    mask = torch.zeros_like(labels, dtype=torch.bool)
-    mask[..., :6] = True  # the left 6 columns count
-    masked = dice_ce_loss(logits, labels, mask)
-    cropped = dice_ce_loss(logits[..., :6], labels[..., :6])
-    assert masked.item() == pytest.approx(cropped.item(), rel=1e-6)
-    assert masked.item() != pytest.approx(dice_ce_loss(logits, labels).item(), rel=1e-3)
-
-
-def test_labels_outside_the_mask_change_neither_loss_nor_gradient():
-    logits, labels = _logits_and_labels(seed=2)
-    g = torch.Generator().manual_seed(3)
-    mask = torch.rand(labels.shape, generator=g) < 0.4
-    other = labels.clone()
-    other[~mask] = torch.randint(0, 3, (int((~mask).sum()),), generator=g)
-    other[0, 0, 0] = 7 if not mask[0, 0, 0] else other[0, 0, 0]  # even out-of-range values are never read
-    assert not torch.equal(other, labels)
-
-    results = []
-    for lab in (labels, other):
-        x = logits.clone().requires_grad_(True)
-        loss = dice_ce_loss(x, lab, mask)
-        loss.backward()
-        results.append((loss.detach(), x.grad))
-    assert torch.equal(results[0][0], results[1][0])
-    assert torch.equal(results[0][1], results[1][1])
-    # and the gradient is zero exactly where the mask is False... for CE; Dice couples pixels through the
-    # sums, but a masked pixel's own logits get no gradient from either term
-    assert torch.all(results[0][1].permute(1, 0, 2, 3)[:, ~mask] == 0)
-
-
-def test_perfect_prediction_gives_near_zero_loss():
-    _, labels = _logits_and_labels(seed=4)
-    logits = torch.nn.functional.one_hot(labels, 3).permute(0, 3, 1, 2).float() * 50
-    assert dice_ce_loss(logits, labels).item() < 1e-6
-
+from napari_dinounet.engine.progress import Validation, drain
+from napari_dinounet.engine.run_state import load_state, state_path
+from napari_dinounet.engine.train import TrainSettings, build_model, poly_lr, train
 
 # -------------------------------------------------------------------------------------------- settings
 
@@ -90,10 +33,6 @@ def test_default_settings_are_the_papers_recipe():
 def test_bad_settings_are_refused_with_a_clear_message(bad):
     with pytest.raises(InputError, match="patch size|batch size|learning rate"):
         TrainSettings(**bad)
-
-
-def test_state_path_sits_beside_the_checkpoint(tmp_path):
-    assert state_path(tmp_path / "nuclei.safetensors") == tmp_path / "nuclei.state.safetensors"
 
 
 # -------------------------------------------------------------------------------------------- training
@@ -132,13 +71,18 @@ def test_validation_dice_rises_on_real_data(tmp_path, backbone, nuclei):
                              lr=2e-3)
     events = _events(train(train_samples, validation=validation, out=tmp_path / "h.safetensors", backbone=backbone,
                            settings=settings, device="cpu"))
-    validated = [e.metrics["val_dice"] for e in events if e.message.startswith("validation") or
-                 e.message.endswith("validated")]
-    assert len(validated) == 4  # before training and after each epoch
+    validations = [e for e in events if isinstance(e, Validation)]
+    assert [e.done for e in validations] == [0, 10, 20, 30]  # before training and after each epoch
+    validated = [e.dice for e in validations]
     # measured (seeds 0, 1, 2): 0.30 -> 0.87, 0.30 -> 0.88, 0.33 -> 0.85; the start is all-foreground level
     assert validated[0] < 0.4 and validated[-1] > 0.75, validated
-    losses = [e.metrics["loss"] for e in events if e.message.endswith("validated")]
+    assert validations[0].loss is None
+    losses = [e.loss for e in validations[1:]]
     assert losses[-1] < losses[0]
+    # step events are plain progress, one per step, and carry the last validation's Dice along
+    steps = [e for e in events if not isinstance(e, Validation)]
+    assert [e.done for e in steps] == list(range(1, 31))
+    assert steps[10].metrics["val_dice"] == validated[1]
 
 
 def test_closing_mid_run_keeps_the_last_checkpoint_byte_identical(tmp_path, backbone, nuclei):
@@ -162,8 +106,6 @@ def test_closing_mid_run_keeps_the_last_checkpoint_byte_identical(tmp_path, back
 
 
 def test_resume_continues_step_count_lr_schedule_and_optimizer(tmp_path, backbone, nuclei):
-    from napari_dinounet.engine.train import build_model, load_state
-
     out = tmp_path / "heads.safetensors"
     settings = TrainSettings(epochs=2, iters_per_epoch=3, **TINY)
     first = train(nuclei[:1], validation=nuclei[1:], out=out, backbone=backbone, settings=settings, device="cpu")
@@ -182,7 +124,7 @@ def test_resume_continues_step_count_lr_schedule_and_optimizer(tmp_path, backbon
     for name, tensor in model.heads_state_dict().items():  # the saved heads, not the fresh ones
         assert torch.equal(tensor, saved_heads[name]), name
     events = _events(second)
-    steps = [e for e in events if "loss" in e.metrics and not e.message.endswith("validated")]
+    steps = [e for e in events if not isinstance(e, Validation)]
     assert [e.done for e in steps] == [4, 5, 6]
     assert [e.metrics["lr"] for e in steps] == [pytest.approx(poly_lr(k, settings)) for k in (3, 4, 5)]
     info, _, optim = load_state(state_path(out))
@@ -205,24 +147,6 @@ def test_resume_refuses_missing_state_and_changed_settings(tmp_path, backbone, n
         next(train(nuclei[:1], out=out, backbone=backbone, settings=settings, resume=True))
 
 
-def test_feature_cache_holds_mirrored_crops_with_their_exact_features(backbone, nuclei):
-    from napari_dinounet.engine.data import fixed_crops
-    from napari_dinounet.engine.train import FeatureCache, build_model
-
-    model = build_model(backbone, TrainSettings(**TINY), num_classes=2, in_channels=1)
-    crops = fixed_crops(nuclei[:1], 64, 3, seed=1)
-    cache = drain(FeatureCache.build(model, crops, mirror=True, augment=None, seed=0, device=torch.device("cpu"),
-                                     batch_size=2))
-    assert len(cache) == 12
-    flipped = crops["image"].flip(-1)  # the second group of 3: left-right mirrors
-    assert torch.equal(cache.crops["image"][3:6], flipped)
-    assert torch.equal(cache.crops["labels"][3:6], crops["labels"].flip(-1))
-    for cached, fresh in zip(cache.taps, model.backbone_taps(flipped)):
-        torch.testing.assert_close(cached[3:6], fresh)
-    batch, taps = cache.next_batch(5)
-    assert batch["image"].shape == (5, 1, 64, 64) and taps[0].shape == (5, 64, 4, 4)
-
-
 def test_cached_training_never_runs_the_backbone_after_caching(tmp_path, backbone, nuclei, monkeypatch):
     calls = []
     original = type(backbone).features
@@ -238,7 +162,7 @@ def test_cached_training_never_runs_the_backbone_after_caching(tmp_path, backbon
     caching = [e for e in events if e.task == "cache features"]
     assert caching[-1].done == caching[-1].total == 12  # 3 crops x 4 mirror variants
     assert sum(calls) == 12  # every backbone call was for the cache; the 6 steps used cached features
-    assert [e.done for e in events if e.message.endswith("validated")] == [3, 6]
+    assert [e.done for e in events if isinstance(e, Validation)] == [0, 3, 6]  # before training, then per epoch
 
 
 def test_label_beyond_a_loaded_models_classes_is_an_input_error_before_any_step(tmp_path, backbone, nuclei):
@@ -247,7 +171,6 @@ def test_label_beyond_a_loaded_models_classes_is_an_input_error_before_any_step(
     import numpy as np
 
     from napari_dinounet.engine.data import samples_from_arrays
-    from napari_dinounet.engine.train import build_model
 
     settings = TrainSettings(**TINY, epochs=1, iters_per_epoch=1)
     model = build_model(backbone, settings, num_classes=2, in_channels=1)
@@ -272,7 +195,7 @@ def test_validation_outputs_beyond_float_range_stop_training(backbone, nuclei):
     """Heads blown up by one huge step stay finite but give infinite logits: validation stops the run."""
     from napari_dinounet.engine.data import fixed_crops
     from napari_dinounet.engine.errors import TrainingError
-    from napari_dinounet.engine.train import build_model, validation_dice
+    from napari_dinounet.engine.train import validation_dice
 
     model = build_model(backbone, TrainSettings(**TINY), num_classes=2, in_channels=1)
     crops = fixed_crops(nuclei[1:], 64, 2, seed=0)
@@ -284,3 +207,70 @@ def test_validation_outputs_beyond_float_range_stop_training(backbone, nuclei):
     with pytest.raises(TrainingError, match="validation crops became NaN or infinite"):
         validation_dice(model, crops, device=torch.device("cpu"), batch_size=2,
                         autocast=torch.autocast("cpu", enabled=False))
+
+
+# ------------------------------------------------------------------------------ length, network, loss
+
+
+def test_max_steps_cuts_the_run_and_its_schedule_with_a_shorter_last_epoch():
+    settings = TrainSettings(epochs=4, iters_per_epoch=30, max_steps=100)
+    assert (settings.total_steps, settings.epoch_count) == (100, 4)
+    assert poly_lr(100, settings) == 0.0 and poly_lr(50, settings) == pytest.approx(1e-3 * 0.5**0.9)
+    assert TrainSettings(epochs=2, iters_per_epoch=30, max_steps=100).total_steps == 60  # whichever ends first
+    with pytest.raises(InputError, match="max steps"):
+        TrainSettings(max_steps=0)
+
+
+def test_a_run_of_max_steps_validates_and_saves_its_short_last_epoch(tmp_path, backbone, nuclei):
+    from napari_dinounet.engine.checkpoint import read_metadata
+
+    settings = TrainSettings(epochs=2, iters_per_epoch=3, max_steps=5, **TINY)
+    out = tmp_path / "h.safetensors"
+    events = _events(train(nuclei[:1], validation=nuclei[1:], out=out, backbone=backbone, settings=settings,
+                           device="cpu"))
+    steps = [e for e in events if not isinstance(e, Validation)]
+    assert [e.done for e in steps] == [1, 2, 3, 4, 5] and {e.total for e in events} == {5}
+    assert [e.message for e in steps] == ["epoch 1/2"] * 3 + ["epoch 2/2"] * 2
+    assert [e.metrics["lr"] for e in steps] == [pytest.approx(1e-3 * (1 - k / 5) ** 0.9) for k in range(5)]
+    assert [e.done for e in events if isinstance(e, Validation)] == [0, 3, 5]
+    history = read_metadata(out).training["history"]
+    assert [(h["epoch"], h["step"]) for h in history] == [(1, 3), (2, 5)]
+
+
+def test_a_given_model_decides_the_network_settings_its_checkpoint_records(tmp_path, backbone, nuclei):
+    """Report defect (d).4: fine-tuned compact heads used to record the default projection, fapm."""
+    from napari_dinounet.engine.checkpoint import read_metadata
+    from napari_dinounet.engine.network import build_dinounet
+
+    model = build_dinounet(projection="compact", num_classes=2, backbone=backbone)
+    settings = TrainSettings(epochs=1, iters_per_epoch=1, **{**TINY, "size": None})
+    assert settings.projection == "fapm"
+    out = tmp_path / "h.safetensors"
+    _events(train(nuclei[:1], validation=[], out=out, backbone=backbone, settings=settings, model=model,
+                  device="cpu"))
+    recorded = read_metadata(out).training["settings"]
+    assert (recorded["size"], recorded["projection"], recorded["channels"], recorded["grad_checkpointing"]) == (
+        "tiny", "compact", None, False)
+    assert read_metadata(out).config["projection"] == "compact"
+
+
+def test_the_loss_and_the_targets_are_parameters(tmp_path, backbone, nuclei):
+    """Another kind of training brings its own targets and loss: train() calls them on each step's batch."""
+    labels_seen, calls = [], []
+
+    def inverted_classes(batch):
+        labels_seen.append(batch["labels"].clone())
+        return 1 - batch["labels"]
+
+    def constant_loss(logits, targets, mask):
+        calls.append((tuple(logits.shape), targets, mask))
+        return logits.float().sum() * 0 + 0.25 + len(calls)  # a gradient (zero) and a value we know
+
+    settings = TrainSettings(epochs=1, iters_per_epoch=2, **TINY)
+    events = _events(train(nuclei[:1], validation=[], out=tmp_path / "h.safetensors", backbone=backbone,
+                           settings=settings, device="cpu", loss=constant_loss, targets=inverted_classes))
+    assert [e.metrics["loss"] for e in events if not isinstance(e, Validation)] == [1.25, 2.25]
+    assert len(calls) == 2
+    for (shape, targets, mask), labels in zip(calls, labels_seen, strict=True):
+        assert shape == (2, 2, 64, 64) and mask.shape == (2, 64, 64) and mask.dtype == torch.bool
+        assert torch.equal(targets, 1 - labels)

@@ -7,12 +7,33 @@ nnU-Net's ``-Dice``: the same gradient, and a loss that reaches 0.
 
 Partial labels: pixels where ``mask`` is False contribute nothing, to either term. Their label values are
 never read (they may be anything, even out of range), so annotating part of an image is enough.
+
+:func:`.train.train` takes the loss and the targets as parameters (``loss=``, ``targets=``), so that
+another kind of training (instance maps, say) can bring its own: ``targets(batch)`` turns an augmented
+training batch into what ``loss(logits, targets, mask)`` compares the logits with. The defaults are
+:func:`class_targets` (the labels as class indices) and :func:`dice_ce_loss`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
+
+Targets = Callable[[dict[str, torch.Tensor]], torch.Tensor]
+"""batch -> targets: ``batch`` as :class:`.data.PatchSampler` gives it, on the training device and augmented:
+image (B, C, P, P) float32, labels (B, P, P) int64, mask (B, P, P) bool. Geometric augmentation has moved
+the labels already, so targets derived from them (distances, boundaries) line up with the image."""
+
+Loss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""(logits (B, nc, P, P) in the autocast dtype, targets, mask (B, P, P) bool) -> scalar tensor to minimise;
+pixels where ``mask`` is False must not count (partial labels, padding)."""
+
+
+def class_targets(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The default targets: the batch's labels, (B, P, P) int64 class indices (0 = background)."""
+    return batch["labels"]
 
 
 def dice_ce_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None,

@@ -4,6 +4,12 @@ Long work (prediction, training) is a generator: it yields :class:`Progress` eve
 result, which arrives as ``StopIteration.value``. The napari widgets run such a generator in a
 ``thread_worker`` (closing it is how Cancel works); the CLI drives it with :func:`run_with_bar`;
 tests and Python users call :func:`drain`.
+
+Event kinds: a plain :class:`Progress` says how far the work is (a step, a tile); a :class:`Validation`
+reports a validation result, with its Dice in a typed field, so a consumer tells the two apart by type
+(``isinstance(event, Validation)``) instead of guessing from the numbers. A validation keeps the task of
+the work it belongs to (``"train"``): bars group events by task, and a task of its own would restart the
+bar (and its rate) twice per epoch.
 """
 
 from __future__ import annotations
@@ -29,6 +35,21 @@ class Progress:
     total: int
     message: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Validation(Progress):
+    """A validation of the heads after ``done`` of ``total`` training steps (``done`` 0: before the first).
+
+    ``dice``: mean foreground Dice on the validation crops (:func:`.train.validation_dice`); None when there is
+    nothing to validate on (no validation samples, or no class present in either prediction or reference).
+    ``loss``: the mean training loss over the steps since the last validation; None before the first step.
+    ``metrics`` repeats both (``val_dice``, ``loss``) beside ``epoch`` and ``lr`` for displays that show
+    metrics (the CLI's bar).
+    """
+
+    dice: float | None = None
+    loss: float | None = None
 
 
 def drain(gen: ProgressGenerator[Result], on_progress: Callable[[Progress], Any] | None = None) -> Result:

@@ -4,81 +4,50 @@ The recipe of the paper (section IV-C) is the default (:class:`TrainSettings`): 
 (:mod:`.loss`), Adam at 1e-3 with polynomial decay (exponent 0.9, stepped every iteration), gradient
 clipping at norm 12, He initialisation of the heads, AMP on CUDA (bf16 where supported, else fp16 with
 a gradient scaler), nnU-Net's augmentation (:mod:`.augment`) and foreground oversampling
-(:mod:`.data`), 250 iterations per epoch.
+(:mod:`.data`), 250 iterations per epoch. The loss and the targets it compares the logits with are
+parameters of :func:`train` (:mod:`.loss`: ``Loss``, ``Targets``), so another kind of training can bring
+its own.
 
 Each epoch ends with a validation Dice (mean over the foreground classes, on fixed crops of the
-validation samples, masked pixels excluded) and a checkpoint: first the resume state
-``<out stem>.state.safetensors`` (heads, Adam moments, step, settings, history; one atomic file), then
-the heads checkpoint ``out`` (:mod:`.checkpoint`). Both are written atomically and only between steps,
-so closing the generator (Cancel in napari, Ctrl-C in the CLI) leaves the last ones intact. ``resume``
-continues a run from its state file: the step count, the learning-rate schedule (a function of the
-step) and the optimiser's moments carry on; the patch sampler is reseeded with the step so the resumed
-run does not replay the patches it has already seen.
+validation samples, masked pixels excluded; a :class:`.progress.Validation` event) and a checkpoint: first
+the resume state ``<out stem>.state.safetensors`` (:mod:`.run_state`), then the heads checkpoint ``out``
+(:mod:`.checkpoint`). Both are written atomically and only between steps, so closing the generator
+(Cancel in napari, Ctrl-C in the CLI) leaves the last ones intact. ``resume`` continues a run from its
+state file: the step count, the learning-rate schedule (a function of the step) and the optimiser's
+moments carry on; the patch sampler is reseeded with the step so the resumed run does not replay the
+patches it has already seen.
 
-Feature caching (``cache_features=True``): the backbone is frozen, so the features of a fixed crop never
-change. We draw ``cache_crops`` fixed training crops, compute their backbone features once, and train on
-them, skipping the backbone in every step. Geometric augmentation would need new features, so the cache
-keeps only what stays exact: mirroring, by caching every crop's flipped versions too (4 variants: 4x the
-memory and caching time), and intensity augmentation (noise, blur, brightness, contrast, gamma,
-low resolution) applied to the SPM input only: the adapter's convolutional branch sees the augmented
-crop while the backbone features stay those of the clean crop. Fewer distinct patches and weaker
-augmentation than full training: meant for fast fine-tuning, see ``benchmarks/train_step.py``.
-
-Several processes (``torchrun``, see :mod:`napari_dinounet.train`): when ``torch.distributed`` is
-initialised, the model is wrapped in DistributedDataParallel (the frozen backbone is excluded from its
-synchronisation), the heads' BatchNorm becomes SyncBatchNorm on CUDA, each rank samples patches from its
-own shard of the training images (:class:`.data.PatchSampler`), and only rank 0 writes files. PyTorch's
-SyncBatchNorm needs a GPU: on CPU (gloo) each rank normalises with its own batch statistics and the
-running statistics are taken from rank 0 (DDP broadcasts them before every forward and we broadcast them
-again before validating and saving), so all ranks always hold identical weights.
+The batches come from :mod:`.feature_cache` (random augmented patches, or fixed crops whose backbone
+features are computed once: ``cache_features``); several processes (``torchrun``) train with DDP
+(:mod:`.distributed`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
+import functools
 import math
-import numbers
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .atomic import atomic_path, exclusive_run, probe_writable
-from .augment import Augmenter
-from .checkpoint import (
-    MAX_PATCH_SIZE,
-    backbone_identity,
-    count_non_finite,
-    identity_mismatch,
-)
-from .data import (
-    PatchSampler,
-    Sample,
-    check_labels_fit,
-    check_same_channels,
-    default_class_names,
-    fixed_crops,
-    split_samples,
-)
+from .atomic import exclusive_run, probe_writable
+from .checkpoint import MAX_PATCH_SIZE, count_non_finite
+from .data import Sample, check_labels_fit, check_same_channels, default_class_names, fixed_crops, split_samples
 from .device import pick_device
-from .errors import (
-    CheckpointError,
-    DinoUNetError,
-    InputError,
-    OutputError,
-    TrainingError,
-)
-from .loss import dice_ce_loss
+from .distributed import broadcast_head_buffers, process_device, rank_and_world_size, wrap_distributed
+from .errors import CheckpointError, DinoUNetError, InputError, OutputError, TrainingError
+from .feature_cache import BatchSource, batch_source
+from .loss import Loss, Targets, class_targets, dice_ce_loss
 from .metrics import dice
 from .normalize import Normalization
-from .progress import Progress
-from .values import is_number
-
-_STATE_FORMAT = "napari-dinounet-train-state/1"
+from .progress import Progress, Validation
+from .run_state import check_resumable, check_state_backbone, load_state, save_state, state_path
 
 
 @dataclass
@@ -86,10 +55,13 @@ class TrainSettings:
     """Everything that shapes a training run; the defaults are the paper's recipe.
 
     ``size`` checks the backbone's size (None: whatever the backbone is); ``channels`` picks up to 3
-    input channels (needed for more than 3; :class:`.network.DinoUNetConfig`);
-    ``epochs * iters_per_epoch`` optimiser steps in all; ``val_crops`` fixed crops of ``patch_size``
-    from the validation samples give the validation Dice each epoch; ``val_fraction`` is used when no
-    validation samples are given (:func:`.data.split_samples`).
+    input channels (needed for more than 3; :class:`.network.DinoUNetConfig`); ``size``, ``projection``,
+    ``channels`` and ``grad_checkpointing`` describe the network and are taken from it when :func:`train`
+    is given a ``model``. A run is ``epochs * iters_per_epoch`` optimiser steps, or ``max_steps`` when
+    that is fewer (as in PyTorch Lightning, whichever ends first): the last epoch is then shorter, and
+    is validated and saved at its end like the others. ``val_crops`` fixed crops of ``patch_size`` from
+    the validation samples give the validation Dice each epoch; ``val_fraction`` is used when no
+    validation samples are given (:func:`.data.split_samples`); ``dice_smooth`` is the default loss's.
     """
 
     size: str | None = None
@@ -99,6 +71,7 @@ class TrainSettings:
     batch_size: int = 2
     epochs: int = 200
     iters_per_epoch: int = 250
+    max_steps: int | None = None
     lr: float = 1e-3
     poly_exponent: float = 0.9
     grad_clip: float = 12.0
@@ -124,6 +97,8 @@ class TrainSettings:
         for name in ("batch_size", "epochs", "iters_per_epoch", "val_crops", "cache_crops"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise InputError(f"max steps must be at least 1 (or None: epochs x iterations), got {self.max_steps}")
         if not (math.isfinite(self.lr) and 0 < self.lr <= 1):
             # Adam moves every weight by about lr per step: beyond 1 the heads are destroyed in one step
             raise InputError(f"learning rate must be a positive number up to 1, got {self.lr} (1e-3 is usual)")
@@ -132,78 +107,47 @@ class TrainSettings:
 
     @property
     def total_steps(self) -> int:
-        return self.epochs * self.iters_per_epoch
+        """The run's optimiser steps: ``epochs * iters_per_epoch``, cut to ``max_steps``."""
+        return min(self.epochs * self.iters_per_epoch, self.max_steps or math.inf)
+
+    @property
+    def epoch_count(self) -> int:
+        """The epochs the run has, a shorter last one included."""
+        return self.epoch_of(self.total_steps)
+
+    def epoch_of(self, step: int) -> int:
+        """The (1-based) epoch optimiser step ``step`` (1-based) belongs to; 0 before the first step."""
+        return math.ceil(step / self.iters_per_epoch)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> TrainSettings:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+    def from_dict(cls, data: dict, source: str = "the training settings") -> TrainSettings:
+        """Inverse of :meth:`to_dict`, for settings read from a file (``source`` names it in messages).
+
+        Keys missing (a file from an older version) take their defaults. Unknown keys are a CheckpointError
+        naming them, as :meth:`.network.DinoUNetConfig.from_dict` and heads files refuse theirs: a setting
+        this version cannot apply would otherwise be dropped in silence. Values out of range or of the wrong
+        type are a CheckpointError too (the file was edited or damaged).
+        """
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise CheckpointError(
+                f"{source} holds settings this version of napari-dinounet does not know ({', '.join(unknown)}): "
+                "a newer napari-dinounet probably wrote it. Upgrade napari-dinounet, or start a new run without "
+                "resume"
+            )
+        try:
+            return cls(**data)
+        except (DinoUNetError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{source} holds invalid settings ({err}): the file was edited or damaged; "
+                                  "start a new run without resume") from None
 
 
 def poly_lr(step: int, settings: TrainSettings) -> float:
     """Learning rate for optimiser step ``step`` (0-based): lr * (1 - step / total) ** exponent."""
     return settings.lr * (1 - min(step, settings.total_steps) / settings.total_steps) ** settings.poly_exponent
-
-
-def state_path(checkpoint: str | Path) -> Path:
-    """Where the resume state of the heads checkpoint ``checkpoint`` lives: ``<stem>.state.safetensors``."""
-    checkpoint = Path(checkpoint)
-    return checkpoint.with_name(checkpoint.stem + ".state.safetensors")
-
-
-# ---------------------------------------------------------------------------------------------- batches
-
-
-def _intensity_augmenter(seed: int) -> Augmenter:
-    """The augmentations that leave pixel positions alone: valid with cached backbone features."""
-    return Augmenter(rotation=False, scaling=None, elastic=False, mirror=False, seed=seed)
-
-
-class FeatureCache:
-    """Fixed training crops and their backbone features, computed once (see the module docstring).
-
-    crops: image (N, C, P, P), labels (N, P, P), mask (N, P, P) on ``device``; taps: 4 maps
-    (N, D, P/16, P/16). With ``mirror`` each crop appears 4 times (as is, flipped left-right, up-down, both).
-    """
-
-    def __init__(self, crops: dict, taps: list[torch.Tensor], augment: Augmenter | None, seed: int):
-        self.crops = crops
-        self.taps = taps
-        self.augment = augment
-        self.rng = torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return self.crops["image"].shape[0]
-
-    @staticmethod
-    def build(model, crops: dict, *, mirror: bool, augment: Augmenter | None, seed: int, device: torch.device,
-              batch_size: int) -> Generator[Progress, None, FeatureCache]:
-        """Compute the features of ``crops`` (a :func:`.data.fixed_crops` dict), ``batch_size`` crops at a time,
-        yielding progress; ``augment``: the intensity augmenter applied to each drawn batch (or None)."""
-        crops = {k: crops[k].to(device) for k in ("image", "labels", "mask")}
-        if mirror:
-            flips = [(), (-1,), (-2,), (-2, -1)]
-            crops = {
-                k: torch.cat([v.flip(dims) if dims else v for dims in flips]) for k, v in crops.items()
-            }
-        count = crops["image"].shape[0]
-        parts: list[list[torch.Tensor]] = []
-        for start in range(0, count, batch_size):
-            parts.append(model.backbone_taps(crops["image"][start : start + batch_size]))
-            yield Progress("cache features", min(start + batch_size, count), count)
-        taps = [torch.cat(level) for level in zip(*parts)]
-        return FeatureCache(crops, taps, augment, seed)
-
-    def next_batch(self, batch_size: int) -> tuple[dict, list[torch.Tensor]]:
-        """A random batch of cached crops (intensity-augmented SPM input) and their backbone features."""
-        index = torch.randint(len(self), (batch_size,), generator=self.rng).to(self.crops["image"].device)
-        batch = {k: v[index] for k, v in self.crops.items()}
-        if self.augment is not None:
-            batch = self.augment(batch)
-        return batch, [t[index] for t in self.taps]
 
 
 # ------------------------------------------------------------------------------------------- validation
@@ -213,8 +157,10 @@ class FeatureCache:
 def validation_dice(model, crops: dict, *, device: torch.device, batch_size: int, autocast: torch.autocast) -> float:
     """Mean Dice over the foreground classes on fixed crops, counting only pixels inside the crops' masks.
 
-    The masked pixels of all crops are pooled (one Dice per class for the whole validation set); classes
-    absent from both prediction and reference are left out; NaN if no class is present.
+    crops: image (N, C, P, P), labels (N, P, P) class indices, mask (N, P, P) (:func:`.data.fixed_crops`);
+    the prediction is the argmax of the logits (N, nc, P, P). The masked pixels of all crops are pooled (one
+    Dice per class for the whole validation set); classes absent from both prediction and reference are
+    left out; NaN if no class is present.
     """
     was_training = model.training
     model.eval()
@@ -235,147 +181,6 @@ def validation_dice(model, crops: dict, *, device: torch.device, batch_size: int
     return float(np.mean(list(scores.values()))) if scores else float("nan")
 
 
-# ------------------------------------------------------------------------------------------- run state
-
-
-_IDENTITY_KEYS = ("variant", "sha256", "num_heads")  # checkpoint.backbone_identity, as the state records it
-
-
-def save_state(path: Path, model, optimizer: torch.optim.Optimizer, *, step: int, settings: TrainSettings,
-               history: list[dict], num_classes: int) -> None:
-    """Write the resume state (heads, Adam state, step, settings, history, the backbone's identity) to one
-    safetensors file, atomically."""
-    from safetensors.torch import save_file
-
-    tensors = {f"heads/{k}": v.detach().cpu().contiguous() for k, v in model.heads_state_dict().items()}
-    optim = optimizer.state_dict()
-    for index, values in optim["state"].items():
-        for key, value in values.items():
-            tensors[f"optim/{index}/{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    info = {
-        "format": _STATE_FORMAT,
-        "step": step,
-        "settings": settings.to_dict(),
-        "num_classes": num_classes,
-        "param_groups": optim["param_groups"],
-        "history": history,
-        "backbone": dict(zip(_IDENTITY_KEYS, backbone_identity(model.backbone))),
-    }
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"train_state": json.dumps(info)})
-
-
-def _is_count(value) -> bool:
-    return is_number(value, numbers.Integral) and value >= 0
-
-
-def load_state(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
-    """Read a resume state: (info dict, heads state dict, optimizer state dict).
-
-    Raises CheckpointError for a file that is damaged, edited or not a training state.
-    """
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            info = json.loads((f.metadata() or {}).get("train_state", "null"))
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (OSError, ValueError, RecursionError, SafetensorError) as err:
-        raise CheckpointError(f"cannot read the training state {path}: {err}; start a new run without resume") from err
-    if not isinstance(info, dict) or info.get("format") != _STATE_FORMAT:
-        raise CheckpointError(f"{path} is not a napari-dinounet training state; start a new run without resume")
-    bad = [name for name, ok in (
-        ("step", _is_count(info.get("step"))),
-        ("num_classes", _is_count(info.get("num_classes")) and info.get("num_classes", 0) >= 2),
-        ("settings", isinstance(info.get("settings"), dict)),
-        ("param_groups", isinstance(info.get("param_groups"), list) and len(info["param_groups"]) == 1
-         and all(isinstance(g, dict) for g in info["param_groups"])),
-        ("history", isinstance(info.get("history"), list) and all(isinstance(h, dict) for h in info["history"])),
-        ("backbone", isinstance(info.get("backbone", {}), dict)),
-    ) if not ok]
-    if bad:
-        raise CheckpointError(f"the training state {path} is damaged or was edited (bad {', '.join(bad)}); start a "
-                              "new run without resume")
-    heads = {k[len("heads/"):]: v for k, v in tensors.items() if k.startswith("heads/")}
-    optim_state: dict[int, dict] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim/"):
-            _, index, name = key.split("/", 2)
-            if not index.isdigit():
-                raise CheckpointError(f"the training state {path} is damaged (tensor {key!r}); start a new run")
-            optim_state.setdefault(int(index), {})[name] = value
-    return info, heads, {"state": optim_state, "param_groups": info["param_groups"]}
-
-
-def _check_state_backbone(info: dict, backbone, path: Path) -> None:
-    """Refuse to resume a run on another backbone than it started with (as load_heads refuses heads)."""
-    saved = info.get("backbone")
-    if not saved:  # states written before the identity was recorded
-        return
-    mismatch = identity_mismatch(tuple(saved.get(key) for key in _IDENTITY_KEYS), backbone)
-    if mismatch is not None:
-        raise CheckpointError(
-            f"cannot resume the run in {path} on this backbone: it was started on another one ({mismatch}); "
-            "resume with the original backbone, or start a new run"
-        )
-
-
-def _check_resumable(saved: TrainSettings, wanted: TrainSettings, path: Path) -> None:
-    changed = [
-        f"{k} ({getattr(saved, k)} -> {getattr(wanted, k)})"
-        for k in saved.to_dict()
-        if getattr(saved, k) != getattr(wanted, k)
-    ]
-    if changed:
-        raise CheckpointError(
-            f"cannot resume the run in {path}: these settings differ from the ones it was started with: "
-            f"{', '.join(changed)}. Use the original settings, or start a new run with another output path."
-        )
-
-
-# ------------------------------------------------------------------------------------------ distributed
-
-
-def _distributed() -> tuple[int, int]:
-    """(rank, world size) of this process; (0, 1) when torch.distributed is not initialised."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _backbone_names(model) -> list[str]:
-    names = [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
-    return [n for n in names if n.startswith("backbone.")]
-
-
-def wrap_distributed(model, device: torch.device):
-    """Prepare ``model`` for DDP: SyncBatchNorm heads on CUDA, backbone left out of the synchronisation.
-
-    Returns the module to call in training steps (the DDP wrapper; ``model`` itself is trained in place).
-    """
-    from torch.nn.parallel import DistributedDataParallel
-
-    if device.type == "cuda":
-        for name, child in list(model.named_children()):
-            if name != "backbone":
-                setattr(model, name, torch.nn.SyncBatchNorm.convert_sync_batchnorm(child))
-    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, _backbone_names(model))
-    # heads this configuration never calls (deep-supervision outputs when it is off) get no gradient
-    return DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None,
-        find_unused_parameters=bool(model.unused_parameter_names()),
-    )
-
-
-def _broadcast_head_buffers(model) -> None:
-    """Give every rank rank 0's BatchNorm running statistics (they drift apart without SyncBatchNorm)."""
-    skip = set(_backbone_names(model))
-    for name, buffer in model.named_buffers():
-        if name not in skip:
-            torch.distributed.broadcast(buffer, src=0)
-
-
 # ------------------------------------------------------------------------------------------------ train
 
 
@@ -392,6 +197,8 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     device: str | torch.device = "auto",
+    loss: Loss | None = None,
+    targets: Targets = class_targets,
 ) -> Generator[Progress, None, Path]:
     """Train Dino U-Net heads on ``samples``; yields Progress, returns the heads checkpoint path ``out``.
 
@@ -401,23 +208,32 @@ def train(
     backbone: a :class:`.backbone.Backbone` or a source for :func:`.backbone.load_backbone`.
     class_names: one per class, background first; None infers the number of classes from the labels.
     model: a DinoUNet to go on training (e.g. from :func:`.checkpoint.load_heads`); None builds new,
-    He-initialised heads. resume: continue the run whose state file sits beside ``out``.
+    He-initialised heads. Given, its config decides the network, and ``settings``' size, projection,
+    channels and grad_checkpointing are replaced by the model's (so the checkpoint records what trained).
+    resume: continue the run whose state file sits beside ``out``.
     overwrite: allow a new run to replace an existing ``out`` (otherwise an error, so nothing is lost).
+    targets: ``targets(batch)`` -> what the loss compares the logits with (:data:`.loss.Targets`); default
+    :func:`.loss.class_targets`, the labels (B, P, P) as class indices.
+    loss: ``loss(logits (B, nc, P, P), targets, mask (B, P, P) bool)`` -> scalar (:data:`.loss.Loss`); None:
+    :func:`.loss.dice_ce_loss` with ``settings.dice_smooth``. Validation scores the argmax of the logits
+    against the labels (:func:`validation_dice`) whatever the loss.
 
     Events: ``Progress("train", step, total, metrics={loss, lr, epoch, eta_s[, val_dice]})`` after every
-    step, and one with ``val_dice`` (and the epoch's mean ``loss``) after each validation, including one
-    before the first step (or, when resuming, one saying where the run resumes, the saved heads loaded);
-    ``Progress("cache features", ...)`` while caching.
+    step (``val_dice``: the last validation's, carried along for displays); a
+    :class:`.progress.Validation` (task "train") after each validation, with its ``dice`` and the epoch's
+    mean ``loss``, including one at step 0 before the first step; when resuming, a Progress saying where
+    the run resumes instead (the saved heads loaded); ``Progress("cache features", ...)`` while caching.
     """
     from .backbone import Backbone, load_backbone
 
     settings = settings or TrainSettings()
+    if model is not None:
+        settings = _network_settings_of(model, settings)
     normalization = normalization or Normalization()
+    loss = loss or functools.partial(dice_ce_loss, smooth=settings.dice_smooth)
     out = Path(out)
-    rank, world = _distributed()
-    device = pick_device(device)
-    if world > 1 and device.type == "cuda":
-        device = torch.device("cuda", torch.cuda.current_device())  # one GPU per process, set by the launcher
+    rank, world = rank_and_world_size()
+    device = process_device(pick_device(device), world)
     samples = list(samples)
     if not samples:
         raise InputError("no training images: give at least one image with its labels")
@@ -437,131 +253,192 @@ def train(
     if rank == 0:
         _check_output(out, state_file, resume=resume, overwrite=overwrite)
     with exclusive_run(out, state_file) if rank == 0 else contextlib.nullcontext():
-        resumed = None
-        if resume:
-            if not state_file.exists():
-                raise CheckpointError(f"nothing to resume: {state_file} does not exist; start the run without resume")
-            resumed = load_state(state_file)
-            _check_resumable(TrainSettings.from_dict(resumed[0]["settings"]), settings, state_file)
-            if resumed[0]["num_classes"] != num_classes:
-                raise CheckpointError(
-                    f"cannot resume the run in {state_file}: it trained {resumed[0]['num_classes']} classes, these "
-                    f"labels have {num_classes}; resume with the original data or start a new run"
-                )
-
+        resumed = _read_resume_state(state_file, settings, num_classes) if resume else None
         if not isinstance(backbone, Backbone):
             backbone = load_backbone(backbone, device=device)
         if resumed is not None:
-            _check_state_backbone(resumed[0], backbone, state_file)
+            check_state_backbone(resumed[0], backbone, state_file)
         if model is None:
             model = build_model(backbone, settings, num_classes, in_channels=in_channels)
         model.to(device)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(trainable, lr=settings.lr)
-        step = 0
-        history: list[dict] = []
+        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=settings.lr)
+        step, history = 0, []
         if resumed is not None:
-            info, heads, optim_state = resumed
-            model.load_heads_state_dict(heads)
-            try:
-                optimizer.load_state_dict(optim_state)
-            except (ValueError, KeyError, RuntimeError) as err:
-                raise CheckpointError(f"the training state {state_file} does not fit this network ({err}); start a "
-                                      "new run without resume") from None
-            step, history = info["step"], list(info["history"])
-
-        step_module = wrap_distributed(model, device) if world > 1 else model
-        use_amp = settings.amp and device.type == "cuda"
-        amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-        autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp)
-        scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+            step, history = _restore(resumed, model, optimizer, state_file)
 
         total = settings.total_steps
         if resumed is not None and step >= total:
             yield Progress("train", step, total, "the run had already finished: nothing to do",
-                           {"epoch": settings.epochs})
+                           {"epoch": settings.epoch_count})
             return out
 
-        val_crops = None
-        if validation:
-            val_crops = fixed_crops(validation, settings.patch_size, settings.val_crops, seed=settings.seed)
+        run = _Run(
+            model=model, step_module=wrap_distributed(model, device) if world > 1 else model, optimizer=optimizer,
+            settings=settings, loss=loss, targets=targets, device=device, world=world, step=step, history=history,
+            val_crops=fixed_crops(validation, settings.patch_size, settings.val_crops, seed=settings.seed)
+            if validation else None,
+            checkpoints=_Checkpoints(out, state_file, backbone, class_names, normalization, in_channels, num_classes),
+            writes=rank == 0,
+        )
         # different draws per rank and per resumption, reproducible for a given run
-        next_batch = yield from _batch_source(model, samples, settings,
-                                              seed=settings.seed + 1_000_003 * rank + step,
-                                              rank=rank, world=world, device=device)
-
-        def validate() -> float | None:
-            if world > 1:
-                _broadcast_head_buffers(model)
-            if val_crops is None:
-                return None
-            value = validation_dice(model, val_crops, device=device, batch_size=settings.batch_size,
-                                    autocast=autocast)
-            return None if math.isnan(value) else value
-
-        def save(val_dice: float | None, epoch_loss: float) -> None:
-            _check_finite_heads(model, step)
-            history.append({"epoch": step // settings.iters_per_epoch, "step": step, "loss": epoch_loss,
-                            "val_dice": val_dice, "lr": poly_lr(step, settings)})
-            if rank != 0:
-                return
-            save_state(state_file, model, optimizer, step=step, settings=settings, history=history,
-                       num_classes=num_classes)
-            _save_heads(out, model, backbone, settings, class_names, normalization, in_channels, history)
-
-        def with_val(metrics: dict, val_dice: float | None) -> dict:
-            return metrics if val_dice is None else {**metrics, "val_dice": val_dice}
-
-        if resumed is None:
-            last_val = validate()
-            yield Progress("train", 0, total, "validation before training", with_val({"epoch": 0}, last_val))
-        else:
-            last_val = history[-1].get("val_dice") if history else None
-            metrics = {"epoch": step // settings.iters_per_epoch, "lr": poly_lr(step, settings)}
-            yield Progress("train", step, total, f"resumed at step {step}", with_val(metrics, last_val))
-
-        model.train()
-        started, first_step = time.perf_counter(), step
-        epoch_losses: list[float] = []
-        while step < total:
-            lr = poly_lr(step, settings)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            batch, taps = next_batch()
-            with autocast:
-                logits = step_module(batch["image"], taps=taps) if taps is not None else step_module(batch["image"])
-            loss = dice_ce_loss(logits, batch["labels"], batch["mask"], smooth=settings.dice_smooth)
-            if not torch.isfinite(loss.detach()):
-                raise TrainingError(
-                    f"training stopped: the loss became {float(loss)} at step {step + 1}, and nothing was saved over "
-                    f"{out}. Lower the learning rate (--lr), check the images for extreme values, and check that the "
-                    "backbone file is not damaged"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(trainable, settings.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            epoch_losses.append(float(loss.detach()))
-
-            per_step = (time.perf_counter() - started) / (step - first_step)
-            epoch = math.ceil(step / settings.iters_per_epoch)
-            metrics = {"loss": epoch_losses[-1], "lr": lr, "epoch": epoch, "eta_s": per_step * (total - step)}
-            yield Progress("train", step, total, f"epoch {epoch}/{settings.epochs}", with_val(metrics, last_val))
-
-            if step % settings.iters_per_epoch == 0 or step == total:
-                last_val = validate()
-                epoch_loss = float(np.mean(epoch_losses))
-                epoch_losses = []
-                save(last_val, epoch_loss)
-                model.train()
-                yield Progress("train", step, total, f"epoch {epoch}/{settings.epochs} validated",
-                               with_val({**metrics, "loss": epoch_loss}, last_val))
+        run.next_batch = yield from batch_source(model, samples, settings, seed=settings.seed + 1_000_003 * rank + step,
+                                                 rank=rank, world=world, device=device)
+        yield run.validation("validation before training") if resumed is None else run.resumed()
+        yield from run.steps()
         if world > 1:
             torch.distributed.barrier()
     return out
+
+
+@dataclass
+class _Run:
+    """A training run once set up: one optimiser step at a time, a validation and the checkpoints at each
+    epoch's end. ``model`` is trained in place (``step_module`` is what a step calls: the model, or its DDP
+    wrapper); ``writes``: whether this process writes the checkpoints (rank 0 only).
+    """
+
+    model: torch.nn.Module
+    step_module: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    settings: TrainSettings
+    loss: Loss
+    targets: Targets
+    device: torch.device
+    world: int
+    step: int
+    history: list[dict]
+    val_crops: dict | None
+    checkpoints: _Checkpoints
+    writes: bool
+    next_batch: BatchSource | None = None
+    last_val: float | None = None
+    epoch_losses: list[float] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        use_amp = self.settings.amp and self.device.type == "cuda"
+        amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+        self.autocast = torch.autocast(self.device.type, dtype=amp_dtype, enabled=use_amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+        self.trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
+        if self.history:  # resumed: the last validation carries on until the next one
+            self.last_val = self.history[-1].get("val_dice")
+
+    def steps(self) -> Generator[Progress, None, None]:
+        """Train to the end: an event after every step, a :class:`.progress.Validation` after every epoch."""
+        settings, total = self.settings, self.settings.total_steps
+        self.model.train()
+        started, first_step = time.perf_counter(), self.step
+        while self.step < total:
+            lr = poly_lr(self.step, settings)
+            loss = self.train_step(lr)
+            per_step = (time.perf_counter() - started) / (self.step - first_step)
+            epoch = settings.epoch_of(self.step)
+            metrics = {"loss": loss, "lr": lr, "epoch": epoch, "eta_s": per_step * (total - self.step)}
+            message = f"epoch {epoch}/{settings.epoch_count}"
+            yield Progress("train", self.step, total, message, self._with_val(metrics))
+            if self.step % settings.iters_per_epoch == 0 or self.step == total:
+                yield self.end_epoch(metrics, f"{message} validated")
+
+    def train_step(self, lr: float) -> float:
+        """One optimiser step at learning rate ``lr`` on the next batch; returns its loss."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        batch, taps = self.next_batch()
+        with self.autocast:
+            logits = self.step_module(batch["image"], taps=taps)  # taps None: the backbone runs
+        loss = self.loss(logits, self.targets(batch), batch["mask"])
+        if not torch.isfinite(loss.detach()):
+            raise TrainingError(
+                f"training stopped: the loss became {float(loss)} at step {self.step + 1}, and nothing was saved "
+                f"over {self.checkpoints.out}. Lower the learning rate (--lr), check the images for extreme values, "
+                "and check that the backbone file is not damaged"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.trainable, self.settings.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step += 1
+        self.epoch_losses.append(float(loss.detach()))
+        return self.epoch_losses[-1]
+
+    def validate(self) -> float | None:
+        """The validation Dice (None without validation crops, or with no class present); all ranks agree."""
+        if self.world > 1:
+            broadcast_head_buffers(self.model)
+        if self.val_crops is None:
+            return None
+        value = validation_dice(self.model, self.val_crops, device=self.device, batch_size=self.settings.batch_size,
+                                autocast=self.autocast)
+        return None if math.isnan(value) else value
+
+    def validation(self, message: str, metrics: dict | None = None, loss: float | None = None) -> Validation:
+        """Validate now and report it."""
+        self.last_val = self.validate()
+        metrics = {"epoch": self.settings.epoch_of(self.step), **(metrics or {})}
+        if loss is not None:
+            metrics["loss"] = loss
+        return Validation("train", self.step, self.settings.total_steps, message, self._with_val(metrics),
+                          dice=self.last_val, loss=loss)
+
+    def end_epoch(self, metrics: dict, message: str) -> Validation:
+        """Validate, record the epoch in the history and write the checkpoints; report the validation."""
+        epoch_loss = float(np.mean(self.epoch_losses))
+        self.epoch_losses = []
+        event = self.validation(message, metrics, loss=epoch_loss)
+        _check_finite_heads(self.model, self.step)
+        self.history.append({"epoch": self.settings.epoch_of(self.step), "step": self.step, "loss": epoch_loss,
+                             "val_dice": self.last_val, "lr": poly_lr(self.step, self.settings)})
+        if self.writes:
+            self.checkpoints.write(self.model, self.optimizer, self.settings, self.step, self.history)
+        self.model.train()
+        return event
+
+    def resumed(self) -> Progress:
+        """The first event of a resumed run: where it goes on (with the last validation it saved)."""
+        metrics = {"epoch": self.settings.epoch_of(self.step), "lr": poly_lr(self.step, self.settings)}
+        return Progress("train", self.step, self.settings.total_steps, f"resumed at step {self.step}",
+                        self._with_val(metrics))
+
+    def _with_val(self, metrics: dict) -> dict:
+        return metrics if self.last_val is None else {**metrics, "val_dice": self.last_val}
+
+
+def _network_settings_of(model, settings: TrainSettings) -> TrainSettings:
+    """``settings`` with the fields that describe the network taken from ``model``'s config: a given model
+    is trained as it is, and the checkpoint's training summary must say so."""
+    config = model.config
+    return dataclasses.replace(settings, size=config.size, projection=config.projection, channels=config.channels,
+                               grad_checkpointing=config.grad_checkpointing)
+
+
+def _read_resume_state(state_file: Path, settings: TrainSettings, num_classes: int):
+    """The resume state beside the output, checked against this run's settings and classes (before the
+    backbone loads, so a wrong resume fails fast)."""
+    if not state_file.exists():
+        raise CheckpointError(f"nothing to resume: {state_file} does not exist; start the run without resume")
+    resumed = load_state(state_file)
+    saved = TrainSettings.from_dict(resumed[0]["settings"], source=f"the training state {state_file}")
+    check_resumable(saved, settings, state_file)
+    if resumed[0]["num_classes"] != num_classes:
+        raise CheckpointError(
+            f"cannot resume the run in {state_file}: it trained {resumed[0]['num_classes']} classes, these "
+            f"labels have {num_classes}; resume with the original data or start a new run"
+        )
+    return resumed
+
+
+def _restore(resumed, model, optimizer: torch.optim.Optimizer, state_file: Path) -> tuple[int, list[dict]]:
+    """Load the saved heads and Adam moments into ``model`` and ``optimizer``; returns (step, history)."""
+    info, heads, optim_state = resumed
+    model.load_heads_state_dict(heads)
+    try:
+        optimizer.load_state_dict(optim_state)
+    except (ValueError, KeyError, RuntimeError) as err:
+        raise CheckpointError(f"the training state {state_file} does not fit this network ({err}); start a "
+                              "new run without resume") from None
+    return info["step"], list(info["history"])
 
 
 def _check_finite_heads(model, step: int) -> None:
@@ -596,28 +473,6 @@ def _check_output(out: Path, state_file: Path, *, resume: bool, overwrite: bool)
     probe_writable(out)
 
 
-def _batch_source(model, samples: list[Sample], settings: TrainSettings, *, seed: int, rank: int, world: int,
-                  device: torch.device) -> Generator[Progress, None, Callable[[], tuple[dict, list | None]]]:
-    """The training batches: a function giving (batch on ``device``, cached backbone taps or None).
-
-    Without the cache, augmented random patches from this rank's shard (:class:`.data.PatchSampler`); with
-    it, the cache is built first (yielding its progress) from crops that differ per rank through ``seed``.
-    """
-    if not settings.cache_features:
-        sampler = PatchSampler(
-            samples, settings.patch_size, settings.batch_size, foreground_fraction=settings.foreground_fraction,
-            augment=Augmenter(seed=seed) if settings.augment else None, seed=seed, rank=rank, world_size=world,
-        )
-        return lambda: (sampler.next_batch(device), None)
-    crops = fixed_crops(samples, settings.patch_size, settings.cache_crops, seed=seed,
-                        foreground_fraction=settings.foreground_fraction)
-    cache = yield from FeatureCache.build(
-        model, crops, mirror=settings.augment, augment=_intensity_augmenter(seed) if settings.augment else None,
-        seed=seed, device=device, batch_size=settings.batch_size,
-    )
-    return lambda: cache.next_batch(settings.batch_size)
-
-
 def _default_class_names(samples: Sequence[Sample]) -> list[str]:
     return default_class_names(max(max(int(s.labels.max()) for s in samples), 1) + 1)
 
@@ -645,17 +500,33 @@ def build_model(backbone, settings: TrainSettings, num_classes: int, in_channels
     return model
 
 
-def _save_heads(out, model, backbone, settings, class_names, normalization, in_channels: int, history) -> None:
-    from .checkpoint import HeadsMetadata, save_heads
+@dataclass(frozen=True)
+class _Checkpoints:
+    """What every epoch's end writes: the resume state (:mod:`.run_state`), then the heads checkpoint ``out``
+    with what it needs beside the weights (classes, normalisation, input channels, the training summary)."""
 
-    metadata = HeadsMetadata(
-        config=model.config.to_dict(),
-        class_names=list(class_names),
-        in_channels=in_channels,
-        normalization=normalization.to_dict(),
-        patch_size=settings.patch_size,
-        backbone_variant=backbone.variant,
-        backbone_sha256=backbone.sha256,
-        training={"settings": settings.to_dict(), "history": history},
-    )
-    save_heads(out, model, metadata)
+    out: Path
+    state_file: Path
+    backbone: object
+    class_names: list[str]
+    normalization: Normalization
+    in_channels: int
+    num_classes: int
+
+    def write(self, model, optimizer: torch.optim.Optimizer, settings: TrainSettings, step: int,
+              history: list[dict]) -> None:
+        from .checkpoint import HeadsMetadata, save_heads
+
+        save_state(self.state_file, model, optimizer, step=step, settings=settings, history=history,
+                   num_classes=self.num_classes)
+        metadata = HeadsMetadata(
+            config=model.config.to_dict(),
+            class_names=list(self.class_names),
+            in_channels=self.in_channels,
+            normalization=self.normalization.to_dict(),
+            patch_size=settings.patch_size,
+            backbone_variant=self.backbone.variant,
+            backbone_sha256=self.backbone.sha256,
+            training={"settings": settings.to_dict(), "history": history},
+        )
+        save_heads(self.out, model, metadata)

@@ -1,9 +1,9 @@
-"""``torchrun --nproc_per_node N -m napari_dinounet.train ARGS``: ``dinounet train`` on N processes (DDP).
+"""``torchrun --nproc_per_node N -m napari_dinounet.torchrun ARGS``: ``dinounet train`` on N processes (DDP).
 
 Takes exactly the arguments of ``dinounet train``. Each process joins the process group torchrun sets up
 (NCCL on GPUs, one GPU per process, picked by LOCAL_RANK; gloo on CPU), then runs the same training:
 data sharded by rank, gradients averaged, SyncBatchNorm on GPUs, checkpoints and the progress bar from
-rank 0 only (see :mod:`napari_dinounet.engine.train`). Started without torchrun it trains on one process.
+rank 0 only (see :mod:`napari_dinounet.engine.distributed`). Started without torchrun it trains on one process.
 """
 
 from __future__ import annotations
