@@ -16,8 +16,17 @@ from _widget_helpers import (  # noqa: F401
 )
 
 from napari_dinounet._widgets import finetune as finetune_module
-from napari_dinounet._widgets.finetune import FRESH_HEADS, LOADED_HEADS, FineTuneWidget
+from napari_dinounet._widgets._layer_geometry import WHOLE_STACK
+from napari_dinounet._widgets.finetune import (
+    FRESH_HEADS,
+    LOADED_HEADS,
+    FineTuneOptions,
+    FineTuneWidget,
+    TrainingPair,
+    finetune_job,
+)
 from napari_dinounet.engine.checkpoint import read_metadata
+from napari_dinounet.engine.train import poly_lr
 
 
 @pytest.fixture
@@ -191,3 +200,115 @@ def test_bad_input_is_explained_and_nothing_starts(qtbot, viewer, tmp_path, erro
     wait_for(qtbot, job)
     assert job.errored and "Fine-tuning failed" in errors[-1] and "labels 0..1" in errors[-1], errors[-1]
     assert widget.start_button.isEnabled() and not (tmp_path / "other.safetensors").exists()
+
+
+# ------------------------------------------------------------------------ steps, channels, settings
+
+
+def test_options_make_a_run_of_exactly_the_steps_asked():
+    options = FineTuneOptions(steps=100, every=30, lr=1e-3, patch_size=64, batch_size=2, cache_features=False)
+    settings = options.settings()
+    assert (settings.total_steps, settings.iters_per_epoch, settings.epoch_count) == (100, 30, 4)
+    assert poly_lr(99, settings) > 0 and poly_lr(100, settings) == 0  # the schedule ends at step 100, not 120
+
+
+def write_compact_heads(path):
+    """Tiny heads with the compact projection (not the default fapm), as a user's fine-tuned file may be."""
+    from napari_dinounet.engine.backbone import load_backbone
+    from napari_dinounet.engine.checkpoint import HeadsMetadata, save_heads
+    from napari_dinounet.engine.network import build_dinounet
+
+    model = build_dinounet("tiny", projection="compact", num_classes=2, backbone=load_backbone("random:tiny"))
+    metadata = HeadsMetadata(config=model.config.to_dict(), class_names=["background", "nucleus"], in_channels=1,
+                             normalization={"scheme": "zscore"}, patch_size=64, backbone_variant="tiny")
+    return save_heads(path, model, metadata)
+
+
+def test_finetune_job_runs_exactly_the_steps_asked_and_records_the_heads_projection(tmp_path):
+    """Report defects (d).1 (Steps 100 with Save every 30 trained 120 steps) and (d).4 (compact heads recorded
+    "projection": "fapm" in their training summary)."""
+    from napari_dinounet._widgets._jobs import Stop
+    from napari_dinounet._widgets._session import Session
+    from napari_dinounet.engine.progress import Validation, drain
+
+    start = write_compact_heads(tmp_path / "compact.safetensors")
+    image, labels = nuclei_crop()
+    options = FineTuneOptions(steps=100, every=30, lr=1e-3, patch_size=64, batch_size=2, cache_features=True)
+    events = []
+    out = tmp_path / "tuned.safetensors"
+    pairs = [TrainingPair("crop", image, labels, None, False)]
+    result = drain(finetune_job(Session(), "random:tiny", "cpu", start, pairs, None, out, options, Stop()),
+                   events.append)
+    steps = [e.done for e in events if e.task == "train" and not isinstance(e, Validation)]
+    assert steps == list(range(1, 101)) and result.steps_done == 100 and not result.stopped
+    assert [e.done for e in events if isinstance(e, Validation)] == [0, 30, 60, 90, 100]
+    training = read_metadata(out).training
+    assert [h["step"] for h in training["history"]] == [30, 60, 90, 100]
+    assert training["settings"]["projection"] == "compact" and training["settings"]["max_steps"] == 100
+    assert read_metadata(out).config["projection"] == "compact"
+
+
+@pytest.fixture
+def three_channel_viewer(make_napari_viewer):
+    """A (C, Y, X) image layer of 3 channels (not RGB), with labels drawn on it as napari makes them, (C, Y, X),
+    and labels of the image's plane, (Y, X)."""
+    viewer = make_napari_viewer()
+    image, labels = nuclei_crop()
+    viewer.add_image(np.stack([image, image[::-1], image[:, ::-1]]), name="three")
+    viewer.add_labels(np.stack([labels] * 3), name="three labels")
+    viewer.add_labels(labels, name="plane labels")
+    return viewer
+
+
+def test_the_channel_axis_of_a_multichannel_layer_makes_one_image_with_its_channels(three_channel_viewer):
+    widget = FineTuneWidget(three_channel_viewer)
+    row = widget.rows[0]
+    row.image.setCurrentText("three")
+    assert [row.channel_axis.itemText(i) for i in range(row.channel_axis.count())] == ["none", "axis 0 (3)"]
+    widget.stack_combo.setCurrentText(WHOLE_STACK)
+    (stack,) = widget._pairs()  # no channel axis: three grey slices, as before
+    assert stack.image.shape == (3, 128, 128) and not stack.has_channels
+
+    row.channel_axis.setCurrentIndex(1)
+    row.labels.setCurrentText("plane labels")
+    (pair,) = widget._pairs()
+    assert pair.image.shape == (128, 128, 3) and pair.has_channels and pair.labels.shape == (128, 128)
+    np.testing.assert_array_equal(pair.image[..., 1], three_channel_viewer.layers["three"].data[1])
+
+
+def test_heads_of_three_channels_are_not_fine_tuned_on_one_channel_images(qtbot, three_channel_viewer, tmp_path,
+                                                                          errors):
+    """Report defect (d).2: the checkpoint's in_channels used to be rewritten to what the images gave."""
+    start = write_tiny_heads(tmp_path / "rgb.safetensors", in_channels=3)
+    widget = ready_widget(three_channel_viewer, tmp_path, steps=2, every=2)
+    widget.model_form.set_heads(str(start))
+    widget.start_combo.setCurrentText(LOADED_HEADS)
+    row = widget.rows[0]
+    row.image.setCurrentText("three")
+    row.labels.setCurrentText("three labels")
+    job = widget.start()  # channel axis "none": three 1-channel slices
+    wait_for(qtbot, job)
+    assert job.errored and "trained on 3-channel images but the images give 1 channel" in errors[-1], errors[-1]
+    assert "Channel axis" in errors[-1] and not (tmp_path / "tuned.safetensors").exists()
+
+    row.channel_axis.setCurrentIndex(1)
+    row.labels.setCurrentText("plane labels")
+    job = widget.start()
+    wait_for(qtbot, job)
+    assert not job.errored, errors
+    assert read_metadata(tmp_path / "tuned.safetensors").in_channels == 3
+
+
+def test_the_form_is_remembered_for_the_next_widget(viewer, isolated_settings):  # noqa: F811 (the fixture)
+    widget = FineTuneWidget(viewer)
+    assert (widget.steps_spin.value(), widget.every_spin.value(), widget.cache_check.isChecked()) == (200, 50, True)
+    widget.steps_spin.setValue(123)
+    widget.every_spin.setValue(7)
+    widget.lr_spin.setValue(0.004)
+    widget.patch_spin.setValue(128)
+    widget.batch_spin.setValue(3)
+    widget.cache_check.setChecked(False)
+    again = FineTuneWidget(viewer)
+    assert (again.steps_spin.value(), again.every_spin.value(), again.lr_spin.value(), again.patch_spin.value(),
+            again.batch_spin.value(), again.cache_check.isChecked()) == (123, 7, 0.004, 128, 3, False)
+    assert (isolated_settings / "napari-dinounet.ini").is_file()

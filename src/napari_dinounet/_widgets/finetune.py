@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtCore import Qt
 from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -36,14 +36,21 @@ from qtpy.QtWidgets import (
 
 from .._layer_metadata import CLASS_NAMES_KEY
 from ..engine.errors import DinoUNetError, InputError
-from ..engine.progress import Progress
+from ..engine.progress import Progress, Validation
 from ._jobs import Job, Stop
 from ._layer_combo import LayerComboBox
-from ._layer_geometry import CURRENT_SLICE, WHOLE_STACK, labels_layer_name, plan_run, viewer_indices
+from ._layer_geometry import (
+    CURRENT_SLICE,
+    WHOLE_STACK,
+    channel_axis_choices,
+    labels_layer_name,
+    plan_run,
+    viewer_indices,
+)
 from ._llvm_clash import avoid_triton_llvm_clash
 from ._model_form import ModelForm
 from ._session import Session, get_session
-from ._settings import recall, remember
+from ._settings import persisted
 
 LOADED_HEADS, FRESH_HEADS = "the loaded heads", "fresh heads"
 
@@ -62,8 +69,8 @@ class TrainingPair:
 
 @dataclass(frozen=True)
 class FineTuneOptions:
-    steps: int
-    every: int  # validate and write the checkpoint every this many steps
+    steps: int  # optimiser steps in all, exactly
+    every: int  # validate and write the checkpoint every this many steps (and after the last)
     lr: float
     patch_size: int
     batch_size: int
@@ -73,9 +80,16 @@ class FineTuneOptions:
     def epoch_steps(self) -> int:
         return max(1, min(self.every, self.steps))
 
-    @property
-    def epochs(self) -> int:
-        return math.ceil(self.steps / self.epoch_steps)
+    def settings(self):
+        """The engine's :class:`~..engine.train.TrainSettings` for these options: epochs of ``every`` steps,
+        the last one shorter when ``every`` does not divide ``steps`` (the run and its learning-rate schedule
+        span exactly ``steps``)."""
+        from ..engine.train import TrainSettings
+
+        return TrainSettings(
+            patch_size=self.patch_size, batch_size=self.batch_size, epochs=math.ceil(self.steps / self.epoch_steps),
+            iters_per_epoch=self.epoch_steps, max_steps=self.steps, lr=self.lr, cache_features=self.cache_features,
+        )
 
 
 @dataclass(frozen=True)
@@ -94,22 +108,23 @@ def finetune_job(session: Session, backbone_source: str, device: str, start_head
     which keeps the checkpoint of the last finished epoch.
     """
     from ..engine.checkpoint import load_heads
-    from ..engine.data import samples_from_arrays
+    from ..engine.data import check_same_channels, samples_from_arrays
     from ..engine.device import pick_device
     from ..engine.normalize import Normalization
-    from ..engine.train import TrainSettings, train
+    from ..engine.train import train
 
     yield Progress("loading the backbone", 0, 1, backbone_source)
     device = pick_device(device)
     backbone = session.backbone(backbone_source, device)
-    model, normalization = None, Normalization()
+    model, metadata, normalization = None, None, Normalization()
     if start_heads is not None:
         yield Progress("loading the heads", 0, 1, str(start_heads))
         model, metadata = load_heads(start_heads, backbone, device=device)
         class_names = list(metadata.class_names)
         normalization = Normalization.from_dict(metadata.normalization)
     if len({pair.has_channels for pair in pairs}) > 1:
-        raise InputError("some images have colour channels and some do not: train on one kind at a time")
+        raise InputError("some images have channels (colours or a channel axis) and some do not: train on one "
+                         "kind at a time")
     yield Progress("preparing the images", 0, 1)
     samples = samples_from_arrays(
         [pair.image for pair in pairs], [pair.labels for pair in pairs], masks=[pair.mask for pair in pairs],
@@ -118,11 +133,15 @@ def finetune_job(session: Session, backbone_source: str, device: str, start_head
     )
     if not samples:
         raise InputError("no pixel counts: the regions that count are empty; draw a region over the corrected part")
-    settings = TrainSettings(
-        patch_size=options.patch_size, batch_size=options.batch_size, epochs=options.epochs,
-        iters_per_epoch=options.epoch_steps, lr=options.lr, cache_features=options.cache_features,
-    )
-    run = train(samples, out=out, backbone=backbone, settings=settings, class_names=class_names,
+    given = check_same_channels(samples)
+    if metadata is not None and metadata.in_channels and given != metadata.in_channels:
+        # the checkpoint would otherwise record the images' count, and Segment refuse the images it was made for
+        raise InputError(
+            f"the heads were trained on {metadata.in_channels}-channel images but the images give {given} "
+            f"channel{'s' if given != 1 else ''}: set each image's channel axis (the Channel axis column) so that "
+            f"it gives {metadata.in_channels}, or start from fresh heads"
+        )
+    run = train(samples, out=out, backbone=backbone, settings=options.settings(), class_names=class_names,
                 normalization=normalization, model=model, device=device)
     steps_done = 0
     try:
@@ -152,10 +171,14 @@ def default_checkpoint_path(start_heads: Path | None) -> Path:
 
 
 class _PairRow:
-    """The pickers of one training pair: image, corrected labels and the optional region that counts."""
+    """The pickers of one training pair: image, its channel axis, corrected labels and the optional region
+    that counts."""
 
     def __init__(self, viewer) -> None:
         self.image = LayerComboBox(viewer, (Image,))
+        self.channel_axis = QComboBox()
+        self.channel_axis.setToolTip("The image axis that holds channels (multichannel images): the heads "
+                                     "see one image with that many channels, not a stack of grey slices.")
         self.labels = LayerComboBox(viewer, (Labels,))
         self.region = LayerComboBox(viewer, (Shapes, Labels), none_text="everywhere")
         self.image.setToolTip("An image to learn from.")
@@ -166,11 +189,15 @@ class _PairRow:
         )
         self.remove = QToolButton(text="✕")
         self.remove.setToolTip("Remove this pair")
-        self.image.currentIndexChanged.connect(self._guess_labels)
-        self._guess_labels()
+        self.image.currentIndexChanged.connect(self._image_changed)
+        self._image_changed()
 
     def widgets(self) -> list[QWidget]:
-        return [self.image, self.labels, self.region, self.remove]
+        return [self.image, self.channel_axis, self.labels, self.region, self.remove]
+
+    def _image_changed(self, *_) -> None:
+        fill_channel_axis_choices(self.channel_axis, self.image.layer())
+        self._guess_labels()
 
     def _guess_labels(self, *_) -> None:
         """Pick "<image> labels" (what Segment writes) when it exists."""
@@ -178,6 +205,19 @@ class _PairRow:
         index = self.labels.findText(labels_layer_name(image.name)) if image is not None else -1
         if index >= 0:
             self.labels.setCurrentIndex(index)
+
+
+def fill_channel_axis_choices(combo: QComboBox, layer) -> None:
+    """The channel-axis choices for ``layer`` (data: the axis, or None): its RGB colours, or none and each axis
+    that may hold channels (:func:`._layer_geometry.channel_axis_choices`), as Segment offers them."""
+    combo.clear()
+    if layer is not None and layer.rgb:
+        combo.addItem("RGB colours", None)
+    else:
+        combo.addItem("none", None)
+        for axis in channel_axis_choices(layer) if layer is not None else []:
+            combo.addItem(f"axis {axis} ({layer.data.shape[axis]})", axis)
+    combo.setEnabled(combo.count() > 1)
 
 
 def region_mask(region, shape: tuple[int, ...]) -> np.ndarray:
@@ -212,7 +252,7 @@ class FineTuneWidget(QWidget):
         self.start_combo.setToolTip("Go on training the heads above, or start from new, untrained heads.")
 
         self._pairs_grid = QGridLayout()
-        for column, title in enumerate(["Image", "Corrected labels", "Counts in"]):
+        for column, title in enumerate(["Image", "Channel axis", "Corrected labels", "Counts in"]):
             self._pairs_grid.addWidget(QLabel(title), 0, column)
         self.add_pair_button = QPushButton("Add pair")
         self.add_pair_button.clicked.connect(self.add_pair)
@@ -221,19 +261,20 @@ class FineTuneWidget(QWidget):
         self.stack_combo.addItems([CURRENT_SLICE, WHOLE_STACK])
         self.stack_combo.setToolTip("For stacks: learn from the slice on screen only, or from every slice.")
         self.foreground_check = QCheckBox("any label value is foreground (instance labels)")
-        self.steps_spin = _spin(1, 1_000_000, int(recall("finetune/steps", "200")), 10)
-        self.every_spin = _spin(1, 100_000, int(recall("finetune/every", "50")), 10)
-        self.every_spin.setToolTip("Validation Dice and a checkpoint after every this many steps "
-                                   "(Stop keeps the last).")
+        self.steps_spin = persisted(_spin(1, 1_000_000, 10), "finetune/steps", 200)
+        self.steps_spin.setToolTip("Training steps in all.")
+        self.every_spin = persisted(_spin(1, 100_000, 10), "finetune/every", 50)
+        self.every_spin.setToolTip("Validation Dice and a checkpoint after every this many steps and after the "
+                                   "last (Stop keeps the last).")
         self.lr_spin = QDoubleSpinBox()
         self.lr_spin.setDecimals(5)
         self.lr_spin.setRange(1e-5, 1.0)
         self.lr_spin.setSingleStep(1e-4)
-        self.lr_spin.setValue(float(recall("finetune/lr", "0.001")))
-        self.patch_spin = _spin(64, 2048, int(recall("finetune/patch", "256")), 32)
-        self.batch_spin = _spin(1, 64, int(recall("finetune/batch", "2")), 1)
-        self.cache_check = QCheckBox("cache backbone features (faster, lighter augmentation)")
-        self.cache_check.setChecked(recall("finetune/cache", "true") == "true")
+        persisted(self.lr_spin, "finetune/lr", 0.001)
+        self.patch_spin = persisted(_spin(64, 2048, 32), "finetune/patch", 256)
+        self.batch_spin = persisted(_spin(1, 64, 1), "finetune/batch", 2)
+        self.cache_check = persisted(QCheckBox("cache backbone features (faster, lighter augmentation)"),
+                                     "finetune/cache", True)
         self.out_edit = QLineEdit()
         self.out_edit.setPlaceholderText("automatic: beside the start heads")
         out_button = QToolButton(text="…")
@@ -314,14 +355,6 @@ class FineTuneWidget(QWidget):
                                patch_size=self.patch_spin.value(), batch_size=self.batch_spin.value(),
                                cache_features=self.cache_check.isChecked())
 
-    def _remember_form(self) -> None:
-        remember("finetune/steps", str(self.steps_spin.value()))
-        remember("finetune/every", str(self.every_spin.value()))
-        remember("finetune/lr", f"{self.lr_spin.value():g}")
-        remember("finetune/patch", str(self.patch_spin.value()))
-        remember("finetune/batch", str(self.batch_spin.value()))
-        remember("finetune/cache", "true" if self.cache_check.isChecked() else "false")
-
     def _pairs(self) -> list[TrainingPair]:
         """The chosen pairs as arrays (read here, in the GUI thread; the worker gets only arrays)."""
         whole = self.stack_combo.currentText() == WHOLE_STACK
@@ -333,7 +366,8 @@ class FineTuneWidget(QWidget):
             if (image.name, labels.name) in seen:
                 continue
             seen.add((image.name, labels.name))
-            plan = plan_run(image, whole_stack=whole, current=viewer_indices(self.viewer, image))
+            plan = plan_run(image, channel_axis=row.channel_axis.currentData(), whole_stack=whole,
+                            current=viewer_indices(self.viewer, image))
             if labels.data.shape != plan.labels_shape:
                 raise InputError(f"labels {labels.name!r} have shape {labels.data.shape} but image {image.name!r} "
                                  f"needs {plan.labels_shape}: pick the labels drawn on that image")
@@ -374,11 +408,10 @@ class FineTuneWidget(QWidget):
             show_error(f"Fine-tuning cannot start: {err}")
             return None
         out.parent.mkdir(parents=True, exist_ok=True)
-        self._remember_form()
         self._stop = Stop()
         gen = finetune_job(self.session, self.session.backbone_source, self.session.device, start_heads, pairs,
                            class_names, out, options, self._stop)
-        self.plot.clear(options.epochs * options.epoch_steps)
+        self.plot.clear(options.steps)
         self.job = Job(gen, "Fine-tuning", on_result=self._show_result, on_progress=self._progress,
                        on_finished=self._finished, stop=self._stop)
         self.start_button.setEnabled(False)
@@ -402,14 +435,10 @@ class FineTuneWidget(QWidget):
         return heads
 
     def _progress(self, event: Progress) -> None:
-        if event.task != "train":
-            return
-        # The engine reports each validation as a second event for the step just done (or for step 0,
-        # before training); step events carry the last validation's Dice along, not a new one.
-        validation = event.done == 0 or bool(self.plot.loss) and event.done == self.plot.loss[-1][0]
-        if validation and "val_dice" in event.metrics:
-            self.plot.add_val_dice(event.done, event.metrics["val_dice"])
-        elif not validation and "loss" in event.metrics:
+        if isinstance(event, Validation):
+            if event.dice is not None:
+                self.plot.add_val_dice(event.done, event.dice)
+        elif event.task == "train" and "loss" in event.metrics:  # one training step
             self.plot.add_loss(event.done, event.metrics["loss"])
 
     def _show_result(self, result: FineTuneResult) -> None:
@@ -432,9 +461,8 @@ class FineTuneWidget(QWidget):
             self.status.setText("cancelled: the heads in use did not change")
 
 
-def _spin(low: int, high: int, value: int, step: int) -> QSpinBox:
+def _spin(low: int, high: int, step: int) -> QSpinBox:
     spin = QSpinBox()
     spin.setRange(low, high)
     spin.setSingleStep(step)
-    spin.setValue(value)
     return spin
