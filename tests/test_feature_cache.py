@@ -12,7 +12,7 @@ from napari_dinounet.engine.feature_cache import FeatureCache, batch_source
 from napari_dinounet.engine.progress import Progress, drain
 from napari_dinounet.engine.train import TrainSettings, build_model
 
-TINY = dict(size="tiny", patch_size=64, batch_size=2, val_crops=2)
+TINY = {"size": "tiny", "patch_size": 64, "batch_size": 2, "val_crops": 2}
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def test_feature_cache_holds_mirrored_crops_with_their_exact_features(model, nuc
     flipped = crops["image"].flip(-1)  # the second group of 3: left-right mirrors
     assert torch.equal(cache.crops["image"][3:6], flipped)
     assert torch.equal(cache.crops["labels"][3:6], crops["labels"].flip(-1))
-    for cached, fresh in zip(cache.taps, model.backbone_taps(flipped), strict=True):
+    for cached, fresh in zip(cache.taps, model.backbone_taps(flipped)):
         torch.testing.assert_close(cached[3:6], fresh)
     batch, taps = cache.next_batch(5)
     assert batch["image"].shape == (5, 1, 64, 64) and taps[0].shape == (5, 64, 4, 4)

@@ -12,7 +12,7 @@ from napari_dinounet.engine.errors import CheckpointError
 from napari_dinounet.engine.run_state import load_state, save_state, state_path
 from napari_dinounet.engine.train import TrainSettings, build_model, train
 
-TINY = dict(size="tiny", patch_size=64, batch_size=2, val_crops=2)
+TINY = {"size": "tiny", "patch_size": 64, "batch_size": 2, "val_crops": 2}
 
 
 def test_state_path_sits_beside_the_checkpoint(tmp_path):

@@ -37,7 +37,7 @@ def test_bad_settings_are_refused_with_a_clear_message(bad):
 
 # -------------------------------------------------------------------------------------------- training
 
-TINY = dict(size="tiny", patch_size=64, batch_size=2, val_crops=2)
+TINY = {"size": "tiny", "patch_size": 64, "batch_size": 2, "val_crops": 2}
 
 
 @pytest.fixture(scope="module")
@@ -271,6 +271,6 @@ def test_the_loss_and_the_targets_are_parameters(tmp_path, backbone, nuclei):
                            settings=settings, device="cpu", loss=constant_loss, targets=inverted_classes))
     assert [e.metrics["loss"] for e in events if not isinstance(e, Validation)] == [1.25, 2.25]
     assert len(calls) == 2
-    for (shape, targets, mask), labels in zip(calls, labels_seen, strict=True):
+    for (shape, targets, mask), labels in zip(calls, labels_seen):
         assert shape == (2, 2, 64, 64) and mask.shape == (2, 64, 64) and mask.dtype == torch.bool
         assert torch.equal(targets, 1 - labels)

@@ -23,8 +23,10 @@ import torch
 
 from . import io, normalize
 from .errors import InputError
+from .layout import layout_for_labels
 from .normalize import Normalization
 
+DEFAULT_NORMALIZATION = Normalization()  # frozen: one shared default is safe
 MAX_LOCATIONS = 10_000  # pixels remembered per class (and per mask) and sample, as nnU-Net does
 # Foreground values that look like instance ids (one per object), not classes: more than
 # MAX_INFERRED_CLASSES (semantic label maps rarely have that many classes, and giving the count costs
@@ -72,27 +74,6 @@ def _as_list(items, what: str) -> list:
     if not items:
         raise InputError(f"no {what} given: pass at least one image with its labels")
     return items
-
-
-def _channels_first(image: np.ndarray, label_shape: tuple[int, ...], channel_axis: int | None, name: str) -> np.ndarray:
-    """``image`` as (C, *spatial) with spatial == label_shape; RGB(A) (..., 3|4) is recognised."""
-    if channel_axis is not None:
-        if not -image.ndim <= channel_axis < image.ndim:
-            raise InputError(f"{name}: channel_axis={channel_axis} does not exist in an image of shape {image.shape}")
-        image = np.moveaxis(image, channel_axis, 0)
-    elif image.shape == label_shape:
-        image = image[None]
-    elif image.ndim == len(label_shape) + 1 and image.shape[-1] in (3, 4) and image.shape[:-1] == label_shape:
-        image = np.moveaxis(image, -1, 0)[:3]  # RGB; an alpha channel carries no content
-    if image.shape[1:] != label_shape:
-        raise InputError(
-            f"{name}: image shape {image.shape if channel_axis is None else image.shape[1:]} does not match labels "
-            f"shape {label_shape}: give labels of the image's shape (for a multichannel image say which axis "
-            "holds the channels with channel_axis)"
-        )
-    if len(label_shape) not in (2, 3):
-        raise InputError(f"{name}: labels of shape {label_shape} are neither 2D (Y, X) nor a stack (Z, Y, X)")
-    return image
 
 
 def _integer_labels(labels: np.ndarray, name: str) -> np.ndarray:
@@ -192,7 +173,8 @@ def _normalised(image: np.ndarray, norm: Normalization, name: str) -> tuple[np.n
 def _pair_samples(image, labels: np.ndarray, mask, name: str, channel_axis: int | None, slice_axis: int,
                   normalization: Normalization) -> list[Sample]:
     """The 2D samples of one image/labels pair (labels already checked); slices with an empty mask are left out."""
-    image = _channels_first(np.asarray(image), labels.shape, channel_axis, name)
+    image = np.asarray(image)
+    image = layout_for_labels(image.shape, labels.shape, channel_axis, name).channels_first(image)
     if mask is not None:
         mask = np.asarray(mask)
         if mask.shape != labels.shape:
@@ -215,7 +197,8 @@ def _pair_samples(image, labels: np.ndarray, mask, name: str, channel_axis: int 
 
 def samples_from_arrays(images, labels, *, masks=None, names: Sequence[str] | None = None,
                         channel_axis: int | None = None, slice_axis: int = 0,
-                        normalization: Normalization = Normalization(), num_classes: int | None = None) -> list[Sample]:
+                        normalization: Normalization = DEFAULT_NORMALIZATION,
+                        num_classes: int | None = None) -> list[Sample]:
     """Samples from image/label arrays as napari layers hand them over.
 
     images: a list of arrays (numpy, dask, zarr), each 2D ``(Y, X)``, RGB ``(Y, X, 3)``, a stack ``(Z, Y, X)``
@@ -271,7 +254,7 @@ def _samples_from_files(pairs: Sequence[tuple[str, io.Case, Path]], normalizatio
     return samples
 
 
-def samples_from_nnunet(root, *, normalization: Normalization = Normalization()) -> tuple[list[Sample], dict]:
+def samples_from_nnunet(root, *, normalization: Normalization = DEFAULT_NORMALIZATION) -> tuple[list[Sample], dict]:
     """Samples from an nnU-Net raw dataset's imagesTr/labelsTr (one group per case), and its dataset.json.
 
     The classes are dataset.json's ``labels`` (:func:`.io.class_names`: values 0..k); a label file holding
@@ -289,7 +272,7 @@ def samples_from_nnunet(root, *, normalization: Normalization = Normalization())
     return samples, dataset.info
 
 
-def samples_from_folders(images_dir, labels_dir, *, normalization: Normalization = Normalization(),
+def samples_from_folders(images_dir, labels_dir, *, normalization: Normalization = DEFAULT_NORMALIZATION,
                          num_classes: int | None = None) -> list[Sample]:
     """Samples from a folder of images and a folder of label files, paired by file name.
 

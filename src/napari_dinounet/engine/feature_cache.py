@@ -67,7 +67,7 @@ class FeatureCache:
         for start in range(0, count, batch_size):
             parts.append(model.backbone_taps(crops["image"][start : start + batch_size]))
             yield Progress("cache features", min(start + batch_size, count), count)
-        taps = [torch.cat(level) for level in zip(*parts, strict=True)]
+        taps = [torch.cat(level) for level in zip(*parts)]
         return FeatureCache(crops, taps, augment, seed)
 
     def next_batch(self, batch_size: int) -> tuple[dict, list[torch.Tensor]]:

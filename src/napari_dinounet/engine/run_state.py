@@ -53,7 +53,7 @@ def save_state(path: Path, model, optimizer: torch.optim.Optimizer, *, step: int
         "num_classes": num_classes,
         "param_groups": optim["param_groups"],
         "history": history,
-        "backbone": dict(zip(_IDENTITY_KEYS, backbone_identity(model.backbone), strict=True)),
+        "backbone": dict(zip(_IDENTITY_KEYS, backbone_identity(model.backbone))),
     }
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"train_state": json.dumps(info)})
