@@ -294,7 +294,8 @@ def train(
 class _Run:
     """A training run once set up: one optimiser step at a time, a validation and the checkpoints at each
     epoch's end. ``model`` is trained in place (``step_module`` is what a step calls: the model, or its DDP
-    wrapper); ``writes``: whether this process writes the checkpoints (rank 0 only).
+    wrapper); ``writes``: whether this process writes the checkpoints (rank 0 only); ``next_batch``: set
+    once the batch source is ready (building a feature cache yields progress of its own).
     """
 
     model: torch.nn.Module
