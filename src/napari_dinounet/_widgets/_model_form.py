@@ -17,10 +17,10 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..engine.names import DEVICES
 from ._session import Session
 from ._settings import recall, remember
 
-DEVICES = ("auto", "cuda", "mps", "cpu")  # the engine's device.DEVICE_CHOICES (not imported: it needs torch)
 HEADS_FILTER = "Dino U-Net heads (*.safetensors);;All files (*)"
 
 

@@ -16,7 +16,7 @@ import time
 import warnings
 from pathlib import Path
 
-from .train import BACKBONE_ENV
+from ._common import BACKBONE_ENV
 
 HELP = "train on the bundled nuclei sample (left half), test on the right half, compare with Otsu"
 

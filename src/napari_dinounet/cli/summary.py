@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import warnings
+
+from ..engine.names import BACKBONE_SIZES, PROJECTIONS
 
 HELP = "count the trainable parameters of a Dino U-Net per module (meta device: even 7b needs no memory)"
 
-SIZE_CHOICES = ("s", "s+", "b", "l", "h+", "7b", "tiny")
-PROJECTION_CHOICES = ("fapm", "compact", "plain")
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--size", choices=SIZE_CHOICES, default="s", help="backbone size (default: s)")
+    parser.add_argument("--size", choices=BACKBONE_SIZES, default="s", help="backbone size (default: s)")
     parser.add_argument(
-        "--projection", choices=PROJECTION_CHOICES, default="fapm",
+        "--projection", choices=PROJECTIONS, default="fapm",
         help="fapm (default), compact (the paper's Table IV counts) or plain (the paper's ablation)",
     )  # fmt: skip
     parser.add_argument("--classes", type=int, default=2, help="number of classes incl. background (default: 2)")
@@ -35,15 +33,9 @@ def summarize(size: str = "s", projection: str = "fapm", num_classes: int = 2, b
 
     if backbone is None:
         # a meta backbone has no weights at all, so its "random weights" warning does not apply here
-        backbone_logger = logging.getLogger("napari_dinounet.engine.backbone")
-        level = backbone_logger.level
-        backbone_logger.setLevel(logging.ERROR)
-        try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*RANDOM weights")
-                loaded = load_backbone(f"random:{size}", device="meta")
-        finally:
-            backbone_logger.setLevel(level)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*RANDOM weights")
+            loaded = load_backbone(f"random:{size}", device="meta")
     else:
         loaded = load_backbone(backbone, device="meta")
     model = build_dinounet(projection=projection, num_classes=num_classes, backbone=loaded)

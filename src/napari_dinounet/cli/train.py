@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import os
 
-HELP = "train the heads (adapter, projection, decoder) on labelled images; resumable"
+from ..engine.names import PROJECTIONS
+from ._common import BACKBONE_ENV, backbone_source  # cli/predict.py still imports both from here
 
-BACKBONE_ENV = "DINOUNET_BACKBONE"
+HELP = "train the heads (adapter, projection, decoder) on labelled images; resumable"
 
 # command-line option -> TrainSettings field; options left out keep the TrainSettings default
 _SETTINGS = {
@@ -45,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="CKPT", help="the heads checkpoint to write (.safetensors)")
     keep = argparse.SUPPRESS  # absent options are not set, so TrainSettings' defaults (the paper's) apply
     parser.add_argument("--size", default=keep, help="heads size (s, b, l, 7b, tiny ...); default: the backbone's")
-    parser.add_argument("--projection", default=keep, choices=("fapm", "plain", "compact"), help="default fapm")
+    parser.add_argument("--projection", default=keep, choices=PROJECTIONS, help="default fapm")
     parser.add_argument("--patch", type=int, default=keep, help="patch size in pixels, a multiple of 32; default 512")
     parser.add_argument("--batch", type=int, default=keep, help="patches per step (per GPU with torchrun); default 2")
     parser.add_argument("--epochs", type=int, default=keep, help="default 200")
@@ -64,19 +65,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run that wrote --out")
     parser.add_argument("--overwrite", action="store_true", help="start a new run even if --out exists")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def backbone_source(args: argparse.Namespace) -> str:
-    """The backbone from --backbone or the environment; an error that says how to give one otherwise."""
-    from ..engine.errors import InputError
-
-    source = args.backbone or os.environ.get(BACKBONE_ENV)
-    if not source:
-        raise InputError(
-            f"no backbone given: pass --backbone PATH (DINOv3 weights) or set {BACKBONE_ENV}; "
-            "random:<variant> trains on a random backbone (testing only)"
-        )
-    return source
 
 
 def load_training_data(args: argparse.Namespace, normalization) -> tuple[list, list[str] | None]:

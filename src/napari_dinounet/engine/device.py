@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 from .errors import DinoUNetError
+from .names import DEVICES
 
-DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
+DEVICE_CHOICES = DEVICES
 
 
 def pick_device(name: str | torch.device = "auto") -> torch.device:

@@ -1,0 +1,22 @@
+"""What several sub-commands share: where the backbone comes from."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+# The backbone weights a command uses when --backbone is not given (train, predict, demo).
+BACKBONE_ENV = "DINOUNET_BACKBONE"
+
+
+def backbone_source(args: argparse.Namespace) -> str:
+    """The backbone from --backbone or the environment; an error that says how to give one otherwise."""
+    from ..engine.errors import InputError
+
+    source = args.backbone or os.environ.get(BACKBONE_ENV)
+    if not source:
+        raise InputError(
+            f"no backbone given: pass --backbone PATH (DINOv3 weights) or set {BACKBONE_ENV}; "
+            "random:<variant> trains on a random backbone (testing only)"
+        )
+    return source
