@@ -11,7 +11,8 @@ import torch
 
 from napari_dinounet.engine import normalize
 from napari_dinounet.engine.errors import DinoUNetError, InputError
-from napari_dinounet.engine.predict import _argmax_classes, predict
+from napari_dinounet.engine.outputs import argmax_classes
+from napari_dinounet.engine.predict import predict
 from napari_dinounet.engine.progress import drain
 
 
@@ -159,9 +160,9 @@ def test_argmax_beyond_65536_classes_does_not_wrap():
     planes = torch.zeros((70_001, 2, 3))
     planes[70_000, 0, 0] = 1.0
     planes[65_536, 1, 2] = 1.0
-    labels = _argmax_classes(planes)
+    labels = argmax_classes(planes)
     assert labels.dtype == np.uint32 and labels[0, 0] == 70_000 and labels[1, 2] == 65_536  # 4464 and 0 before
-    assert _argmax_classes(planes[:65_536]).dtype == np.uint16
+    assert argmax_classes(planes[:65_536]).dtype == np.uint16
 
 
 @pytest.mark.parametrize("channels", [1, 2])

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_dinounet.engine import normalize, predict as predict_module
+from napari_dinounet.engine import normalize, tiling
 from napari_dinounet.engine.errors import InputError
-from napari_dinounet.engine.predict import gaussian_importance, predict, tile_starts
+from napari_dinounet.engine.predict import predict
 from napari_dinounet.engine.progress import drain
+from napari_dinounet.engine.tiling import gaussian_importance, tile_starts
 
 # A fixed normalisation makes predictions independent of which pixels the statistics saw, so a slice of
 # a stack can be compared with the same slice predicted alone.
@@ -158,13 +159,13 @@ def test_progress_counts_tiles_and_slices():
 def test_open_rows_stay_within_a_band_of_one_tile(monkeypatch):
     """The weighted sums never cover more than one tile height (plus batch spill) of rows."""
     heights = []
-    original = predict_module._OpenRows.add
+    original = tiling.OpenRows.add
 
     def spy(self, logits, y, x):
         original(self, logits, y, x)
         heights.append(self.sums.shape[1])
 
-    monkeypatch.setattr(predict_module._OpenRows, "add", spy)
+    monkeypatch.setattr(tiling.OpenRows, "add", spy)
     run(conv_net(), image((600, 120)), patch_size=64, step=0.5, batch_size=4)  # 3 tiles a row
     assert max(heights) <= 64 + 32  # a batch may spill into the next row of tiles, offset 32
 
