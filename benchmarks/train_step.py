@@ -52,6 +52,7 @@ def measure(size: str, pixels: int, cached: bool, steps: int) -> dict:
     from napari_dinounet.engine.backbone import load_backbone
     from napari_dinounet.engine.data import samples_from_arrays
     from napari_dinounet.engine.samples import load_nuclei
+    from napari_dinounet.engine.progress import Validation
     from napari_dinounet.engine.train import TrainSettings, build_model, train
 
     torch.manual_seed(0)
@@ -71,7 +72,7 @@ def measure(size: str, pixels: int, cached: bool, steps: int) -> dict:
                     settings=settings, model=model, device="cpu")
         start = time.perf_counter()
         for event in run:
-            if event.task == "train" and "loss" in event.metrics and not event.message.endswith("validated"):
+            if event.task == "train" and "loss" in event.metrics and not isinstance(event, Validation):
                 stamps["train"].append(time.perf_counter())
             elif event.task == "cache features":
                 stamps["cache features"].append(time.perf_counter())
