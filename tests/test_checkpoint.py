@@ -61,7 +61,7 @@ def test_round_trip_gives_identical_outputs_and_metadata(backbones, tmp_path):
         assert torch.equal(model(x), loaded(x))
     assert meta.config == model.config.to_dict()
     assert meta.class_names == ["background", "class 1", "class 2"] and meta.num_classes == 3
-    assert meta.in_channels == 5 and meta.channel_map == (0, 2, 3)
+    assert meta.in_channels == 5 and meta.network_config().channels == (0, 2, 3)
     assert meta.patch_size == 64 and meta.spacing == (0.5, 0.25)
     assert meta.backbone_variant == "tiny" and meta.backbone_sha256 == backbone.sha256
     assert meta.backbone_num_heads == backbone.architecture.num_heads == 4  # recorded by save_heads

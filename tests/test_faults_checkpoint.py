@@ -269,3 +269,19 @@ def test_old_files_without_the_head_count_still_load_unchecked(lying_hf, tmp_pat
     for backbone in (honest, lying):
         model, _ = load_heads(path, backbone)
         assert model.backbone is backbone
+
+
+def test_unknown_fields_are_refused_naming_them_as_a_newer_versions(good, backbone, tmp_path):
+    """One policy for every file read back (heads descriptions, their network config, resume states): what this
+    version does not know is refused, naming it, never dropped in silence; what an older version did not write
+    takes its default."""
+    path = edited(good, tmp_path / "newer.safetensors", uncertainty_head={"kind": "mirror"}, zoom=2)
+    message = refused(path, backbone, r"holds fields this version of .* does not know \(uncertainty_head, zoom\)")
+    assert "a newer napari-dinounet probably wrote the file" in message
+    path = edited(good, tmp_path / "newer_config.safetensors", config_rank=3)
+    message = refused(path, backbone, r"the network config holds keys .* does not know \(rank\)")
+    assert "a newer napari-dinounet probably wrote the checkpoint" in message
+    older = edited(good, tmp_path / "older.safetensors", spacing=..., backbone_num_heads=..., training=...)
+    assert read_metadata(older).spacing is None and read_metadata(older).training == {}
+    refused(edited(good, tmp_path / "no_names.safetensors", class_names=...), backbone,
+            "misses class_names: the file was edited or damaged")

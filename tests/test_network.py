@@ -195,10 +195,12 @@ def test_config_round_trips_through_json(tiny_backbone):
     assert data["taps"] == [0, 1, 2, 3] and data["channels"] == [2, 0] and data["size"] == "tiny"
     config = DinoUNetConfig.from_dict(data)
     assert config == net.config and config.channels == (2, 0)
-    with pytest.raises(CheckpointError, match=r"unknown keys \['rank'\]"):
-        DinoUNetConfig.from_dict({**data, "rank": 3})
-    with pytest.raises(CheckpointError, match=r"misses keys \['embed_dim'\]"):
+    with pytest.raises(CheckpointError, match=r"does not know \(rank, zoom\): a newer napari-dinounet probably"):
+        DinoUNetConfig.from_dict({**data, "rank": 3, "zoom": 2})
+    with pytest.raises(CheckpointError, match="misses keys embed_dim: the checkpoint was edited or damaged"):
         DinoUNetConfig.from_dict({k: v for k, v in data.items() if k != "embed_dim"})
+    older = {k: v for k, v in data.items() if k not in ("grad_checkpointing", "deep_supervision")}
+    assert DinoUNetConfig.from_dict(older) == config  # a file from before those options: their defaults
     with pytest.raises(CheckpointError, match="invalid.*unknown projection 'x'"):
         DinoUNetConfig.from_dict({**data, "projection": "x"})
 

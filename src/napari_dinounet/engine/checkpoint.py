@@ -120,12 +120,6 @@ class HeadsMetadata:
             raise DinoUNetError(f"network config: {err}") from None
 
     @property
-    def channel_map(self) -> tuple[int, ...] | None:
-        """The input channels the network uses (``config["channels"]``); None: the input as is (1 to 3)."""
-        channels = self.config.get("channels")
-        return None if channels is None else tuple(channels)
-
-    @property
     def num_classes(self) -> int:
         return int(self.config["num_classes"])
 
@@ -134,7 +128,12 @@ class HeadsMetadata:
 
     @classmethod
     def from_json(cls, text: str, path: Path) -> HeadsMetadata:
-        """Parse and validate a description read from ``path``; CheckpointError naming the file for any fault."""
+        """Parse and validate a description read from ``path``; CheckpointError naming the file for any fault.
+
+        Unknown fields are refused, naming them (a newer napari-dinounet wrote the file); fields missing take
+        their defaults (an older one did), except config and class_names, without which the file is damaged.
+        The policy of :meth:`DinoUNetConfig.from_dict`, which checks the config inside.
+        """
         try:
             data = json.loads(text)
         except (ValueError, RecursionError) as err:  # RecursionError: nesting deeper than Python's stack
@@ -144,12 +143,18 @@ class HeadsMetadata:
                 f"{path}: the heads description ({text[:40]!r}) is not a JSON object; the file was edited or "
                 "damaged: copy or train it again"
             )
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown or "config" not in data or "class_names" not in data:
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
             raise CheckpointError(
-                f"{path}: the heads description has unknown fields {unknown} or misses config/class_names: it was "
-                "written by another version of napari-dinounet; use that version or retrain"
+                f"{path}: the heads description holds fields this version of napari-dinounet does not know "
+                f"({', '.join(unknown)}): a newer napari-dinounet probably wrote the file. Upgrade napari-dinounet, "
+                "or retrain the heads with this one"
+            )
+        missing = [name for name in ("config", "class_names") if name not in data]
+        if missing:
+            raise CheckpointError(
+                f"{path}: the heads description misses {' and '.join(missing)}: the file was edited or damaged; copy "
+                "or train it again"
             )
         try:
             return cls(**data)

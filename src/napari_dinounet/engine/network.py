@@ -73,14 +73,27 @@ class DinoUNetConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> DinoUNetConfig:
-        """Inverse of :meth:`to_dict`; CheckpointError for missing or unknown keys."""
+        """Inverse of :meth:`to_dict`, for a config read from a checkpoint.
+
+        The policy of every file napari-dinounet reads back (heads descriptions, resume states): optional keys
+        missing (a file from an older version) take their defaults; a required key missing is a
+        CheckpointError (the file was edited or damaged); unknown keys are a CheckpointError naming them
+        (a newer version wrote the file, and an option this version cannot apply must not be dropped in
+        silence). Values of the wrong type or range are a CheckpointError too.
+        """
         names = {f.name for f in dataclasses.fields(cls)}
         required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
-        unknown, missing = set(data) - names, required - set(data)
-        if unknown or missing:
+        unknown, missing = sorted(set(data) - names), sorted(required - set(data))
+        if unknown:
             raise CheckpointError(
-                f"network config has unknown keys {sorted(unknown)} / misses keys {sorted(missing)}: the checkpoint "
-                "was written by another version of napari-dinounet; use that version or retrain"
+                f"the network config holds keys this version of napari-dinounet does not know ({', '.join(unknown)}): "
+                "a newer napari-dinounet probably wrote the checkpoint. Upgrade napari-dinounet, or retrain the heads "
+                "with this one"
+            )
+        if missing:
+            raise CheckpointError(
+                f"the network config misses keys {', '.join(missing)}: the checkpoint was edited or damaged; copy or "
+                "train it again"
             )
         try:
             return cls(**data)
