@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_dinounet.engine import normalize, tiling
+from napari_dinounet.engine import normalize
 from napari_dinounet.engine.errors import InputError
 from napari_dinounet.engine.predict import predict
 from napari_dinounet.engine.progress import drain
-from napari_dinounet.engine.tiling import gaussian_importance, tile_starts
+from napari_dinounet.engine.tiling import tile_starts
 
 # A fixed normalisation makes predictions independent of which pixels the statistics saw, so a slice of
 # a stack can be compared with the same slice predicted alone.
@@ -67,23 +67,6 @@ def run(model, img, **kwargs):
 
 # --------------------------------------------------------------------------------------------------
 # Tiling and blending
-
-
-def test_tile_starts_cover_the_image_like_monai():
-    assert tile_starts(333, 128, 0.5) == [0, 64, 128, 192, 205]
-    assert tile_starts(128, 128, 0.5) == [0]
-    assert tile_starts(100, 128, 0.5) == [0]
-    assert tile_starts(1024, 512, 1.0) == [0, 512]
-
-
-def test_importance_map_is_a_gaussian_of_sigma_tile_over_8():
-    weights = gaussian_importance((64, 96))
-    assert weights.shape == (64, 96) and weights.dtype == np.float32
-    rows, cols = np.arange(64) - 31.5, np.arange(96) - 47.5
-    expected = np.exp(-(rows[:, None] ** 2) / (2 * 8.0**2) - cols[None, :] ** 2 / (2 * 12.0**2))
-    np.testing.assert_allclose(weights, np.maximum(expected, 1e-3), rtol=1e-6)
-    assert weights[0, 0] == pytest.approx(1e-3)  # corners are floored
-    assert weights[31, 47] == weights.max() > 0.99
 
 
 def test_constant_model_gives_exactly_that_constant_after_blending():
@@ -154,20 +137,6 @@ def test_progress_counts_tiles_and_slices():
     done = [e.done for e in events]
     assert done[0] == 0 and done[-1] == 3 * per_slice and done == sorted(done)
     assert events[-1].message == "slice 3/3"
-
-
-def test_open_rows_stay_within_a_band_of_one_tile(monkeypatch):
-    """The weighted sums never cover more than one tile height (plus batch spill) of rows."""
-    heights = []
-    original = tiling.OpenRows.add
-
-    def spy(self, logits, y, x):
-        original(self, logits, y, x)
-        heights.append(self.sums.shape[1])
-
-    monkeypatch.setattr(tiling.OpenRows, "add", spy)
-    run(conv_net(), image((600, 120)), patch_size=64, step=0.5, batch_size=4)  # 3 tiles a row
-    assert max(heights) <= 64 + 32  # a batch may spill into the next row of tiles, offset 32
 
 
 # --------------------------------------------------------------------------------------------------
