@@ -11,7 +11,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from napari_dinounet import __version__
-from napari_dinounet.engine.checkpoint import HeadsMetadata, load_heads, read_metadata, save_heads
+from napari_dinounet.engine.checkpoint import (
+    FORMAT_VERSION,
+    HeadsMetadata,
+    current_heads_keys,
+    load_heads,
+    read_metadata,
+    save_heads,
+)
 from napari_dinounet.engine.errors import CheckpointError, DinoUNetError, OutputError
 from napari_dinounet.engine.network import build_dinounet
 
@@ -83,7 +90,7 @@ def test_file_holds_the_heads_and_no_backbone_tensor(backbones, tmp_path):
     backbone_elements = sum(p.numel() for p in backbone.parameters())
     heads_bytes = sum(t.numel() * t.element_size() for t in model.heads_state_dict().values())
     assert path.stat().st_size < heads_bytes + 100_000 < heads_bytes + backbone_elements * 4
-    assert header["format"] == "napari-dinounet-heads" and header["format_version"] == "1"
+    assert header["format"] == "napari-dinounet-heads" and header["format_version"] == "2"
 
 
 def test_checkpoint_for_another_backbone_is_refused_naming_both(backbones, tmp_path):
@@ -155,7 +162,7 @@ def test_missing_file_and_backbone_weights_given_as_heads(backbones, dinov3_tiny
 def test_newer_format_asks_for_an_upgrade(backbones, tmp_path):
     backbone = backbones["random"]
     model = trained_heads(backbone, num_classes=2)
-    header = {"format": "napari-dinounet-heads", "format_version": "2",
+    header = {"format": "napari-dinounet-heads", "format_version": str(FORMAT_VERSION + 1),
               "heads": metadata_for(model, backbone).to_json()}
     tensors = {k: v.contiguous() for k, v in model.heads_state_dict().items()}
     save_file(tensors, str(tmp_path / "h.safetensors"), metadata=header)
@@ -163,12 +170,38 @@ def test_newer_format_asks_for_an_upgrade(backbones, tmp_path):
         read_metadata(tmp_path / "h.safetensors")
 
 
+def test_format_1_files_with_the_old_classifier_names_give_identical_logits(backbones, tmp_path):
+    """Format 1 (before "heads" meant only the trainable set) named the decoder's classifiers decoder.heads.N:
+    such a file, written as that version wrote it (the same tensors, the old names, format_version 1), loads
+    with outputs equal bit for bit, deep-supervision classifiers included."""
+    backbone = backbones["official"]
+    torch.manual_seed(0)
+    model = build_dinounet(num_classes=3, backbone=backbone, deep_supervision=True).eval()
+    for p in model.heads_state_dict().values():
+        p.add_(torch.randn_like(p) * 0.01 if p.is_floating_point() else 0)
+    new = save_heads(tmp_path / "new.safetensors", model, metadata_for(model, backbone))
+    with safe_open(str(new), framework="pt") as handle:
+        header = dict(handle.metadata(), format_version="1")
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 (a safetensors file)
+    old_names = {k.replace("decoder.classifiers.", "decoder.heads."): v for k, v in tensors.items()}
+    assert sum(k.startswith("decoder.heads.") for k in old_names) == 6  # 3 classifiers, weight and bias
+    save_file(old_names, str(tmp_path / "old.safetensors"), metadata=header)
+
+    loaded, _ = load_heads(tmp_path / "old.safetensors", backbone)
+    x = torch.randn(2, 1, 64, 96)
+    with torch.no_grad():
+        for got, expected in zip(loaded(x), model(x)):
+            assert torch.equal(got, expected)
+    assert current_heads_keys(old_names).keys() == model.heads_state_dict().keys()
+    assert current_heads_keys(tensors).keys() == tensors.keys()  # today's names are left as they are
+
+
 def test_tensors_that_do_not_fit_the_config_are_named(backbones, tmp_path):
     backbone = backbones["random"]
     two = trained_heads(backbone, num_classes=2)
     three = trained_heads(backbone, num_classes=3)
     path = tmp_path / "mixed.safetensors"
-    header = {"format": "napari-dinounet-heads", "format_version": "1",
+    header = {"format": "napari-dinounet-heads", "format_version": str(FORMAT_VERSION),
               "heads": metadata_for(three, backbone).to_json()}  # says 3 classes
     save_file({k: v.contiguous() for k, v in two.heads_state_dict().items()}, str(path), metadata=header)
     with pytest.raises(CheckpointError, match="do not fit this network.*3 classes.*wrong shape"):

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from napari_dinounet.engine.backbone import load_backbone
-from napari_dinounet.engine.checkpoint import HeadsMetadata, load_heads, read_metadata, save_heads
+from napari_dinounet.engine.checkpoint import FORMAT_VERSION, HeadsMetadata, load_heads, read_metadata, save_heads
 from napari_dinounet.engine.errors import CheckpointError, DinoUNetError
 from napari_dinounet.engine.network import build_dinounet
 
@@ -187,7 +187,8 @@ def test_a_bad_normalisation_is_the_checkpoints_fault(good, backbone, tmp_path, 
 def test_non_finite_head_tensors_are_refused(good, backbone, tmp_path):
     """H-predict-nanheads: all-background labels with rc 0 before."""
     state = load_file(str(good))
-    metadata = {"format": "napari-dinounet-heads", "format_version": "1", "heads": read_metadata(good).to_json()}
+    metadata = {"format": "napari-dinounet-heads", "format_version": str(FORMAT_VERSION),
+                "heads": read_metadata(good).to_json()}
     nan = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()}
     save_file(nan, str(tmp_path / "nanheads.safetensors"), metadata=metadata)
     expected = sum(v.numel() for v in state.values() if v.is_floating_point())
@@ -195,7 +196,7 @@ def test_non_finite_head_tensors_are_refused(good, backbone, tmp_path):
             f"{expected} non-finite values, e.g. in .*: the training diverged or the file is damaged; retrain")
 
     one_inf = dict(state)
-    name = "decoder.heads.2.weight"
+    name = "decoder.classifiers.2.weight"
     one_inf[name] = state[name].clone().view(-1).index_fill(0, torch.tensor([3]), float("inf")).view_as(state[name])
     save_file(one_inf, str(tmp_path / "inf.safetensors"), metadata=metadata)
     refused(tmp_path / "inf.safetensors", backbone, f"1 non-finite values, e.g. in {name}:")
@@ -203,8 +204,9 @@ def test_non_finite_head_tensors_are_refused(good, backbone, tmp_path):
 
 def test_non_float_head_tensors_are_refused_but_float64_loads(good, backbone, tmp_path):
     state = load_file(str(good))
-    metadata = {"format": "napari-dinounet-heads", "format_version": "1", "heads": read_metadata(good).to_json()}
-    name = "decoder.heads.2.weight"
+    metadata = {"format": "napari-dinounet-heads", "format_version": str(FORMAT_VERSION),
+                "heads": read_metadata(good).to_json()}
+    name = "decoder.classifiers.2.weight"
     save_file(dict(state, **{name: state[name].to(torch.int32)}), str(tmp_path / "int.safetensors"), metadata=metadata)
     refused(tmp_path / "int.safetensors", backbone, f"head tensor {name} is torch.int32, not floating point")
 
@@ -219,7 +221,7 @@ def test_save_heads_refuses_non_finite_heads(backbone, tmp_path):
     torch.manual_seed(0)
     model = build_dinounet(num_classes=2, backbone=backbone)
     with torch.no_grad():
-        model.decoder.heads[-1].bias[1] = float("nan")
+        model.decoder.classifiers[-1].bias[1] = float("nan")
         model.adapter.norms[0].running_var[:2] = float("inf")
     metadata = HeadsMetadata(config=model.config.to_dict(), class_names=["background", "nucleus"])
     with pytest.raises(DinoUNetError, match="3 non-finite values, e.g. in adapter.norms.0.running_var.*diverged"):

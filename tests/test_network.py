@@ -129,7 +129,8 @@ def test_train_mode_keeps_the_backbone_frozen_and_every_used_head_gets_a_gradien
     assert not net.backbone.training and not any(m.training for m in net.backbone.modules())
     assert net.adapter.training and net.decoder.training
     net(torch.randn(2, 2, 64, 96)).logsumexp(1).mean().backward()
-    unused = ["decoder.heads.0.weight", "decoder.heads.0.bias", "decoder.heads.1.weight", "decoder.heads.1.bias"]
+    unused = ["decoder.classifiers.0.weight", "decoder.classifiers.0.bias",
+              "decoder.classifiers.1.weight", "decoder.classifiers.1.bias"]
     assert net.unused_parameter_names() == unused
     without = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
     assert without == unused
@@ -171,7 +172,7 @@ def test_loading_heads_of_another_configuration_is_a_clear_error(model, tiny_bac
     with pytest.raises(CheckpointError, match="missing.*projection.*build the network from the checkpoint"):
         plain.load_heads_state_dict(model.heads_state_dict())
     two_classes = build_dinounet(backbone=tiny_backbone, num_classes=2)
-    with pytest.raises(CheckpointError, match=r"wrong shape \['decoder.heads.0.bias'"):
+    with pytest.raises(CheckpointError, match=r"wrong shape \['decoder.classifiers.0.bias'"):
         two_classes.load_heads_state_dict(model.heads_state_dict())
 
 
@@ -256,4 +257,4 @@ def test_decoder_stage_widths():
         (128, 64),
         (64, 32),
     ]
-    assert [h.in_channels for h in decoder.heads] == [128, 64, 32]
+    assert [c.in_channels for c in decoder.classifiers] == [128, 64, 32]

@@ -3,7 +3,8 @@
 One file, ``*.safetensors``. The tensors are :meth:`DinoUNet.heads_state_dict` (adapter, projection,
 upsampling, decoder; never a backbone tensor). The safetensors header metadata (string to string) holds
 
-- ``format``: ``"napari-dinounet-heads"``, ``format_version``: ``"1"``;
+- ``format``: ``"napari-dinounet-heads"``, ``format_version``: ``"2"`` (format 1 named the decoder's
+  classifiers ``decoder.heads.N``; such files load unchanged, see :func:`current_heads_keys`);
 - ``heads``: :class:`HeadsMetadata` as JSON: the network config, class names, input channels,
   normalisation, training patch size, pixel spacing, the backbone's identity (variant, SHA-256 of its
   weights, None for a random backbone, and attention head count), the library version that wrote it, and
@@ -40,7 +41,12 @@ from .normalize import Normalization
 from .values import is_number
 
 FORMAT = "napari-dinounet-heads"
-FORMAT_VERSION = 1
+# 2: the decoder's 1x1 classifiers are decoder.classifiers.N (format 1: decoder.heads.N). Raised so that a
+# napari-dinounet that knows only format 1 says "written by a newer napari-dinounet" instead of missing tensors.
+FORMAT_VERSION = 2
+# Tensor names older files use -> today's (prefixes). The one place old names are mapped; no current name
+# starts with an old prefix, so mapping a file of any version is safe.
+_RENAMED_PREFIXES = {"decoder.heads.": "decoder.classifiers."}
 # The largest training patch a description may give. It is the default prediction tile, so a crafted
 # 1048576 once asked for an 8 TiB array; no training fits a patch beyond this in memory.
 MAX_PATCH_SIZE = 8192
@@ -383,6 +389,19 @@ def _check_tensors(state: dict[str, torch.Tensor], model: DinoUNet, path: Path) 
         )
 
 
+def current_heads_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` (heads tensors by name, from any file version) under today's names; tensors are not copied.
+
+    Heads checkpoints and resume states written before a module was renamed keep loading, with identical
+    outputs: format 1 called ``decoder.classifiers.N`` ``decoder.heads.N``.
+    """
+    renamed = {}
+    for name, tensor in state.items():
+        old = next((prefix for prefix in _RENAMED_PREFIXES if name.startswith(prefix)), None)
+        renamed[name if old is None else _RENAMED_PREFIXES[old] + name[len(old):]] = tensor
+    return renamed
+
+
 def load_heads(
     path: str | Path,
     backbone: Backbone,
@@ -409,6 +428,7 @@ def load_heads(
         raise CheckpointError(
             f"{path}: the heads' tensors cannot be read ({err}); the file is damaged, copy or train it again"
         ) from None
+    state = current_heads_keys(state)
     _check_tensors(state, model, path)
     model.load_heads_state_dict(state)
     if device is not None:

@@ -65,10 +65,11 @@ class DecoderStage(nn.Module):
 
 
 class UNetDecoder(nn.Module):
-    """Three decoder stages (256 -> 128 @H/4, -> 64 @H/2, -> 32 @H) and a 1x1 head per stage.
+    """Three decoder stages (256 -> 128 @H/4, -> 64 @H/2, -> 32 @H) and a 1x1 classifier per stage.
 
-    All three heads always exist (the parameter counts include them); without deep supervision only the
-    last, full-resolution head is used.
+    ``classifiers[s]`` maps stage s's features to class logits (nnU-Net's ``seg_layers``; not called heads:
+    "heads" is the whole trainable set, see :meth:`.network.DinoUNet.heads`). All three always exist (the
+    parameter counts include them); without deep supervision only the last, full-resolution one is used.
     forward: skips [(B, 32, H, W), (B, 64, H/2, W/2), (B, 128, H/4, W/4), (B, 256, H/8, W/8)] ->
     logits (B, nc, H, W); with deep supervision a list [(B, nc, H, W), (B, nc, H/2, W/2), (B, nc, H/4, W/4)].
     """
@@ -76,18 +77,18 @@ class UNetDecoder(nn.Module):
     def __init__(self, num_classes: int, channels: tuple[int, ...] = SKIP_CHANNELS, deep_supervision: bool = False):
         super().__init__()
         self.deep_supervision = deep_supervision
-        # stages and heads from the deepest up: stage s joins skip len-2-s
+        # stages and classifiers from the deepest up: stage s joins skip len-2-s
         widths = list(reversed(channels))
         self.stages = nn.ModuleList(DecoderStage(below, skip) for below, skip in zip(widths, widths[1:]))
-        self.heads = nn.ModuleList(nn.Conv2d(skip, num_classes, 1) for skip in widths[1:])
+        self.classifiers = nn.ModuleList(nn.Conv2d(skip, num_classes, 1) for skip in widths[1:])
 
     def forward(self, skips: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
         x = skips[-1]
         outputs = []
-        for stage, head, skip in zip(self.stages, self.heads, reversed(skips[:-1])):
+        for stage, classifier, skip in zip(self.stages, self.classifiers, reversed(skips[:-1])):
             x = stage(x, skip)
             if self.deep_supervision:
-                outputs.append(head(x))
+                outputs.append(classifier(x))
         if self.deep_supervision:
             return outputs[::-1]
-        return self.heads[-1](x)
+        return self.classifiers[-1](x)

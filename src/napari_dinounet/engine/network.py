@@ -130,7 +130,7 @@ class DinoUNet(nn.Module):
         self.decoder = UNetDecoder(config.num_classes, SKIP_CHANNELS, deep_supervision=config.deep_supervision)
 
     def heads(self) -> dict[str, nn.Module]:
-        """The trainable modules by name."""
+        """The heads: the trainable modules by name, what a heads checkpoint stores (everything but the backbone)."""
         return {
             "adapter": self.adapter,
             "projection": self.projection,
@@ -197,12 +197,15 @@ class DinoUNet(nn.Module):
 
     def unused_parameter_names(self) -> list[str]:
         """Trainable parameters that forward never uses, so never get a gradient: the two low-resolution
-        deep-supervision heads when deep supervision is off (they exist to match the spec's counts).
+        deep-supervision classifiers when deep supervision is off (they exist to match the spec's counts).
         DDP needs ``find_unused_parameters=True`` when this is not empty."""
         if self.config.deep_supervision:
             return []
-        unused = self.decoder.heads[:-1]
-        return [f"decoder.heads.{i}.{name}" for i, head in enumerate(unused) for name, _ in head.named_parameters()]
+        unused = self.decoder.classifiers[:-1]
+        return [
+            f"decoder.classifiers.{i}.{name}" for i, classifier in enumerate(unused)
+            for name, _ in classifier.named_parameters()
+        ]
 
     def heads_state_dict(self) -> dict[str, torch.Tensor]:
         """Parameters and buffers of the trainable modules (what a heads checkpoint stores): no backbone tensor."""
