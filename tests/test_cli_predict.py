@@ -117,7 +117,10 @@ def test_errors_end_with_a_message_and_touch_nothing(heads, tmp_path, capsys, di
 
     skimage.io.imsave(tmp_path / "rgb.png", image((70, 90, 3), dtype=np.uint8), check_contrast=False)
     assert cli(heads, str(tmp_path / "rgb.png"), "--out", str(tmp_path / "out")) == 2
-    assert "trained on 1-channel images but this image has 3" in capsys.readouterr().err
+    assert "rgb: the heads were trained on 1-channel images but this image has 3" in capsys.readouterr().err
+    np.save(tmp_path / "stack.npy", image((2, 40, 50)))
+    assert cli(heads, str(tmp_path / "stack.npy"), "--out", str(tmp_path / "out"), "--axis", "3") == 2
+    assert "stack: --axis=3 does not exist in (2, 40, 50): use 0 to 2" in capsys.readouterr().err
     path, _ = heads
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -15,7 +15,7 @@ HELP = "segment image files (files, folders, nnU-Net imagesTs) with a heads chec
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .train import BACKBONE_ENV
+    from ._common import BACKBONE_ENV
 
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="image files, folders, or nnU-Net imagesTs / dataset folders")
@@ -54,20 +54,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _slice_axis(image, axis: int | None) -> int | None:
-    """The slice axis among ``image``'s spatial axes: ``--axis``, else the file's own (None for 2D)."""
-    from ..engine.errors import InputError
+def _layout(image, axis: int | None):
+    """The :class:`~..engine.layout.ImageLayout` of a file's data: its channel axis, and for 3D images the
+    slice axis ``--axis`` (counted in the spatial axes) or else the file's own (z)."""
+    from ..engine.layout import ImageLayout, normalize_axis
 
     spatial = image.spatial_axes
     if len(spatial) < 3:
-        return None
-    if axis is None:
-        return spatial.index(image.slice_axis)
-    if not -len(spatial) <= axis < len(spatial):
-        raise InputError(
-            f"--axis {axis} does not exist in {image.path.name} (spatial shape {image.spatial_shape}): use 0 to 2"
-        )
-    return axis % len(spatial)
+        slice_dim = 0  # a 2D image has no slice axis to choose: --axis has nothing to do
+    elif axis is None:
+        slice_dim = spatial.index(image.slice_axis)
+    else:
+        slice_dim = normalize_axis(axis, 3, "--axis", image.spatial_shape)
+    return ImageLayout.from_axes(image.data.shape, image.channel_axis, slice_dim)
 
 
 def _with_channel_axis(image, axis: int):
@@ -132,25 +131,20 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..engine.atomic import atomic_path
-    from ..engine.backbone import load_backbone
-    from ..engine.checkpoint import load_heads
-    from ..engine.device import pick_device
     from ..engine.errors import InputError
     from ..engine.io import find_images, probabilities_path, read_case, write_labels
-    from ..engine.predict import predict
+    from ..engine.outputs import Labels, Probabilities
+    from ..engine.predictor import Predictor
     from ..engine.progress import run_with_bar
-    from .train import backbone_source
+    from ._common import backbone_source
 
     cases = find_images(args.inputs)
     planned = _plan_outputs(cases, args.out, args)
     if not planned:
         print(f"nothing to do: every prediction is already in {args.out} (--skip-existing)")
         return 0
-    device = pick_device(args.device)
-    backbone = load_backbone(backbone_source(args), device=device)
-    model, metadata = load_heads(
-        args.heads, backbone, allow_backbone_mismatch=args.allow_backbone_mismatch, device=device
-    )
+    predictor = Predictor.from_checkpoint(args.heads, backbone_source(args), device=args.device,
+                                          allow_backbone_mismatch=args.allow_backbone_mismatch)
     for number, (case, target) in enumerate(planned, start=1):
         try:
             image = read_case(case)
@@ -161,20 +155,16 @@ def run(args: argparse.Namespace) -> int:
                              "then rerun with --skip-existing to predict only the rest") from None
         if args.channel_axis is not None:
             image = _with_channel_axis(image, args.channel_axis)
-        channels = 1 if image.channel_axis is None else image.data.shape[image.channel_axis]
-        if metadata.in_channels and channels != metadata.in_channels:
-            raise InputError(
-                f"{case.name}: the heads were trained on {metadata.in_channels}-channel images but this image has "
-                f"{channels}; give images like the training ones"
+        try:  # the errors about this image name it
+            layout = _layout(image, args.axis)
+            job = predictor.predict(
+                image.data, channel_axis=layout.channel, slice_axis=layout.slice_dim, step=args.step,
+                tile=args.tile, mirror=args.tta, batch_size=args.batch, force=args.force,  # --tile 0 is refused
+                outputs=[Probabilities() if args.probabilities else Labels()],
             )
-        tile = metadata.patch_size if args.tile is None else args.tile  # --tile 0 is refused, not ignored
-        job = predict(
-            model, image.data, patch_size=tile, step=args.step, tta=args.tta, batch_size=args.batch,
-            normalization=metadata.normalization, channel_axis=image.channel_axis,
-            slice_axis=_slice_axis(image, args.axis), probabilities=args.probabilities, force=args.force,
-            device=device,
-        )
-        result = run_with_bar(job, desc=f"[{number}/{len(planned)}] {case.name}", disable=args.quiet)
+            (result,) = run_with_bar(job, desc=f"[{number}/{len(planned)}] {case.name}", disable=args.quiet)
+        except InputError as err:
+            raise InputError(f"{case.name}: {err}") from None
         labels = result.argmax(axis=0) if args.probabilities else result
         write_labels(target, labels, like=image)
         print(f"{case.name}: {target}")
