@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from napari_dinounet._sample_data import mni152_sample, nuclei_sample
-from napari_dinounet.engine.samples import load_mni152_slices, load_nuclei
+from napari_dinounet.engine.bundled_data import load_mni152_slices, load_nuclei
 
 TOOL = Path(__file__).parents[1] / "tools" / "make_mni152_sample.py"
 

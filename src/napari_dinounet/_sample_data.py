@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from napari_dinounet._layer_metadata import AFFINE_KEY, CLASS_NAMES_KEY
-from napari_dinounet.engine.samples import load_mni152_slices, load_nuclei
+from napari_dinounet.engine.bundled_data import load_mni152_slices, load_nuclei
 
 NUCLEI_CLASSES = ("background", "nuclei")
 NUCLEI_COLORS = {0: "transparent", 1: "magenta", None: "yellow"}

@@ -78,13 +78,13 @@ def run(args: argparse.Namespace) -> int:
 
     from ..engine.atomic import atomic_path, probe_folder
     from ..engine.backbone import load_backbone
+    from ..engine.bundled_data import load_nuclei
     from ..engine.checkpoint import load_heads
     from ..engine.data import samples_from_arrays
     from ..engine.device import pick_device
     from ..engine.io import write_labels
     from ..engine.predict import predict
     from ..engine.progress import run_with_bar
-    from ..engine.samples import load_nuclei
     from ..engine.train import TrainSettings, train
 
     out_dir = Path(args.out)

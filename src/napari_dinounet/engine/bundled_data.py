@@ -1,4 +1,8 @@
-"""Sample data bundled with the package (real images with ground truth; notices beside the files)."""
+"""Data bundled with the package: real images with ground truth (notices beside the files, in ``data/``).
+
+Named for what it is: "samples" in the engine are training samples (:class:`.data.Sample`). napari offers
+these images as sample data (``_sample_data.py``); the demo and the tests train and measure on them. No torch.
+"""
 
 from __future__ import annotations
 
