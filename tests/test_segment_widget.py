@@ -17,73 +17,10 @@ from _widget_helpers import (  # noqa: F401
     wait_for,
     write_tiny_heads,
 )
-from napari.layers import Image
 from napari.utils import progress
 
 from napari_dinounet._widgets import _jobs
-from napari_dinounet._widgets._layer_geometry import parse_channels, plan_run
 from napari_dinounet.engine.errors import InputError
-
-# -- planning: which part of a layer a run reads and where the labels go (no viewer needed) ---------------
-
-
-def test_plan_2d_keeps_geometry():
-    layer = Image(np.zeros((40, 50), np.uint16), scale=(0.5, 2.0), translate=(3, 4))
-    plan = plan_run(layer)
-    assert plan.image.shape == (40, 50)
-    assert (plan.channel_axis, plan.slice_axis, plan.target) == (None, None, ())
-    assert plan.labels_shape == (40, 50)
-    assert plan.scale == (0.5, 2.0) and plan.translate == (3.0, 4.0)
-
-
-def test_plan_stack_whole_and_current_slice():
-    data = np.arange(3 * 8 * 9).reshape(3, 8, 9)
-    layer = Image(data, scale=(5, 1, 1))
-    whole = plan_run(layer, whole_stack=True)
-    assert whole.image.shape == (3, 8, 9) and whole.slice_axis == 0 and whole.target == ()
-    current = plan_run(layer, whole_stack=False, current=(2, 0, 0))
-    assert current.target == (2,) and current.slice_axis is None
-    np.testing.assert_array_equal(current.image, data[2])
-    # the labels of one slice go back to that slice only
-    assert current.place(np.ones((8, 9), np.uint8)).shape == (8, 9)
-
-
-def test_plan_two_leading_axes_become_one_stack_and_back():
-    data = np.random.default_rng(0).random((2, 3, 8, 9))
-    plan = plan_run(Image(data), whole_stack=True)
-    assert plan.image.shape == (6, 8, 9) and plan.slice_axis == 0
-    np.testing.assert_array_equal(plan.place(plan.image), data)
-    labels = np.arange(2 * 3 * 8 * 9).reshape(2, 3, 8, 9)
-    np.testing.assert_array_equal(plan.select(labels), labels.reshape(6, 8, 9))
-
-
-def test_plan_channels_go_last_and_are_picked():
-    data = np.random.default_rng(0).random((4, 5, 8, 9))  # (C, Z, Y, X)
-    layer = Image(data, scale=(1, 3, 0.5, 0.5))
-    plan = plan_run(layer, channel_axis=0, channels=(2, 0), whole_stack=True)
-    assert plan.image.shape == (5, 8, 9, 2) and plan.channel_axis == 3 and plan.slice_axis == 0
-    np.testing.assert_array_equal(plan.image[..., 0], data[2])
-    np.testing.assert_array_equal(plan.image[..., 1], data[0])
-    assert plan.labels_shape == (5, 8, 9) and plan.scale == (3.0, 0.5, 0.5)
-    with pytest.raises(InputError, match="channels 0 to 3"):
-        plan_run(layer, channel_axis=0, channels=(4,))
-    with pytest.raises(InputError, match="no channel axis"):
-        plan_run(layer, channels=(0,))
-
-
-def test_plan_rgba_drops_alpha():
-    layer = Image(np.zeros((8, 9, 4), np.uint8), rgb=True, scale=(2, 2))
-    plan = plan_run(layer)
-    assert plan.image.shape == (8, 9, 3) and plan.channel_axis == 2 and plan.labels_shape == (8, 9)
-    assert plan.scale == (2.0, 2.0)
-
-
-def test_parse_channels():
-    assert parse_channels(" ") is None
-    assert parse_channels("0, 2") == (0, 2)
-    with pytest.raises(InputError, match="e.g. 0,2"):
-        parse_channels("red")
-
 
 # -- the session the widgets share ----------------------------------------------------------------------------
 
@@ -158,8 +95,10 @@ def test_fields_are_remembered_in_the_test_settings_folder(viewer, isolated_sett
     widget.model_form.device_combo.setCurrentText("cpu")
     widget.tile_spin.setValue(96)
     widget.overlap_spin.setValue(0.25)
-    widget._remember_form()
-    assert (isolated_settings / "napari-dinounet.ini").is_file()
+    widget.tta_check.setChecked(True)
+    widget.stack_combo.setCurrentText("whole stack")
+    widget.channels_edit.setText("0,2")
+    assert (isolated_settings / "napari-dinounet.ini").is_file()  # remembered as they change, no run needed
 
     from napari_dinounet._widgets._session import Session
 
@@ -171,6 +110,8 @@ def test_fields_are_remembered_in_the_test_settings_folder(viewer, isolated_sett
     assert (fresh.backbone_source, fresh.device) == ("random:tiny", "cpu")
     again = SegmentWidget(viewer)
     assert again.tile_spin.value() == 96 and again.overlap_spin.value() == pytest.approx(0.25)
+    assert again.tta_check.isChecked() and again.stack_combo.currentText() == "whole stack"
+    assert again.channels_edit.text() == "0,2"
 
 
 @pytest.fixture
@@ -343,14 +284,14 @@ def test_errors_become_notifications_and_the_widget_stays_usable(qtbot, viewer, 
 
 
 def test_out_of_memory_during_a_run_is_explained(qtbot, viewer, nuclei, heads, errors, monkeypatch):
-    from napari_dinounet.engine import predict as predict_module
+    from napari_dinounet.engine.predictor import Predictor
     from napari_dinounet.engine.progress import Progress
 
     def predict_out_of_memory(*args, **kwargs):
         yield Progress("predict", 0, 9)
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(predict_module, "predict", predict_out_of_memory)
+    monkeypatch.setattr(Predictor, "predict", predict_out_of_memory)
     widget = ready_widget(viewer, heads)
     wait_for(qtbot, job := widget.run())
     assert job.errored and "ran out of accelerator memory" in errors[-1]
@@ -384,3 +325,28 @@ def test_loading_torch_after_the_viewer_does_not_crash_napari(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "features (1, 64, 2, 2)" in done.stdout
+
+
+def test_segment_job_returns_a_segment_result(heads):
+    from napari.layers import Image
+
+    from napari_dinounet._widgets._layer_geometry import plan_run
+    from napari_dinounet._widgets._session import Session
+    from napari_dinounet._widgets.segment import SegmentResult, segment_job
+    from napari_dinounet.engine.checkpoint import load_heads
+    from napari_dinounet.engine.predict import predict
+    from napari_dinounet.engine.progress import drain
+
+    image, _ = nuclei_crop()
+    stack = np.stack([image, image[::-1]])[None]  # (T, Z, Y, X): two leading axes, one stack for the engine
+    session = Session()
+    plan = plan_run(Image(stack), whole_stack=True)
+    tasks = []
+    result = drain(segment_job(session, "random:tiny", "cpu", heads, plan, patch_size=None, step=0.5, tta=False),
+                   lambda event: tasks.append(event.task))
+    assert isinstance(result, SegmentResult) and result.class_names == ["background", "nucleus"]
+    assert tasks[:2] == ["loading the backbone", "loading the heads"] and tasks[-1] == "predict"
+    model, _ = load_heads(heads, session.backbone("random:tiny", "cpu"))
+    expected = drain(predict(model, stack[0], patch_size=64))  # the training patch of write_tiny_heads
+    assert result.labels.shape == (1, 2, 128, 128)
+    np.testing.assert_array_equal(result.labels[0], expected)

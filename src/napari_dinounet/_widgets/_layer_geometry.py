@@ -3,7 +3,8 @@
 Pure NumPy (no Qt, no torch). Napari image layers are (..., Y, X) with any number of leading axes,
 one of which may hold channels; RGB(A) layers carry their colours in a last axis that is not one of
 the layer's dimensions. The engine predicts 2D planes, with channels, slice by slice along one stack
-axis; :func:`plan_run` reshapes a layer to that and says how the labels map back.
+axis; :func:`plan_run` reshapes a layer to that, describes it by an :class:`~..engine.layout.ImageLayout`
+(the plugin's one axis rule) and says how the labels map back.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..engine.errors import InputError
+from ..engine.layout import ImageLayout
 
 WHOLE_STACK, CURRENT_SLICE = "whole stack", "current slice"  # the widgets' choice for stacks
 
@@ -22,7 +24,8 @@ class RunPlan:
     """What one run reads and writes.
 
     image: what the engine gets: (Y, X), (Y, X, C), (N, Y, X) or (N, Y, X, C) (lazy for dask input).
-    channel_axis / slice_axis: the axes of ``image`` for the engine (None when absent).
+    layout: which axes of ``image`` hold channels and slices; :attr:`channel_axis` / :attr:`slice_axis` are
+    them as the engine takes them (None when absent; the slice axis counted among the spatial axes).
     stack_shape: the leading shape the (N, Y, X) result is reshaped back to (() for one plane).
     target: the leading indices of the labels layer the result fills (() for the whole layer).
     labels_shape: the shape of the whole labels layer: the image's without its channels.
@@ -30,13 +33,20 @@ class RunPlan:
     """
 
     image: object
-    channel_axis: int | None
-    slice_axis: int | None
+    layout: ImageLayout
     stack_shape: tuple[int, ...]
     target: tuple[int, ...]
     labels_shape: tuple[int, ...]
     scale: tuple[float, ...]
     translate: tuple[float, ...]
+
+    @property
+    def channel_axis(self) -> int | None:
+        return self.layout.channel
+
+    @property
+    def slice_axis(self) -> int | None:
+        return self.layout.slice_dim
 
     def place(self, labels: np.ndarray) -> np.ndarray:
         """The engine's labels, shaped as the part of the labels layer at ``target``."""
@@ -124,11 +134,9 @@ def plan_run(layer, *, channel_axis: int | None = None, channels: tuple[int, ...
         image = data[target]
     scale = tuple(float(layer.scale[axis]) for axis in layer_axes)
     translate = tuple(float(layer.translate[axis]) for axis in layer_axes)
-    spatial_ndim = image.ndim - (1 if has_channels else 0)
     return RunPlan(
         image=image,
-        channel_axis=image.ndim - 1 if has_channels else None,
-        slice_axis=0 if spatial_ndim == 3 else None,
+        layout=ImageLayout.from_axes(image.shape, image.ndim - 1 if has_channels else None, slice_dim=0),
         stack_shape=stack_shape,
         target=target,
         labels_shape=labels_shape,

@@ -1,14 +1,16 @@
 """The Segment widget: run Dino U-Net heads over an image layer and put the result in a Labels layer.
 
 The widget builds the form, plans which part of the layer to read (:mod:`._layer_geometry`), starts
-:func:`segment_job` in a worker (:mod:`._jobs`) and writes the labels it returns. The labels go to the
-layer ``"<image> labels"``: created on the first run; later runs write through ``Labels.data_setitem``,
-so napari's undo (Ctrl+Z) brings back what was there before.
+:func:`segment_job` in a worker (:mod:`._jobs`) and writes the :class:`SegmentResult` it returns. The
+labels go to the layer ``"<image> labels"``: created on the first run; later runs write through
+``Labels.data_setitem`` (:func:`write_labels_undoable`), so napari's undo (Ctrl+Z) brings back what was
+there before. The form's fields are remembered between sessions (``_settings.persisted``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Generator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,37 +48,36 @@ from ._layer_geometry import (
 from ._llvm_clash import avoid_triton_llvm_clash
 from ._model_form import ModelForm
 from ._session import Session, get_session
-from ._settings import recall, remember
+from ._settings import persisted
 
+
+@dataclass(frozen=True)
+class SegmentResult:
+    """What a run gives the viewer: ``labels`` shaped for ``RunPlan.target`` (the engine's label dtype) and
+    the ``class_names`` of the heads (indexed by label value). More layers of one run (an uncertainty
+    map, instances) become fields here."""
+
+    labels: np.ndarray
+    class_names: list[str]
 
 
 def segment_job(session: Session, backbone_source: str, device: str, heads_path: Path, plan: RunPlan, *,
-                patch_size: int | None, step: float, tta: bool) -> Generator[Progress, None, tuple]:
+                patch_size: int | None, step: float, tta: bool) -> Generator[Progress, None, SegmentResult]:
     """Worker body: load the backbone (cached in the session) and the heads, then predict.
 
-    Returns (labels shaped for ``plan.target``, class names). Runs in a worker thread: no Qt here.
+    patch_size None: the training patch. Runs in a worker thread: no Qt here.
     """
-    from ..engine.checkpoint import load_heads
     from ..engine.device import pick_device
-    from ..engine.predict import predict
+    from ..engine.predictor import Predictor
 
     yield Progress("loading the backbone", 0, 1, backbone_source)
     device = pick_device(device)
     backbone = session.backbone(backbone_source, device)
     yield Progress("loading the heads", 0, 1, str(heads_path))
-    model, metadata = load_heads(heads_path, backbone, device=device)
-    given = plan.image.shape[plan.channel_axis] if plan.channel_axis is not None else 1
-    if metadata.in_channels and given != metadata.in_channels:
-        raise InputError(
-            f"the heads were trained on {metadata.in_channels}-channel images but this run gives {given}: "
-            f"set the channel axis and list {metadata.in_channels} channels in the Channels field"
-        )
-    labels = yield from predict(
-        model, plan.image, patch_size=patch_size or metadata.patch_size or None, step=step, tta=tta,
-        normalization=metadata.normalization, channel_axis=plan.channel_axis, slice_axis=plan.slice_axis,
-        device=device,
-    )
-    return plan.place(labels), list(metadata.class_names)
+    predictor = Predictor.from_checkpoint(heads_path, backbone, device=device)
+    (labels,) = yield from predictor.predict(plan.image, channel_axis=plan.channel_axis,
+                                             slice_axis=plan.slice_axis, step=step, tile=patch_size, mirror=tta)
+    return SegmentResult(plan.place(labels), predictor.class_names)
 
 
 class SegmentWidget(QWidget):
@@ -94,26 +95,25 @@ class SegmentWidget(QWidget):
         self.image_combo.setToolTip("The image to segment.")
         self.channel_axis_combo = QComboBox()
         self.channel_axis_combo.setToolTip("The layer axis that holds channels (multichannel images).")
-        self.channels_edit = QLineEdit(recall("segment/channels"))
+        self.channels_edit = persisted(QLineEdit(), "segment/channels", "")
         self.channels_edit.setPlaceholderText("all, in order (e.g. 0,2)")
         self.channels_edit.setToolTip("Which channels feed the model, in the order it was trained with.")
         self.stack_combo = QComboBox()
         self.stack_combo.addItems([CURRENT_SLICE, WHOLE_STACK])
-        self.stack_combo.setCurrentText(recall("segment/stack", CURRENT_SLICE))
+        persisted(self.stack_combo, "segment/stack", CURRENT_SLICE)
         self.stack_combo.setToolTip("For stacks: only the slice on screen, or every slice.")
         self.tile_spin = QSpinBox()
         self.tile_spin.setRange(0, 4096)
         self.tile_spin.setSingleStep(32)
         self.tile_spin.setSpecialValueText("from heads")
-        self.tile_spin.setValue(int(recall("segment/tile", "0") or 0))
+        persisted(self.tile_spin, "segment/tile", 0)
         self.tile_spin.setToolTip("Sliding-window tile in pixels (multiple of 32); default: the training patch.")
         self.overlap_spin = QDoubleSpinBox()
         self.overlap_spin.setRange(0.0, 0.8)  # 0.8 makes ~6x the tiles of 0.5; predict refuses beyond 10x
         self.overlap_spin.setSingleStep(0.05)
-        self.overlap_spin.setValue(float(recall("segment/overlap", "0.5") or 0.5))
+        persisted(self.overlap_spin, "segment/overlap", 0.5)
         self.overlap_spin.setToolTip("How much neighbouring tiles overlap (0.5: half a tile).")
-        self.tta_check = QCheckBox("mirror test-time augmentation (4x slower)")
-        self.tta_check.setChecked(recall("segment/tta", "false") == "true")
+        self.tta_check = persisted(QCheckBox("mirror test-time augmentation (4x slower)"), "segment/tta", False)
 
         self.run_button = QPushButton("Run")
         self.cancel_button = QPushButton("Cancel")
@@ -166,13 +166,6 @@ class SegmentWidget(QWidget):
         has_channels = layer is not None and (layer.rgb or self.channel_axis_combo.currentData() is not None)
         self.channels_edit.setEnabled(has_channels)
 
-    def _remember_form(self) -> None:
-        remember("segment/channels", self.channels_edit.text())
-        remember("segment/stack", self.stack_combo.currentText())
-        remember("segment/tile", str(self.tile_spin.value()))
-        remember("segment/overlap", f"{self.overlap_spin.value():g}")
-        remember("segment/tta", "true" if self.tta_check.isChecked() else "false")
-
     # -- running ----------------------------------------------------------------------------------------
 
     def run(self) -> Job | None:
@@ -194,13 +187,12 @@ class SegmentWidget(QWidget):
         except DinoUNetError as err:
             show_error(f"Segmentation cannot start: {err}")
             return None
-        self._remember_form()
         gen = segment_job(
             self.session, self.session.backbone_source, self.session.device, heads, plan,
             patch_size=self.tile_spin.value() or None, step=1.0 - self.overlap_spin.value(),
             tta=self.tta_check.isChecked(),
         )
-        self.job = Job(gen, "Segmentation", on_result=lambda result: self._show_result(layer, plan, heads, *result),
+        self.job = Job(gen, "Segmentation", on_result=lambda result: self._show_result(layer, plan, heads, result),
                        on_finished=self._finished)
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
@@ -227,13 +219,13 @@ class SegmentWidget(QWidget):
         elif self.job.errored:
             self.status.setText("failed: see the notification")
 
-    def _show_result(self, image: Image, plan: RunPlan, heads: Path, labels: np.ndarray,
-                     class_names: list[str]) -> None:
-        """Write ``labels`` into the image's labels layer (GUI thread), creating it on the first run."""
+    def _show_result(self, image: Image, plan: RunPlan, heads: Path, result: SegmentResult) -> None:
+        """Write the result's labels into the image's labels layer (GUI thread), creating it on the first run."""
+        labels, class_names = result.labels, result.class_names
         name = labels_layer_name(image.name)
-        existing = self.viewer.layers[name] if name in self.viewer.layers else None
+        existing = self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401 (no .get)
         if isinstance(existing, Labels) and existing.data.shape == plan.labels_shape:
-            write_labels(existing, plan.target, labels)
+            write_labels_undoable(existing, plan.target, labels)
             target = existing
         else:
             data = np.zeros(plan.labels_shape, dtype=labels.dtype)
@@ -249,7 +241,7 @@ class SegmentWidget(QWidget):
         show_info(f"Segmented {image.name} into {target.name!r}")
 
 
-def write_labels(layer: Labels, target: tuple[int, ...], labels: np.ndarray) -> None:
+def write_labels_undoable(layer: Labels, target: tuple[int, ...], labels: np.ndarray) -> None:
     """Write ``labels`` at ``layer.data[target]`` as one undoable edit (only the pixels that change)."""
     region = np.asarray(layer.data[target])
     labels = labels.astype(layer.data.dtype, copy=False)
