@@ -3,11 +3,13 @@
 One :class:`Session` per viewer (:func:`get_session`). The Segment and Fine-tune widgets both read and
 write it; when fine-tuning writes new heads it sets :attr:`Session.heads_path`, and the
 :attr:`Session.heads_changed` signal tells Segment at once. No Qt here (psygnal signals only), so worker
-threads may call :meth:`Session.backbone`; torch and the engine are imported only when a backbone loads.
+threads may call :meth:`Session.backbone_steps` (or :meth:`Session.backbone`, the same without progress
+events); torch and the engine are imported only when a backbone loads.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from pathlib import Path
@@ -17,6 +19,7 @@ from psygnal import Signal
 
 if TYPE_CHECKING:
     from ..engine.backbone import Backbone
+    from ..engine.progress import ProgressGenerator
 
 
 class Session:
@@ -34,9 +37,10 @@ class Session:
         self._heads_path: Path | None = None
         self._backbone_source = ""
         self._device = "auto"
-        # Backbones are large (up to 7B parameters), so only the one used last stays loaded.
-        self._loaded: tuple[tuple[str, str], Backbone] | None = None
-        self._load_lock = threading.Lock()
+        # Backbones are large (up to 7B parameters), so only the one loaded last stays cached.
+        self._loaded: tuple[tuple, Backbone] | None = None
+        self._loading: dict[tuple, _Load] = {}  # loads in progress, by cache key
+        self._lock = threading.Lock()  # guards the two above; never held while a backbone loads
 
     @property
     def heads_path(self) -> Path | None:
@@ -71,13 +75,24 @@ class Session:
             self.backbone_changed.emit(self._backbone_source, device)
 
     def backbone(self, source: str | Path, device: str = "auto") -> Backbone:
-        """The backbone for ``(source, device)``, loaded on first use and kept for the next runs.
+        """The backbone for ``(source, device)``: :meth:`backbone_steps` without the progress events."""
+        from ..engine.progress import drain
 
-        Slow (seconds to minutes): call it from a worker thread. Raises the engine's
-        ``WeightsError`` for unusable weights and ``DinoUNetError`` for an unavailable device.
+        return drain(self.backbone_steps(source, device))
+
+    def backbone_steps(self, source: str | Path, device: str = "auto") -> ProgressGenerator[Backbone]:
+        """Progress generator returning the backbone for ``(source, device)``, loaded on first use and kept.
+
+        The cache is keyed by the weights' identity on disk (:func:`source_identity`), so a file replaced in
+        place is loaded again. Loads run without the session's lock: a run that needs the cached backbone or
+        another one does not wait for a load in progress; one that needs the backbone being loaded waits for
+        that load and says so (the ``waiting for the backbone`` event). Slow (seconds to minutes): call it
+        from a worker thread. Raises the engine's ``WeightsError`` for unusable weights and ``DinoUNetError``
+        for an unavailable device.
         """
         from ..engine.backbone import load_backbone
         from ..engine.device import pick_device
+        from ..engine.progress import Progress
 
         source = str(source).strip()
         if not source:
@@ -88,12 +103,57 @@ class Session:
                 "(or type random:tiny for an untrained test backbone)"
             )
         resolved = pick_device(device)
-        key = (source, str(resolved))
-        with self._load_lock:
-            if self._loaded is None or self._loaded[0] != key:
+        key = (source, source_identity(source), str(resolved))
+        with self._lock:
+            if self._loaded is not None and self._loaded[0] == key:
+                return self._loaded[1]
+            load = self._loading.get(key)
+            if load is None:
+                load = self._loading[key] = _Load()
                 self._loaded = None  # let the old one go before the new one takes memory
-                self._loaded = (key, load_backbone(source, device=resolved))
-            return self._loaded[1]
+                mine = True
+            else:
+                mine = False
+        if not mine:
+            yield Progress("waiting for the backbone", 0, 1, f"{source}: another run is loading it")
+            load.done.wait()
+            if load.backbone is not None:
+                return load.backbone
+            return (yield from self.backbone_steps(source, device))  # that load failed: try it here
+        try:
+            yield Progress("loading the backbone", 0, 1, source)
+            load.backbone = load_backbone(source, device=resolved)
+            with self._lock:
+                self._loaded = (key, load.backbone)
+        finally:  # also when it failed, or the run was cancelled at the event above
+            with self._lock:
+                del self._loading[key]
+            load.done.set()
+        return load.backbone
+
+
+class _Load:
+    """A backbone load in progress: ``done`` is set when it ends; ``backbone`` is None if it failed."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.backbone: Backbone | None = None
+
+
+def source_identity(source: str) -> tuple:
+    """What changes when the weights at ``source`` are replaced: (device, inode, size, mtime in ns) of the file,
+    or of each file directly in a folder (config.json, the safetensors and their index); () for
+    ``random:<variant>`` and for a path that does not exist (loading it gives the error)."""
+    path = Path(source).expanduser()
+    try:
+        files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+        return tuple((p.name, *_stamp(p.stat())) for p in files)
+    except OSError:
+        return ()
+
+
+def _stamp(stat: os.stat_result) -> tuple[int, int, int, int]:
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 _sessions: dict[int, Session] = {}
