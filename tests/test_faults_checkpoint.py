@@ -177,7 +177,7 @@ def test_network_config_errors_blame_the_checkpoint(good, backbone, tmp_path, ca
         ("ct_clip_number", {"scheme": "ct", "clip": 5, "mean": 0.0, "std": 1.0}, "normalization="),
     ],
 )
-def test_a_bad_normalisation_is_the_checkpoints_fault(good, backbone, tmp_path, case, normalization, match):
+def test_a_bad_normalization_is_the_checkpoints_fault(good, backbone, tmp_path, case, normalization, match):
     """normalize.Normalization refuses these when built (InputError); from a file they must name the file."""
     path = edited(good, tmp_path / f"{case}.safetensors", normalization=normalization)
     message = refused(path, backbone, match)
