@@ -220,7 +220,7 @@ def test_missing_unsupported_and_corrupt_files(tmp_path):
     with pytest.raises(InputError, match="no such file"):
         io.read_image(tmp_path / "nothing.tif")
     (tmp_path / "notes.bmp").write_bytes(b"BM")
-    with pytest.raises(InputError, match=r"unsupported.*\.nii\.gz.*\.tif.*\.png.*\.npy"):
+    with pytest.raises(InputError, match=r"unsupported.*\.tif.*\.png.*\.nii\.gz.*\.npy"):
         io.read_image(tmp_path / "notes.bmp")
     for name in ("broken.tif", "broken.nii.gz", "broken.png", "broken.npy", "broken.jpg"):
         (tmp_path / name).write_bytes(b"this is not an image" * 10)

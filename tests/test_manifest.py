@@ -1,4 +1,5 @@
-"""The npe2 manifest: it validates, names the right python objects, and loading it stays torch-free."""
+"""The npe2 manifest: it validates, names the right python objects, agrees with the format registry, and
+loading it stays torch-free."""
 
 from __future__ import annotations
 
@@ -47,13 +48,27 @@ def test_widgets_writer_samples_and_menu():
     assert names[writer.command] == "napari_dinounet._writer:write_labels"
 
     (reader,) = manifest.contributions.readers
-    assert reader.filename_patterns == ["*.nii", "*.nii.gz"]
+    assert set(reader.filename_patterns) == {"*.nii", "*.nii.gz"}
     assert names[reader.command] == "napari_dinounet._reader:get_reader"
 
     assert {sample.key for sample in manifest.contributions.sample_data} == {"nuclei", "mni152"}
     menu = manifest.contributions.menus["napari/layers/segment"]
     widget_commands = {widget.command for widget in manifest.contributions.widgets}
     assert {item.command for item in menu} == widget_commands
+
+
+def test_reader_and_writer_patterns_are_the_registrys():
+    """napari.yaml cannot be generated when napari reads it, so this is the guard: a format added to the
+    registry (engine/io) or marked exported must be added to the manifest too, and the other way round."""
+    from napari_dinounet import _reader
+    from napari_dinounet.engine.io import registered_formats
+
+    manifest = _manifest()
+    (writer,) = manifest.contributions.writers
+    exported = [ending for fmt in registered_formats() if fmt.exported for ending in fmt.extensions]
+    assert writer.filename_extensions == exported
+    (reader,) = manifest.contributions.readers
+    assert sorted(reader.filename_patterns) == sorted("*" + ending for ending in _reader.endings())
 
 
 def test_every_python_name_resolves_to_a_callable():

@@ -10,9 +10,9 @@ import pytest
 import skimage.io
 import tifffile
 
-from napari_dinounet._writer import formats_for, suggested_name, with_extension, write_labels
+from napari_dinounet._writer import export_refusals, formats_for, write_labels
 from napari_dinounet.engine.errors import InputError
-from napari_dinounet.engine.io import read_image
+from napari_dinounet.engine.io import file_name_for, read_image, with_extension
 from napari_dinounet.engine.samples import load_mni152_slices
 
 
@@ -83,9 +83,22 @@ def test_formats_and_file_names():
     assert formats_for(2, {}) == ["tiff", "png"]
     assert formats_for(3, {"affine": np.eye(4).tolist()}) == ["tiff", "nifti"]
     assert formats_for(4, {"affine": np.eye(4).tolist()}) == ["tiff"]  # NIfTI labels are 2D or 3D
-    assert suggested_name("MNI152 T1 ground truth", "nifti") == "MNI152_T1_ground_truth.nii.gz"
+    refusals = export_refusals(3, {})
+    assert refusals["tiff"] is None and "PNG labels must be 2D (these are 3D)" in refusals["png"]
+    assert "NIfTI needs the affine" in refusals["nifti"] and set(refusals) == {"tiff", "png", "nifti"}
+    assert file_name_for("MNI152 T1 ground truth", "nifti") == "MNI152_T1_ground_truth.nii.gz"
     assert with_extension("/data/a.nii.gz", "tiff").name == "a.tif"
+    assert with_extension("/data/A.TIF", "tiff").name == "A.TIF"
     assert with_extension("/data/my.labels", "png").name == "my.labels.png"
+
+
+def test_four_dimensional_labels_go_to_tiff_and_not_to_nifti(tmp_path):
+    labels = _labels((2, 3, 8, 9))  # a (T, Z, Y, X) layer
+    write_labels(str(tmp_path / "t.tif"), labels, {"scale": (1.0, 2.0, 0.5, 0.5)})
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "t.tif"), labels)
+    with pytest.raises(InputError, match=r"NIfTI labels are 2D or 3D \(these are 4D.*\.tif"):
+        write_labels(str(tmp_path / "t.nii.gz"), labels, {"metadata": {"affine": np.eye(4).tolist()}})
+    assert not (tmp_path / "t.nii.gz").exists()
 
 
 def test_napari_save_layers_uses_the_plugin_writer(tmp_path):

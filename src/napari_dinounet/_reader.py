@@ -3,7 +3,9 @@
 The array keeps the file's axis order, as everywhere in the plugin (:mod:`napari_dinounet.engine.io`:
 nibabel's ``(X, Y, Z)``, a 4th axis is channels); the header zooms become the layer's ``scale`` and
 the voxel-to-world matrix goes to ``metadata["affine"]`` (the key :mod:`napari_dinounet._writer`
-documents), which the Segment widget carries over to the labels it writes. No torch here.
+documents), which the Segment widget carries over to the labels it writes. Which file endings it opens
+comes from the format registry (:data:`FORMATS`); ``napari.yaml`` lists the same (tests/test_manifest.py).
+No torch here.
 """
 
 from __future__ import annotations
@@ -12,9 +14,14 @@ import os
 from collections.abc import Callable, Sequence
 
 from napari_dinounet._layer_metadata import AFFINE_KEY
-from napari_dinounet.engine.io import read_image, split_extension
+from napari_dinounet.engine.io import get_format, read_image, split_extension
 
-NIFTI_ENDINGS = (".nii.gz", ".nii")
+FORMATS = ("nifti",)  # the formats this reader opens: those whose affine napari's own readers drop
+
+
+def endings() -> tuple[str, ...]:
+    """The file endings of :data:`FORMATS` (lower case)."""
+    return tuple(ending for name in FORMATS for ending in get_format(name).extensions)
 
 
 def _paths(path: str | os.PathLike | Sequence) -> list[str]:
@@ -24,7 +31,7 @@ def _paths(path: str | os.PathLike | Sequence) -> list[str]:
 def get_reader(path) -> Callable[[object], list[tuple]] | None:
     """npe2 reader hook: :func:`read_nifti` when every path is a NIfTI file, else None (another reader's turn)."""
     paths = _paths(path)
-    if paths and all(p.lower().endswith(NIFTI_ENDINGS) for p in paths):
+    if paths and all(p.lower().endswith(endings()) for p in paths):
         return read_nifti
     return None
 

@@ -1,9 +1,10 @@
 """The labels writer napari's File > Save Layers uses, and the Export widget's way of writing files.
 
-Formats follow the file name: ``.tif``/``.tiff`` (pixel size from the layer's ``scale`` and ``units``
-stored as TIFF resolution, z spacing for stacks), ``.png`` (2D labels <= 255), ``.nii.gz``/``.nii``
-(only for labels whose layer carries a NIfTI affine). The files themselves are written by
-:func:`napari_dinounet.engine.io.write_labels` (atomically).
+Formats follow the file name and come from the format registry (:mod:`napari_dinounet.engine.io.formats`):
+those it marks ``exported`` (TIFF with the layer's ``scale`` and ``units`` as resolution, PNG for 2D labels
+<= 255, NIfTI only for labels whose layer carries a NIfTI affine). The files themselves are written by
+:func:`napari_dinounet.engine.io.write_labels` (atomically). ``napari.yaml`` lists the same extensions
+(tests/test_manifest.py holds it to the registry).
 
 Layer metadata keys this plugin reads and sets (readers and widgets that create layers set them too):
 
@@ -17,20 +18,19 @@ Layer metadata keys this plugin reads and sets (readers and widgets that create 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from napari_dinounet._layer_metadata import AFFINE_KEY
 from napari_dinounet.engine.errors import InputError
-from napari_dinounet.engine.io import FORMATS, ImageFile, format_of, split_extension
+from napari_dinounet.engine.io import ImageFile, format_for, registered_formats
 from napari_dinounet.engine.io import write_labels as write_label_file
 
 # napari (pint) unit names -> engine.io unit names, and their size in metres to convert between axes
-_UNIT_NAMES = {"meter": "m", "centimeter": "cm", "millimeter": "mm", "micrometer": "um", "nanometer": "nm", "inch": "inch"}
+_UNIT_NAMES = {"meter": "m", "centimeter": "cm", "millimeter": "mm", "micrometer": "um", "nanometer": "nm",
+               "inch": "inch"}
 _METRES = {"m": 1.0, "cm": 1e-2, "mm": 1e-3, "um": 1e-6, "nm": 1e-9, "inch": 0.0254}
-EXTENSIONS = {"tiff": ".tif", "png": ".png", "nifti": ".nii.gz"}
 
 
 def write_labels(path: str, data: Any, attributes: dict) -> list[str]:
@@ -41,29 +41,46 @@ def write_labels(path: str, data: Any, attributes: dict) -> list[str]:
     Raises InputError when the format cannot hold these labels (PNG of a stack, NIfTI without an affine).
     """
     labels = np.asarray(data[0] if attributes.get("multiscale") else data)
-    fmt = format_of(path)
-    like = ImageFile(labels, fmt, spacing=_spacing(attributes, labels.ndim), unit=_unit(attributes))
-    if fmt == "nifti":
-        like.affine = nifti_affine(attributes, labels.ndim)
+    fmt = format_for(path)
+    like = ImageFile(labels, fmt.name, spacing=_spacing(attributes, labels.ndim), unit=_unit(attributes))
+    if fmt.world_affine:
+        like.affine = layer_affine(attributes, fmt.title)
     return [str(write_label_file(path, labels, like=like))]
 
 
+def export_refusals(labels_ndim: int, metadata: dict) -> dict[str, str | None]:
+    """Each exported format's name -> None when a labels layer of ``labels_ndim`` dimensions with this
+    ``metadata`` can be written to it, else why not (a sentence).
+
+    Only what the layer shows without reading its data is checked: its dimensions (against the format's
+    ``can_hold``, as for the smallest labels of that many dimensions) and, for a world-space format, its affine.
+    Values a format cannot hold (PNG above 255) are refused when writing.
+    """
+    smallest = np.zeros((1,) * labels_ndim, np.uint8)
+    refusals = {}
+    for fmt in registered_formats():
+        if fmt.exported:
+            reason = fmt.can_hold(smallest)
+            if reason is None and fmt.world_affine and metadata.get(AFFINE_KEY) is None:
+                reason = (f"{fmt.title} needs the affine of a {fmt.title} image (the layer has no "
+                          f"metadata['{AFFINE_KEY}'])")
+            refusals[fmt.name] = reason
+    return refusals
+
+
 def formats_for(labels_ndim: int, metadata: dict) -> list[str]:
-    """The formats a labels layer can be exported to: always TIFF; PNG in 2D; NIfTI in 2D/3D with an affine."""
-    formats = ["tiff"]
-    if labels_ndim == 2:
-        formats.append("png")
-    if metadata.get(AFFINE_KEY) is not None and labels_ndim <= 3:
-        formats.append("nifti")
-    return formats
+    """The formats a labels layer can be exported to (:func:`export_refusals` has no objection), in the
+    registry's order: TIFF; PNG in 2D; NIfTI in 2D/3D with an affine."""
+    return [name for name, reason in export_refusals(labels_ndim, metadata).items() if reason is None]
 
 
-def nifti_affine(attributes: dict, ndim: int) -> np.ndarray:
-    """The layer's NIfTI affine (4, 4) float64, or InputError saying why a NIfTI file cannot be written."""
+def layer_affine(attributes: dict, title: str = "NIfTI") -> np.ndarray:
+    """The layer's voxel-to-world affine (4, 4) float64, or InputError saying why a file of the world-space
+    format ``title`` cannot be written."""
     name = attributes.get("name", "labels")
     affine = (attributes.get("metadata") or {}).get(AFFINE_KEY)
     if affine is None:
-        raise InputError(f"layer {name!r} did not come from a NIfTI image (no metadata['{AFFINE_KEY}']), so its "
+        raise InputError(f"layer {name!r} did not come from a {title} image (no metadata['{AFFINE_KEY}']), so its "
                          "position in world space is unknown; save it as .tif, or set "
                          f"layer.metadata['{AFFINE_KEY}'] to the image's 4x4 voxel-to-world matrix")
     try:
@@ -71,9 +88,8 @@ def nifti_affine(attributes: dict, ndim: int) -> np.ndarray:
     except (TypeError, ValueError) as err:
         raise InputError(f"layer {name!r}: metadata['{AFFINE_KEY}'] is not a 4x4 matrix ({err})") from err
     if affine.shape != (4, 4) or not np.isfinite(affine).all():
-        raise InputError(f"layer {name!r}: metadata['{AFFINE_KEY}'] must be a finite 4x4 matrix, got shape {affine.shape}")
-    if ndim > 3:
-        raise InputError(f"layer {name!r} has {ndim} dimensions; NIfTI labels are 2D or 3D: save it as .tif")
+        raise InputError(f"layer {name!r}: metadata['{AFFINE_KEY}'] must be a finite 4x4 matrix, "
+                         f"got shape {affine.shape}")
     return affine
 
 
@@ -94,20 +110,3 @@ def _spacing(attributes: dict, ndim: int) -> tuple[float, ...] | None:
     if target is not None and len(units) == ndim and all(u is not None for u in units):
         scale = [s * _METRES[u] / _METRES[target] for s, u in zip(scale, units)]
     return tuple(scale)
-
-
-def suggested_name(layer_name: str, fmt: str) -> str:
-    """A file name for a layer in a format: the layer name made file-safe plus the format's extension."""
-    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in layer_name).strip("._") or "labels"
-    return stem + EXTENSIONS[fmt]
-
-
-def with_extension(path: str | Path, fmt: str) -> Path:
-    """``path`` with the extension of ``fmt``: a known image extension is replaced, anything else kept."""
-    path = Path(path)
-    stem, ext = split_extension(path)
-    if ext.lower() in FORMATS:
-        if FORMATS[ext.lower()] == fmt:
-            return path
-        return path.with_name(stem + EXTENSIONS[fmt])
-    return path.with_name(path.name + EXTENSIONS[fmt])

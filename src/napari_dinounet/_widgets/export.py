@@ -30,16 +30,15 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .._writer import formats_for, suggested_name, with_extension, write_labels
+from .._writer import export_refusals, formats_for, write_labels
 from ..engine.atomic import atomic_path
 from ..engine.errors import CheckpointError, DinoUNetError, InputError
+from ..engine.io import file_name_for, get_format, registered_formats, with_extension
 from ._layer_combo import LayerComboBox
 from ._model_form import HEADS_FILTER, seed_session
 from ._session import get_session
 from ._settings import recall, remember
 
-FORMAT_TITLES = {"tiff": "TIFF (.tif)", "png": "PNG (.png, 2D only)", "nifti": "NIfTI (.nii.gz, keeps the affine)"}
-FORMAT_FILTERS = {"tiff": "TIFF (*.tif *.tiff)", "png": "PNG (*.png)", "nifti": "NIfTI (*.nii.gz *.nii)"}
 HEADS_EXTENSION = ".safetensors"
 
 
@@ -118,8 +117,9 @@ class ExportWidget(QWidget):
 
         self.layer_combo = LayerComboBox(napari_viewer, (Labels,), parent=self)
         self.format_combo = _FormatCombo(self._refresh_formats)
-        for fmt, title in FORMAT_TITLES.items():
-            self.format_combo.addItem(title, fmt)
+        for fmt in registered_formats():
+            if fmt.exported:
+                self.format_combo.addItem(fmt.export_title, fmt.name)
         self.labels_path_edit = QLineEdit()
         self.labels_path_edit.setPlaceholderText("file to write")
         self.export_labels_button = QPushButton("Export labels")
@@ -176,13 +176,13 @@ class ExportWidget(QWidget):
         return with_extension(Path(text).expanduser(), self.format()) if text else None
 
     def _refresh_formats(self) -> list[str]:
-        """Enable the formats the chosen layer can be written to; return them."""
+        """Enable the formats the chosen layer can be written to (without a layer: the first); return them."""
         layer = self.layer_combo.layer()
-        allowed = formats_for(layer.ndim, layer.metadata) if layer is not None else ["tiff"]
+        allowed = formats_for(layer.ndim, layer.metadata) if layer is not None else [self.format_combo.itemData(0)]
         model = self.format_combo.model()
         for row in range(self.format_combo.count()):
             model.item(row).setEnabled(self.format_combo.itemData(row) in allowed)
-        self.format_combo.setToolTip(self._format_help(layer, allowed))
+        self.format_combo.setToolTip(self._format_help(layer))
         return allowed
 
     def _layer_chosen(self, *_) -> None:
@@ -191,22 +191,19 @@ class ExportWidget(QWidget):
         new_layer = layer is not self._layer
         self._layer = layer
         if new_layer or self.format() not in allowed:
-            # labels that came from NIfTI go back to NIfTI; the rest to TIFF (the user may pick PNG)
-            self.set_format("nifti" if "nifti" in allowed else "tiff")
+            # labels that came from a world-space image (NIfTI) go back to its format; the rest to the first
+            # format (TIFF; the user may pick PNG)
+            self.set_format(next((name for name in allowed if get_format(name).world_affine), allowed[0]))
         if new_layer:
             self._suggest_labels_path()
         self.export_labels_button.setEnabled(layer is not None)
 
     @staticmethod
-    def _format_help(layer, allowed: list[str]) -> str:
+    def _format_help(layer) -> str:
         if layer is None:
             return "No labels layer in the viewer."
-        notes = []
-        if "png" not in allowed:
-            notes.append(f"PNG holds 2D labels only ({layer.name!r} has {layer.ndim} dimensions).")
-        if "nifti" not in allowed:
-            notes.append(f"NIfTI needs the affine of a NIfTI image ({layer.name!r} has no metadata['affine']).")
-        return " ".join(notes) or "All formats available."
+        refusals = export_refusals(layer.ndim, layer.metadata).values()
+        return " ".join(f"{layer.name!r}: {reason}." for reason in refusals if reason) or "All formats available."
 
     def _format_chosen(self, *_) -> None:
         target = self.labels_target()
@@ -223,12 +220,12 @@ class ExportWidget(QWidget):
         if layer is None or not self._labels_path_suggested:
             return
         folder = Path(recall("export/folder", str(Path.home())))
-        self.labels_path_edit.setText(str(folder / suggested_name(layer.name, self.format())))
+        self.labels_path_edit.setText(str(folder / file_name_for(layer.name, self.format())))
         self._confirmed_target = None
 
     def _browse_labels(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Export labels", self.labels_path_edit.text(),
-                                              FORMAT_FILTERS[self.format()])
+                                              get_format(self.format()).dialog_filter)
         if path:
             self.labels_path_edit.setText(path)
             self._labels_path_suggested = False
