@@ -307,7 +307,7 @@ def test_crafted_state_files_are_checkpoint_errors(trained, tmp_path, capsys, ed
     state = tmp_path / "h.state.safetensors"
     with safe_open(str(state), framework="pt") as f:
         info = json.loads(f.metadata()["train_state"])
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (a safetensors file, not a dict)
     info[edit] = {"step": -1, "param_groups": [], "num_classes": "2"}[edit]
     save_file(tensors, str(state), metadata={"train_state": json.dumps(info)})
     assert train_cli(images, labels, out, "--epochs", "2", "--resume") == 2

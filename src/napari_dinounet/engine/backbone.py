@@ -45,20 +45,20 @@ class Architecture:
 
     def timm_kwargs(self) -> dict:
         """Keyword arguments that make ``timm.create_model(_TIMM_BASE, ...)`` this architecture."""
-        return dict(
-            embed_dim=self.embed_dim,
-            depth=self.depth,
-            num_heads=self.num_heads,
+        return {
+            "embed_dim": self.embed_dim,
+            "depth": self.depth,
+            "num_heads": self.num_heads,
             # +0.5 so that int(embed_dim * mlp_ratio) inside timm is exactly mlp_hidden despite rounding
-            mlp_ratio=(self.mlp_hidden + 0.5) / self.embed_dim,
-            swiglu_mlp=self.swiglu,
+            "mlp_ratio": (self.mlp_hidden + 0.5) / self.embed_dim,
+            "swiglu_mlp": self.swiglu,
             # align_to=1 keeps mlp_hidden as is and selects timm's SwiGLU with separate gate/x layers
             # (fc1_g, fc1_x), the layout of every DINOv3 checkpoint
-            swiglu_align_to=1 if self.swiglu else 0,
-            qkv_bias=self.qkv_bias,
-            num_reg_tokens=self.num_reg_tokens,
-            num_classes=0,
-        )
+            "swiglu_align_to": 1 if self.swiglu else 0,
+            "qkv_bias": self.qkv_bias,
+            "num_reg_tokens": self.num_reg_tokens,
+            "num_classes": 0,
+        }
 
 
 def evenly_spaced_taps(depth: int) -> tuple[int, int, int, int]:
