@@ -10,7 +10,7 @@ import argparse
 import os
 
 from ..engine.names import PROJECTIONS
-from ._common import BACKBONE_ENV, backbone_source  # cli/predict.py still imports both from here
+from ._common import BACKBONE_ENV, backbone_source
 
 HELP = "train the heads (adapter, projection, decoder) on labelled images; resumable"
 
