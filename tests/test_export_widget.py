@@ -106,6 +106,45 @@ def test_formats_are_checked_again_when_the_list_opens(qtbot, viewer):
     widget.format_combo.showPopup()
     widget.format_combo.hidePopup()
     assert _enabled_formats(widget) == ["tiff", "nifti"]
+    assert widget.format_combo.toolTip() == "'drawn': PNG labels must be 2D (these are 3D); write a .tif instead."
+
+
+def test_the_format_list_and_dialog_filters_come_from_the_registry(qtbot, viewer, tmp_path, monkeypatch):
+    """A format registered elsewhere (here in the test) is offered, named and written without widget changes."""
+    from napari.layers import Labels
+
+    from napari_dinounet.engine import io
+
+    def write(tmp, labels, like):
+        with open(tmp, "wb") as file:
+            np.save(file, labels)
+
+    io.register(io.Format("raw", (".raw.npy",), read=lambda path: io.ImageFile(np.load(path), "raw"), write=write,
+                          title="Raw", note="for tests", exported=True))
+    try:
+        viewer.add_layer(Labels(np.arange(12, dtype=np.uint8).reshape(3, 4), name="cells"))
+        widget = _widget(qtbot, viewer)
+        titles = [widget.format_combo.itemText(row) for row in range(widget.format_combo.count())]
+        assert titles == ["TIFF (.tif)", "PNG (.png, 2D only)", "NIfTI (.nii.gz, keeps the affine)",
+                          "Raw (.raw.npy, for tests)"]
+        assert _enabled_formats(widget) == ["tiff", "png", "raw"]
+        widget.set_format("raw")
+        assert widget.labels_path_edit.text().endswith("cells.raw.npy")
+        filters = []
+
+        def cancelled_dialog(parent, caption, path, file_filter):
+            filters.append(file_filter)
+            return "", ""
+
+        monkeypatch.setattr("napari_dinounet._widgets.export.QFileDialog.getSaveFileName", cancelled_dialog)
+        widget._browse_labels()
+        assert filters == ["Raw (*.raw.npy)"]
+        widget.labels_path_edit.setText(str(tmp_path / "cells"))
+        written = widget.export_labels()
+        assert written == tmp_path / "cells.raw.npy"
+        np.testing.assert_array_equal(io.read_image(written).data, np.arange(12).reshape(3, 4))
+    finally:
+        io.unregister("raw")
 
 
 def test_existing_file_is_replaced_only_when_confirmed(qtbot, viewer, tmp_path, monkeypatch):
