@@ -63,16 +63,15 @@ class SegmentResult:
 
 def segment_job(session: Session, backbone_source: str, device: str, heads_path: Path, plan: RunPlan, *,
                 patch_size: int | None, step: float, tta: bool) -> Generator[Progress, None, SegmentResult]:
-    """Worker body: load the backbone (cached in the session) and the heads, then predict.
+    """Worker body: the session's backbone (loaded unless cached) and the heads, then predict.
 
     patch_size None: the training patch. Runs in a worker thread: no Qt here.
     """
     from ..engine.device import pick_device
     from ..engine.predictor import Predictor
 
-    yield Progress("loading the backbone", 0, 1, backbone_source)
     device = pick_device(device)
-    backbone = session.backbone(backbone_source, device)
+    backbone = yield from session.backbone_steps(backbone_source, device)  # "loading"/"waiting for" events
     yield Progress("loading the heads", 0, 1, str(heads_path))
     predictor = Predictor.from_checkpoint(heads_path, backbone, device=device)
     (labels,) = yield from predictor.predict(plan.image, channel_axis=plan.channel_axis,
