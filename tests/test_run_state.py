@@ -43,6 +43,23 @@ def test_a_saved_state_reads_back_whole(saved_state):
     assert {float(s["step"]) for s in optim["state"].values()} == {1.0}  # Adam's moments after one step
 
 
+def test_a_state_written_before_the_classifiers_were_renamed_reads_back_under_todays_names(saved_state):
+    """Heads format 1 called decoder.classifiers.N decoder.heads.N; a resume state of that time must resume."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path, model, _ = saved_state
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+        tensors = {k.replace("heads/decoder.classifiers.", "heads/decoder.heads."): f.get_tensor(k)
+                   for k in f.keys()}  # noqa: SIM118 (a safetensors file, not a dict)
+    assert any(k.startswith("heads/decoder.heads.") for k in tensors)
+    save_file(tensors, str(path), metadata=metadata)
+    _, heads, _ = load_state(path)
+    assert heads.keys() == model.heads_state_dict().keys()
+    assert all(torch.equal(heads[k], v) for k, v in model.heads_state_dict().items())
+
+
 def _edit_settings(path, **changes) -> None:
     from safetensors import safe_open
     from safetensors.torch import save_file

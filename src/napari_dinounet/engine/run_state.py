@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .atomic import atomic_path
-from .checkpoint import backbone_identity, identity_mismatch
+from .checkpoint import backbone_identity, current_heads_keys, identity_mismatch
 from .errors import CheckpointError
 from .values import is_number
 
@@ -91,7 +91,7 @@ def load_state(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
     if bad:
         raise CheckpointError(f"the training state {path} is damaged or was edited (bad {', '.join(bad)}); start a "
                               "new run without resume")
-    heads = {k[len("heads/"):]: v for k, v in tensors.items() if k.startswith("heads/")}
+    heads = current_heads_keys({k[len("heads/"):]: v for k, v in tensors.items() if k.startswith("heads/")})
     optim_state: dict[int, dict] = {}
     for key, value in tensors.items():
         if key.startswith("optim/"):
