@@ -20,7 +20,7 @@ class MaxLogit(ArrayOutput):
     """A new output, written here and nowhere else: the largest blended logit per pixel, float32."""
 
     name = "max logits"
-    blending = Blending(normalised=True)
+    blending = Blending(normalized=True)
 
     def block(self, logits):
         return logits.logits.max(dim=0).values.cpu().numpy()
@@ -46,7 +46,7 @@ def run(model, img, outputs, **kwargs):
                                 outputs, **{"patch_size": 64, **kwargs}))
 
 
-def normalised(img):
+def normalized(img):
     norm = normalize.Normalization("zscore")
     planar = img[None]
     return torch.from_numpy(normalize.apply(planar, norm, normalize.statistics_for(planar, norm)))[None]
@@ -58,7 +58,7 @@ def test_an_output_added_outside_the_engine_gets_the_blended_logits():
     (maxima,) = run(model, img, [MaxLogit()])
     assert maxima.shape == (150, 170) and maxima.dtype == np.float32
     with torch.no_grad():
-        expected = model(normalised(img))[0].max(0).values.numpy()
+        expected = model(normalized(img))[0].max(0).values.numpy()
     np.testing.assert_allclose(maxima, expected, atol=1e-5)
     volume = np.stack([img, img[::-1]])  # stacks too: each plane goes to its place
     (stacked,) = run(model, volume, [MaxLogit()], normalization=normalize.Normalization("ct", clip=(-1e9, 1e9),
@@ -87,7 +87,7 @@ def test_mirror_variance_is_the_variance_of_the_mirrors_probabilities():
     model = conv_net()
     img = blobs((64, 64))  # one tile: blending is the identity
     variance, probabilities = run(model, img, [MirrorVariance(), Probabilities()], mirror=True)
-    x = normalised(img)
+    x = normalized(img)
     with torch.no_grad():
         each = torch.stack([torch.softmax(model(x.flip(d)).flip(d)[0], 0) for d in ([], [-1], [-2], [-2, -1])])
     assert variance.shape == (3, 64, 64) and variance.dtype == np.float32

@@ -42,10 +42,10 @@ def pointwise_net(in_channels: int = 1, classes: int = 3, seed: int = 0) -> torc
     return torch.nn.Conv2d(in_channels, classes, 1).eval()
 
 
-def by_hand(net: torch.nn.Conv2d, normalised: np.ndarray) -> np.ndarray:
+def by_hand(net: torch.nn.Conv2d, normalized: np.ndarray) -> np.ndarray:
     """Labels of a pointwise net for normalised pixels (C, H, W), without any tiling."""
     with torch.no_grad():
-        return net(torch.from_numpy(normalised)[None].float())[0].argmax(0).numpy()
+        return net(torch.from_numpy(normalized)[None].float())[0].argmax(0).numpy()
 
 
 def image(shape, dtype=np.uint16, seed=0) -> np.ndarray:
@@ -342,3 +342,15 @@ def test_dino_unet_with_a_channel_map_on_a_multichannel_image(tiny_backbone):
     shuffled = img[..., [0, 3, 2, 1, 4]]  # channels the map leaves out do not matter
     again = run(model, shuffled, patch_size=64, channel_axis=-1, probabilities=True)
     np.testing.assert_allclose(again, probs, atol=1e-5)
+
+
+def test_the_caller_keeps_gradients_on_between_events_and_after_a_dropped_run():
+    """Widgets run predictions in pooled worker threads; a generator suspended inside no_grad turned gradients
+    off for whatever ran next in that thread (a Fine-tune after a Segment failed with 'does not require grad')."""
+    run_ = predict(conv_net(), image((3, 96, 96)), patch_size=64, step=0.5)
+    next(run_)
+    assert torch.is_grad_enabled()
+    next(run_)
+    assert torch.is_grad_enabled()
+    del run_  # dropped mid-run, as a cancelled worker's generator may be
+    assert torch.is_grad_enabled()

@@ -15,7 +15,7 @@ from napari_dinounet.engine.progress import drain
 from napari_dinounet.engine.tiling import AxisView, Blending, OpenRows, Tiler, gaussian_importance, tile_starts
 
 IDENTITY = normalize.Normalization("ct", clip=(-1e9, 1e9), mean=0.0, std=1.0)
-SUMS = Blending(normalised=False)  # the cheapest blend, what Labels asks for
+SUMS = Blending(normalized=False)  # the cheapest blend, what Labels asks for
 
 
 class Constant(torch.nn.Module):
@@ -102,16 +102,16 @@ def test_rows_are_handed_out_as_soon_as_the_tiles_have_passed_them():
 def test_logit_rows_are_the_weighted_sums_or_the_weighted_mean_as_asked():
     logits = [0.25, -1.5, 2.0]
     img = np.zeros((150, 170), np.float32)
-    for normalised in (False, True):
+    for normalized in (False, True):
         model = Constant(logits)
-        output = Bands(model, Blending(normalised=normalised))
+        output = Bands(model, Blending(normalized=normalized))
         (bands,) = drain(sliding_window(model, img, infer_layout(img.shape), [output], patch_size=64,
                                         normalization=IDENTITY))
         blended = torch.cat([band[3].logits for band in bands], dim=1)
         assert blended.shape == (3, 150, 170) and blended.dtype == torch.float32
-        assert all(band[3].normalised == normalised and band[3].per_mirror is None for band in bands)
+        assert all(band[3].normalized == normalized and band[3].per_mirror is None for band in bands)
         expected = torch.tensor(logits).view(3, 1, 1)
-        if normalised:
+        if normalized:
             torch.testing.assert_close(blended, expected.expand_as(blended), atol=1e-6, rtol=0)
         else:  # each pixel scaled by its summed weight, which is positive: the same order of classes
             weight = blended[0] / logits[0]

@@ -36,7 +36,7 @@ from .tiling import Blending, LogitRows
 class Output:
     """The interface every output implements (see the module docstring for the order of the calls)."""
 
-    blending: Blending = Blending(normalised=False)  # what it needs of the tiler; the cheapest by default
+    blending: Blending = Blending(normalized=False)  # what it needs of the tiler; the cheapest by default
 
     def start(self, layout) -> None:
         raise NotImplementedError
@@ -170,7 +170,7 @@ class Labels(ArrayOutput):
 
     name = "labels"
     kinds = "iu"
-    blending = Blending(normalised=False)
+    blending = Blending(normalized=False)
 
     def block(self, logits: LogitRows) -> np.ndarray:
         return argmax_classes(logits.logits)
@@ -184,7 +184,7 @@ class Probabilities(ArrayOutput):
 
     name = "probabilities"
     per_class = True
-    blending = Blending(normalised=True)
+    blending = Blending(normalized=True)
 
     def block(self, logits: LogitRows) -> np.ndarray:
         return torch.softmax(logits.logits, dim=0).cpu().numpy()

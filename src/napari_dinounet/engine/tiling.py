@@ -157,13 +157,13 @@ class Blending:
         1 without), for statistics over the mirrors such as their variance. Implies ``normalised``.
     """
 
-    normalised: bool = True
+    normalized: bool = True
     per_mirror: bool = False
 
     @staticmethod
     def merge(requests: Sequence[Blending]) -> Blending:
         per_mirror = any(r.per_mirror for r in requests)
-        return Blending(normalised=per_mirror or any(r.normalised for r in requests), per_mirror=per_mirror)
+        return Blending(normalized=per_mirror or any(r.normalized for r in requests), per_mirror=per_mirror)
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,7 @@ class LogitRows:
     """
 
     logits: torch.Tensor
-    normalised: bool
+    normalized: bool
     per_mirror: torch.Tensor | None = None
 
 
@@ -287,13 +287,13 @@ class Tiler:
     def _final(self, sums: torch.Tensor, width: int) -> LogitRows:
         """The outputs' view of open-row sums (planes, h, Wp) cropped to the plane's ``width``."""
         sums = sums[:, :, :width]
-        if not self.blending.normalised:
-            return LogitRows(sums, normalised=False)
+        if not self.blending.normalized:
+            return LogitRows(sums, normalized=False)
         classes = (sums.shape[0] - 1) // (1 + len(self.mirrors) * self.blending.per_mirror)
         weights = sums[-1]
         logits = sums[:classes] / weights
         if not self.blending.per_mirror:
-            return LogitRows(logits, normalised=True)
+            return LogitRows(logits, normalized=True)
         per_mirror = sums[classes:-1] / weights
         return LogitRows(logits, True, per_mirror.reshape(len(self.mirrors), classes, *per_mirror.shape[1:]))
 
@@ -304,7 +304,7 @@ class Tiler:
         th, tw = self.tile
         ys, xs = grid(height, width, self.tile, self.step)
         positions = [(y, x) for y in ys for x in xs]
-        open_rows = OpenRows(max(width, tw), self.importance, weights=self.blending.normalised)
+        open_rows = OpenRows(max(width, tw), self.importance, weights=self.blending.normalized)
         band_top, band = None, None
         for first in range(0, len(positions), self.batch_size):
             chunk = positions[first : first + self.batch_size]
@@ -315,6 +315,9 @@ class Tiler:
                 part = band[:, :, x : x + tw]
                 batch[i, :, : part.shape[1], : part.shape[2]] = part
             values = self._forward(batch)
+            rows, final = None, None
+            # never yield inside no_grad: the caller's thread would run with gradients off until the generator
+            # resumes, and a generator dropped there would leave them off in that (pooled worker) thread
             with torch.no_grad():
                 for (y, x), tile_values in zip(chunk, values):
                     open_rows.add(tile_values, y, x)
@@ -322,6 +325,5 @@ class Tiler:
                 until = min(ys[rows_done] if rows_done < len(ys) else height, height)
                 if until > open_rows.top:
                     rows = slice(open_rows.top, until)
-                    yield len(chunk), rows, self._final(open_rows.take(until), width)
-                else:
-                    yield len(chunk), None, None
+                    final = self._final(open_rows.take(until), width)
+            yield len(chunk), rows, final
