@@ -175,6 +175,7 @@ def test_network_config_errors_blame_the_checkpoint(good, backbone, tmp_path, ca
         ("H-predict-norm_bad", {"scheme": "banana"}, "unknown normalisation 'banana'"),
         ("H-predict-norm_ct_nostats", {"scheme": "ct"}, "needs fitted numbers"),
         ("ct_clip_number", {"scheme": "ct", "clip": 5, "mean": 0.0, "std": 1.0}, "normalization="),
+        ("norm_unknown_key", {"scheme": "zscore", "percentile": 99}, r"keys this version does not know \(percentile\)"),
     ],
 )
 def test_a_bad_normalization_is_the_checkpoints_fault(good, backbone, tmp_path, case, normalization, match):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
@@ -51,12 +51,12 @@ class Normalization:
         # Checked here, where a crafted or damaged checkpoint's numbers arrive: std 0 divided by zero and
         # NaN/inf turned every pixel into NaN, which prediction then made background without a word.
         clip = tuple(self.clip) if isinstance(self.clip, (tuple, list)) else ()
-        fields = {
+        checks = {
             "clip": len(clip) == 2 and all(map(_is_finite, clip)) and clip[0] <= clip[1],
             "mean": _is_finite(self.mean),
             "std": _is_finite(self.std) and self.std > 0,
         }
-        bad = ", ".join(f"{name}={getattr(self, name)!r}" for name, ok in fields.items() if not ok)
+        bad = ", ".join(f"{name}={getattr(self, name)!r}" for name, ok in checks.items() if not ok)
         if bad:
             raise InputError(
                 f"the 'ct' normalisation has {bad}: clip must be two finite numbers low <= high, mean a finite "
@@ -68,6 +68,12 @@ class Normalization:
 
     @classmethod
     def from_dict(cls, data: dict) -> Normalization:
+        """Inverse of :meth:`to_dict`; InputError for keys this version does not know (as heads files and
+        resume states refuse theirs: a number a newer version relies on must not be dropped in silence)."""
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise InputError(f"the normalisation has keys this version does not know ({', '.join(unknown)}): a "
+                             "newer napari-dinounet probably wrote it; upgrade napari-dinounet")
         clip = data.get("clip")
         return cls(data.get("scheme", "zscore"), tuple(clip) if clip is not None else None, data.get("mean"),
                    data.get("std"))
