@@ -51,7 +51,7 @@ def measure(size: str, pixels: int, cached: bool, steps: int) -> dict:
 
     from napari_dinounet.engine.backbone import load_backbone
     from napari_dinounet.engine.data import samples_from_arrays
-    from napari_dinounet.engine.samples import load_nuclei
+    from napari_dinounet.engine.bundled_data import load_nuclei
     from napari_dinounet.engine.progress import Validation
     from napari_dinounet.engine.train import TrainSettings, build_model, train
 

@@ -10,7 +10,7 @@ import pytest
 
 def nuclei_foreground() -> tuple[np.ndarray, np.ndarray]:
     """The nuclei image (512, 512) uint16 and its foreground (labels > 0) as uint8 class indices."""
-    from napari_dinounet.engine.samples import load_nuclei
+    from napari_dinounet.engine.bundled_data import load_nuclei
 
     image, instances = load_nuclei()
     return image, (instances > 0).astype(np.uint8)

@@ -41,7 +41,7 @@ def collect_errors(monkeypatch, widget_module) -> list[str]:
 
 def nuclei_crop() -> tuple[np.ndarray, np.ndarray]:
     """A 128x128 crop of the nuclei sample: image uint16 and semantic labels uint8 (1 = nucleus)."""
-    from napari_dinounet.engine.samples import load_nuclei
+    from napari_dinounet.engine.bundled_data import load_nuclei
 
     image, instances = load_nuclei()
     return image[CROP].copy(), (instances[CROP] > 0).astype(np.uint8)

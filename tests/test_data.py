@@ -21,7 +21,7 @@ from napari_dinounet.engine.data import (
 )
 from napari_dinounet.engine.errors import InputError
 from napari_dinounet.engine.normalize import Normalization
-from napari_dinounet.engine.samples import load_nuclei
+from napari_dinounet.engine.bundled_data import load_nuclei
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_samples_from_arrays_of_different_sizes_rgb_and_channels(nuclei):
     assert not np.allclose(rgb_scheme.mean(axis=(1, 2)), 0, atol=1e-3)
 
 
-def test_stack_becomes_slices_of_one_group_normalised_as_a_whole():
+def test_stack_becomes_slices_of_one_group_normalized_as_a_whole():
     stack = np.arange(4 * 10 * 12, dtype=np.float32).reshape(4, 10, 12)
     labels = np.zeros((4, 10, 12), np.uint8)
     labels[2, 3:5, 3:5] = 1

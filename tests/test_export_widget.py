@@ -12,7 +12,7 @@ from _widget_helpers import isolated_settings  # noqa: F401  (autouse: settings 
 
 from napari_dinounet._sample_data import mni152_sample, nuclei_sample
 from napari_dinounet.engine.io import read_image
-from napari_dinounet.engine.samples import load_mni152_slices, load_nuclei
+from napari_dinounet.engine.bundled_data import load_mni152_slices, load_nuclei
 
 if not os.environ.get("DISPLAY"):
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")

@@ -19,7 +19,7 @@ from napari_dinounet.engine.data import (
     samples_from_nnunet,
 )
 from napari_dinounet.engine.errors import InputError
-from napari_dinounet.engine.samples import load_nuclei
+from napari_dinounet.engine.bundled_data import load_nuclei
 
 
 @pytest.fixture(scope="module")

@@ -163,7 +163,7 @@ def test_real_nuclei_mask_against_its_dilation():
     """The bundled DSB 2018 nuclei ground truth against itself grown by one pixel: A is inside B."""
     from medpy.metric.binary import hd95 as medpy_hd95
 
-    from napari_dinounet.engine.samples import load_nuclei
+    from napari_dinounet.engine.bundled_data import load_nuclei
 
     _, instances = load_nuclei()
     truth = instances > 0

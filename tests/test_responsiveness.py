@@ -62,7 +62,7 @@ class TickRecorder:
 
 @pytest.fixture
 def viewer(make_napari_viewer):
-    from napari_dinounet.engine.samples import load_nuclei
+    from napari_dinounet.engine.bundled_data import load_nuclei
 
     viewer = make_napari_viewer()
     image, instances = load_nuclei()

@@ -13,7 +13,7 @@ import tifffile
 from napari_dinounet._writer import export_refusals, formats_for, write_labels
 from napari_dinounet.engine.errors import InputError
 from napari_dinounet.engine.io import file_name_for, read_image, with_extension
-from napari_dinounet.engine.samples import load_mni152_slices
+from napari_dinounet.engine.bundled_data import load_mni152_slices
 
 
 def _labels(shape, high=4, seed=0):

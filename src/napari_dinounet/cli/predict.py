@@ -57,16 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _layout(image, axis: int | None):
     """The :class:`~..engine.layout.ImageLayout` of a file's data: its channel axis, and for 3D images the
     slice axis ``--axis`` (counted in the spatial axes) or else the file's own (z)."""
-    from ..engine.layout import ImageLayout, normalize_axis
+    from ..engine.layout import normalize_axis
 
-    spatial = image.spatial_axes
-    if len(spatial) < 3:
-        slice_dim = 0  # a 2D image has no slice axis to choose: --axis has nothing to do
-    elif axis is None:
-        slice_dim = spatial.index(image.slice_axis)
-    else:
-        slice_dim = normalize_axis(axis, 3, "--axis", image.spatial_shape)
-    return ImageLayout.from_axes(image.data.shape, image.channel_axis, slice_dim)
+    layout = image.layout
+    if axis is None or layout.slice is None:  # a 2D image has no slice axis to choose: --axis has nothing to do
+        return layout
+    return layout.with_slice_dim(normalize_axis(axis, 3, "--axis", layout.spatial_shape))
 
 
 def _with_channel_axis(image, axis: int):

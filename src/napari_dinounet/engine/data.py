@@ -161,7 +161,7 @@ def _checked_labels(labels: list[np.ndarray], names: list[str], num_classes: int
     return labels
 
 
-def _normalised(image: np.ndarray, norm: Normalization, name: str) -> tuple[np.ndarray, tuple]:
+def _normalized(image: np.ndarray, norm: Normalization, name: str) -> tuple[np.ndarray, tuple]:
     """Statistics of the whole image or stack, after warning about NaN/inf pixels (they become 0)."""
     if np.issubdtype(image.dtype, np.floating):
         bad = int(np.count_nonzero(~np.isfinite(image)))
@@ -181,7 +181,7 @@ def _pair_samples(image, labels: np.ndarray, mask, name: str, channel_axis: int 
             raise InputError(f"{name}: mask shape {mask.shape} differs from labels shape {labels.shape}: "
                              "give a mask of the labels' shape")
         mask = mask != 0
-    stats = _normalised(image, normalization, name)
+    stats = _normalized(image, normalization, name)
     if labels.ndim == 2:
         slices = [(name, image, labels, mask)]
     else:
@@ -236,7 +236,7 @@ def _samples_from_files(pairs: Sequence[tuple[str, io.Case, Path]], normalizatio
                         num_classes: int | None, fix: str | None = None, ignore: int | None = None) -> list[Sample]:
     """Samples from (name, image case, label file) triples: labels are read and checked first (before any
     image, so a wrong label file fails fast), messages naming the label files; then the images one at a
-    time, each with the channel and slice axes its file format implies (see engine/io.py).
+    time, each with the channel and slice axes its file format implies (see engine/io/).
 
     ignore: a label value that marks unlabelled pixels (nnU-Net's "ignore"): they are left out of the
     samples' masks, so the loss skips them, and hold 0 so that no class value >= num_classes remains.
@@ -249,7 +249,7 @@ def _samples_from_files(pairs: Sequence[tuple[str, io.Case, Path]], normalizatio
     samples = []
     for (name, case, _), lab, mask in zip(pairs, labels, masks):
         image = io.read_case(case)
-        slice_axis = 0 if image.slice_axis is None else image.spatial_axes.index(image.slice_axis)
+        slice_axis = image.layout.slice_dim or 0
         samples += _pair_samples(image.data, lab, mask, name, image.channel_axis, slice_axis, normalization)
     return samples
 
