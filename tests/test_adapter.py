@@ -62,7 +62,7 @@ def test_deformable_sample_equals_naive_loops():
 
 def test_deformable_attention_module_equals_naive_reference():
     torch.manual_seed(1)
-    attention = DeformableAttention(32, heads=4, points=3)
+    attention = DeformableAttention(32, num_heads=4, points=3)
     with torch.no_grad():  # offsets and weights that vary with the query (the init makes both constant)
         attention.sampling_offsets.weight.normal_(0, 0.5)
         attention.attention_weights.weight.normal_(0, 0.5)
@@ -93,7 +93,7 @@ def test_deformable_attention_module_equals_naive_reference():
 
 def _identity_attention(dim: int) -> DeformableAttention:
     """One point per head, zero offsets, identity value and output projections."""
-    attention = DeformableAttention(dim, heads=2, points=1, ratio=1.0)
+    attention = DeformableAttention(dim, num_heads=2, points=1, ratio=1.0)
     with torch.no_grad():
         attention.sampling_offsets.weight.zero_()
         attention.sampling_offsets.bias.zero_()

@@ -112,17 +112,18 @@ class DeformableAttention(nn.Module):
     (Hv, Wv) map -> (B, Nq, D).
     """
 
-    def __init__(self, dim: int, heads: int = ATTENTION_HEADS, points: int = SAMPLING_POINTS, ratio=VALUE_RATIO):
+    def __init__(self, dim: int, num_heads: int = ATTENTION_HEADS, points: int = SAMPLING_POINTS, ratio=VALUE_RATIO):
         super().__init__()
         value_dim = int(dim * ratio)
-        if value_dim % heads:
+        if value_dim % num_heads:
             raise DinoUNetError(
-                f"backbone width {dim} does not split into {heads} attention heads of width {dim}*{ratio}/{heads}; "
-                f"use a backbone whose width is a multiple of {int(heads / ratio)}"
+                f"backbone width {dim} does not split into {num_heads} attention heads of width "
+                f"{dim}*{ratio}/{num_heads}; "
+                f"use a backbone whose width is a multiple of {int(num_heads / ratio)}"
             )
-        self.heads, self.points, self.value_dim = heads, points, value_dim
-        self.sampling_offsets = nn.Linear(dim, heads * points * 2)
-        self.attention_weights = nn.Linear(dim, heads * points)
+        self.num_heads, self.points, self.value_dim = num_heads, points, value_dim
+        self.sampling_offsets = nn.Linear(dim, num_heads * points * 2)
+        self.attention_weights = nn.Linear(dim, num_heads * points)
         self.value_proj = nn.Linear(dim, value_dim)
         self.output_proj = nn.Linear(value_dim, dim)
         self.reset_parameters()
@@ -131,7 +132,7 @@ class DeformableAttention(nn.Module):
         """Offsets start as a fixed star: head h looks along angle 2*pi*h/heads, point p at distance p+1
         (max-norm), so the heads cover all directions from the first step; weights start uniform."""
         nn.init.zeros_(self.sampling_offsets.weight)
-        angle = torch.arange(self.heads, dtype=torch.float32) * (2 * math.pi / self.heads)
+        angle = torch.arange(self.num_heads, dtype=torch.float32) * (2 * math.pi / self.num_heads)
         direction = torch.stack((angle.cos(), angle.sin()), dim=-1)
         direction = direction / direction.abs().max(dim=-1, keepdim=True).values
         distance = torch.arange(1, self.points + 1, dtype=torch.float32)
@@ -149,7 +150,7 @@ class DeformableAttention(nn.Module):
     ) -> torch.Tensor:
         b, nq, _ = query.shape
         hv, wv = value_shape
-        heads, points = self.heads, self.points
+        heads, points = self.num_heads, self.points
         v = self.value_proj(value).view(b, hv * wv, heads, -1).permute(0, 2, 3, 1)
         v = v.reshape(b, heads, -1, hv, wv)
         offsets = self.sampling_offsets(query).view(b, nq, heads, points, 2)
