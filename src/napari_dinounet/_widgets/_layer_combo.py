@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from qtpy.QtWidgets import QComboBox, QWidget
 
+from ._layer_geometry import channel_axis_choices
+
 
 class LayerComboBox(QComboBox):
     """Lists the viewer's layers of ``layer_types`` by name; ``none_text`` adds a first "no layer" entry.
@@ -68,3 +70,16 @@ class LayerComboBox(QComboBox):
                 emitter.disconnect(self._on_layers_changed)
         for layer in self._viewer.layers:
             layer.events.name.disconnect(self.refresh)
+
+
+def fill_channel_axis_choices(combo: QComboBox, layer) -> None:
+    """The channel-axis choices for ``layer`` (data: the axis, or None): its RGB colours, or none and each axis
+    that may hold channels (:func:`._layer_geometry.channel_axis_choices`); Segment and Fine-tune offer the same."""
+    combo.clear()
+    if layer is not None and layer.rgb:
+        combo.addItem("RGB colours", None)
+    else:
+        combo.addItem("none", None)
+        for axis in channel_axis_choices(layer) if layer is not None else []:
+            combo.addItem(f"axis {axis} ({layer.data.shape[axis]})", axis)
+    combo.setEnabled(combo.count() > 1)

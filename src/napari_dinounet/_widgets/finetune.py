@@ -38,11 +38,10 @@ from .._layer_metadata import CLASS_NAMES_KEY
 from ..engine.errors import DinoUNetError, InputError
 from ..engine.progress import Progress, Validation
 from ._jobs import Job, Stop
-from ._layer_combo import LayerComboBox
+from ._layer_combo import LayerComboBox, fill_channel_axis_choices
 from ._layer_geometry import (
     CURRENT_SLICE,
     WHOLE_STACK,
-    channel_axis_choices,
     labels_layer_name,
     plan_run,
     viewer_indices,
@@ -113,9 +112,8 @@ def finetune_job(session: Session, backbone_source: str, device: str, start_head
     from ..engine.normalize import Normalization
     from ..engine.train import train
 
-    yield Progress("loading the backbone", 0, 1, backbone_source)
     device = pick_device(device)
-    backbone = session.backbone(backbone_source, device)
+    backbone = yield from session.backbone_steps(backbone_source, device)  # "loading"/"waiting for" events
     model, metadata, normalization = None, None, Normalization()
     if start_heads is not None:
         yield Progress("loading the heads", 0, 1, str(start_heads))
@@ -205,19 +203,6 @@ class _PairRow:
         index = self.labels.findText(labels_layer_name(image.name)) if image is not None else -1
         if index >= 0:
             self.labels.setCurrentIndex(index)
-
-
-def fill_channel_axis_choices(combo: QComboBox, layer) -> None:
-    """The channel-axis choices for ``layer`` (data: the axis, or None): its RGB colours, or none and each axis
-    that may hold channels (:func:`._layer_geometry.channel_axis_choices`), as Segment offers them."""
-    combo.clear()
-    if layer is not None and layer.rgb:
-        combo.addItem("RGB colours", None)
-    else:
-        combo.addItem("none", None)
-        for axis in channel_axis_choices(layer) if layer is not None else []:
-            combo.addItem(f"axis {axis} ({layer.data.shape[axis]})", axis)
-    combo.setEnabled(combo.count() > 1)
 
 
 def region_mask(region, shape: tuple[int, ...]) -> np.ndarray:

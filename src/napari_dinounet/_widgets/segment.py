@@ -34,12 +34,11 @@ from .._layer_metadata import AFFINE_KEY, CLASS_NAMES_KEY, HEADS_KEY
 from ..engine.errors import DinoUNetError, InputError
 from ..engine.progress import Progress
 from ._jobs import Job
-from ._layer_combo import LayerComboBox
+from ._layer_combo import LayerComboBox, fill_channel_axis_choices
 from ._layer_geometry import (
     CURRENT_SLICE,
     WHOLE_STACK,
     RunPlan,
-    channel_axis_choices,
     labels_layer_name,
     parse_channels,
     plan_run,
@@ -148,14 +147,7 @@ class SegmentWidget(QWidget):
 
     def _image_changed(self, *_) -> None:
         layer = self.image_combo.layer()
-        self.channel_axis_combo.clear()
-        if layer is not None and layer.rgb:
-            self.channel_axis_combo.addItem("RGB colours", None)
-        else:
-            self.channel_axis_combo.addItem("none", None)
-            for axis in channel_axis_choices(layer) if layer is not None else []:
-                self.channel_axis_combo.addItem(f"axis {axis} ({layer.data.shape[axis]})", axis)
-        self.channel_axis_combo.setEnabled(self.channel_axis_combo.count() > 1)
+        fill_channel_axis_choices(self.channel_axis_combo, layer)
         self.stack_combo.setEnabled(layer is not None and layer.ndim > 2)
         self._channel_axis_changed()
 
