@@ -38,15 +38,3 @@ def write_nuclei_folders(root: Path, size: int = 128, count: int = 2) -> tuple[P
         tifffile.imwrite(images / f"crop{i}.tif", image[:size, cols])
         tifffile.imwrite(labels / f"crop{i}.tif", foreground[:size, cols])
     return images, labels
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Train with one thread: on a shared 2-core machine, two OpenMP threads per process that compete with
-    other work made a training step about 10x slower than one thread (measured: 3 s against 0.2 s)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

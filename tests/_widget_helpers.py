@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from napari_dinounet._widgets._settings import SETTINGS_DIR_ENV
 
 # Imported while the test modules are collected, before any viewer exists: torch, timm and triton load
 # before the viewer's OpenGL brings in Mesa's libLLVM, whatever order the tests run in (see
@@ -18,15 +17,6 @@ from napari_dinounet.engine.checkpoint import HeadsMetadata, save_heads
 from napari_dinounet.engine.network import build_dinounet
 
 CROP = (slice(0, 128), slice(0, 128))  # 128x128 of the nuclei sample with a dozen nuclei in it
-
-
-@pytest.fixture(autouse=True)
-def isolated_settings(tmp_path, monkeypatch) -> Path:
-    """The widgets' QSettings file lives in a temporary folder, never in the user's settings."""
-    folder = tmp_path / "settings"
-    folder.mkdir()
-    monkeypatch.setenv(SETTINGS_DIR_ENV, str(folder))
-    return folder
 
 
 def collect_errors(monkeypatch, widget_module) -> list[str]:

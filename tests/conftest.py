@@ -34,3 +34,16 @@ def quiet_random_backbone(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Train with one thread: on a shared 2-core machine, two OpenMP threads per process that compete with
+    other work made a training step about 10x slower than one thread (measured: 3 s against 0.2 s).
+    Modules that train ask for it: ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -13,7 +13,7 @@ import pytest
 from napari_dinounet._sample_data import mni152_sample, nuclei_sample
 from napari_dinounet.engine.bundled_data import load_mni152_slices, load_nuclei
 
-TOOL = Path(__file__).parents[1] / "tools" / "make_mni152_sample.py"
+TOOL = Path(__file__).parents[2] / "tools" / "make_mni152_sample.py"
 
 
 def _by_type(layer_data: list[tuple]) -> dict[str, tuple]:

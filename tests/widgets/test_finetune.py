@@ -7,9 +7,8 @@ import hashlib
 
 import numpy as np
 import pytest
-from _widget_helpers import (  # noqa: F401
+from _widget_helpers import (
     collect_errors,
-    isolated_settings,
     nuclei_crop,
     wait_for,
     write_tiny_heads,
@@ -299,7 +298,7 @@ def test_heads_of_three_channels_are_not_fine_tuned_on_one_channel_images(qtbot,
     assert read_metadata(tmp_path / "tuned.safetensors").in_channels == 3
 
 
-def test_the_form_is_remembered_for_the_next_widget(viewer, isolated_settings):  # noqa: F811 (the fixture)
+def test_the_form_is_remembered_for_the_next_widget(viewer, isolated_settings):
     widget = FineTuneWidget(viewer)
     assert (widget.steps_spin.value(), widget.every_spin.value(), widget.cache_check.isChecked()) == (200, 50, True)
     widget.steps_spin.setValue(123)

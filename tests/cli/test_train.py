@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from _nuclei_training import one_torch_thread, write_nuclei_folders  # noqa: F401 (autouse fixture)
+from _nuclei_training import write_nuclei_folders
 
 from napari_dinounet.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # training: one thread (see conftest.py)
 
 TINY = ["--backbone", "random:tiny", "--size", "tiny", "--patch", "64", "--batch", "2", "--device", "cpu", "--quiet"]
 

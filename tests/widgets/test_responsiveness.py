@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from _widget_helpers import isolated_settings, wait_for, write_tiny_heads  # noqa: F401
+from _widget_helpers import wait_for, write_tiny_heads
 from qtpy.QtCore import QTimer
 
 MAX_GAP_S = 0.2

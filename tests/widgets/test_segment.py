@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _widget_helpers import (  # noqa: F401
+from _widget_helpers import (
     collect_errors,
-    isolated_settings,
     nuclei_crop,
     wait_for,
     write_tiny_heads,

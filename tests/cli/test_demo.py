@@ -8,10 +8,12 @@ import warnings
 import numpy as np
 import pytest
 import tifffile
-from _nuclei_training import nuclei_foreground, one_torch_thread  # noqa: F401 (autouse fixture)
+from _nuclei_training import nuclei_foreground
 from PIL import Image
 
 from napari_dinounet.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # training: one thread (see conftest.py)
 
 
 @pytest.fixture(autouse=True)

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _nuclei_training import one_torch_thread  # noqa: F401 (autouse fixture)
 
 from napari_dinounet.engine.errors import CheckpointError, InputError
 from napari_dinounet.engine.progress import Validation, drain
 from napari_dinounet.engine.run_state import load_state, state_path
 from napari_dinounet.engine.train import TrainSettings, build_model, poly_lr, train
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # training: one thread (see conftest.py)
 
 # -------------------------------------------------------------------------------------------- settings
 

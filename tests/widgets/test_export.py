@@ -8,7 +8,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import skimage.io
-from _widget_helpers import isolated_settings  # noqa: F401  (autouse: settings in a temporary folder)
 
 from napari_dinounet._sample_data import mni152_sample, nuclei_sample
 from napari_dinounet.engine.io import read_image

@@ -18,9 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from _nuclei_training import one_torch_thread, write_nuclei_folders  # noqa: F401 (autouse fixture)
+from _nuclei_training import write_nuclei_folders
 
 from napari_dinounet.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # training: one thread (see conftest.py)
 
 TINY = ["--backbone", "random:tiny", "--size", "tiny", "--patch", "64", "--batch", "2", "--device", "cpu", "--quiet"]
 ONE_STEP = ["--epochs", "1", "--iters-per-epoch", "1"]

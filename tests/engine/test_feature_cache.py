@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _nuclei_training import one_torch_thread  # noqa: F401 (autouse fixture)
 
 from napari_dinounet.engine.data import fixed_crops
 from napari_dinounet.engine.feature_cache import FeatureCache, batch_source
 from napari_dinounet.engine.progress import Progress, drain
 from napari_dinounet.engine.train import TrainSettings, build_model
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # training: one thread (see conftest.py)
 
 TINY = {"size": "tiny", "patch_size": 64, "batch_size": 2, "val_crops": 2}
 

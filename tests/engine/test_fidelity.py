@@ -22,7 +22,7 @@ from napari_dinounet.engine.network import build_dinounet
 from napari_dinounet.engine.predict import predict
 from napari_dinounet.engine.progress import drain
 
-REFERENCE = Path(__file__).parent / "fixtures" / "fidelity" / "reference.safetensors"
+REFERENCE = Path(__file__).parents[1] / "fixtures" / "fidelity" / "reference.safetensors"
 PROJECTIONS = ("fapm", "compact", "plain")
 SEED = 20261202
 

@@ -6,11 +6,12 @@ import json
 
 import pytest
 import torch
-from _nuclei_training import one_torch_thread  # noqa: F401 (autouse fixture)
 
 from napari_dinounet.engine.errors import CheckpointError
 from napari_dinounet.engine.run_state import load_state, save_state, state_path
 from napari_dinounet.engine.train import TrainSettings, build_model, train
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # training: one thread (see conftest.py)
 
 TINY = {"size": "tiny", "patch_size": 64, "batch_size": 2, "val_crops": 2}
 
