@@ -23,8 +23,13 @@ def peak_rss_mib() -> float:
 def in_fresh_process(script: str, *args: str, env: dict[str, str] | None = None) -> dict:
     """Run ``python script *args`` in a new process (so that its peak memory is its own) and return the
     JSON object it printed last; its stderr ends the benchmark if it fails."""
-    done = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, check=False,
-                          env={**os.environ, **env} if env else None)
+    done = subprocess.run(
+        [sys.executable, script, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, **env} if env else None,
+    )
     if done.returncode:
         raise SystemExit(f"{Path(script).name} {' '.join(args)} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -149,8 +149,12 @@ def memory_worker(impl: str, size: int, network: str, labels_out: Path) -> dict:
     baseline = rss_mb()
     np.save(labels_out, RUNS[impl](model, image))
     peak = peak_rss_mb()
-    return {"peak_rss_mb": peak, "baseline_rss_mb": baseline, "extra_rss_mb": peak - baseline,
-            "peak_was_reset": peak_was_reset}
+    return {
+        "peak_rss_mb": peak,
+        "baseline_rss_mb": baseline,
+        "extra_rss_mb": peak - baseline,
+        "peak_was_reset": peak_was_reset,
+    }
 
 
 def timing_worker(size: int, network: str, repeats: int) -> dict:
@@ -183,8 +187,9 @@ def measure(size: int, network: str, repeats: int, tmp: Path) -> dict:
     row = {"size": size, "network": network, "tile": TILE, "step": 0.5, "batch": BATCH}
     for impl in RUNS:
         labels_out = str(tmp / f"{impl}.npy")
-        row[impl] = in_fresh_process(__file__, "--worker", "memory", impl, str(size), network, labels_out,
-                                     env=MEMORY_ENV)
+        row[impl] = in_fresh_process(
+            __file__, "--worker", "memory", impl, str(size), network, labels_out, env=MEMORY_ENV
+        )
     timing = in_fresh_process(__file__, "--worker", "timing", str(size), network, str(repeats))
     for impl in RUNS:
         row[impl].update(seconds=min(timing["times"][impl]), all_seconds=timing["times"][impl])
@@ -214,8 +219,12 @@ def main() -> None:
         print(json.dumps(result))
         return
 
-    machine = {"cpus": os.cpu_count(), "load_before": os.getloadavg(), "python": platform.python_version(),
-               "platform": platform.platform()}
+    machine = {
+        "cpus": os.cpu_count(),
+        "load_before": os.getloadavg(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
@@ -240,14 +249,21 @@ def table(report: dict) -> str:
     for row in report["rows"]:
         for impl in RUNS:
             r = row[impl]
-            ratios = (f"{row['time_ratio']:.2f} | {row['peak_ratio']:.2f} | {row['labels_agree']:.4%}"
-                      if impl == "ours" else " | | ")
-            lines.append(f"| {row['size']}x{row['size']} | {row['network']} | {impl} | {r['seconds']:.2f} | "
-                         f"{r['peak_rss_mb']:.0f} | {r['extra_rss_mb']:.0f} | {ratios} |")
+            ratios = (
+                f"{row['time_ratio']:.2f} | {row['peak_ratio']:.2f} | {row['labels_agree']:.4%}"
+                if impl == "ours"
+                else " | | "
+            )
+            lines.append(
+                f"| {row['size']}x{row['size']} | {row['network']} | {impl} | {r['seconds']:.2f} | "
+                f"{r['peak_rss_mb']:.0f} | {r['extra_rss_mb']:.0f} | {ratios} |"
+            )
     m = report["machine"]
-    lines.append(f"\n{m['cpus']} CPUs, load average {m['load_before'][0]:.1f} before / {m['load_after'][0]:.1f} "
-                 f"after; torch {m['torch']}, MONAI {m['monai']}; tile {TILE}, step 0.5, batch {BATCH}, "
-                 "Gaussian sigma tile/8.")
+    lines.append(
+        f"\n{m['cpus']} CPUs, load average {m['load_before'][0]:.1f} before / {m['load_after'][0]:.1f} "
+        f"after; torch {m['torch']}, MONAI {m['monai']}; tile {TILE}, step 0.5, batch {BATCH}, "
+        "Gaussian sigma tile/8."
+    )
     return "\n".join(lines)
 
 

@@ -50,16 +50,23 @@ def measure(size: str, pixels: int, cached: bool, steps: int) -> dict:
     import torch
 
     from napari_dinounet.engine.backbone import load_backbone
-    from napari_dinounet.engine.data import samples_from_arrays
     from napari_dinounet.engine.bundled_data import load_nuclei
+    from napari_dinounet.engine.data import samples_from_arrays
     from napari_dinounet.engine.progress import Validation
     from napari_dinounet.engine.train import TrainSettings, build_model, train
 
     torch.manual_seed(0)
     image, labels = load_nuclei()
     samples = samples_from_arrays([image], [labels > 0])
-    settings = TrainSettings(projection=PROJECTION, patch_size=pixels, batch_size=BATCH, epochs=1,
-                             iters_per_epoch=steps + 1, cache_features=cached, cache_crops=CACHE_CROPS)
+    settings = TrainSettings(
+        projection=PROJECTION,
+        patch_size=pixels,
+        batch_size=BATCH,
+        epochs=1,
+        iters_per_epoch=steps + 1,
+        cache_features=cached,
+        cache_crops=CACHE_CROPS,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the random backbone's not-pretrained warning
         backbone = load_backbone(f"random:{size}")
@@ -68,8 +75,15 @@ def measure(size: str, pixels: int, cached: bool, steps: int) -> dict:
 
     stamps: dict[str, list[float]] = {"cache features": [], "train": []}
     with tempfile.TemporaryDirectory() as folder:
-        run = train(samples, validation=[], out=Path(folder) / "heads.safetensors", backbone=backbone,
-                    settings=settings, model=model, device="cpu")
+        run = train(
+            samples,
+            validation=[],
+            out=Path(folder) / "heads.safetensors",
+            backbone=backbone,
+            settings=settings,
+            model=model,
+            device="cpu",
+        )
         start = time.perf_counter()
         for event in run:
             if event.task == "train" and "loss" in event.metrics and not isinstance(event, Validation):
@@ -133,14 +147,19 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()[0]
     rows = [run_case(args.size, pixels, cached, steps) for pixels in sizes for cached in (False, True)]
     load_end = os.getloadavg()[0]
-    print(f"Dino U-Net {args.size.upper()} ({PROJECTION}, random:{args.size} backbone) training step, "
-          f"batch {BATCH}, CPU, {steps} timed step(s)")
+    print(
+        f"Dino U-Net {args.size.upper()} ({PROJECTION}, random:{args.size} backbone) training step, "
+        f"batch {BATCH}, CPU, {steps} timed step(s)"
+    )
     print(table(rows))
     for pixels in sizes:
-        plain, cached = (next(r for r in rows if r["pixels"] == pixels and r["cached_features"] == c)
-                         for c in (False, True))
-        print(f"{pixels}x{pixels}: speed-up from cached features (median step without / with): "
-              f"{plain['seconds_median'] / cached['seconds_median']:.2f}")
+        plain, cached = (
+            next(r for r in rows if r["pixels"] == pixels and r["cached_features"] == c) for c in (False, True)
+        )
+        print(
+            f"{pixels}x{pixels}: speed-up from cached features (median step without / with): "
+            f"{plain['seconds_median'] / cached['seconds_median']:.2f}"
+        )
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
         f"load average {load_start:.1f} at start, {load_end:.1f} at end"

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 
 def nuclei_foreground() -> tuple[np.ndarray, np.ndarray]:
@@ -21,8 +20,12 @@ def nuclei_samples(regions) -> list:
     from napari_dinounet.engine.data import samples_from_arrays
 
     image, foreground = nuclei_foreground()
-    return samples_from_arrays([image[r] for r in regions], [foreground[r] for r in regions],
-                               names=[f"region{i}" for i in range(len(regions))], num_classes=2)
+    return samples_from_arrays(
+        [image[r] for r in regions],
+        [foreground[r] for r in regions],
+        names=[f"region{i}" for i in range(len(regions))],
+        num_classes=2,
+    )
 
 
 def write_nuclei_folders(root: Path, size: int = 128, count: int = 2) -> tuple[Path, Path]:

@@ -5,9 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
-
 
 # Imported while the test modules are collected, before any viewer exists: torch, timm and triton load
 # before the viewer's OpenGL brings in Mesa's libLLVM, whatever order the tests run in (see
@@ -37,14 +35,19 @@ def nuclei_crop() -> tuple[np.ndarray, np.ndarray]:
     return image[CROP].copy(), (instances[CROP] > 0).astype(np.uint8)
 
 
-def write_tiny_heads(path: Path, *, patch_size: int = 64, in_channels: int = 1,
-                     class_names=("background", "nucleus")) -> Path:
+def write_tiny_heads(
+    path: Path, *, patch_size: int = 64, in_channels: int = 1, class_names=("background", "nucleus")
+) -> Path:
     """A heads checkpoint for the random:tiny backbone (randomly initialised heads), written with save_heads."""
     torch.manual_seed(0)
     model = build_dinounet("tiny", num_classes=len(class_names), backbone=load_backbone("random:tiny"))
     metadata = HeadsMetadata(
-        config=model.config.to_dict(), class_names=list(class_names), in_channels=in_channels,
-        normalization={"scheme": "zscore"}, patch_size=patch_size, backbone_variant="tiny",
+        config=model.config.to_dict(),
+        class_names=list(class_names),
+        in_channels=in_channels,
+        normalization={"scheme": "zscore"},
+        patch_size=patch_size,
+        backbone_variant="tiny",
     )
     return save_heads(path, model, metadata)
 

@@ -28,8 +28,11 @@ def _imported_top_level_modules() -> set[str]:
 
 def _declared() -> set[str]:
     requirements = importlib.metadata.requires("napari-dinounet") or []
-    return {re.split(r"[ ;<>=!\[~]", r, maxsplit=1)[0].lower().replace("_", "-") for r in requirements
-            if "extra ==" not in r}
+    return {
+        re.split(r"[ ;<>=!\[~]", r, maxsplit=1)[0].lower().replace("_", "-")
+        for r in requirements
+        if "extra ==" not in r
+    }
 
 
 def test_the_version_has_one_source():

@@ -11,9 +11,9 @@ import skimage.io
 import tifffile
 
 from napari_dinounet._writer import export_refusals, formats_for, write_labels
+from napari_dinounet.engine.bundled_data import load_mni152_slices
 from napari_dinounet.engine.errors import InputError
 from napari_dinounet.engine.io import file_name_for, read_image, with_extension
-from napari_dinounet.engine.bundled_data import load_mni152_slices
 
 
 def _labels(shape, high=4, seed=0):
@@ -145,7 +145,9 @@ def test_nifti_opened_in_napari_exports_back_to_the_same_space(tmp_path):
     np.testing.assert_allclose(image.metadata["affine"], affine)
 
     # what the Segment widget writes: labels on the image's grid carrying its affine
-    labels = Labels((image.data > 100).astype(np.uint8), scale=image.scale, metadata={"affine": image.metadata["affine"]})
+    labels = Labels(
+        (image.data > 100).astype(np.uint8), scale=image.scale, metadata={"affine": image.metadata["affine"]}
+    )
     out = tmp_path / "scan_labels.nii.gz"
     assert napari.save_layers(str(out), [labels]) == [str(out)]
     written = nib.load(out)

@@ -96,8 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         class_names=np.array(CLASS_NAMES),
     )
     counts = np.bincount(label_stack.ravel(), minlength=len(CLASS_NAMES))
-    print(f"wrote {target} ({target.stat().st_size / 1024:.0f} KiB): image {image_stack.shape} {image_stack.dtype}, "
-          f"pixels per class {dict(zip(CLASS_NAMES, counts.tolist()))}")
+    print(
+        f"wrote {target} ({target.stat().st_size / 1024:.0f} KiB): image {image_stack.shape} {image_stack.dtype}, "
+        f"pixels per class {dict(zip(CLASS_NAMES, counts.tolist()))}"
+    )
     return 0
 
 

@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     import napari
+
     from napari_dinounet._widgets.finetune import FRESH_HEADS
 
     viewer = napari.Viewer(title="napari-dinounet")

@@ -17,5 +17,8 @@ fi
 # torch first, pinned to the wheels that install offline here (a CUDA build that also runs on the CPU).
 .venv/bin/pip install -q torch==2.14.1 torchvision==0.29.1
 .venv/bin/pip install -q -e ".[testing]"
+# lint and format first: cheap, and a style slip should not wait for a 5-minute suite to be reported
+.venv/bin/ruff check src tests benchmarks tools
+.venv/bin/ruff format --check src tests benchmarks tools
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"  # idle OpenMP threads sleep instead of spinning (2-core CI)
 xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python -m pytest -q "$@"

@@ -28,8 +28,14 @@ from napari_dinounet.engine.io import ImageFile, format_for, registered_formats
 from napari_dinounet.engine.io import write_labels as write_label_file
 
 # napari (pint) unit names -> engine.io unit names, and their size in metres to convert between axes
-_UNIT_NAMES = {"meter": "m", "centimeter": "cm", "millimeter": "mm", "micrometer": "um", "nanometer": "nm",
-               "inch": "inch"}
+_UNIT_NAMES = {
+    "meter": "m",
+    "centimeter": "cm",
+    "millimeter": "mm",
+    "micrometer": "um",
+    "nanometer": "nm",
+    "inch": "inch",
+}
 _METRES = {"m": 1.0, "cm": 1e-2, "mm": 1e-3, "um": 1e-6, "nm": 1e-9, "inch": 0.0254}
 
 
@@ -62,8 +68,9 @@ def export_refusals(labels_ndim: int, metadata: dict) -> dict[str, str | None]:
         if fmt.exported:
             reason = fmt.can_hold(smallest)
             if reason is None and fmt.world_affine and metadata.get(AFFINE_KEY) is None:
-                reason = (f"{fmt.title} needs the affine of a {fmt.title} image (the layer has no "
-                          f"metadata['{AFFINE_KEY}'])")
+                reason = (
+                    f"{fmt.title} needs the affine of a {fmt.title} image (the layer has no metadata['{AFFINE_KEY}'])"
+                )
             refusals[fmt.name] = reason
     return refusals
 
@@ -80,16 +87,19 @@ def layer_affine(attributes: dict, title: str = "NIfTI") -> np.ndarray:
     name = attributes.get("name", "labels")
     affine = (attributes.get("metadata") or {}).get(AFFINE_KEY)
     if affine is None:
-        raise InputError(f"layer {name!r} did not come from a {title} image (no metadata['{AFFINE_KEY}']), so its "
-                         "position in world space is unknown; save it as .tif, or set "
-                         f"layer.metadata['{AFFINE_KEY}'] to the image's 4x4 voxel-to-world matrix")
+        raise InputError(
+            f"layer {name!r} did not come from a {title} image (no metadata['{AFFINE_KEY}']), so its "
+            "position in world space is unknown; save it as .tif, or set "
+            f"layer.metadata['{AFFINE_KEY}'] to the image's 4x4 voxel-to-world matrix"
+        )
     try:
         affine = np.asarray(affine, dtype=np.float64)
     except (TypeError, ValueError) as err:
         raise InputError(f"layer {name!r}: metadata['{AFFINE_KEY}'] is not a 4x4 matrix ({err})") from err
     if affine.shape != (4, 4) or not np.isfinite(affine).all():
-        raise InputError(f"layer {name!r}: metadata['{AFFINE_KEY}'] must be a finite 4x4 matrix, "
-                         f"got shape {affine.shape}")
+        raise InputError(
+            f"layer {name!r}: metadata['{AFFINE_KEY}'] must be a finite 4x4 matrix, got shape {affine.shape}"
+        )
     return affine
 
 

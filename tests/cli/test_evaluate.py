@@ -60,8 +60,12 @@ def test_scores_table_and_json(folders, tmp_path, capsys):
 def test_pixels_and_classes_options(folders, tmp_path):
     pred, gt = folders
     report_path = tmp_path / "px.json"
-    assert main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--pixels", "--classes", "1",
-                 "--json", str(report_path)]) == 0
+    assert (
+        main(
+            ["evaluate", "--pred", str(pred), "--gt", str(gt), "--pixels", "--classes", "1", "--json", str(report_path)]
+        )
+        == 0
+    )
     report = json.loads(report_path.read_text())
     assert report["hd95_unit"] == "px"
     assert report["cases"]["case2"] == {"dice": {"1": pytest.approx(0.8)}, "hd95": {"1": pytest.approx(4.0)}}
@@ -71,8 +75,11 @@ def test_class_names_from_nnunet_dataset_json(tmp_path, capsys):
     root = tmp_path / "Dataset002"
     (root / "labelsTr").mkdir(parents=True)
     (tmp_path / "pred").mkdir()
-    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1,
-                                                    "tumour": 2}, "file_ending": ".npy"}))
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1, "tumour": 2}, "file_ending": ".npy"}
+        )
+    )
     np.save(root / "labelsTr" / "x.npy", square_labels())
     np.save(tmp_path / "pred" / "x.npy", square_labels(shift=1))
     assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(root / "labelsTr")]) == 0
@@ -100,4 +107,9 @@ def test_shape_mismatch_and_mixed_units_name_the_problem(folders, capsys):
     assert main(["evaluate", "--pred", str(pred), "--gt", str(gt)]) == 2
     assert "--pixels" in capsys.readouterr().err
     assert main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--pixels"]) == 0
-    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:6]] == ["case1", "case2", "case3", "case4"]
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:6]] == [
+        "case1",
+        "case2",
+        "case3",
+        "case4",
+    ]

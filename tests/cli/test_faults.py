@@ -49,8 +49,10 @@ def trained(tmp_path_factory):
         warnings.simplefilter("ignore")
         images, labels = write_nuclei_folders(root)
         heads = root / "heads.safetensors"
-        assert main(["train", *TINY, *ONE_STEP, "--images", str(images), "--labels", str(labels),
-                     "--out", str(heads)]) == 0
+        assert (
+            main(["train", *TINY, *ONE_STEP, "--images", str(images), "--labels", str(labels), "--out", str(heads)])
+            == 0
+        )
     return heads, images, labels
 
 
@@ -59,8 +61,7 @@ def predict_cli(heads: Path, *args: str) -> int:
 
 
 def train_cli(images: Path, labels: Path, out: Path, *args: str) -> int:
-    return main(["train", *TINY, *ONE_STEP, "--images", str(images), "--labels", str(labels), "--out", str(out),
-                 *args])
+    return main(["train", *TINY, *ONE_STEP, "--images", str(images), "--labels", str(labels), "--out", str(out), *args])
 
 
 @pytest.fixture
@@ -123,8 +124,9 @@ def test_predict_into_the_input_folder_is_refused(trained, tmp_path, capsys):
     folder = tmp_path / "imgs"
     folder.mkdir()
     (folder / "a.jpg").write_bytes(b"")  # predicts to a.png, not onto itself; never read: the check comes first
-    code = main(["predict", "--heads", str(heads), *MISSING_BACKBONE, "--quiet", str(folder / "a.jpg"),
-                 "--out", str(folder)])
+    code = main(
+        ["predict", "--heads", str(heads), *MISSING_BACKBONE, "--quiet", str(folder / "a.jpg"), "--out", str(folder)]
+    )
     assert code == 2
     assert "folder of input images" in capsys.readouterr().err
 
@@ -197,8 +199,22 @@ def test_train_out_never_replaces_the_backbone_or_an_input(trained, tmp_path, di
     backbone = tmp_path / "bb_copy.pth"
     backbone.write_bytes((dinov3_tiny_dir / "official_tiny.pth").read_bytes())
     before = digest(backbone)
-    code = main(["train", *TINY[2:], "--backbone", str(backbone), *ONE_STEP, "--images", str(images),
-                 "--labels", str(labels), "--out", str(backbone), "--overwrite"])
+    code = main(
+        [
+            "train",
+            *TINY[2:],
+            "--backbone",
+            str(backbone),
+            *ONE_STEP,
+            "--images",
+            str(images),
+            "--labels",
+            str(labels),
+            "--out",
+            str(backbone),
+            "--overwrite",
+        ]
+    )
     assert code == 2
     assert "not a napari-dinounet heads checkpoint" in capsys.readouterr().err
     assert digest(backbone) == before and not (tmp_path / "bb_copy.state.safetensors").exists()
@@ -215,8 +231,21 @@ def test_train_out_problems_come_before_loading_and_training(trained, tmp_path, 
     blocker = tmp_path / "a_file.txt"
     blocker.write_text("keep")
     for out, message in ((tmp_path / "adir", "is a folder"), (blocker / "h.safetensors", "not a folder")):
-        code = main(["train", *TINY[2:], *MISSING_BACKBONE, *ONE_STEP, "--images", str(images),
-                     "--labels", str(labels), "--out", str(out), "--overwrite"])
+        code = main(
+            [
+                "train",
+                *TINY[2:],
+                *MISSING_BACKBONE,
+                *ONE_STEP,
+                "--images",
+                str(images),
+                "--labels",
+                str(labels),
+                "--out",
+                str(out),
+                "--overwrite",
+            ]
+        )
         assert code == 2
         err = capsys.readouterr().err
         assert message in err and "backbone" not in err and "Traceback" not in err
@@ -257,8 +286,22 @@ def test_resume_checks_the_backbone_and_a_finished_run_writes_nothing(one_run, t
     images, labels, out = one_run
     before = digest(out)
     capsys.readouterr()
-    code = main(["train", *TINY[2:], "--backbone", str(dinov3_tiny_dir / "official_tiny.pth"), *ONE_STEP,
-                 "--images", str(images), "--labels", str(labels), "--out", str(out), "--resume"])
+    code = main(
+        [
+            "train",
+            *TINY[2:],
+            "--backbone",
+            str(dinov3_tiny_dir / "official_tiny.pth"),
+            *ONE_STEP,
+            "--images",
+            str(images),
+            "--labels",
+            str(labels),
+            "--out",
+            str(out),
+            "--resume",
+        ]
+    )
     assert code == 2
     assert "started on another one" in capsys.readouterr().err
     assert train_cli(images, labels, out, "--resume") == 0
@@ -283,8 +326,26 @@ def test_non_finite_training_stops_and_keeps_the_last_good_checkpoint(one_run, t
         return loss * float("nan") if len(calls) == 2 else loss
 
     monkeypatch.setattr(train_module, "dice_ce_loss", diverging_loss)
-    assert main(["train", *TINY, "--epochs", "1", "--iters-per-epoch", "3", "--images", str(images),
-                 "--labels", str(labels), "--out", str(out), "--overwrite"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                *TINY,
+                "--epochs",
+                "1",
+                "--iters-per-epoch",
+                "3",
+                "--images",
+                str(images),
+                "--labels",
+                str(labels),
+                "--out",
+                str(out),
+                "--overwrite",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "training stopped: the loss became nan at step 2" in err
     assert digest(out) == before
@@ -335,8 +396,21 @@ def test_interrupt_of_an_overwrite_run_does_not_point_at_the_old_run(one_run, tm
 def test_sigterm_stops_training_like_ctrl_c_and_the_run_resumes(trained, tmp_path):
     _, images, labels = trained
     out = tmp_path / "h.safetensors"
-    command = [str(Path(sys.executable).parent / "dinounet"), "train", *TINY, "--epochs", "200", "--iters-per-epoch",
-               "1", "--images", str(images), "--labels", str(labels), "--out", str(out)]
+    command = [
+        str(Path(sys.executable).parent / "dinounet"),
+        "train",
+        *TINY,
+        "--epochs",
+        "200",
+        "--iters-per-epoch",
+        "1",
+        "--images",
+        str(images),
+        "--labels",
+        str(labels),
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 120
@@ -353,8 +427,12 @@ def test_sigterm_stops_training_like_ctrl_c_and_the_run_resumes(trained, tmp_pat
 
 
 def test_warnings_are_one_line_naming_the_command():
-    result = subprocess.run([str(Path(sys.executable).parent / "dinounet"), "info", "random:tiny"],
-                            capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "default"})
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "dinounet"), "info", "random:tiny"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "default"},
+    )
     assert result.returncode == 0, result.stderr
     assert "dinounet info: warning: backbone 'random:tiny' has RANDOM weights" in result.stderr
     assert ".py:" not in result.stderr  # no source file and line number

@@ -32,8 +32,13 @@ def _info_json(capsys, source) -> dict:
 def test_official_pth(capsys, dinov3_tiny_dir):
     out = _info_json(capsys, dinov3_tiny_dir / "official_tiny.pth")
     assert out == {
-        "format": "official", "variant": "tiny", "embed_dim": 64, "depth": 4, "num_heads": 4,
-        "params": TINY_PARAMS, "sha256": "9c3a1a5bbd0767557d00e4842c5c1418e8882d6031ac416659a85429638d846c",
+        "format": "official",
+        "variant": "tiny",
+        "embed_dim": 64,
+        "depth": 4,
+        "num_heads": 4,
+        "params": TINY_PARAMS,
+        "sha256": "9c3a1a5bbd0767557d00e4842c5c1418e8882d6031ac416659a85429638d846c",
     }
 
 
@@ -55,8 +60,13 @@ def test_random_tiny_and_7b(capsys):
     with pytest.warns(UserWarning, match="RANDOM weights"):
         out = _info_json(capsys, "random:tiny")
     assert out == {
-        "format": "random", "variant": "tiny", "embed_dim": 64, "depth": 4, "num_heads": 4,
-        "params": TINY_PARAMS, "sha256": None,
+        "format": "random",
+        "variant": "tiny",
+        "embed_dim": 64,
+        "depth": 4,
+        "num_heads": 4,
+        "params": TINY_PARAMS,
+        "sha256": None,
     }
     with pytest.warns(UserWarning):
         assert _info_json(capsys, "random:7b")["params"] == 6_716_030_976  # on the meta device: no 27 GB
@@ -66,8 +76,13 @@ def test_table_output(capsys, dinov3_tiny_dir):
     assert main(["info", str(dinov3_tiny_dir / "official_tiny.pth")]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1:] == [
-        "format     official", "variant    tiny", "embed_dim  64", "depth      4", "num_heads  4",
-        "params     249,856", "sha256     9c3a1a5bbd0767557d00e4842c5c1418e8882d6031ac416659a85429638d846c",
+        "format     official",
+        "variant    tiny",
+        "embed_dim  64",
+        "depth      4",
+        "num_heads  4",
+        "params     249,856",
+        "sha256     9c3a1a5bbd0767557d00e4842c5c1418e8882d6031ac416659a85429638d846c",
     ]
 
 

@@ -28,8 +28,12 @@ def heads(tmp_path_factory, dinov3_tiny_dir):
     torch.manual_seed(0)
     model = build_dinounet(num_classes=2, backbone=backbone)
     metadata = HeadsMetadata(
-        config=model.config.to_dict(), class_names=["background", "nucleus"], in_channels=1,
-        normalization={"scheme": "zscore"}, patch_size=PATCH, backbone_variant=backbone.variant,
+        config=model.config.to_dict(),
+        class_names=["background", "nucleus"],
+        in_channels=1,
+        normalization={"scheme": "zscore"},
+        patch_size=PATCH,
+        backbone_variant=backbone.variant,
         backbone_sha256=backbone.sha256,
     )
     path = save_heads(tmp_path_factory.mktemp("heads") / "heads.safetensors", model, metadata)
@@ -53,8 +57,9 @@ def image(shape, seed=0, dtype=np.uint16) -> np.ndarray:
 
 def cli(heads, *args) -> int:
     path, backbone_path = heads
-    return main(["predict", "--heads", str(path), "--backbone", str(backbone_path), "--device", "cpu", "--quiet",
-                 *args])
+    return main(
+        ["predict", "--heads", str(path), "--backbone", str(backbone_path), "--device", "cpu", "--quiet", *args]
+    )
 
 
 def test_folder_of_tiff_and_npy_files(heads, tmp_path, capsys):
@@ -80,10 +85,16 @@ def test_nnunet_dataset_imagests_keeps_the_nifti_geometry(heads, tmp_path):
     nib = pytest.importorskip("nibabel")
     root = tmp_path / "Dataset001_Test"
     (root / "imagesTs").mkdir(parents=True)
-    (root / "dataset.json").write_text(json.dumps(
-        {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "tumour": 1}, "numTraining": 0,
-         "file_ending": ".nii.gz"}
-    ))
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": "MRI"},
+                "labels": {"background": 0, "tumour": 1},
+                "numTraining": 0,
+                "file_ending": ".nii.gz",
+            }
+        )
+    )
     volume = image((40, 50, 2), seed=2).astype(np.int16)  # (X, Y, Z)
     affine = np.diag([0.8, 0.8, 3.0, 1.0])
     affine[:3, 3] = (10, -5, 2)
@@ -124,8 +135,19 @@ def test_errors_end_with_a_message_and_touch_nothing(heads, tmp_path, capsys, di
     path, _ = heads
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        code = main(["predict", "--heads", str(path), "--backbone", str(dinov3_tiny_dir / "hf_tiny"), "--quiet",
-                     str(tmp_path / "img.npy"), "--out", str(tmp_path / "out")])
+        code = main(
+            [
+                "predict",
+                "--heads",
+                str(path),
+                "--backbone",
+                str(dinov3_tiny_dir / "hf_tiny"),
+                "--quiet",
+                str(tmp_path / "img.npy"),
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
     assert code == 2
     err = capsys.readouterr().err
     assert "trained with backbone 'tiny'" in err and "--allow-backbone-mismatch" in err

@@ -21,8 +21,22 @@ def test_train_on_folders_writes_a_checkpoint_with_history(tmp_path, capsys):
 
     images, labels = write_nuclei_folders(tmp_path)
     out = tmp_path / "heads.safetensors"
-    code = main(["train", *TINY, "--images", str(images), "--labels", str(labels), "--out", str(out),
-                 "--epochs", "2", "--iters-per-epoch", "2"])
+    code = main(
+        [
+            "train",
+            *TINY,
+            "--images",
+            str(images),
+            "--labels",
+            str(labels),
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            "--iters-per-epoch",
+            "2",
+        ]
+    )
     assert code == 0
     meta = read_metadata(out)
     assert [h["step"] for h in meta.training["history"]] == [2, 4]
@@ -48,8 +62,20 @@ def test_resume_finishes_an_interrupted_run(tmp_path, capsys):
     run.close()
     assert [h["step"] for h in read_metadata(out).training["history"]] == [2]
 
-    args = ["train", *TINY, "--images", str(images), "--labels", str(labels), "--out", str(out), "--epochs", "3",
-            "--iters-per-epoch", "2"]
+    args = [
+        "train",
+        *TINY,
+        "--images",
+        str(images),
+        "--labels",
+        str(labels),
+        "--out",
+        str(out),
+        "--epochs",
+        "3",
+        "--iters-per-epoch",
+        "2",
+    ]
     assert main([*args, "--resume"]) == 0
     assert [h["step"] for h in read_metadata(out).training["history"]] == [2, 4, 6]
     # resuming with other settings is refused, naming what changed
@@ -69,14 +95,23 @@ def test_train_on_an_nnunet_dataset_keeps_its_class_names(tmp_path):
     (root / "imagesTr").mkdir(parents=True)
     (root / "labelsTr").mkdir()
     for i in range(2):
-        tifffile.imwrite(root / "imagesTr" / f"nuc_{i:03d}_0000.tif", image[:96, i * 96:(i + 1) * 96])
-        tifffile.imwrite(root / "labelsTr" / f"nuc_{i:03d}.tif", foreground[:96, i * 96:(i + 1) * 96])
-    (root / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "fluorescence"}, "labels": {"background": 0, "nucleus": 1},
-        "numTraining": 2, "file_ending": ".tif"}))
+        tifffile.imwrite(root / "imagesTr" / f"nuc_{i:03d}_0000.tif", image[:96, i * 96 : (i + 1) * 96])
+        tifffile.imwrite(root / "labelsTr" / f"nuc_{i:03d}.tif", foreground[:96, i * 96 : (i + 1) * 96])
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": "fluorescence"},
+                "labels": {"background": 0, "nucleus": 1},
+                "numTraining": 2,
+                "file_ending": ".tif",
+            }
+        )
+    )
     out = tmp_path / "nnunet.safetensors"
-    assert main(["train", *TINY, "--dataset", str(root), "--out", str(out), "--epochs", "1",
-                 "--iters-per-epoch", "1"]) == 0
+    assert (
+        main(["train", *TINY, "--dataset", str(root), "--out", str(out), "--epochs", "1", "--iters-per-epoch", "1"])
+        == 0
+    )
     assert read_metadata(out).class_names == ["background", "nucleus"]
 
 
@@ -89,8 +124,20 @@ def test_labels_with_an_absent_class_need_classes(tmp_path, capsys):
     for path in labels.iterdir():  # nuclei are class 2, class 1 occurs nowhere
         tifffile.imwrite(path, tifffile.imread(path) * 2)
     out = tmp_path / "heads.safetensors"
-    args = ["train", *TINY, "--images", str(images), "--labels", str(labels), "--out", str(out), "--epochs", "1",
-            "--iters-per-epoch", "1"]
+    args = [
+        "train",
+        *TINY,
+        "--images",
+        str(images),
+        "--labels",
+        str(labels),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--iters-per-epoch",
+        "1",
+    ]
     assert main(args) == 2
     assert "crop0.tif" in (err := capsys.readouterr().err) and "contain 2 but no 1" in err and "--classes N" in err
     assert main([*args, "--classes", "3"]) == 0
@@ -112,9 +159,16 @@ def test_nnunet_v1_class_names_are_ordered_by_value(tmp_path):
     (root / "labelsTr").mkdir()
     tifffile.imwrite(root / "imagesTr" / "a_0000.tif", np.arange(64, dtype=np.float32).reshape(8, 8))
     tifffile.imwrite(root / "labelsTr" / "a.tif", (np.arange(64).reshape(8, 8) % 3).astype(np.uint8))
-    (root / "dataset.json").write_text(json.dumps({
-        "modality": {"0": "MRI"}, "labels": {"0": "background", "1": "tumour", "2": "oedema"}, "numTraining": 1,
-        "file_ending": ".tif"}))
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "modality": {"0": "MRI"},
+                "labels": {"0": "background", "1": "tumour", "2": "oedema"},
+                "numTraining": 1,
+                "file_ending": ".tif",
+            }
+        )
+    )
     args = argparse.Namespace(dataset=str(root), images=None, labels=None, classes=None)
     _, names = load_training_data(args, Normalization())
     assert names == ["background", "tumour", "oedema"]  # sorting the raw dict gave ['0', '2', '1']

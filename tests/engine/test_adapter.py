@@ -219,8 +219,7 @@ def test_extractors_follow_the_interaction_schedule():
     taps = _taps(1, 64, 64, 96, 1)
     seen = []
     hooks = [
-        e.tap_norm.register_forward_hook(lambda module, args, out: seen.append(args[0]))
-        for e in adapter.extractors
+        e.tap_norm.register_forward_hook(lambda module, args, out: seen.append(args[0])) for e in adapter.extractors
     ]
     with torch.no_grad():
         adapter(torch.randn(1, 3, 64, 96), taps)

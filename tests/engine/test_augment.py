@@ -85,8 +85,10 @@ def test_scaling_zooms_about_the_centre_and_marks_pulled_in_border_as_not_counti
 @pytest.mark.parametrize("device", DEVICES)
 def test_geometric_transforms_keep_labels_integer_classes_and_move_mask_with_them(device):
     batch = make_batch(count=16, device=device)
-    out = Augmenter(probabilities={"rotation": 1.0, "scaling": 1.0, "elastic": 1.0, "mirror": 0.5,
-                                   **{name: 0.0 for name in INTENSITY}}, seed=3)(batch)
+    out = Augmenter(
+        probabilities={"rotation": 1.0, "scaling": 1.0, "elastic": 1.0, "mirror": 0.5, **dict.fromkeys(INTENSITY, 0.0)},
+        seed=3,
+    )(batch)
     assert out["image"].shape == batch["image"].shape and out["image"].device.type == device
     assert out["labels"].dtype == torch.int64 and out["mask"].dtype == torch.bool
     assert set(out["labels"].unique().tolist()) <= {0, 1, 2, 3}
@@ -116,8 +118,11 @@ def test_mirror_flips_image_labels_and_mask_identically():
     flips = [(), (-1,), (-2,), (-2, -1)]
     seen = set()
     for b in range(64):
-        matches = [dims for dims in flips
-                   if torch.equal(out["image"][b], batch["image"][b].flip(dims) if dims else batch["image"][b])]
+        matches = [
+            dims
+            for dims in flips
+            if torch.equal(out["image"][b], batch["image"][b].flip(dims) if dims else batch["image"][b])
+        ]
         assert len(matches) == 1
         dims = matches[0]
         seen.add(dims)
@@ -201,11 +206,21 @@ def test_elastic_displacement_matches_batchgenerators_statistics():
 
 def test_everything_off_is_identity_and_seed_reproduces():
     batch = make_batch()
-    off = Augmenter(rotation=False, scaling=None, elastic=False, mirror=False, noise=False, blur=False,
-                    brightness=False, contrast=False, gamma=False, low_resolution=False)
+    off = Augmenter(
+        rotation=False,
+        scaling=None,
+        elastic=False,
+        mirror=False,
+        noise=False,
+        blur=False,
+        brightness=False,
+        contrast=False,
+        gamma=False,
+        low_resolution=False,
+    )
     out = off(batch)
     assert all(torch.equal(out[k], batch[k]) for k in batch)
-    always = {key: 1.0 for key in PROBABILITIES}
+    always = dict.fromkeys(PROBABILITIES, 1.0)
     a, b = Augmenter(seed=5, probabilities=always)(batch), Augmenter(seed=5, probabilities=always)(batch)
     assert all(torch.equal(a[k], b[k]) for k in batch)
     c = Augmenter(seed=6, probabilities=always)(batch)
@@ -216,8 +231,18 @@ def test_default_probabilities_are_nnunets():
     # over 4000 samples the share that gets brightness (p 0.15, the only transform that scales uniformly) is 0.15
     batch = make_batch(count=4000, channels=1, size=8)
     batch["image"] = torch.ones_like(batch["image"])
-    out = Augmenter(rotation=False, scaling=None, elastic=False, mirror=False, noise=False, blur=False,
-                    contrast=False, gamma=False, low_resolution=False, seed=0)(batch)
+    out = Augmenter(
+        rotation=False,
+        scaling=None,
+        elastic=False,
+        mirror=False,
+        noise=False,
+        blur=False,
+        contrast=False,
+        gamma=False,
+        low_resolution=False,
+        seed=0,
+    )(batch)
     changed = (out["image"] != 1).flatten(1).any(1).float().mean().item()
     assert abs(changed - PROBABILITIES["brightness"]) < 0.02
 

@@ -187,7 +187,11 @@ def test_hf_fixture_equals_hf_reference_every_block(hf, inputs, dinov3_tiny_dir,
 
 def test_fixture_backbones_report_what_they_are(official, hf, dinov3_tiny_dir):
     assert (official.format, official.variant, official.embed_dim, official.depth, official.num_heads) == (
-        "official", "tiny", 64, 4, 4,
+        "official",
+        "tiny",
+        64,
+        4,
+        4,
     )
     assert (hf.format, hf.variant, hf.num_heads, hf.taps) == ("hf", "tiny", 4, (0, 1, 2, 3))
     # the manifest's SHA-256 of each file

@@ -101,6 +101,7 @@ def test_derivation_tool_on_a_synthetic_template(tmp_path):
 
 def test_samples_open_through_napari():
     from napari.components import ViewerModel
+
     npe2.PluginManager.instance().discover()  # what napari does at start-up (no app-model registration)
     viewer = ViewerModel()
     viewer.open_sample("napari-dinounet", "nuclei")

@@ -48,9 +48,14 @@ def trained_heads(backbone, num_classes=3, channels=None, seed=0):
 def metadata_for(model, backbone, **extra) -> HeadsMetadata:
     names = ["background"] + [f"class {i}" for i in range(1, model.config.num_classes)]
     return HeadsMetadata(
-        config=model.config.to_dict(), class_names=names, in_channels=extra.pop("in_channels", 1),
-        normalization={"scheme": "zscore", "clip": None, "mean": None, "std": None}, patch_size=64,
-        spacing=(0.5, 0.25), backbone_variant=backbone.variant, backbone_sha256=backbone.sha256,
+        config=model.config.to_dict(),
+        class_names=names,
+        in_channels=extra.pop("in_channels", 1),
+        normalization={"scheme": "zscore", "clip": None, "mean": None, "std": None},
+        patch_size=64,
+        spacing=(0.5, 0.25),
+        backbone_variant=backbone.variant,
+        backbone_sha256=backbone.sha256,
         library_version="0.0.0-ignored",
         training={"steps": 10, "final_loss": np.float32(0.25), "dice": np.array([0.5, 0.75])},
         **extra,
@@ -162,8 +167,11 @@ def test_missing_file_and_backbone_weights_given_as_heads(backbones, dinov3_tiny
 def test_newer_format_asks_for_an_upgrade(backbones, tmp_path):
     backbone = backbones["random"]
     model = trained_heads(backbone, num_classes=2)
-    header = {"format": "napari-dinounet-heads", "format_version": str(FORMAT_VERSION + 1),
-              "heads": metadata_for(model, backbone).to_json()}
+    header = {
+        "format": "napari-dinounet-heads",
+        "format_version": str(FORMAT_VERSION + 1),
+        "heads": metadata_for(model, backbone).to_json(),
+    }
     tensors = {k: v.contiguous() for k, v in model.heads_state_dict().items()}
     save_file(tensors, str(tmp_path / "h.safetensors"), metadata=header)
     with pytest.raises(CheckpointError, match="newer napari-dinounet"):
@@ -201,8 +209,11 @@ def test_tensors_that_do_not_fit_the_config_are_named(backbones, tmp_path):
     two = trained_heads(backbone, num_classes=2)
     three = trained_heads(backbone, num_classes=3)
     path = tmp_path / "mixed.safetensors"
-    header = {"format": "napari-dinounet-heads", "format_version": str(FORMAT_VERSION),
-              "heads": metadata_for(three, backbone).to_json()}  # says 3 classes
+    header = {
+        "format": "napari-dinounet-heads",
+        "format_version": str(FORMAT_VERSION),
+        "heads": metadata_for(three, backbone).to_json(),
+    }  # says 3 classes
     save_file({k: v.contiguous() for k, v in two.heads_state_dict().items()}, str(path), metadata=header)
     with pytest.raises(CheckpointError, match="do not fit this network.*3 classes.*wrong shape"):
         load_heads(path, backbone)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from napari_dinounet.engine.augment import PROBABILITIES, Augmenter
+from napari_dinounet.engine.bundled_data import load_nuclei
 from napari_dinounet.engine.data import (
     PatchSampler,
     Sample,
@@ -21,7 +22,6 @@ from napari_dinounet.engine.data import (
 )
 from napari_dinounet.engine.errors import InputError
 from napari_dinounet.engine.normalize import Normalization
-from napari_dinounet.engine.bundled_data import load_nuclei
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +37,10 @@ def nuclei_samples(nuclei) -> list[Sample]:
 
 def constant_samples(count: int, size=(20, 24)) -> list[Sample]:
     """Samples whose pixels all hold their own index, so a patch tells which sample it came from."""
-    return [Sample(np.full((1, *size), i, np.float32), np.ones(size, np.int64), None, f"s{i}", f"s{i}")
-            for i in range(count)]
+    return [
+        Sample(np.full((1, *size), i, np.float32), np.ones(size, np.int64), None, f"s{i}", f"s{i}")
+        for i in range(count)
+    ]
 
 
 # ------------------------------------------------------------------------------------------- samples
@@ -95,8 +97,11 @@ def test_unknown_label_values_name_the_values_and_the_fix():
     image = np.zeros((8, 8))
     labels = np.zeros((8, 8), np.int32)
     labels[0, :3] = [1, 5, 7]
-    with pytest.raises(InputError, match=r"labels of b contain values 5, 7 outside 0\.\.2: use only labels 0\.\.2, "
-                       r"or train 8 or more classes"):
+    with pytest.raises(
+        InputError,
+        match=r"labels of b contain values 5, 7 outside 0\.\.2: use only labels 0\.\.2, "
+        r"or train 8 or more classes",
+    ):
         samples_from_arrays([image, image], [np.zeros((8, 8)), labels], names=["a", "b"], num_classes=3)
     labels[0, 0] = -1
     with pytest.raises(InputError, match=r"negative values -1: use 0 for background"):
@@ -127,8 +132,10 @@ def test_bad_inputs_are_clear_errors_and_nan_warns():
 def test_split_keeps_groups_together_and_is_reproducible():
     samples = []
     for g in range(10):
-        samples += [Sample(np.zeros((1, 4, 4), np.float32), np.zeros((4, 4), np.int64), None, f"g{g}[z={k}]", f"g{g}")
-                    for k in range(3)]
+        samples += [
+            Sample(np.zeros((1, 4, 4), np.float32), np.zeros((4, 4), np.int64), None, f"g{g}[z={k}]", f"g{g}")
+            for k in range(3)
+        ]
     train, val = split_samples(samples, 0.2, seed=0)
     assert len(train) == 24 and len(val) == 6
     train_groups, val_groups = {s.group for s in train}, {s.group for s in val}
@@ -171,8 +178,11 @@ def test_batch_shapes_and_dtypes(nuclei_samples):
     image, labels = nuclei_samples[0].image[0], nuclei_samples[0].labels
     patch = batch["image"][0, 0].numpy()
     hits = np.argwhere(image == patch[0, 0])
-    assert any(np.array_equal(image[y:y + 256, x:x + 256], patch)
-               and np.array_equal(labels[y:y + 256, x:x + 256], batch["labels"][0].numpy()) for y, x in hits)
+    assert any(
+        np.array_equal(image[y : y + 256, x : x + 256], patch)
+        and np.array_equal(labels[y : y + 256, x : x + 256], batch["labels"][0].numpy())
+        for y, x in hits
+    )
 
 
 def test_foreground_oversampling_fraction(nuclei_samples):
@@ -221,8 +231,8 @@ def test_images_smaller_than_the_patch_are_padded_with_mask_false():
         assert inside.sum() == 20 * 30
         ys, xs = torch.nonzero(inside, as_tuple=True)
         top, left = ys.min().item(), xs.min().item()
-        assert np.array_equal(batch["image"][b, 0, top:top + 20, left:left + 30].numpy(), image)
-        assert np.array_equal(batch["labels"][b, top:top + 20, left:left + 30].numpy(), labels)
+        assert np.array_equal(batch["image"][b, 0, top : top + 20, left : left + 30].numpy(), image)
+        assert np.array_equal(batch["labels"][b, top : top + 20, left : left + 30].numpy(), labels)
         assert batch["image"][b, 0][~inside].abs().sum() == 0 and batch["labels"][b][~inside].sum() == 0
 
 
@@ -303,8 +313,13 @@ def test_samples_from_nnunet_dataset_slice_cases_and_keep_them_grouped(tmp_path)
     write_nnunet(tmp_path / "Dataset001", cases, {"background": 0, "tumour": 1, "oedema": 2})
     samples, info = samples_from_nnunet(tmp_path / "Dataset001")
     assert info["labels"] == {"background": 0, "tumour": 1, "oedema": 2}
-    assert [s.name for s in samples] == ["case_000[z=0]", "case_000[z=1]", "case_000[z=2]",
-                                         "case_001[z=0]", "case_001[z=1]"]
+    assert [s.name for s in samples] == [
+        "case_000[z=0]",
+        "case_000[z=1]",
+        "case_000[z=2]",
+        "case_001[z=0]",
+        "case_001[z=1]",
+    ]
     assert [s.group for s in samples] == ["case_000"] * 3 + ["case_001"] * 2
     assert all(s.image.shape == (1, 16, 12) and s.labels.shape == (16, 12) for s in samples)
     assert np.array_equal(samples[2].labels, cases["case_000"][1][:, :, 2])
@@ -318,8 +333,11 @@ def test_nnunet_label_outside_dataset_json_names_the_value(tmp_path):
     lab = np.zeros((8, 8, 2), np.uint8)
     lab[0, 0, 0] = 3
     write_nnunet(tmp_path / "D", {"c": (np.ones((8, 8, 2), np.float32), lab)}, {"background": 0, "a": 1})
-    with pytest.raises(InputError, match=r"labels of \S+labelsTr/c\.nii\.gz contain values 3 outside 0\.\.1: add the "
-                       "missing classes to"):
+    with pytest.raises(
+        InputError,
+        match=r"labels of \S+labelsTr/c\.nii\.gz contain values 3 outside 0\.\.1: add the "
+        "missing classes to",
+    ):
         samples_from_nnunet(tmp_path / "D")
 
 

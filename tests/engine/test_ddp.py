@@ -36,8 +36,9 @@ def _rank_main(rank: int, world: int, port: int, out_dir: str) -> None:
         from napari_dinounet.engine.train import build_model
 
         backbone = load_backbone("random:tiny")
-        settings = TrainSettings(size="tiny", patch_size=64, batch_size=2, epochs=2, iters_per_epoch=12,
-                                 val_crops=2, lr=3e-3, seed=5)
+        settings = TrainSettings(
+            size="tiny", patch_size=64, batch_size=2, epochs=2, iters_per_epoch=12, val_crops=2, lr=3e-3, seed=5
+        )
         model = build_model(backbone, settings, num_classes=2, in_channels=1)
         with torch.no_grad():  # different initial heads per rank: DDP must make them equal
             for p in model.parameters():
@@ -45,8 +46,15 @@ def _rank_main(rank: int, world: int, port: int, out_dir: str) -> None:
                     p.add_(0.01 * rank * torch.randn_like(p))
         losses: dict[int, float] = {}  # per step (an epoch's end repeats its last step with the epoch mean)
         samples = nuclei_samples([(slice(0, 256), slice(0, 256)), (slice(0, 256), slice(256, 512))])
-        run = train(samples, validation=[], out=os.path.join(out_dir, "heads.safetensors"),
-                    backbone=backbone, settings=settings, model=model, device="cpu")
+        run = train(
+            samples,
+            validation=[],
+            out=os.path.join(out_dir, "heads.safetensors"),
+            backbone=backbone,
+            settings=settings,
+            model=model,
+            device="cpu",
+        )
         while True:
             try:
                 event = next(run)
@@ -81,10 +89,38 @@ def test_two_gloo_processes_end_with_identical_weights_and_a_falling_loss(tmp_pa
 def test_torchrun_entry_point_trains_on_two_processes(tmp_path):
     images, labels = write_nuclei_folders(tmp_path)
     out = tmp_path / "ddp.safetensors"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(_free_port()), "-m", "napari_dinounet.torchrun", "--backbone", "random:tiny", "--size", "tiny",
-               "--images", str(images), "--labels", str(labels), "--out", str(out), "--patch", "64",
-               "--batch", "2", "--epochs", "1", "--iters-per-epoch", "3", "--device", "cpu", "--quiet"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "napari_dinounet.torchrun",
+        "--backbone",
+        "random:tiny",
+        "--size",
+        "tiny",
+        "--images",
+        str(images),
+        "--labels",
+        str(labels),
+        "--out",
+        str(out),
+        "--patch",
+        "64",
+        "--batch",
+        "2",
+        "--epochs",
+        "1",
+        "--iters-per-epoch",
+        "3",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -35,9 +35,14 @@ def two_class_heads(backbone, path: Path, **fields) -> Path:
     torch.manual_seed(0)
     model = build_dinounet(num_classes=2, backbone=backbone)
     metadata = HeadsMetadata(
-        config=model.config.to_dict(), class_names=["background", "nucleus"], in_channels=1,
-        normalization={"scheme": "zscore"}, patch_size=64, backbone_variant=backbone.variant,
-        backbone_sha256=backbone.sha256, **fields,
+        config=model.config.to_dict(),
+        class_names=["background", "nucleus"],
+        in_channels=1,
+        normalization={"scheme": "zscore"},
+        patch_size=64,
+        backbone_variant=backbone.variant,
+        backbone_sha256=backbone.sha256,
+        **fields,
     )
     return save_heads(path, model, metadata)
 
@@ -64,7 +69,7 @@ def edited(good: Path, path: Path, **changes) -> Path:
     value of ``...`` removes the field."""
     heads = json.loads(read_metadata(good).to_json())
     for name, value in changes.items():
-        where, key = (heads["config"], name[len("config_"):]) if name.startswith("config_") else (heads, name)
+        where, key = (heads["config"], name[len("config_") :]) if name.startswith("config_") else (heads, name)
         if value is ...:
             where.pop(key)
         else:
@@ -188,13 +193,19 @@ def test_a_bad_normalization_is_the_checkpoints_fault(good, backbone, tmp_path, 
 def test_non_finite_head_tensors_are_refused(good, backbone, tmp_path):
     """H-predict-nanheads: all-background labels with rc 0 before."""
     state = load_file(str(good))
-    metadata = {"format": "napari-dinounet-heads", "format_version": str(FORMAT_VERSION),
-                "heads": read_metadata(good).to_json()}
+    metadata = {
+        "format": "napari-dinounet-heads",
+        "format_version": str(FORMAT_VERSION),
+        "heads": read_metadata(good).to_json(),
+    }
     nan = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()}
     save_file(nan, str(tmp_path / "nanheads.safetensors"), metadata=metadata)
     expected = sum(v.numel() for v in state.values() if v.is_floating_point())
-    refused(tmp_path / "nanheads.safetensors", backbone,
-            f"{expected} non-finite values, e.g. in .*: the training diverged or the file is damaged; retrain")
+    refused(
+        tmp_path / "nanheads.safetensors",
+        backbone,
+        f"{expected} non-finite values, e.g. in .*: the training diverged or the file is damaged; retrain",
+    )
 
     one_inf = dict(state)
     name = "decoder.classifiers.2.weight"
@@ -205,8 +216,11 @@ def test_non_finite_head_tensors_are_refused(good, backbone, tmp_path):
 
 def test_non_float_head_tensors_are_refused_but_float64_loads(good, backbone, tmp_path):
     state = load_file(str(good))
-    metadata = {"format": "napari-dinounet-heads", "format_version": str(FORMAT_VERSION),
-                "heads": read_metadata(good).to_json()}
+    metadata = {
+        "format": "napari-dinounet-heads",
+        "format_version": str(FORMAT_VERSION),
+        "heads": read_metadata(good).to_json(),
+    }
     name = "decoder.classifiers.2.weight"
     save_file(dict(state, **{name: state[name].to(torch.int32)}), str(tmp_path / "int.safetensors"), metadata=metadata)
     refused(tmp_path / "int.safetensors", backbone, f"head tensor {name} is torch.int32, not floating point")
@@ -266,8 +280,9 @@ def test_save_heads_takes_the_head_count_from_the_model(lying_hf, tmp_path):
 
 def test_old_files_without_the_head_count_still_load_unchecked(lying_hf, tmp_path):
     honest, lying = lying_hf
-    path = edited(two_class_heads(honest, tmp_path / "hf.safetensors"), tmp_path / "old.safetensors",
-                  backbone_num_heads=...)
+    path = edited(
+        two_class_heads(honest, tmp_path / "hf.safetensors"), tmp_path / "old.safetensors", backbone_num_heads=...
+    )
     assert read_metadata(path).backbone_num_heads is None
     for backbone in (honest, lying):
         model, _ = load_heads(path, backbone)
@@ -286,5 +301,8 @@ def test_unknown_fields_are_refused_naming_them_as_a_newer_versions(good, backbo
     assert "a newer napari-dinounet probably wrote the checkpoint" in message
     older = edited(good, tmp_path / "older.safetensors", spacing=..., backbone_num_heads=..., training=...)
     assert read_metadata(older).spacing is None and read_metadata(older).training == {}
-    refused(edited(good, tmp_path / "no_names.safetensors", class_names=...), backbone,
-            "misses class_names: the file was edited or damaged")
+    refused(
+        edited(good, tmp_path / "no_names.safetensors", class_names=...),
+        backbone,
+        "misses class_names: the file was edited or damaged",
+    )

@@ -10,6 +10,7 @@ import pytest
 import tifffile
 
 from napari_dinounet.engine import io
+from napari_dinounet.engine.bundled_data import load_nuclei
 from napari_dinounet.engine.data import (
     Sample,
     check_labels_fit,
@@ -19,7 +20,6 @@ from napari_dinounet.engine.data import (
     samples_from_nnunet,
 )
 from napari_dinounet.engine.errors import InputError
-from napari_dinounet.engine.bundled_data import load_nuclei
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +56,11 @@ def test_binary_masks_saved_as_0_255_train_as_0_1_with_a_warning(tmp_path, nucle
     image, instances = nuclei
     foreground = [(lab > 0).astype(np.uint8) for lab in crops(instances)]
     images_dir, labels_dir = write_folders(tmp_path, image, [f * 255 for f in foreground], ext=".png")
-    with pytest.warns(UserWarning, match=r"c0\.png, \S+c1\.png hold only 0 and 255, a binary mask: 255 is read as "
-                                         "class 1"):
+    with pytest.warns(
+        UserWarning,
+        match=r"c0\.png, \S+c1\.png hold only 0 and 255, a binary mask: 255 is read as "
+        "class 1",
+    ):
         samples = samples_from_folders(images_dir, labels_dir)
     # 0/255 used to train a 256-class network; now the same pixels are class 1 of 2
     assert [np.unique(s.labels).tolist() for s in samples] == [[0, 1], [0, 1]]
@@ -71,13 +74,19 @@ def test_instance_labels_get_the_instance_hint(tmp_path, nuclei):
     image, instances = nuclei
     images_dir, labels_dir = write_folders(tmp_path, image, crops(instances))
     # the report's crops: ids 7, 50, 75, 83 and 19, 73, 137, 157, 178 (a 179-class network before)
-    with pytest.raises(InputError, match=r"c0\.tif, \S+c1\.tif contain 7, 19, 50, 73, 75, 83, 137, 157, 178 but no 1, "
-                                         r"2, 3, 4, 5 and 164 more: these look like instance labels, one id per "
-                                         r"object; .*labels > 0.*--classes N"):
+    with pytest.raises(
+        InputError,
+        match=r"c0\.tif, \S+c1\.tif contain 7, 19, 50, 73, 75, 83, 137, 157, 178 but no 1, "
+        r"2, 3, 4, 5 and 164 more: these look like instance labels, one id per "
+        r"object; .*labels > 0.*--classes N",
+    ):
         samples_from_folders(images_dir, labels_dir)
     # the whole image: 125 ids
-    with pytest.raises(InputError, match=r"labels of nuclei hold 125 different values \(1, 3, 6, 7, 9 and 120 "
-                                         r"more\): these look like instance labels"):
+    with pytest.raises(
+        InputError,
+        match=r"labels of nuclei hold 125 different values \(1, 3, 6, 7, 9 and 120 "
+        r"more\): these look like instance labels",
+    ):
         samples_from_arrays([image], [instances], names=["nuclei"])
     # many classes without gaps are refused too, unless their number is given
     many = np.arange(20 * 8).reshape(20, 8) // 8
@@ -90,8 +99,11 @@ def test_a_stray_value_is_a_gap_not_70001_classes(tmp_path, nuclei):
     image, instances = nuclei
     foreground = [(lab > 0).astype(np.uint32) for lab in crops(instances)]
     images_dir, labels_dir = write_folders(tmp_path, image, [foreground[0] * 70000, foreground[1]])
-    with pytest.raises(InputError, match=r"labels of \S+labels/c0\.tif contain 70000 but no 2, 3, 4, 5, 6 and 69993 "
-                                         r"more: class values must run 0, 1, 2, \.\.\. without gaps"):
+    with pytest.raises(
+        InputError,
+        match=r"labels of \S+labels/c0\.tif contain 70000 but no 2, 3, 4, 5, 6 and 69993 "
+        r"more: class values must run 0, 1, 2, \.\.\. without gaps",
+    ):
         samples_from_folders(images_dir, labels_dir)
     with pytest.raises(InputError, match=r"c0\.tif contain values 70000 outside 0\.\.1"):
         samples_from_folders(images_dir, labels_dir, num_classes=2)
@@ -101,8 +113,11 @@ def test_an_absent_class_needs_the_number_of_classes(tmp_path, nuclei):
     image, instances = nuclei
     twos = [(lab > 0).astype(np.uint8) * 2 for lab in crops(instances)]
     images_dir, labels_dir = write_folders(tmp_path, image, twos)
-    with pytest.raises(InputError, match=r"c0\.tif, \S+c1\.tif contain 2 but no 1: .*give the number of classes if "
-                                         r"some are really absent \(num_classes, --classes N in the CLI\)"):
+    with pytest.raises(
+        InputError,
+        match=r"c0\.tif, \S+c1\.tif contain 2 but no 1: .*give the number of classes if "
+        r"some are really absent \(num_classes, --classes N in the CLI\)",
+    ):
         samples_from_folders(images_dir, labels_dir)
     samples = samples_from_folders(images_dir, labels_dir, num_classes=3)
     assert [np.unique(s.labels).tolist() for s in samples] == [[0, 2], [0, 2]]
@@ -131,14 +146,22 @@ def write_dataset(root, labels_json, label_maps: list[np.ndarray] | None = None,
 @pytest.mark.parametrize(
     ("labels_json", "message"),
     [
-        ({"background": 0, "ignore": -1, "nuclei": 1}, r"label 'ignore' has the value -1: label values are 0 "
-         r"\(background\), 1, 2"),
+        (
+            {"background": 0, "ignore": -1, "nuclei": 1},
+            r"label 'ignore' has the value -1: label values are 0 "
+            r"\(background\), 1, 2",
+        ),
         ({"background": 0, "a": 1, "b": 1}, "labels 'a' and 'b' share the value 1: give each class its own value"),
-        ({"background": 0, "nuclei": 2},
-         r"label values 0, 2 skip 1: nnU-Net needs values 0, 1, 2, \.\.\. without gaps"),
+        (
+            {"background": 0, "nuclei": 2},
+            r"label values 0, 2 skip 1: nnU-Net needs values 0, 1, 2, \.\.\. without gaps",
+        ),
         ({"background": 0, "ignore": 1, "nuclei": 2}, "'ignore' has the value 1, but nnU-Net gives it the highest"),
-        ({"background": "0", "nuclei": "1"}, r"label 'background' has the value \"0\", text in quotes: label values "
-         "are whole numbers"),
+        (
+            {"background": "0", "nuclei": "1"},
+            r"label 'background' has the value \"0\", text in quotes: label values "
+            "are whole numbers",
+        ),
         ({"background": 0, "nuclei": 1.5}, "label 'nuclei' has the value 1.5, not a whole number"),
         ({"background": 0, "nuclei": [1, 2]}, "label 'nuclei' is a list of values .*region-based labels are not"),
         ({"nuclei": 1}, "'labels' lacks \"background\": 0"),
@@ -167,7 +190,10 @@ def test_dataset_json_names_are_ordered_by_value_and_ignore_pixels_are_masked(tm
     v1 = {"0": "background", "1": "tumour", "2": "oedema"}
     assert io.class_names({"labels": v1}) == ["background", "tumour", "oedema"]
     assert list(io.label_values({"labels": {"oedema": 2, "background": 0, "tumour": 1}})) == [
-        "background", "tumour", "oedema"]
+        "background",
+        "tumour",
+        "oedema",
+    ]
     maps = [np.zeros((16, 16), np.uint8) for _ in range(2)]
     maps[0][:8] = 2  # top half unlabelled
     maps[0][10:12, 10:12] = 1
@@ -182,8 +208,11 @@ def test_dataset_json_names_are_ordered_by_value_and_ignore_pixels_are_masked(tm
 
 def test_file_ending_without_its_dot_is_named(tmp_path):
     write_dataset(tmp_path / "D", {"background": 0, "nuclei": 1}, file_ending="tif")
-    with pytest.raises(InputError, match=r"dataset\.json: \"file_ending\": \"tif\" lacks the dot of an extension; "
-                                         r"write \"file_ending\": \"\.tif\""):
+    with pytest.raises(
+        InputError,
+        match=r"dataset\.json: \"file_ending\": \"tif\" lacks the dot of an extension; "
+        r"write \"file_ending\": \"\.tif\"",
+    ):
         samples_from_nnunet(tmp_path / "D")
 
 
@@ -192,8 +221,11 @@ def test_a_prediction_inside_images_ts_is_not_advised_to_be_renamed_into_an_inpu
     folder.mkdir(parents=True)
     tifffile.imwrite(folder / "test0_0000.tif", np.zeros((8, 8), np.uint8))
     tifffile.imwrite(folder / "test0.tif", np.zeros((8, 8), np.uint8))  # what predict --out imagesTs wrote
-    with pytest.raises(InputError, match=r"imagesTs/test0\.tif: .*rename it, e\.g\. to test0_0000\.tif, unless it is a "
-                                         "prediction written into imagesTs by mistake: then move it out"):
+    with pytest.raises(
+        InputError,
+        match=r"imagesTs/test0\.tif: .*rename it, e\.g\. to test0_0000\.tif, unless it is a "
+        "prediction written into imagesTs by mistake: then move it out",
+    ):
         io.find_images([folder])
 
 
@@ -208,8 +240,11 @@ def test_check_labels_fit_names_the_sample_and_the_value():
     fits = sample("layer0", np.eye(6))
     painted = np.eye(6)
     painted[0, 5] = 2  # label 2 painted for 2-class heads
-    with pytest.raises(InputError, match=r"labels of layer1 \(2\) lie outside the 2 classes 0\.\.1: paint only labels "
-                                         r"0\.\.1, or train new heads with more classes"):
+    with pytest.raises(
+        InputError,
+        match=r"labels of layer1 \(2\) lie outside the 2 classes 0\.\.1: paint only labels "
+        r"0\.\.1, or train new heads with more classes",
+    ):
         check_labels_fit([fits, sample("layer1", painted)], 2)
     check_labels_fit([fits, sample("layer1", painted)], 3)
     # outside the mask of a partial-label sample the value does not count

@@ -12,7 +12,13 @@ import sys
 import pytest
 
 from napari_dinounet.engine.atomic import (
-    atomic_path, exclusive_run, lock_path, output_error, probe_folder, probe_writable, stale_temporaries,
+    atomic_path,
+    exclusive_run,
+    lock_path,
+    output_error,
+    probe_folder,
+    probe_writable,
+    stale_temporaries,
 )
 from napari_dinounet.engine.errors import InputError, OutputError
 
@@ -54,17 +60,18 @@ def test_output_error_is_an_input_error_naming_path_and_fix(tmp_path):
 def test_write_under_a_file_is_one_line(tmp_path):
     blocker = tmp_path / "a.tif"
     blocker.write_bytes(b"image")
-    with pytest.raises(OutputError, match="is a file, not a folder"):
-        with atomic_path(blocker / "sub" / "labels.tif") as tmp:
-            tmp.write_bytes(b"x")
+    with (
+        pytest.raises(OutputError, match="is a file, not a folder"),
+        atomic_path(blocker / "sub" / "labels.tif") as tmp,
+    ):
+        tmp.write_bytes(b"x")
     assert blocker.read_bytes() == b"image"
 
 
 def test_write_onto_a_folder_is_refused_before_writing(tmp_path):
     (tmp_path / "adir").mkdir()
-    with pytest.raises(OutputError, match="it is a folder"):
-        with atomic_path(tmp_path / "adir"):
-            raise AssertionError("the body must not run")
+    with pytest.raises(OutputError, match="it is a folder"), atomic_path(tmp_path / "adir"):
+        raise AssertionError("the body must not run")
     with pytest.raises(OutputError, match="it is a folder"):
         probe_writable(tmp_path / "adir")
 
@@ -72,9 +79,8 @@ def test_write_onto_a_folder_is_refused_before_writing(tmp_path):
 def test_failed_write_leaves_old_file_and_no_temporary(tmp_path):
     target = tmp_path / "h.safetensors"
     target.write_bytes(b"old")
-    with pytest.raises(OutputError, match="disk is full"):
-        with atomic_path(target):
-            raise OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(OutputError, match="disk is full"), atomic_path(target):
+        raise OSError(errno.ENOSPC, "No space left on device")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["h.safetensors"]
 
@@ -101,11 +107,17 @@ def test_read_only_folder_as_root_without_dac_override(tmp_path):
     folder = tmp_path / "ro"
     folder.mkdir()
     folder.chmod(0o555)
-    code = (f"from napari_dinounet.engine.atomic import probe_folder\n"
-            f"from napari_dinounet.engine.errors import OutputError\n"
-            f"try:\n    probe_folder({str(folder)!r})\nexcept OutputError as e:\n    print('refused:', e)\n")
-    result = subprocess.run([setpriv, "--bounding-set=-dac_override,-dac_read_search", sys.executable, "-c", code],
-                            capture_output=True, text=True, check=True)
+    code = (
+        f"from napari_dinounet.engine.atomic import probe_folder\n"
+        f"from napari_dinounet.engine.errors import OutputError\n"
+        f"try:\n    probe_folder({str(folder)!r})\nexcept OutputError as e:\n    print('refused:', e)\n"
+    )
+    result = subprocess.run(
+        [setpriv, "--bounding-set=-dac_override,-dac_read_search", sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     folder.chmod(0o755)
     assert "refused:" in result.stdout and "no permission" in result.stdout
 
@@ -115,9 +127,8 @@ def test_exclusive_run_refuses_a_second_holder(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         lock_path(target).write_text(str(holder.pid))
-        with pytest.raises(OutputError, match=f"process {holder.pid}"):
-            with exclusive_run(target):
-                pass
+        with pytest.raises(OutputError, match=f"process {holder.pid}"), exclusive_run(target):
+            pass
     finally:
         holder.kill()
         holder.wait()

@@ -133,8 +133,16 @@ def test_a_batch_size_that_is_not_a_whole_number_is_an_input_error(batch_size):
         run(Recording(), blobs((96, 96)), patch_size=64, batch_size=batch_size)
 
 
-@pytest.mark.parametrize("patch, fix", [((64,), r"\(64, 64\)"), ((64, 32, 32), r"\(64, 32\)"), ((), r"\(512, 512\)"),
-                                        ((48, 100), r"\(64, 96\)"), ("abc", r"\(512, 512\)")])
+@pytest.mark.parametrize(
+    "patch, fix",
+    [
+        ((64,), r"\(64, 64\)"),
+        ((64, 32, 32), r"\(64, 32\)"),
+        ((), r"\(512, 512\)"),
+        ((48, 100), r"\(64, 96\)"),
+        ("abc", r"\(512, 512\)"),
+    ],
+)
 def test_a_bad_tile_suggests_a_valid_one(patch, fix):
     with pytest.raises(InputError, match=rf"must be two positive multiples of 32, e\.g\. {fix}$"):
         run(Recording(), blobs((96, 96)), patch_size=patch)
@@ -194,8 +202,9 @@ def test_a_float64_image_beyond_float32_segments_like_the_same_image_unscaled():
     np.testing.assert_allclose(mean, reference[0] * 1e300, rtol=1e-12)
     np.testing.assert_allclose(std, reference[1] * 1e300, rtol=1e-12)
     norm = normalize.Normalization("zscore")
-    np.testing.assert_allclose(normalize.apply(huge[None], norm, (mean, std)),
-                               normalize.apply(img[None], norm, reference), atol=1e-6)
+    np.testing.assert_allclose(
+        normalize.apply(huge[None], norm, (mean, std)), normalize.apply(img[None], norm, reference), atol=1e-6
+    )
     model = Recording()
     labels = run(model, huge, patch_size=64)
     assert 0.2 < labels.mean() < 0.8  # a real segmentation, not one class everywhere

@@ -80,8 +80,11 @@ def test_pickled_code_as_the_model_safetensors_of_a_folder(dinov3_tiny_dir, tmp_
 def test_pytorch_weights_named_safetensors_are_to_be_renamed(official_state, tmp_path, zipped):
     path = tmp_path / "official.safetensors"
     torch.save(official_state, path, _use_new_zipfile_serialization=zipped)
-    with pytest.raises(WeightsError, match=r"official.safetensors: this is a PyTorch file with a \.safetensors name; "
-                       r"rename it to \.pth$"):
+    with pytest.raises(
+        WeightsError,
+        match=r"official.safetensors: this is a PyTorch file with a \.safetensors name; "
+        r"rename it to \.pth$",
+    ):
         load_backbone(path)
     renamed = path.rename(tmp_path / "official.pth")
     assert load_backbone(renamed).format == "official"  # the advice works
@@ -102,8 +105,10 @@ def test_pytorch_weights_as_the_model_safetensors_of_a_folder(dinov3_tiny_dir, t
 def test_random_bytes_that_look_like_a_pickle_are_corrupt_not_code(tmp_path, seed, start):
     path = tmp_path / "download.pth"
     path.write_bytes(start + random.Random(seed).randbytes(20_000))
-    with pytest.raises(WeightsError, match="download.pth: cannot be read as a PyTorch file, it is truncated or "
-                       "corrupt .*; download it again") as err:
+    with pytest.raises(
+        WeightsError,
+        match="download.pth: cannot be read as a PyTorch file, it is truncated or corrupt .*; download it again",
+    ) as err:
         load_backbone(path)
     assert "Python objects" not in str(err.value)
 
@@ -123,8 +128,11 @@ def test_nan_and_inf_in_some_blocks_are_refused_with_the_count_and_first_tensor(
     official_state["blocks.1.attn.qkv.weight"][3, :2] = float("nan")
     official_state["blocks.3.mlp.fc2.bias"][0] = float("-inf")
     torch.save(official_state, tmp_path / "nan.pth")
-    with pytest.raises(WeightsError, match=r"nan.pth: 3 values are NaN or infinite, in 2 tensors \(the first: "
-                       r"blocks\.1\.attn\.qkv\.weight\); the file is damaged: download it again$"):
+    with pytest.raises(
+        WeightsError,
+        match=r"nan.pth: 3 values are NaN or infinite, in 2 tensors \(the first: "
+        r"blocks\.1\.attn\.qkv\.weight\); the file is damaged: download it again$",
+    ):
         load_backbone(tmp_path / "nan.pth")
 
 
@@ -133,15 +141,20 @@ def test_nan_in_an_hf_folder_names_its_weights_file(dinov3_tiny_dir, tmp_path):
     state = load_file(dinov3_tiny_dir / "hf_tiny" / "model.safetensors")
     state["layer.2.norm1.weight"] = torch.full_like(state["layer.2.norm1.weight"], float("nan"))
     save_file(state, folder / "model.safetensors")
-    with pytest.raises(WeightsError, match=r"hf/model.safetensors: 64 values are NaN or infinite, in 1 tensor "
-                       r"\(the first: layer\.2\.norm1\.weight\)"):
+    with pytest.raises(
+        WeightsError,
+        match=r"hf/model.safetensors: 64 values are NaN or infinite, in 1 tensor "
+        r"\(the first: layer\.2\.norm1\.weight\)",
+    ):
         load_backbone(folder)
 
 
 def test_integer_weights_are_refused_not_cast(official_state, tmp_path):
     torch.save({k: v.to(torch.int32) for k, v in official_state.items()}, tmp_path / "int.pth")
-    with pytest.raises(WeightsError, match="int.pth: tensor cls_token holds int32 values, but DINOv3 weights are "
-                       "floating point .*converted wrongly"):
+    with pytest.raises(
+        WeightsError,
+        match="int.pth: tensor cls_token holds int32 values, but DINOv3 weights are floating point .*converted wrongly",
+    ):
         load_backbone(tmp_path / "int.pth")
 
 
@@ -170,15 +183,21 @@ def test_half_precision_weights_are_accepted(official_state, dinov3_tiny_dir, tm
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"hidden_size": 128}, "hidden_size is 128, but the weights are 64 wide; this config.json belongs to another "
-         "model or was edited: download it again"),
+        (
+            {"hidden_size": 128},
+            "hidden_size is 128, but the weights are 64 wide; this config.json belongs to another "
+            "model or was edited: download it again",
+        ),
         ({"hidden_size": "abc"}, "hidden_size is 'abc', not a positive whole number; download config.json again"),
         ({"hidden_size": 64.0}, "hidden_size is 64.0, not a positive whole number"),
         ({"num_attention_heads": 0}, "num_attention_heads is 0, not a positive whole number"),
         ({"num_attention_heads": "4"}, "num_attention_heads is '4', not a positive whole number"),
         ({"num_attention_heads": True}, "num_attention_heads is True, not a positive whole number"),
-        ({"num_attention_heads": 3}, "num_attention_heads 3 does not split the width 64 into heads whose width is a "
-         r"multiple of 4 \(as DINOv3's RoPE needs\); config.json is wrong: download it again"),
+        (
+            {"num_attention_heads": 3},
+            "num_attention_heads 3 does not split the width 64 into heads whose width is a "
+            r"multiple of 4 \(as DINOv3's RoPE needs\); config.json is wrong: download it again",
+        ),
         ({"num_attention_heads": 7}, "num_attention_heads 7 does not split the width 64"),
         ({"num_attention_heads": 32}, "num_attention_heads 32 does not split the width 64"),  # heads of width 2
         ({"layer_norm_eps": "abc"}, "layer_norm_eps='abc', but DINOv3 backbones use 1e-05"),
@@ -217,24 +236,33 @@ def _official_folder(official_state, tmp_path, heads: int):
 def test_config_head_count_is_checked_against_the_rope_periods(official_state, tmp_path):
     assert load_backbone(_official_folder(official_state, tmp_path, 4)).num_heads == 4
     # 4 periods: heads of width 16, so 4 heads; 2 heads of width 32 would split the width too
-    with pytest.raises(WeightsError, match=r"heads2/config.json: num_attention_heads 2 means heads of width 32, but "
-                       r"the weights' RoPE periods are for 4 heads of width 16; config.json is wrong"):
+    with pytest.raises(
+        WeightsError,
+        match=r"heads2/config.json: num_attention_heads 2 means heads of width 32, but "
+        r"the weights' RoPE periods are for 4 heads of width 16; config.json is wrong",
+    ):
         load_backbone(_official_folder(official_state, tmp_path, 2))
 
 
 def test_rope_periods_that_do_not_divide_the_width(official_state, tmp_path):
     official_state["rope_embed.periods"] = official_state["rope_embed.periods"][:3]  # heads of width 12
     torch.save(official_state, tmp_path / "periods.pth")
-    with pytest.raises(WeightsError, match="periods.pth: its RoPE periods are for heads of width 12, which does not "
-                       "divide its width 64; the file is damaged"):
+    with pytest.raises(
+        WeightsError,
+        match="periods.pth: its RoPE periods are for heads of width 12, which does not "
+        "divide its width 64; the file is damaged",
+    ):
         load_backbone(tmp_path / "periods.pth")
 
 
 def test_an_odd_width_without_a_head_count_says_how_to_give_one(tmp_path):
     model = timm.create_model("vit_small_patch16_dinov3", embed_dim=96, depth=4, num_heads=2, num_classes=0)
     save_file(model.state_dict(), tmp_path / "w96.safetensors")
-    with pytest.raises(WeightsError, match="w96.safetensors: width 96 is not a multiple of DINOv3's head width 64, "
-                       "and the file does not say its head count; give it as a Hugging Face folder"):
+    with pytest.raises(
+        WeightsError,
+        match="w96.safetensors: width 96 is not a multiple of DINOv3's head width 64, "
+        "and the file does not say its head count; give it as a Hugging Face folder",
+    ):
         load_backbone(tmp_path / "w96.safetensors")
 
 
@@ -243,9 +271,12 @@ def test_an_odd_width_without_a_head_count_says_how_to_give_one(tmp_path):
 
 def test_a_file_without_its_last_block_looks_incomplete(official_state, tmp_path):
     torch.save({k: v for k, v in official_state.items() if not k.startswith("blocks.3.")}, tmp_path / "cut.pth")
-    with pytest.raises(WeightsError, match=r"cut.pth: holds only 3 blocks \(0..2\), where a DINOv3 'tiny' backbone "
-                       r"of its width has 4; the file looks incomplete \(its last blocks are missing\): download it "
-                       "again$"):
+    with pytest.raises(
+        WeightsError,
+        match=r"cut.pth: holds only 3 blocks \(0..2\), where a DINOv3 'tiny' backbone "
+        r"of its width has 4; the file looks incomplete \(its last blocks are missing\): download it "
+        "again$",
+    ):
         load_backbone(tmp_path / "cut.pth")
 
 
@@ -258,6 +289,9 @@ def test_a_gap_in_the_block_numbers_is_named(official_state, tmp_path):
 def test_too_few_blocks_of_a_width_no_variant_has(tmp_path):
     model = timm.create_model("vit_small_patch16_dinov3", embed_dim=128, depth=3, num_heads=2, num_classes=0)
     save_file(model.state_dict(), tmp_path / "shallow.safetensors")
-    with pytest.raises(WeightsError, match=r"shallow.safetensors: holds only 3 blocks \(0..2\), fewer than the four "
-                       "that Dino U-Net taps; the file looks incomplete"):
+    with pytest.raises(
+        WeightsError,
+        match=r"shallow.safetensors: holds only 3 blocks \(0..2\), fewer than the four "
+        "that Dino U-Net taps; the file looks incomplete",
+    ):
         load_backbone(tmp_path / "shallow.safetensors")

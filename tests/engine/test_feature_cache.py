@@ -30,8 +30,9 @@ def model(tiny_backbone):
 
 def test_feature_cache_holds_mirrored_crops_with_their_exact_features(model, nuclei):
     crops = fixed_crops(nuclei[:1], 64, 3, seed=1)
-    cache = drain(FeatureCache.build(model, crops, mirror=True, augment=None, seed=0, device=torch.device("cpu"),
-                                     batch_size=2))
+    cache = drain(
+        FeatureCache.build(model, crops, mirror=True, augment=None, seed=0, device=torch.device("cpu"), batch_size=2)
+    )
     assert len(cache) == 12
     flipped = crops["image"].flip(-1)  # the second group of 3: left-right mirrors
     assert torch.equal(cache.crops["image"][3:6], flipped)

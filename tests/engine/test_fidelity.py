@@ -60,8 +60,17 @@ def compute(backbone) -> dict[str, torch.Tensor]:
         model = fixed_model(projection, backbone)
         with torch.no_grad():
             out[f"logits_{projection}"] = model(x)
-    probabilities = drain(predict(fixed_model("fapm", backbone), image, patch_size=64, step=0.5, tta=True,
-                                  normalization="zscore", probabilities=True))
+    probabilities = drain(
+        predict(
+            fixed_model("fapm", backbone),
+            image,
+            patch_size=64,
+            step=0.5,
+            tta=True,
+            normalization="zscore",
+            probabilities=True,
+        )
+    )
     out["probabilities_fapm"] = torch.from_numpy(np.ascontiguousarray(probabilities))
     return out
 

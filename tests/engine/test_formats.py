@@ -16,8 +16,12 @@ from napari_dinounet.engine.errors import InputError
 
 def _read_npz(path: Path) -> io.ImageFile:
     with np.load(path, allow_pickle=False) as archive:
-        return io.ImageFile(archive["array"], "npz", spacing=tuple(float(s) for s in archive["spacing"]) or None,
-                            unit=str(archive["unit"]) or None)
+        return io.ImageFile(
+            archive["array"],
+            "npz",
+            spacing=tuple(float(s) for s in archive["spacing"]) or None,
+            unit=str(archive["unit"]) or None,
+        )
 
 
 def _write_npz(tmp: Path, labels: np.ndarray, like: io.ImageFile | None) -> None:
@@ -32,8 +36,16 @@ def _at_most_3d(labels: np.ndarray) -> str | None:
     return None
 
 
-NPZ = io.Format("npz", (".npz",), read=_read_npz, write=_write_npz, can_hold=_at_most_3d, title="NumPy archive",
-                exported=True, slice_dim=-1)
+NPZ = io.Format(
+    "npz",
+    (".npz",),
+    read=_read_npz,
+    write=_write_npz,
+    can_hold=_at_most_3d,
+    title="NumPy archive",
+    exported=True,
+    slice_dim=-1,
+)
 
 
 @pytest.fixture

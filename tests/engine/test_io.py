@@ -24,8 +24,12 @@ def labels_like(shape, classes=4, seed=0) -> np.ndarray:
 
 def test_tiff_2d_resolution_round_trip(tmp_path):
     image_path = tmp_path / "scan.tif"
-    tifffile.imwrite(image_path, np.arange(20 * 30, dtype=np.uint16).reshape(20, 30),
-                     resolution=(300.0, 150.0), resolutionunit="INCH")
+    tifffile.imwrite(
+        image_path,
+        np.arange(20 * 30, dtype=np.uint16).reshape(20, 30),
+        resolution=(300.0, 150.0),
+        resolutionunit="INCH",
+    )
     image = io.read_image(image_path)
     assert image.format == "tiff" and image.data.shape == (20, 30) and image.channel_axis is None
     assert image.spacing == pytest.approx((1 / 150, 1 / 300)) and image.unit == "inch"  # (Y, X)
@@ -41,8 +45,13 @@ def test_tiff_2d_resolution_round_trip(tmp_path):
 
 def test_tiff_imagej_stack_keeps_z_spacing_and_layout(tmp_path):
     image_path = tmp_path / "stack.tif"
-    tifffile.imwrite(image_path, np.zeros((5, 16, 12), np.uint16), imagej=True, resolution=(1 / 0.25, 1 / 0.5),
-                     metadata={"spacing": 2.0, "unit": "micron", "axes": "ZYX"})
+    tifffile.imwrite(
+        image_path,
+        np.zeros((5, 16, 12), np.uint16),
+        imagej=True,
+        resolution=(1 / 0.25, 1 / 0.5),
+        metadata={"spacing": 2.0, "unit": "micron", "axes": "ZYX"},
+    )
     image = io.read_image(image_path)
     assert image.spacing == pytest.approx((2.0, 0.5, 0.25)) and image.unit == "um"
     assert image.slice_axis == 0 and image.metadata["imagej"]
@@ -88,8 +97,9 @@ def test_channels_last_arrays_without_axis_metadata_are_guessed_as_predict_does(
 
 
 def test_tiff_large_labels_keep_spacing_without_imagej(tmp_path):
-    like = io.ImageFile(np.zeros((3, 8, 9)), "tiff", spacing=(4.0, 0.5, 0.5), unit="mm",
-                        metadata={"imagej": True, "resolutionunit": 4})
+    like = io.ImageFile(
+        np.zeros((3, 8, 9)), "tiff", spacing=(4.0, 0.5, 0.5), unit="mm", metadata={"imagej": True, "resolutionunit": 4}
+    )
     labels = np.zeros((3, 8, 9), np.int64)
     labels[1, 2, 3] = 70_000  # instance ids beyond uint16: ImageJ cannot hold them
     back = io.read_image(io.write_labels(tmp_path / "big.tif", labels, like=like))
@@ -199,13 +209,18 @@ def test_read_labels_gives_class_values(tmp_path):
     assert io.read_image(tmp_path / "voc.png").data.shape == (10, 12, 3)  # as an image: its colours
     voc = io.read_labels(tmp_path / "voc.png")
     assert voc.channel_axis is None and voc.data.dtype == np.uint8 and np.array_equal(voc.data, classes)
-    skimage.io.imsave(tmp_path / "grey_rgb.png", np.stack([classes.astype(np.uint8)] * 3, axis=-1), check_contrast=False)
+    skimage.io.imsave(
+        tmp_path / "grey_rgb.png", np.stack([classes.astype(np.uint8)] * 3, axis=-1), check_contrast=False
+    )
     assert np.array_equal(io.read_labels(tmp_path / "grey_rgb.png").data, classes)
     nib.save(nib.Nifti1Image(classes.astype(np.float32), np.eye(4)), tmp_path / "float.nii.gz")
     as_float = io.read_labels(tmp_path / "float.nii.gz")
     assert as_float.data.dtype == np.uint8 and np.array_equal(as_float.data, classes)
-    skimage.io.imsave(tmp_path / "photo.png", np.random.default_rng(0).integers(0, 255, (10, 12, 3), dtype=np.uint8),
-                      check_contrast=False)
+    skimage.io.imsave(
+        tmp_path / "photo.png",
+        np.random.default_rng(0).integers(0, 255, (10, 12, 3), dtype=np.uint8),
+        check_contrast=False,
+    )
     with pytest.raises(InputError, match="photo.png: has 3 different channels"):
         io.read_labels(tmp_path / "photo.png")
     np.save(tmp_path / "negative.npy", -classes)
@@ -231,8 +246,9 @@ def test_missing_unsupported_and_corrupt_files(tmp_path):
         io.read_image(tmp_path / "strings.npy")
 
 
-@pytest.mark.parametrize("name, writer", [("old.tif", "tifffile.imwrite"), ("old.npy", "numpy.save"),
-                                          ("old.nii.gz", "nibabel.save")])
+@pytest.mark.parametrize(
+    "name, writer", [("old.tif", "tifffile.imwrite"), ("old.npy", "numpy.save"), ("old.nii.gz", "nibabel.save")]
+)
 def test_interrupted_write_keeps_the_old_file(tmp_path, monkeypatch, name, writer):
     old = labels_like((6, 7, 5), seed=3)
     path = io.write_labels(tmp_path / name, old)
@@ -270,9 +286,16 @@ def make_nnunet_dataset(root: Path, dataset_json: dict | None = None) -> Path:
             volume = rng.random((8, 9, 4)).astype(np.float32) + 10 * channel
             nib.save(nib.Nifti1Image(volume, affine), root / folder / f"{case}_{channel:04d}.nii.gz")
         if folder == "imagesTr":
-            nib.save(nib.Nifti1Image(labels_like((8, 9, 4), 3).astype(np.uint8), affine), root / "labelsTr" / f"{case}.nii.gz")
-    info = dataset_json or {"channel_names": {"0": "T1", "1": "T2"}, "labels": {"background": 0, "tumour": 1, "oedema": 2},
-                            "numTraining": 2, "file_ending": ".nii.gz"}
+            nib.save(
+                nib.Nifti1Image(labels_like((8, 9, 4), 3).astype(np.uint8), affine),
+                root / "labelsTr" / f"{case}.nii.gz",
+            )
+    info = dataset_json or {
+        "channel_names": {"0": "T1", "1": "T2"},
+        "labels": {"background": 0, "tumour": 1, "oedema": 2},
+        "numTraining": 2,
+        "file_ending": ".nii.gz",
+    }
     (root / "dataset.json").write_text(json.dumps(info))
     return root
 
@@ -354,7 +377,10 @@ def test_match_cases_by_name(tmp_path):
         (pred / name).write_bytes(b"")
     for name in ("a.nii.gz", "b.tif", "readme.txt"):
         (gt / name).write_bytes(b"")
-    assert io.match_cases(pred, gt) == [("a", pred / "a_0000.tif", gt / "a.nii.gz"), ("b", pred / "b.npy", gt / "b.tif")]
+    assert io.match_cases(pred, gt) == [
+        ("a", pred / "a_0000.tif", gt / "a.nii.gz"),
+        ("b", pred / "b.npy", gt / "b.tif"),
+    ]
     (gt / "c.png").write_bytes(b"")
     (pred / "d.png").write_bytes(b"")
     with pytest.raises(InputError, match="predictions without ground truth: d; ground truth without prediction: c"):

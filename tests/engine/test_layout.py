@@ -28,7 +28,11 @@ from napari_dinounet.engine.layout import (
 def test_infer_layout_reads_the_axes_of_an_unlabelled_array(shape, channel, slice_, spatial, num_channels):
     layout = infer_layout(shape)
     assert (layout.channel, layout.slice, layout.spatial_shape, layout.num_channels) == (
-        channel, slice_, spatial, num_channels)
+        channel,
+        slice_,
+        spatial,
+        num_channels,
+    )
     assert layout.channels_first(np.zeros(shape)).shape == (num_channels, *spatial)
 
 

@@ -19,8 +19,9 @@ def test_loss_equals_monai_dice_ce_with_batch_dice_without_background():
     from monai.losses import DiceCELoss
 
     logits, labels = _logits_and_labels()
-    reference = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=True,
-                           smooth_nr=1e-5, smooth_dr=1e-5)(logits, labels[:, None])
+    reference = DiceCELoss(
+        include_background=False, to_onehot_y=True, softmax=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5
+    )(logits, labels[:, None])
     assert dice_ce_loss(logits, labels).item() == pytest.approx(reference.item(), rel=1e-5)
 
 

@@ -118,7 +118,8 @@ def test_mean_scores_skip_infinite_hd95_and_count_them():
     [((64, 80), None), ((64, 80), (0.8, 1.7)), ((24, 40, 36), None), ((24, 40, 36), (2.5, 0.6, 0.9))],
 )
 def test_equal_to_medpy_on_random_blobs(shape, spacing):
-    from medpy.metric.binary import dc, hd95 as medpy_hd95
+    from medpy.metric.binary import dc
+    from medpy.metric.binary import hd95 as medpy_hd95
 
     rng = np.random.default_rng(sum(shape))
     for _ in range(4):
@@ -131,11 +132,14 @@ def test_equal_to_medpy_on_random_blobs(shape, spacing):
     centre = tuple(s // 2 for s in shape)
     small_a[tuple(slice(c - 3, c + 3) for c in centre)] = True
     small_b[tuple(slice(c - 2, c + 5) for c in centre)] = True
-    assert binary_hd95(small_a, small_b, spacing) == pytest.approx(medpy_hd95(small_a, small_b, voxelspacing=spacing), abs=1e-6)
+    assert binary_hd95(small_a, small_b, spacing) == pytest.approx(
+        medpy_hd95(small_a, small_b, voxelspacing=spacing), abs=1e-6
+    )
 
 
 def test_multiclass_scores_equal_to_medpy_per_class():
-    from medpy.metric.binary import dc, hd95 as medpy_hd95
+    from medpy.metric.binary import dc
+    from medpy.metric.binary import hd95 as medpy_hd95
 
     rng = np.random.default_rng(7)
     gt = np.zeros((72, 72), np.int64)

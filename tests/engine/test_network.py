@@ -129,8 +129,12 @@ def test_train_mode_keeps_the_backbone_frozen_and_every_used_head_gets_a_gradien
     assert not net.backbone.training and not any(m.training for m in net.backbone.modules())
     assert net.adapter.training and net.decoder.training
     net(torch.randn(2, 2, 64, 96)).logsumexp(1).mean().backward()
-    unused = ["decoder.classifiers.0.weight", "decoder.classifiers.0.bias",
-              "decoder.classifiers.1.weight", "decoder.classifiers.1.bias"]
+    unused = [
+        "decoder.classifiers.0.weight",
+        "decoder.classifiers.0.bias",
+        "decoder.classifiers.1.weight",
+        "decoder.classifiers.1.bias",
+    ]
     assert net.unused_parameter_names() == unused
     without = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
     assert without == unused

@@ -41,9 +41,15 @@ def blobs(shape, seed=0):
 
 
 def run(model, img, outputs, **kwargs):
-    return drain(sliding_window(model, img, infer_layout(img.shape, kwargs.pop("channel_axis", None),
-                                                         kwargs.pop("slice_axis", None)),
-                                outputs, **{"patch_size": 64, **kwargs}))
+    return drain(
+        sliding_window(
+            model,
+            img,
+            infer_layout(img.shape, kwargs.pop("channel_axis", None), kwargs.pop("slice_axis", None)),
+            outputs,
+            **{"patch_size": 64, **kwargs},
+        )
+    )
 
 
 def normalized(img):
@@ -61,8 +67,9 @@ def test_an_output_added_outside_the_engine_gets_the_blended_logits():
         expected = model(normalized(img))[0].max(0).values.numpy()
     np.testing.assert_allclose(maxima, expected, atol=1e-5)
     volume = np.stack([img, img[::-1]])  # stacks too: each plane goes to its place
-    (stacked,) = run(model, volume, [MaxLogit()], normalization=normalize.Normalization("ct", clip=(-1e9, 1e9),
-                                                                                         mean=0.0, std=1.0))
+    (stacked,) = run(
+        model, volume, [MaxLogit()], normalization=normalize.Normalization("ct", clip=(-1e9, 1e9), mean=0.0, std=1.0)
+    )
     assert stacked.shape == (2, 150, 170)
     with torch.no_grad():
         flipped = model(torch.from_numpy(img[::-1].copy())[None, None])[0].max(0).values.numpy()
@@ -94,8 +101,9 @@ def test_mirror_variance_is_the_variance_of_the_mirrors_probabilities():
     np.testing.assert_allclose(variance, each.var(0, unbiased=False).numpy(), atol=1e-6)
     assert variance.max() > 1e-4  # the conv net is not mirror-symmetric
     # asking for each mirror's logits leaves the other outputs as they are
-    np.testing.assert_array_equal(probabilities, drain(predict(model, img, patch_size=64, tta=True,
-                                                                probabilities=True)))
+    np.testing.assert_array_equal(
+        probabilities, drain(predict(model, img, patch_size=64, tta=True, probabilities=True))
+    )
     (without,) = run(model, img, [MirrorVariance()])
     assert np.all(without == 0)  # one mirror: nothing to disagree with
 

@@ -22,8 +22,14 @@ def heads(tmp_path_factory, tiny_backbone):
     """Random tiny heads on random:tiny, trained (so to speak) on 1-channel images with 64-pixel patches."""
     torch.manual_seed(0)
     model = build_dinounet(num_classes=3, backbone=tiny_backbone)
-    metadata = HeadsMetadata(config=model.config.to_dict(), class_names=["background", "a", "b"], in_channels=1,
-                             normalization={"scheme": "zscore"}, patch_size=64, backbone_variant="tiny")
+    metadata = HeadsMetadata(
+        config=model.config.to_dict(),
+        class_names=["background", "a", "b"],
+        in_channels=1,
+        normalization={"scheme": "zscore"},
+        patch_size=64,
+        backbone_variant="tiny",
+    )
     return save_heads(tmp_path_factory.mktemp("heads") / "heads.safetensors", model, metadata)
 
 
@@ -45,10 +51,20 @@ def test_built_once_it_predicts_several_images_equal_to_predict(heads, tiny_back
     assert labels.shape == (100, 130) and stacked.shape == (2, 70, 90) and len(np.unique(labels)) > 1
     # the training patch is the default tile: 64-pixel tiles at step 0.5
     assert events[-1].total == len(tile_starts(100, 64, 0.5)) * len(tile_starts(130, 64, 0.5))
-    probabilities, again = drain(predictor.predict(flat, tile=96, mirror=True, step=0.75,
-                                                   outputs=(Probabilities(), Labels())))
-    expected = drain(predict(predictor.model, flat, patch_size=96, tta=True, step=0.75, probabilities=True,
-                             normalization={"scheme": "zscore"}))
+    probabilities, again = drain(
+        predictor.predict(flat, tile=96, mirror=True, step=0.75, outputs=(Probabilities(), Labels()))
+    )
+    expected = drain(
+        predict(
+            predictor.model,
+            flat,
+            patch_size=96,
+            tta=True,
+            step=0.75,
+            probabilities=True,
+            normalization={"scheme": "zscore"},
+        )
+    )
     assert probabilities.shape == (3, 100, 130)
     np.testing.assert_array_equal(probabilities, expected)  # bit for bit
     np.testing.assert_array_equal(again, probabilities.argmax(0))
@@ -70,8 +86,9 @@ def test_an_image_with_the_wrong_channel_count_is_refused_before_any_tile(heads,
 def test_a_weights_source_is_loaded_after_the_heads_are_checked(heads, tmp_path, monkeypatch, tiny_backbone):
     from_source = Predictor.from_checkpoint(heads, "random:tiny", device="cpu")
     flat = image((70, 90))
-    np.testing.assert_array_equal(drain(from_source.predict(flat))[0],
-                                  drain(Predictor.from_checkpoint(heads, tiny_backbone).predict(flat))[0])
+    np.testing.assert_array_equal(
+        drain(from_source.predict(flat))[0], drain(Predictor.from_checkpoint(heads, tiny_backbone).predict(flat))[0]
+    )
 
     def no_loading(*args, **kwargs):
         raise AssertionError("the backbone was loaded before the heads were checked")

@@ -52,8 +52,7 @@ def test_a_state_written_before_the_classifiers_were_renamed_reads_back_under_to
     path, model, _ = saved_state
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata()
-        tensors = {k.replace("heads/decoder.classifiers.", "heads/decoder.heads."): f.get_tensor(k)
-                   for k in f.keys()}  # noqa: SIM118 (a safetensors file, not a dict)
+        tensors = {k.replace("heads/decoder.classifiers.", "heads/decoder.heads."): f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (a safetensors file, not a dict)
     assert any(k.startswith("heads/decoder.heads.") for k in tensors)
     save_file(tensors, str(path), metadata=metadata)
     _, heads, _ = load_state(path)
@@ -79,8 +78,17 @@ def test_a_state_with_settings_this_version_does_not_know_is_refused(saved_state
     path, _, settings = saved_state
     _edit_settings(path, ema_decay=0.999, label_smoothing=0.1)
     with pytest.raises(CheckpointError, match=r"ema_decay, label_smoothing\).*newer napari-dinounet") as caught:
-        next(train(nuclei_samples([(slice(0, 128), slice(0, 128))]), out=tmp_path / "h.safetensors",
-                   backbone="random:tiny", settings=settings, validation=[], resume=True, device="cpu"))
+        next(
+            train(
+                nuclei_samples([(slice(0, 128), slice(0, 128))]),
+                out=tmp_path / "h.safetensors",
+                backbone="random:tiny",
+                settings=settings,
+                validation=[],
+                resume=True,
+                device="cpu",
+            )
+        )
     assert str(path) in str(caught.value)
 
 

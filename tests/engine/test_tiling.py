@@ -88,8 +88,17 @@ def test_rows_are_handed_out_as_soon_as_the_tiles_have_passed_them():
     """Through the public seam (a recording output): a band comes out once the tiles above it ran, so the
     rows held open never exceed one tile height plus the part of a batch spilling into the next row."""
     model = Constant([0.0, 1.0])
-    bands = drain(sliding_window(model, np.zeros((600, 120), np.float32), infer_layout((600, 120)), [Bands(model)],
-                                 patch_size=64, batch_size=4, normalization=IDENTITY))[0]
+    bands = drain(
+        sliding_window(
+            model,
+            np.zeros((600, 120), np.float32),
+            infer_layout((600, 120)),
+            [Bands(model)],
+            patch_size=64,
+            batch_size=4,
+            normalization=IDENTITY,
+        )
+    )[0]
     ys, xs = tile_starts(600, 64, 0.5), tile_starts(120, 64, 0.5)  # 18 rows of 3 tiles
     assert [rows.start for _, rows, _, _ in bands] == [0] + [rows.stop for _, rows, _, _ in bands[:-1]]
     assert bands[-1][1].stop == 600
@@ -105,8 +114,9 @@ def test_logit_rows_are_the_weighted_sums_or_the_weighted_mean_as_asked():
     for normalized in (False, True):
         model = Constant(logits)
         output = Bands(model, Blending(normalized=normalized))
-        (bands,) = drain(sliding_window(model, img, infer_layout(img.shape), [output], patch_size=64,
-                                        normalization=IDENTITY))
+        (bands,) = drain(
+            sliding_window(model, img, infer_layout(img.shape), [output], patch_size=64, normalization=IDENTITY)
+        )
         blended = torch.cat([band[3].logits for band in bands], dim=1)
         assert blended.shape == (3, 150, 170) and blended.dtype == torch.float32
         assert all(band[3].normalized == normalized and band[3].per_mirror is None for band in bands)
@@ -124,8 +134,17 @@ def test_per_mirror_logits_come_in_mirror_order_and_average_to_the_logits():
     model = torch.nn.Conv2d(1, 2, 3, padding=1).eval()
     img = np.random.default_rng(0).normal(size=(1, 64, 64)).astype(np.float32)
     plane = AxisView(img, (0, 1, 2))
-    tiler = Tiler(model, device=torch.device("cpu"), tile=(64, 64), step=0.5, batch_size=1, mirror=True,
-                  normalization=IDENTITY, statistics=(np.zeros(1), np.ones(1)), blending=Blending(per_mirror=True))
+    tiler = Tiler(
+        model,
+        device=torch.device("cpu"),
+        tile=(64, 64),
+        step=0.5,
+        batch_size=1,
+        mirror=True,
+        normalization=IDENTITY,
+        statistics=(np.zeros(1), np.ones(1)),
+        blending=Blending(per_mirror=True),
+    )
     ((tiles, rows, logits),) = list(tiler.plane(plane))
     assert tiles == 1 and rows == slice(0, 64) and logits.per_mirror.shape == (4, 2, 64, 64)
     x = torch.from_numpy(img)[None]

@@ -26,7 +26,13 @@ def test_poly_lr_follows_the_paper_schedule():
 def test_default_settings_are_the_papers_recipe():
     s = TrainSettings()
     assert (s.lr, s.poly_exponent, s.grad_clip, s.dice_smooth, s.iters_per_epoch, s.foreground_fraction) == (
-        1e-3, 0.9, 12.0, 1e-5, 250, 0.33)
+        1e-3,
+        0.9,
+        12.0,
+        1e-5,
+        250,
+        0.33,
+    )
     assert TrainSettings.from_dict(s.to_dict()) == s
 
 
@@ -68,10 +74,19 @@ def _events(run) -> list:
 
 def test_validation_dice_rises_on_real_data(tmp_path, backbone, nuclei):
     train_samples, validation = nuclei[:1], nuclei[1:]
-    settings = TrainSettings(size="tiny", patch_size=64, batch_size=4, epochs=3, iters_per_epoch=10, val_crops=8,
-                             lr=2e-3)
-    events = _events(train(train_samples, validation=validation, out=tmp_path / "h.safetensors", backbone=backbone,
-                           settings=settings, device="cpu"))
+    settings = TrainSettings(
+        size="tiny", patch_size=64, batch_size=4, epochs=3, iters_per_epoch=10, val_crops=8, lr=2e-3
+    )
+    events = _events(
+        train(
+            train_samples,
+            validation=validation,
+            out=tmp_path / "h.safetensors",
+            backbone=backbone,
+            settings=settings,
+            device="cpu",
+        )
+    )
     validations = [e for e in events if isinstance(e, Validation)]
     assert [e.done for e in validations] == [0, 10, 20, 30]  # before training and after each epoch
     validated = [e.dice for e in validations]
@@ -118,8 +133,16 @@ def test_resume_continues_step_count_lr_schedule_and_optimizer(tmp_path, backbon
     assert info["step"] == 3
 
     model = build_model(backbone, settings, num_classes=2, in_channels=1)
-    second = train(nuclei[:1], validation=nuclei[1:], out=out, backbone=backbone, settings=settings, model=model,
-                   resume=True, device="cpu")
+    second = train(
+        nuclei[:1],
+        validation=nuclei[1:],
+        out=out,
+        backbone=backbone,
+        settings=settings,
+        model=model,
+        resume=True,
+        device="cpu",
+    )
     resumed = next(second)
     assert (resumed.done, resumed.message) == (3, "resumed at step 3")
     for name, tensor in model.heads_state_dict().items():  # the saved heads, not the fresh ones
@@ -158,8 +181,16 @@ def test_cached_training_never_runs_the_backbone_after_caching(tmp_path, backbon
 
     monkeypatch.setattr(type(backbone), "features", counting)
     settings = TrainSettings(epochs=2, iters_per_epoch=3, cache_features=True, cache_crops=3, **TINY)
-    events = _events(train(nuclei[:1], validation=[], out=tmp_path / "h.safetensors", backbone=backbone,
-                           settings=settings, device="cpu"))
+    events = _events(
+        train(
+            nuclei[:1],
+            validation=[],
+            out=tmp_path / "h.safetensors",
+            backbone=backbone,
+            settings=settings,
+            device="cpu",
+        )
+    )
     caching = [e for e in events if e.task == "cache features"]
     assert caching[-1].done == caching[-1].total == 12  # 3 crops x 4 mirror variants
     assert sum(calls) == 12  # every backbone call was for the cache; the 6 steps used cached features
@@ -179,8 +210,9 @@ def test_label_beyond_a_loaded_models_classes_is_an_input_error_before_any_step(
     labels = nuclei[0].labels.astype(np.uint8)
     labels[:8, :8] = 2  # the newly painted class
     painted = samples_from_arrays([image], [labels], names=["painted"])
-    run = train(painted, out=tmp_path / "h.safetensors", backbone=backbone, settings=settings, validation=[],
-                model=model)
+    run = train(
+        painted, out=tmp_path / "h.safetensors", backbone=backbone, settings=settings, validation=[], model=model
+    )
     with pytest.raises(InputError, match=r"painted.*0\.\.1"):
         next(run)
     assert list(tmp_path.iterdir()) == []
@@ -200,14 +232,20 @@ def test_validation_outputs_beyond_float_range_stop_training(backbone, nuclei):
 
     model = build_model(backbone, TrainSettings(**TINY), num_classes=2, in_channels=1)
     crops = fixed_crops(nuclei[1:], 64, 2, seed=0)
-    assert 0 <= validation_dice(model, crops, device=torch.device("cpu"), batch_size=2,
-                                autocast=torch.autocast("cpu", enabled=False)) <= 1
+    assert (
+        0
+        <= validation_dice(
+            model, crops, device=torch.device("cpu"), batch_size=2, autocast=torch.autocast("cpu", enabled=False)
+        )
+        <= 1
+    )
     with torch.no_grad():
         for parameter in model.decoder.parameters():
             parameter.mul_(1e30)
     with pytest.raises(TrainingError, match="validation crops became NaN or infinite"):
-        validation_dice(model, crops, device=torch.device("cpu"), batch_size=2,
-                        autocast=torch.autocast("cpu", enabled=False))
+        validation_dice(
+            model, crops, device=torch.device("cpu"), batch_size=2, autocast=torch.autocast("cpu", enabled=False)
+        )
 
 
 # ------------------------------------------------------------------------------ length, network, loss
@@ -227,8 +265,9 @@ def test_a_run_of_max_steps_validates_and_saves_its_short_last_epoch(tmp_path, b
 
     settings = TrainSettings(epochs=2, iters_per_epoch=3, max_steps=5, **TINY)
     out = tmp_path / "h.safetensors"
-    events = _events(train(nuclei[:1], validation=nuclei[1:], out=out, backbone=backbone, settings=settings,
-                           device="cpu"))
+    events = _events(
+        train(nuclei[:1], validation=nuclei[1:], out=out, backbone=backbone, settings=settings, device="cpu")
+    )
     steps = [e for e in events if not isinstance(e, Validation)]
     assert [e.done for e in steps] == [1, 2, 3, 4, 5] and {e.total for e in events} == {5}
     assert [e.message for e in steps] == ["epoch 1/2"] * 3 + ["epoch 2/2"] * 2
@@ -247,11 +286,14 @@ def test_a_given_model_decides_the_network_settings_its_checkpoint_records(tmp_p
     settings = TrainSettings(epochs=1, iters_per_epoch=1, **{**TINY, "size": None})
     assert settings.projection == "fapm"
     out = tmp_path / "h.safetensors"
-    _events(train(nuclei[:1], validation=[], out=out, backbone=backbone, settings=settings, model=model,
-                  device="cpu"))
+    _events(train(nuclei[:1], validation=[], out=out, backbone=backbone, settings=settings, model=model, device="cpu"))
     recorded = read_metadata(out).training["settings"]
     assert (recorded["size"], recorded["projection"], recorded["channels"], recorded["grad_checkpointing"]) == (
-        "tiny", "compact", None, False)
+        "tiny",
+        "compact",
+        None,
+        False,
+    )
     assert read_metadata(out).config["projection"] == "compact"
 
 
@@ -268,8 +310,18 @@ def test_the_loss_and_the_targets_are_parameters(tmp_path, backbone, nuclei):
         return logits.float().sum() * 0 + 0.25 + len(calls)  # a gradient (zero) and a value we know
 
     settings = TrainSettings(epochs=1, iters_per_epoch=2, **TINY)
-    events = _events(train(nuclei[:1], validation=[], out=tmp_path / "h.safetensors", backbone=backbone,
-                           settings=settings, device="cpu", loss=constant_loss, targets=inverted_classes))
+    events = _events(
+        train(
+            nuclei[:1],
+            validation=[],
+            out=tmp_path / "h.safetensors",
+            backbone=backbone,
+            settings=settings,
+            device="cpu",
+            loss=constant_loss,
+            targets=inverted_classes,
+        )
+    )
     assert [e.metrics["loss"] for e in events if not isinstance(e, Validation)] == [1.25, 2.25]
     assert len(calls) == 2
     for (shape, targets, mask), labels in zip(calls, labels_seen):

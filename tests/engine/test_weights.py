@@ -27,8 +27,15 @@ def _timm_dinov3(swiglu: bool, qkv_bias: bool, num_heads: int = 2) -> torch.nn.M
     """A non-standard DINOv3 ViT straight from timm (width 128, depth 6, MLP 200) with busy weights."""
     torch.manual_seed(0)
     model = timm.create_model(
-        "vit_small_patch16_dinov3", embed_dim=128, depth=6, num_heads=num_heads, mlp_ratio=200 / 128,
-        swiglu_mlp=swiglu, swiglu_align_to=8 if swiglu else 0, qkv_bias=qkv_bias, num_classes=0,
+        "vit_small_patch16_dinov3",
+        embed_dim=128,
+        depth=6,
+        num_heads=num_heads,
+        mlp_ratio=200 / 128,
+        swiglu_mlp=swiglu,
+        swiglu_align_to=8 if swiglu else 0,
+        qkv_bias=qkv_bias,
+        num_classes=0,
     ).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():  # timm's init leaves layer scales at 1e-5: blocks would be idle
@@ -48,8 +55,12 @@ def _to_official(state: dict) -> dict:
     out = {}
     for key, value in state.items():
         for timm_name, meta_name in (
-            ("reg_token", "storage_tokens"), ("gamma_1", "ls1.gamma"), ("gamma_2", "ls2.gamma"),
-            ("mlp.fc1_g", "mlp.w1"), ("mlp.fc1_x", "mlp.w2"), ("mlp.fc2", "mlp.w3"),
+            ("reg_token", "storage_tokens"),
+            ("gamma_1", "ls1.gamma"),
+            ("gamma_2", "ls2.gamma"),
+            ("mlp.fc1_g", "mlp.w1"),
+            ("mlp.fc1_x", "mlp.w2"),
+            ("mlp.fc2", "mlp.w3"),
         ):
             key = key.replace(timm_name, meta_name)
         out[key] = value
@@ -78,8 +89,12 @@ def _to_hf(state: dict) -> dict:
         out[h + "attention.v_proj.bias"] = state[b + "attn.v_bias"]
         out[h + "attention.k_proj.bias"] = torch.randn_like(state[b + "attn.q_bias"])
         for timm_name, hf_name in (
-            ("attn.proj", "attention.o_proj"), ("mlp.fc1_g", "mlp.gate_proj"), ("mlp.fc1_x", "mlp.up_proj"),
-            ("mlp.fc2", "mlp.down_proj"), ("norm1", "norm1"), ("norm2", "norm2"),
+            ("attn.proj", "attention.o_proj"),
+            ("mlp.fc1_g", "mlp.gate_proj"),
+            ("mlp.fc1_x", "mlp.up_proj"),
+            ("mlp.fc2", "mlp.down_proj"),
+            ("norm1", "norm1"),
+            ("norm2", "norm2"),
         ):
             for leaf in ("weight", "bias"):
                 out[f"{h}{hf_name}.{leaf}"] = state[f"{b}{timm_name}.{leaf}"]
@@ -139,8 +154,15 @@ def test_hf_gated_folder_takes_heads_from_config(tmp_path):
     model = _timm_dinov3(swiglu=True, qkv_bias=True, num_heads=4)
     (tmp_path / "hf").mkdir()
     save_file(_to_hf(model.state_dict()), tmp_path / "hf" / "model.safetensors")
-    config = {"model_type": "dinov3_vit", "hidden_size": 128, "num_attention_heads": 4, "use_gated_mlp": True,
-              "layer_norm_eps": 1e-5, "rope_theta": 100.0, "patch_size": 16}
+    config = {
+        "model_type": "dinov3_vit",
+        "hidden_size": 128,
+        "num_attention_heads": 4,
+        "use_gated_mlp": True,
+        "layer_norm_eps": 1e-5,
+        "rope_theta": 100.0,
+        "patch_size": 16,
+    }
     (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
     backbone = load_backbone(tmp_path / "hf")
     assert (backbone.format, backbone.num_heads, backbone.vit.rope.periods.numel()) == ("hf", 4, 8)

@@ -10,8 +10,8 @@ import pytest
 import skimage.io
 
 from napari_dinounet._sample_data import mni152_sample, nuclei_sample
-from napari_dinounet.engine.io import read_image
 from napari_dinounet.engine.bundled_data import load_mni152_slices, load_nuclei
+from napari_dinounet.engine.io import read_image
 
 if not os.environ.get("DISPLAY"):
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -49,7 +49,9 @@ def _widget(qtbot, viewer):
 
 def _enabled_formats(widget) -> list[str]:
     model = widget.format_combo.model()
-    return [widget.format_combo.itemData(row) for row in range(widget.format_combo.count()) if model.item(row).isEnabled()]
+    return [
+        widget.format_combo.itemData(row) for row in range(widget.format_combo.count()) if model.item(row).isEnabled()
+    ]
 
 
 def test_nuclei_labels_to_tiff_with_resolution_and_png(qtbot, viewer, tmp_path):
@@ -118,14 +120,27 @@ def test_the_format_list_and_dialog_filters_come_from_the_registry(qtbot, viewer
         with open(tmp, "wb") as file:
             np.save(file, labels)
 
-    io.register(io.Format("raw", (".raw.npy",), read=lambda path: io.ImageFile(np.load(path), "raw"), write=write,
-                          title="Raw", note="for tests", exported=True))
+    io.register(
+        io.Format(
+            "raw",
+            (".raw.npy",),
+            read=lambda path: io.ImageFile(np.load(path), "raw"),
+            write=write,
+            title="Raw",
+            note="for tests",
+            exported=True,
+        )
+    )
     try:
         viewer.add_layer(Labels(np.arange(12, dtype=np.uint8).reshape(3, 4), name="cells"))
         widget = _widget(qtbot, viewer)
         titles = [widget.format_combo.itemText(row) for row in range(widget.format_combo.count())]
-        assert titles == ["TIFF (.tif)", "PNG (.png, 2D only)", "NIfTI (.nii.gz, keeps the affine)",
-                          "Raw (.raw.npy, for tests)"]
+        assert titles == [
+            "TIFF (.tif)",
+            "PNG (.png, 2D only)",
+            "NIfTI (.nii.gz, keeps the affine)",
+            "Raw (.raw.npy, for tests)",
+        ]
         assert _enabled_formats(widget) == ["tiff", "png", "raw"]
         widget.set_format("raw")
         assert widget.labels_path_edit.text().endswith("cells.raw.npy")
@@ -208,8 +223,9 @@ def test_segmented_labels_of_a_nifti_image_export_to_its_grid(qtbot, viewer, tmp
 
     from napari_dinounet._widgets.segment import SegmentWidget
 
-    heads = write_tiny_heads(tmp_path / "heads.safetensors", class_names=("background", "grey matter",
-                                                                           "white matter", "other brain"))
+    heads = write_tiny_heads(
+        tmp_path / "heads.safetensors", class_names=("background", "grey matter", "white matter", "other brain")
+    )
     image, _ = _add(viewer, mni152_sample())
     viewer.dims.set_current_step(0, 7)
     segment = SegmentWidget(viewer)
@@ -241,8 +257,9 @@ def test_docked_from_the_layers_segment_menu_in_a_real_viewer(make_napari_viewer
     viewer = make_napari_viewer()
     viewer.open_sample("napari-dinounet", "mni152")
     menu = get_app_model().menus.get_menu("napari/layers/segment")
-    assert {"napari-dinounet.segment_widget", "napari-dinounet.finetune_widget",
-            "napari-dinounet.export_widget"} <= {item.command.id for item in menu if hasattr(item, "command")}
+    assert {"napari-dinounet.segment_widget", "napari-dinounet.finetune_widget", "napari-dinounet.export_widget"} <= {
+        item.command.id for item in menu if hasattr(item, "command")
+    }
 
     _, widget = viewer.window.add_plugin_dock_widget("napari-dinounet", "Export")
     assert widget.layer_combo.layer() is viewer.layers["MNI152 T1 ground truth"]

@@ -65,8 +65,11 @@ def qimage_to_array(image) -> np.ndarray:
 
     image = image.convertToFormat(QImage.Format_RGB888)
     buffer = np.frombuffer(image.constBits().asstring(image.sizeInBytes()), np.uint8)
-    return buffer.reshape(image.height(), image.bytesPerLine())[:, : image.width() * 3].reshape(
-        image.height(), image.width(), 3).astype(int)
+    return (
+        buffer.reshape(image.height(), image.bytesPerLine())[:, : image.width() * 3]
+        .reshape(image.height(), image.width(), 3)
+        .astype(int)
+    )
 
 
 def digest(path) -> str:
@@ -218,8 +221,14 @@ def write_compact_heads(path):
     from napari_dinounet.engine.network import build_dinounet
 
     model = build_dinounet("tiny", projection="compact", num_classes=2, backbone=load_backbone("random:tiny"))
-    metadata = HeadsMetadata(config=model.config.to_dict(), class_names=["background", "nucleus"], in_channels=1,
-                             normalization={"scheme": "zscore"}, patch_size=64, backbone_variant="tiny")
+    metadata = HeadsMetadata(
+        config=model.config.to_dict(),
+        class_names=["background", "nucleus"],
+        in_channels=1,
+        normalization={"scheme": "zscore"},
+        patch_size=64,
+        backbone_variant="tiny",
+    )
     return save_heads(path, model, metadata)
 
 
@@ -236,8 +245,9 @@ def test_finetune_job_runs_exactly_the_steps_asked_and_records_the_heads_project
     events = []
     out = tmp_path / "tuned.safetensors"
     pairs = [TrainingPair("crop", image, labels, None, False)]
-    result = drain(finetune_job(Session(), "random:tiny", "cpu", start, pairs, None, out, options, Stop()),
-                   events.append)
+    result = drain(
+        finetune_job(Session(), "random:tiny", "cpu", start, pairs, None, out, options, Stop()), events.append
+    )
     steps = [e.done for e in events if e.task == "train" and not isinstance(e, Validation)]
     assert steps == list(range(1, 101)) and result.steps_done == 100 and not result.stopped
     assert [e.done for e in events if isinstance(e, Validation)] == [0, 30, 60, 90, 100]
@@ -275,8 +285,9 @@ def test_the_channel_axis_of_a_multichannel_layer_makes_one_image_with_its_chann
     np.testing.assert_array_equal(pair.image[..., 1], three_channel_viewer.layers["three"].data[1])
 
 
-def test_heads_of_three_channels_are_not_fine_tuned_on_one_channel_images(qtbot, three_channel_viewer, tmp_path,
-                                                                          errors):
+def test_heads_of_three_channels_are_not_fine_tuned_on_one_channel_images(
+    qtbot, three_channel_viewer, tmp_path, errors
+):
     """Report defect (d).2: the checkpoint's in_channels used to be rewritten to what the images gave."""
     start = write_tiny_heads(tmp_path / "rgb.safetensors", in_channels=3)
     widget = ready_widget(three_channel_viewer, tmp_path, steps=2, every=2)
@@ -308,6 +319,12 @@ def test_the_form_is_remembered_for_the_next_widget(viewer, isolated_settings):
     widget.batch_spin.setValue(3)
     widget.cache_check.setChecked(False)
     again = FineTuneWidget(viewer)
-    assert (again.steps_spin.value(), again.every_spin.value(), again.lr_spin.value(), again.patch_spin.value(),
-            again.batch_spin.value(), again.cache_check.isChecked()) == (123, 7, 0.004, 128, 3, False)
+    assert (
+        again.steps_spin.value(),
+        again.every_spin.value(),
+        again.lr_spin.value(),
+        again.patch_spin.value(),
+        again.batch_spin.value(),
+        again.cache_check.isChecked(),
+    ) == (123, 7, 0.004, 128, 3, False)
     assert (isolated_settings / "napari-dinounet.ini").is_file()

@@ -89,5 +89,5 @@ def test_the_plan_layout_is_how_the_engine_reads_what_the_plan_passes(data, kwar
     assert isinstance(plan.layout, ImageLayout) and plan.layout.shape == plan.image.shape
     assert infer_layout(plan.image.shape, plan.channel_axis, plan.slice_axis) == plan.layout
     # the engine's output fills the labels at target plane for plane (several leading axes as one stack)
-    spatial, labels_part = plan.layout.spatial_shape, plan.labels_shape[len(plan.target):]
+    spatial, labels_part = plan.layout.spatial_shape, plan.labels_shape[len(plan.target) :]
     assert spatial[-2:] == labels_part[-2:] and np.prod(spatial) == np.prod(labels_part)

@@ -67,8 +67,9 @@ def viewer(make_napari_viewer):
     viewer = make_napari_viewer()
     image, instances = load_nuclei()
     viewer.add_image(image, name="nuclei")
-    viewer.add_labels((instances > 0).astype(np.uint8), name="corrected",
-                      metadata={"class_names": ["background", "nucleus"]})
+    viewer.add_labels(
+        (instances > 0).astype(np.uint8), name="corrected", metadata={"class_names": ["background", "nucleus"]}
+    )
     return viewer
 
 
@@ -96,9 +97,11 @@ def test_gui_responsive_while_segmenting(qtbot, viewer, tmp_path):
         wait_for(qtbot, job := widget.run())
     assert not job.errored and viewer.layers["nuclei labels"].data.shape == (512, 512)
     computing = TickRecorder.gap_before(first.ticks, placed[0])
-    print(f"segment: {placed[0] - started:.2f} s in the worker, longest GUI gap meanwhile {computing * 1000:.0f} ms; "
-          f"napari's add_labels then took {(placed[1] - placed[0]) * 1000:.0f} ms; "
-          f"longest garbage collection {first.longest_collection_ms} ms")
+    print(
+        f"segment: {placed[0] - started:.2f} s in the worker, longest GUI gap meanwhile {computing * 1000:.0f} ms; "
+        f"napari's add_labels then took {(placed[1] - placed[0]) * 1000:.0f} ms; "
+        f"longest garbage collection {first.longest_collection_ms} ms"
+    )
 
     labels = viewer.layers["nuclei labels"]
     result = labels.data.copy()
@@ -108,9 +111,11 @@ def test_gui_responsive_while_segmenting(qtbot, viewer, tmp_path):
     with TickRecorder() as second:
         wait_for(qtbot, job := widget.run())
     np.testing.assert_array_equal(labels.data, result)
-    print(f"segment again: {time.perf_counter() - started:.2f} s, longest GUI gap {second.longest_gap * 1000:.0f} ms "
-          f"(writing {int((result > 0).sum())} pixels took {(placed[1] - placed[0]) * 1000:.0f} ms); "
-          f"longest garbage collection {second.longest_collection_ms} ms")
+    print(
+        f"segment again: {time.perf_counter() - started:.2f} s, longest GUI gap {second.longest_gap * 1000:.0f} ms "
+        f"(writing {int((result > 0).sum())} pixels took {(placed[1] - placed[0]) * 1000:.0f} ms); "
+        f"longest garbage collection {second.longest_collection_ms} ms"
+    )
     assert placed[0] - started > 0.5, "the run was too short to show anything"
     assert computing < MAX_GAP_S and second.longest_gap < MAX_GAP_S
 
@@ -134,8 +139,10 @@ def test_gui_responsive_while_fine_tuning(qtbot, viewer, tmp_path):
         wait_for(qtbot, job)
     took = time.perf_counter() - started
     assert not job.errored and (tmp_path / "tuned.safetensors").is_file()
-    print(f"fine-tune: {took:.2f} s, {len(recorder.ticks)} ticks, "
-          f"longest GUI gap {recorder.longest_gap * 1000:.0f} ms; "
-          f"longest garbage collection {recorder.longest_collection_ms} ms")
+    print(
+        f"fine-tune: {took:.2f} s, {len(recorder.ticks)} ticks, "
+        f"longest GUI gap {recorder.longest_gap * 1000:.0f} ms; "
+        f"longest garbage collection {recorder.longest_collection_ms} ms"
+    )
     assert took > 0.5, "the run was too short to show anything"
     assert recorder.longest_gap < MAX_GAP_S

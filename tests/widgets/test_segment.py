@@ -197,8 +197,9 @@ def test_segment_colour_and_multichannel_images(qtbot, viewer, heads, tmp_path):
     widget.image_combo.set_layer(viewer.layers["colour"])
     assert widget.channel_axis_combo.currentText() == "RGB colours"
     wait_for(qtbot, widget.run())
-    np.testing.assert_array_equal(viewer.layers["colour labels"].data,
-                                  reference_labels(widget, widget.session.heads_path, rgb, channel_axis=2))
+    np.testing.assert_array_equal(
+        viewer.layers["colour labels"].data, reference_labels(widget, widget.session.heads_path, rgb, channel_axis=2)
+    )
 
     # (C, Y, X) with the model's one channel picked from the second
     channels = np.stack([grey[::-1], image, grey])
@@ -244,8 +245,9 @@ def test_cancel_leaves_the_previous_labels_untouched(qtbot, viewer, nuclei, head
     assert "cancelled" in widget.status.text()
 
 
-def test_errors_become_notifications_and_the_widget_stays_usable(qtbot, viewer, nuclei, heads, tmp_path, errors,
-                                                                 dinov3_tiny_dir):
+def test_errors_become_notifications_and_the_widget_stays_usable(
+    qtbot, viewer, nuclei, heads, tmp_path, errors, dinov3_tiny_dir
+):
     widget = ready_widget(viewer, heads)
 
     widget.model_form.set_heads(str(tmp_path / "missing.safetensors"))
@@ -341,8 +343,10 @@ def test_segment_job_returns_a_segment_result(heads):
     session = Session()
     plan = plan_run(Image(stack), whole_stack=True)
     tasks = []
-    result = drain(segment_job(session, "random:tiny", "cpu", heads, plan, patch_size=None, step=0.5, tta=False),
-                   lambda event: tasks.append(event.task))
+    result = drain(
+        segment_job(session, "random:tiny", "cpu", heads, plan, patch_size=None, step=0.5, tta=False),
+        lambda event: tasks.append(event.task),
+    )
     assert isinstance(result, SegmentResult) and result.class_names == ["background", "nucleus"]
     assert tasks[:2] == ["loading the backbone", "loading the heads"] and tasks[-1] == "predict"
     model, _ = load_heads(heads, session.backbone("random:tiny", "cpu"))

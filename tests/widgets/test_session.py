@@ -38,8 +38,10 @@ def test_a_folder_is_loaded_again_when_a_file_in_it_changes(dinov3_tiny_dir, tmp
     assert session.backbone(folder, "cpu") is first
     tensors = load_file(folder / "model.safetensors")
     assert "embeddings.patch_embeddings.weight" in tensors
-    save_file({k: v + 1 if k == "embeddings.patch_embeddings.weight" else v for k, v in tensors.items()},
-              folder / "model.safetensors")  # other weights of the same shape, over the same file
+    save_file(
+        {k: v + 1 if k == "embeddings.patch_embeddings.weight" else v for k, v in tensors.items()},
+        folder / "model.safetensors",
+    )  # other weights of the same shape, over the same file
     second = session.backbone(folder, "cpu")
     assert second is not first and second.sha256 != first.sha256
 

@@ -84,11 +84,15 @@ def error_message(exc: BaseException, what: str) -> str:
     if isinstance(exc, DinoUNetError):
         return f"{what} failed: {exc}"
     if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower():
-        return (f"{what} ran out of accelerator memory. Fix: lower the tile (patch) size or the batch size, "
-                "turn test-time augmentation off, close other GPU programs, or choose the CPU device.")
+        return (
+            f"{what} ran out of accelerator memory. Fix: lower the tile (patch) size or the batch size, "
+            "turn test-time augmentation off, close other GPU programs, or choose the CPU device."
+        )
     if isinstance(exc, MemoryError):
-        return (f"{what} ran out of memory. Fix: lower the tile (patch) size, process the current slice "
-                "instead of the whole stack, or close other programs.")
+        return (
+            f"{what} ran out of memory. Fix: lower the tile (patch) size, process the current slice "
+            "instead of the whole stack, or close other programs."
+        )
     return f"{what} failed unexpectedly: {type(exc).__name__}: {exc} (the traceback is in the log)"
 
 
@@ -101,9 +105,16 @@ class Job:
     what it has (its result still arrives) instead of dropping the result.
     """
 
-    def __init__(self, gen: Generator, what: str, *, on_result: Callable[[Any], None],
-                 on_progress: Callable[[Any], None] | None = None,
-                 on_finished: Callable[[], None] | None = None, stop: Stop | None = None) -> None:
+    def __init__(
+        self,
+        gen: Generator,
+        what: str,
+        *,
+        on_result: Callable[[Any], None],
+        on_progress: Callable[[Any], None] | None = None,
+        on_finished: Callable[[], None] | None = None,
+        stop: Stop | None = None,
+    ) -> None:
         self.what = what
         self._gen = gen
         self._stop = stop

@@ -13,8 +13,9 @@ class LayerComboBox(QComboBox):
     The choice survives list changes as long as its layer stays in the viewer.
     """
 
-    def __init__(self, viewer, layer_types: tuple[type, ...], none_text: str | None = None,
-                 parent: QWidget | None = None) -> None:
+    def __init__(
+        self, viewer, layer_types: tuple[type, ...], none_text: str | None = None, parent: QWidget | None = None
+    ) -> None:
         super().__init__(parent)
         self._viewer = viewer
         self._layer_types = layer_types
@@ -45,8 +46,11 @@ class LayerComboBox(QComboBox):
         self.blockSignals(True)
         self.clear()
         self._shown = [None] if self._none_text is not None else []
-        self._shown += [layer for layer in reversed(self._viewer.layers)  # top layer first, as in the list
-                        if isinstance(layer, self._layer_types)]
+        self._shown += [
+            layer
+            for layer in reversed(self._viewer.layers)  # top layer first, as in the list
+            if isinstance(layer, self._layer_types)
+        ]
         for layer in self._shown:
             self.addItem(self._none_text if layer is None else layer.name)
         self.blockSignals(False)

@@ -91,8 +91,14 @@ def _level0(layer):
     return layer.data[0] if layer.multiscale else layer.data
 
 
-def plan_run(layer, *, channel_axis: int | None = None, channels: tuple[int, ...] | None = None,
-             whole_stack: bool = True, current: tuple[int, ...] = ()) -> RunPlan:
+def plan_run(
+    layer,
+    *,
+    channel_axis: int | None = None,
+    channels: tuple[int, ...] | None = None,
+    whole_stack: bool = True,
+    current: tuple[int, ...] = (),
+) -> RunPlan:
     """Plan a run on an image layer.
 
     channel_axis: the layer axis that holds channels (ignored for RGB layers, whose colours are channels).
@@ -119,15 +125,16 @@ def plan_run(layer, *, channel_axis: int | None = None, channels: tuple[int, ...
             raise InputError(f"channels {channels} do not exist: {layer.name!r} has channels 0 to {available - 1}")
         data = data[..., list(channels)]
     elif channels is not None:
-        raise InputError(f"channels were given but {layer.name!r} has no channel axis: "
-                         "choose one, or clear the channels")
+        raise InputError(
+            f"channels were given but {layer.name!r} has no channel axis: choose one, or clear the channels"
+        )
 
     labels_shape = tuple(data.shape[: len(layer_axes)])
     leading = labels_shape[:-2]
     if whole_stack or not leading:
         stack_shape, target = leading, ()
         # the engine takes one stack axis: several leading axes (T, Z) become one
-        image = data.reshape((-1,) + data.shape[len(leading):]) if len(leading) > 1 else data
+        image = data.reshape((-1,) + data.shape[len(leading) :]) if len(leading) > 1 else data
     else:
         target = tuple(int(np.clip(current[axis], 0, size - 1)) for axis, size in zip(layer_axes, leading))
         stack_shape = ()

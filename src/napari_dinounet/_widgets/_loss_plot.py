@@ -71,8 +71,10 @@ class LossPlot(QWidget):
 
     def _curve(self, painter: QPainter, area: QRectF, points, top: float, color: QColor, dots: bool = False) -> None:
         def at(step: int, value: float) -> QPointF:
-            return QPointF(area.left() + area.width() * min(step / self.total_steps, 1.0),
-                           area.bottom() - area.height() * min(max(value / top, 0.0), 1.0))
+            return QPointF(
+                area.left() + area.width() * min(step / self.total_steps, 1.0),
+                area.bottom() - area.height() * min(max(value / top, 0.0), 1.0),
+            )
 
         painter.setPen(QPen(color, 1.5))
         path = QPainterPath(at(*points[0]))

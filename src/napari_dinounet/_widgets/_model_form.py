@@ -124,8 +124,12 @@ class ModelForm(QWidget):
             self.heads_edit.setText(text)
 
     def _browse_backbone_file(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "DINOv3 backbone weights", self.backbone_edit.text(),
-                                              "Weights (*.pth *.pt *.safetensors);;All files (*)")
+        path, _ = QFileDialog.getOpenFileName(
+            self,
+            "DINOv3 backbone weights",
+            self.backbone_edit.text(),
+            "Weights (*.pth *.pt *.safetensors);;All files (*)",
+        )
         if path:
             self.set_backbone(path)
 

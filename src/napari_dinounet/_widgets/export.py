@@ -49,14 +49,17 @@ def heads_target(source: str | Path | None, target: str | Path) -> Path:
     Raises CheckpointError when there is no current heads file, InputError when ``target`` is that file.
     """
     if source is None:
-        raise CheckpointError("there is no heads checkpoint yet: choose one in the Segment widget, or train "
-                              "one with Fine-tune, then export it")
+        raise CheckpointError(
+            "there is no heads checkpoint yet: choose one in the Segment widget, or train "
+            "one with Fine-tune, then export it"
+        )
     source, target = Path(source), Path(target).expanduser()
     if not target.name.endswith(HEADS_EXTENSION):
         target = target.with_name(target.name + HEADS_EXTENSION)
     if not source.is_file():
-        raise CheckpointError(f"{source}: the current heads file no longer exists; choose another in the "
-                              "Segment widget")
+        raise CheckpointError(
+            f"{source}: the current heads file no longer exists; choose another in the Segment widget"
+        )
     if target.exists() and target.samefile(source):
         raise InputError(f"{target} is the current heads file itself; choose another file name")
     return target
@@ -123,22 +126,34 @@ class ExportWidget(QWidget):
         self.labels_path_edit = QLineEdit()
         self.labels_path_edit.setPlaceholderText("file to write")
         self.export_labels_button = QPushButton("Export labels")
-        self.export_labels_button.setToolTip("Write the chosen labels layer; an existing file is replaced only "
-                                             "after you confirm, and only once the new file is complete.")
+        self.export_labels_button.setToolTip(
+            "Write the chosen labels layer; an existing file is replaced only "
+            "after you confirm, and only once the new file is complete."
+        )
 
-        labels_box = _form_box("Labels", ("Layer", self.layer_combo), ("Format", self.format_combo),
-                               ("File", _path_row(self.labels_path_edit, self._browse_labels)),
-                               self.export_labels_button)
+        labels_box = _form_box(
+            "Labels",
+            ("Layer", self.layer_combo),
+            ("Format", self.format_combo),
+            ("File", _path_row(self.labels_path_edit, self._browse_labels)),
+            self.export_labels_button,
+        )
 
         self.heads_label = QLabel()
         self.heads_label.setWordWrap(True)
         self.heads_path_edit = QLineEdit()
         self.heads_path_edit.setPlaceholderText("file to write (.safetensors)")
         self.export_heads_button = QPushButton("Export heads")
-        self.export_heads_button.setToolTip("Copy the heads checkpoint in use (adapter, projection, decoder and "
-                                            "their settings; never the backbone) to the file above.")
-        heads_box = _form_box("Heads checkpoint", ("In use", self.heads_label),
-                              ("File", _path_row(self.heads_path_edit, self._browse_heads)), self.export_heads_button)
+        self.export_heads_button.setToolTip(
+            "Copy the heads checkpoint in use (adapter, projection, decoder and "
+            "their settings; never the backbone) to the file above."
+        )
+        heads_box = _form_box(
+            "Heads checkpoint",
+            ("In use", self.heads_label),
+            ("File", _path_row(self.heads_path_edit, self._browse_heads)),
+            self.export_heads_button,
+        )
 
         self.status_label = QLabel()
         self.status_label.setWordWrap(True)
@@ -224,8 +239,9 @@ class ExportWidget(QWidget):
         self._confirmed_target = None
 
     def _browse_labels(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Export labels", self.labels_path_edit.text(),
-                                              get_format(self.format()).dialog_filter)
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Export labels", self.labels_path_edit.text(), get_format(self.format()).dialog_filter
+        )
         if path:
             self.labels_path_edit.setText(path)
             self._labels_path_suggested = False
@@ -258,8 +274,9 @@ class ExportWidget(QWidget):
             self.heads_path_edit.setText(str(folder / Path(path).name))
 
     def _browse_heads(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Export heads checkpoint", self.heads_path_edit.text(),
-                                              HEADS_FILTER)
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Export heads checkpoint", self.heads_path_edit.text(), HEADS_FILTER
+        )
         if path:
             self.heads_path_edit.setText(path)
             self._confirmed_target = Path(path)
@@ -289,8 +306,9 @@ class ExportWidget(QWidget):
         return self._confirm_replace(target)
 
     def _confirm_replace(self, target: Path) -> bool:
-        answer = QMessageBox.question(self, "Replace file?", f"{target} exists. Replace it?",
-                                      QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
+        answer = QMessageBox.question(
+            self, "Replace file?", f"{target} exists. Replace it?", QMessageBox.Yes | QMessageBox.No, QMessageBox.No
+        )
         return answer == QMessageBox.Yes
 
     def _write(self, target: Path, write: Callable[[], str | Path]) -> Path | None:
@@ -300,8 +318,9 @@ class ExportWidget(QWidget):
         except DinoUNetError as err:
             return self._fail(f"Export failed: {err}")
         except OSError as err:
-            return self._fail(f"Export failed: cannot write {target} ({err.strerror or err}); choose a folder "
-                              "you can write to")
+            return self._fail(
+                f"Export failed: cannot write {target} ({err.strerror or err}); choose a folder you can write to"
+            )
         remember("export/folder", str(written.parent))
         return written
 

@@ -86,8 +86,13 @@ class FineTuneOptions:
         from ..engine.train import TrainSettings
 
         return TrainSettings(
-            patch_size=self.patch_size, batch_size=self.batch_size, epochs=math.ceil(self.steps / self.epoch_steps),
-            iters_per_epoch=self.epoch_steps, max_steps=self.steps, lr=self.lr, cache_features=self.cache_features,
+            patch_size=self.patch_size,
+            batch_size=self.batch_size,
+            epochs=math.ceil(self.steps / self.epoch_steps),
+            iters_per_epoch=self.epoch_steps,
+            max_steps=self.steps,
+            lr=self.lr,
+            cache_features=self.cache_features,
         )
 
 
@@ -98,9 +103,17 @@ class FineTuneResult:
     steps_done: int
 
 
-def finetune_job(session: Session, backbone_source: str, device: str, start_heads: Path | None,
-                 pairs: list[TrainingPair], class_names: list[str] | None, out: Path, options: FineTuneOptions,
-                 stop: Stop) -> Generator[Progress, None, FineTuneResult]:
+def finetune_job(
+    session: Session,
+    backbone_source: str,
+    device: str,
+    start_heads: Path | None,
+    pairs: list[TrainingPair],
+    class_names: list[str] | None,
+    out: Path,
+    options: FineTuneOptions,
+    stop: Stop,
+) -> Generator[Progress, None, FineTuneResult]:
     """Worker body: load the backbone and the starting heads, build the samples, train until done or stopped.
 
     Runs in a worker thread: no Qt here. ``stop`` set: the training generator is closed at its next event,
@@ -121,13 +134,18 @@ def finetune_job(session: Session, backbone_source: str, device: str, start_head
         class_names = list(metadata.class_names)
         normalization = Normalization.from_dict(metadata.normalization)
     if len({pair.has_channels for pair in pairs}) > 1:
-        raise InputError("some images have channels (colours or a channel axis) and some do not: train on one "
-                         "kind at a time")
+        raise InputError(
+            "some images have channels (colours or a channel axis) and some do not: train on one kind at a time"
+        )
     yield Progress("preparing the images", 0, 1)
     samples = samples_from_arrays(
-        [pair.image for pair in pairs], [pair.labels for pair in pairs], masks=[pair.mask for pair in pairs],
-        names=[pair.name for pair in pairs], channel_axis=-1 if pairs[0].has_channels else None,
-        normalization=normalization, num_classes=len(class_names) if class_names else None,
+        [pair.image for pair in pairs],
+        [pair.labels for pair in pairs],
+        masks=[pair.mask for pair in pairs],
+        names=[pair.name for pair in pairs],
+        channel_axis=-1 if pairs[0].has_channels else None,
+        normalization=normalization,
+        num_classes=len(class_names) if class_names else None,
     )
     if not samples:
         raise InputError("no pixel counts: the regions that count are empty; draw a region over the corrected part")
@@ -139,8 +157,16 @@ def finetune_job(session: Session, backbone_source: str, device: str, start_head
             f"channel{'s' if given != 1 else ''}: set each image's channel axis (the Channel axis column) so that "
             f"it gives {metadata.in_channels}, or start from fresh heads"
         )
-    run = train(samples, out=out, backbone=backbone, settings=options.settings(), class_names=class_names,
-                normalization=normalization, model=model, device=device)
+    run = train(
+        samples,
+        out=out,
+        backbone=backbone,
+        settings=options.settings(),
+        class_names=class_names,
+        normalization=normalization,
+        model=model,
+        device=device,
+    )
     steps_done = 0
     try:
         while True:
@@ -175,8 +201,10 @@ class _PairRow:
     def __init__(self, viewer) -> None:
         self.image = LayerComboBox(viewer, (Image,))
         self.channel_axis = QComboBox()
-        self.channel_axis.setToolTip("The image axis that holds channels (multichannel images): the heads "
-                                     "see one image with that many channels, not a stack of grey slices.")
+        self.channel_axis.setToolTip(
+            "The image axis that holds channels (multichannel images): the heads "
+            "see one image with that many channels, not a stack of grey slices."
+        )
         self.labels = LayerComboBox(viewer, (Labels,))
         self.region = LayerComboBox(viewer, (Shapes, Labels), none_text="everywhere")
         self.image.setToolTip("An image to learn from.")
@@ -209,13 +237,17 @@ def region_mask(region, shape: tuple[int, ...]) -> np.ndarray:
     """The pixels that count (bool, ``shape``) from a Shapes layer (inside any shape) or a Labels layer (nonzero)."""
     if isinstance(region, Shapes):
         if region.ndim != len(shape):
-            raise InputError(f"the shapes in {region.name!r} are {region.ndim}D but the labels are {len(shape)}D: "
-                             "draw the region on the image itself")
+            raise InputError(
+                f"the shapes in {region.name!r} are {region.ndim}D but the labels are {len(shape)}D: "
+                "draw the region on the image itself"
+            )
         return region.to_labels(labels_shape=shape) > 0
     data = np.asarray(region.data)
     if data.shape != shape:
-        raise InputError(f"the region mask {region.name!r} has shape {data.shape}, the labels {shape}: "
-                         "paint the region in a labels layer of the image's size")
+        raise InputError(
+            f"the region mask {region.name!r} has shape {data.shape}, the labels {shape}: "
+            "paint the region in a labels layer of the image's size"
+        )
     return data != 0
 
 
@@ -249,8 +281,9 @@ class FineTuneWidget(QWidget):
         self.steps_spin = persisted(_spin(1, 1_000_000, 10), "finetune/steps", 200)
         self.steps_spin.setToolTip("Training steps in all.")
         self.every_spin = persisted(_spin(1, 100_000, 10), "finetune/every", 50)
-        self.every_spin.setToolTip("Validation Dice and a checkpoint after every this many steps and after the "
-                                   "last (Stop keeps the last).")
+        self.every_spin.setToolTip(
+            "Validation Dice and a checkpoint after every this many steps and after the last (Stop keeps the last)."
+        )
         self.lr_spin = QDoubleSpinBox()
         self.lr_spin.setDecimals(5)
         self.lr_spin.setRange(1e-5, 1.0)
@@ -258,8 +291,9 @@ class FineTuneWidget(QWidget):
         persisted(self.lr_spin, "finetune/lr", 0.001)
         self.patch_spin = persisted(_spin(64, 2048, 32), "finetune/patch", 256)
         self.batch_spin = persisted(_spin(1, 64, 1), "finetune/batch", 2)
-        self.cache_check = persisted(QCheckBox("cache backbone features (faster, lighter augmentation)"),
-                                     "finetune/cache", True)
+        self.cache_check = persisted(
+            QCheckBox("cache backbone features (faster, lighter augmentation)"), "finetune/cache", True
+        )
         self.out_edit = QLineEdit()
         self.out_edit.setPlaceholderText("automatic: beside the start heads")
         out_button = QToolButton(text="…")
@@ -330,15 +364,21 @@ class FineTuneWidget(QWidget):
             row.remove.setEnabled(len(self.rows) > 1)
 
     def _browse_out(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save the fine-tuned heads", self.out_edit.text(),
-                                              "Dino U-Net heads (*.safetensors)")
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Save the fine-tuned heads", self.out_edit.text(), "Dino U-Net heads (*.safetensors)"
+        )
         if path:
             self.out_edit.setText(path if path.endswith(".safetensors") else path + ".safetensors")
 
     def _options(self) -> FineTuneOptions:
-        return FineTuneOptions(steps=self.steps_spin.value(), every=self.every_spin.value(), lr=self.lr_spin.value(),
-                               patch_size=self.patch_spin.value(), batch_size=self.batch_spin.value(),
-                               cache_features=self.cache_check.isChecked())
+        return FineTuneOptions(
+            steps=self.steps_spin.value(),
+            every=self.every_spin.value(),
+            lr=self.lr_spin.value(),
+            patch_size=self.patch_spin.value(),
+            batch_size=self.batch_spin.value(),
+            cache_features=self.cache_check.isChecked(),
+        )
 
     def _pairs(self) -> list[TrainingPair]:
         """The chosen pairs as arrays (read here, in the GUI thread; the worker gets only arrays)."""
@@ -351,17 +391,24 @@ class FineTuneWidget(QWidget):
             if (image.name, labels.name) in seen:
                 continue
             seen.add((image.name, labels.name))
-            plan = plan_run(image, channel_axis=row.channel_axis.currentData(), whole_stack=whole,
-                            current=viewer_indices(self.viewer, image))
+            plan = plan_run(
+                image,
+                channel_axis=row.channel_axis.currentData(),
+                whole_stack=whole,
+                current=viewer_indices(self.viewer, image),
+            )
             if labels.data.shape != plan.labels_shape:
-                raise InputError(f"labels {labels.name!r} have shape {labels.data.shape} but image {image.name!r} "
-                                 f"needs {plan.labels_shape}: pick the labels drawn on that image")
+                raise InputError(
+                    f"labels {labels.name!r} have shape {labels.data.shape} but image {image.name!r} "
+                    f"needs {plan.labels_shape}: pick the labels drawn on that image"
+                )
             values = plan.select(labels.data)
             if self.foreground_check.isChecked():
                 values = (values > 0).astype(np.uint8)
             mask = plan.select(region_mask(region, plan.labels_shape)) if region is not None else None
-            pairs.append(TrainingPair(f"{image.name} / {labels.name}", plan.image, values, mask,
-                                      plan.channel_axis is not None))
+            pairs.append(
+                TrainingPair(f"{image.name} / {labels.name}", plan.image, values, mask, plan.channel_axis is not None)
+            )
         return pairs
 
     def _class_names(self) -> list[str] | None:
@@ -394,11 +441,26 @@ class FineTuneWidget(QWidget):
             return None
         out.parent.mkdir(parents=True, exist_ok=True)
         self._stop = Stop()
-        gen = finetune_job(self.session, self.session.backbone_source, self.session.device, start_heads, pairs,
-                           class_names, out, options, self._stop)
+        gen = finetune_job(
+            self.session,
+            self.session.backbone_source,
+            self.session.device,
+            start_heads,
+            pairs,
+            class_names,
+            out,
+            options,
+            self._stop,
+        )
         self.plot.clear(options.steps)
-        self.job = Job(gen, "Fine-tuning", on_result=self._show_result, on_progress=self._progress,
-                       on_finished=self._finished, stop=self._stop)
+        self.job = Job(
+            gen,
+            "Fine-tuning",
+            on_result=self._show_result,
+            on_progress=self._progress,
+            on_finished=self._finished,
+            stop=self._stop,
+        )
         self.start_button.setEnabled(False)
         self.stop_button.setEnabled(True)
         self.status.setText(f"training; checkpoints go to {out}")
@@ -428,8 +490,9 @@ class FineTuneWidget(QWidget):
 
     def _show_result(self, result: FineTuneResult) -> None:
         if result.checkpoint is None:
-            self.status.setText(f"stopped after {result.steps_done} steps, before the first checkpoint: "
-                                "nothing was written")
+            self.status.setText(
+                f"stopped after {result.steps_done} steps, before the first checkpoint: nothing was written"
+            )
             return
         self.session.heads_path = result.checkpoint
         self.model_form.set_heads(str(result.checkpoint))

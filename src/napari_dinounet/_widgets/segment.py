@@ -60,8 +60,17 @@ class SegmentResult:
     class_names: list[str]
 
 
-def segment_job(session: Session, backbone_source: str, device: str, heads_path: Path, plan: RunPlan, *,
-                patch_size: int | None, step: float, tta: bool) -> Generator[Progress, None, SegmentResult]:
+def segment_job(
+    session: Session,
+    backbone_source: str,
+    device: str,
+    heads_path: Path,
+    plan: RunPlan,
+    *,
+    patch_size: int | None,
+    step: float,
+    tta: bool,
+) -> Generator[Progress, None, SegmentResult]:
     """Worker body: the session's backbone (loaded unless cached) and the heads, then predict.
 
     patch_size None: the training patch. Runs in a worker thread: no Qt here.
@@ -73,8 +82,9 @@ def segment_job(session: Session, backbone_source: str, device: str, heads_path:
     backbone = yield from session.backbone_steps(backbone_source, device)  # "loading"/"waiting for" events
     yield Progress("loading the heads", 0, 1, str(heads_path))
     predictor = Predictor.from_checkpoint(heads_path, backbone, device=device)
-    (labels,) = yield from predictor.predict(plan.image, channel_axis=plan.channel_axis,
-                                             slice_axis=plan.slice_axis, step=step, tile=patch_size, mirror=tta)
+    (labels,) = yield from predictor.predict(
+        plan.image, channel_axis=plan.channel_axis, slice_axis=plan.slice_axis, step=step, tile=patch_size, mirror=tta
+    )
     return SegmentResult(plan.place(labels), predictor.class_names)
 
 
@@ -170,7 +180,8 @@ class SegmentWidget(QWidget):
             if layer is None:
                 raise InputError("no image layer: open an image (File > Open, or a sample) and choose it")
             plan = plan_run(
-                layer, channel_axis=self.channel_axis_combo.currentData(),
+                layer,
+                channel_axis=self.channel_axis_combo.currentData(),
                 channels=parse_channels(self.channels_edit.text()) if self.channels_edit.isEnabled() else None,
                 whole_stack=self.stack_combo.currentText() == WHOLE_STACK,
                 current=viewer_indices(self.viewer, layer),
@@ -179,12 +190,21 @@ class SegmentWidget(QWidget):
             show_error(f"Segmentation cannot start: {err}")
             return None
         gen = segment_job(
-            self.session, self.session.backbone_source, self.session.device, heads, plan,
-            patch_size=self.tile_spin.value() or None, step=1.0 - self.overlap_spin.value(),
+            self.session,
+            self.session.backbone_source,
+            self.session.device,
+            heads,
+            plan,
+            patch_size=self.tile_spin.value() or None,
+            step=1.0 - self.overlap_spin.value(),
             tta=self.tta_check.isChecked(),
         )
-        self.job = Job(gen, "Segmentation", on_result=lambda result: self._show_result(layer, plan, heads, result),
-                       on_finished=self._finished)
+        self.job = Job(
+            gen,
+            "Segmentation",
+            on_result=lambda result: self._show_result(layer, plan, heads, result),
+            on_finished=self._finished,
+        )
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.status.setText(f"segmenting {layer.name}…")

@@ -76,6 +76,7 @@ def sigterm_as_interrupt():
 def warnings_as_lines(command: str):
     """Show warnings (0/255 masks mapped, random backbone, no foreground) as ``dinounet CMD: warning: ...``
     lines, not with Python's source file and line number, which mean nothing to a user."""
+
     def format_line(message, category, filename, lineno, line=None):
         return f"dinounet {command}: warning: {message}\n"
 

@@ -27,23 +27,26 @@ DEMO_EPOCHS = 4
 DEMO_ITERS = 50
 
 RANDOM_WARNING = f"""
-{'!' * 100}
+{"!" * 100}
 No DINOv3 weights configured (--backbone PATH or the {BACKBONE_ENV} environment variable): this demo
 uses a RANDOMLY INITIALISED tiny backbone ({RANDOM_BACKBONE}, width 64, 4 blocks). Its features carry no
 information; the heads still learn, because the adapter's spatial prior module (a small CNN on the
 pixels), the projection and the U-Net decoder are trained, and bright round nuclei are easy enough for
 that. The tiny size keeps the demo to a few CPU minutes. For real Dino U-Net, download DINOv3 weights
 (Meta's .pth or a Hugging Face facebook/dinov3-* folder) and pass --backbone PATH.
-{'!' * 100}
+{"!" * 100}
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="dinounet_demo", metavar="DIR",
-                        help="folder for the results (default ./dinounet_demo)")
-    parser.add_argument("--backbone", metavar="SOURCE",
-                        help=f"DINOv3 weights; default: {BACKBONE_ENV}, else {RANDOM_BACKBONE} (random, with a "
-                        "warning)")
+    parser.add_argument(
+        "--out", default="dinounet_demo", metavar="DIR", help="folder for the results (default ./dinounet_demo)"
+    )
+    parser.add_argument(
+        "--backbone",
+        metavar="SOURCE",
+        help=f"DINOv3 weights; default: {BACKBONE_ENV}, else {RANDOM_BACKBONE} (random, with a warning)",
+    )
     parser.add_argument("--epochs", type=int, default=DEMO_EPOCHS, help=f"default {DEMO_EPOCHS}")
     parser.add_argument("--iters-per-epoch", type=int, default=DEMO_ITERS, help=f"default {DEMO_ITERS}")
     parser.add_argument("--device", default="auto", help="auto, cuda, mps or cpu; default auto")
@@ -107,20 +110,32 @@ def run(args: argparse.Namespace) -> int:
     train_truth, test_truth = foreground[:, :half], foreground[:, half:]
 
     settings = TrainSettings(
-        patch_size=DEMO_PATCH, batch_size=DEMO_BATCH, epochs=args.epochs, iters_per_epoch=args.iters_per_epoch,
+        patch_size=DEMO_PATCH,
+        batch_size=DEMO_BATCH,
+        epochs=args.epochs,
+        iters_per_epoch=args.iters_per_epoch,
     )
     checkpoint = out_dir / "nuclei_heads.safetensors"
     started = time.perf_counter()
     samples = samples_from_arrays([train_image], [train_truth], num_classes=2)
     run_with_bar(
-        train(samples, out=checkpoint, backbone=backbone, settings=settings, class_names=["background", "nucleus"],
-              overwrite=True, device=device),
-        desc="demo", disable=args.quiet,
+        train(
+            samples,
+            out=checkpoint,
+            backbone=backbone,
+            settings=settings,
+            class_names=["background", "nucleus"],
+            overwrite=True,
+            device=device,
+        ),
+        desc="demo",
+        disable=args.quiet,
     )
     train_seconds = time.perf_counter() - started
     model, metadata = load_heads(checkpoint, backbone, device=device)
-    predicted = run_with_bar(predict(model, test_image, patch_size=DEMO_PATCH, device=device),
-                             desc="demo", disable=args.quiet)
+    predicted = run_with_bar(
+        predict(model, test_image, patch_size=DEMO_PATCH, device=device), desc="demo", disable=args.quiet
+    )
     otsu = (test_image > threshold_otsu(test_image)).astype(np.uint8)
 
     labels_path = write_labels(out_dir / "nuclei_test_labels.tif", predicted)
@@ -131,8 +146,12 @@ def run(args: argparse.Namespace) -> int:
     results = {
         "backbone": source,
         "pretrained": backbone.pretrained,
-        "train": {"settings": settings.to_dict(), "seconds": round(train_seconds, 1), "device": str(device),
-                  "validation_dice": [h["val_dice"] for h in history]},
+        "train": {
+            "settings": settings.to_dict(),
+            "seconds": round(train_seconds, 1),
+            "device": str(device),
+            "validation_dice": [h["val_dice"] for h in history],
+        },
         "test_half": {"dinounet": _scores(predicted, test_truth), "otsu": _scores(otsu, test_truth)},
         "files": {"checkpoint": str(checkpoint), "labels": str(labels_path), "overlay": str(overlay_path)},
     }
@@ -140,8 +159,10 @@ def run(args: argparse.Namespace) -> int:
     with atomic_path(results_path) as tmp:
         tmp.write_text(json.dumps(results, indent=2))
 
-    print(f"\nnuclei sample, right half ({test_image.shape[0]}x{test_image.shape[1]}); trained on the left half "
-          f"in {train_seconds:.0f} s on {device}")
+    print(
+        f"\nnuclei sample, right half ({test_image.shape[0]}x{test_image.shape[1]}); trained on the left half "
+        f"in {train_seconds:.0f} s on {device}"
+    )
     print(f"{'method':<34} {'Dice':>6} {'HD95 (px)':>10}")
     for name, key in ((f"Dino U-Net ({source})", "dinounet"), ("Otsu threshold", "otsu")):
         score = results["test_half"][key]

@@ -19,10 +19,19 @@ HELP = "Dice and HD95 per class of predicted label files against ground-truth la
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pred", required=True, type=Path, metavar="DIR", help="folder of predicted label files")
     parser.add_argument("--gt", required=True, type=Path, metavar="DIR", help="folder of ground-truth label files")
-    parser.add_argument("--json", type=Path, metavar="FILE",
-                        help="also write per-image and mean scores as JSON (an infinite HD95 is written as null)")
-    parser.add_argument("--classes", type=int, nargs="+", metavar="N",
-                        help="label values to score in every image (default: the non-zero values each image has)")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        metavar="FILE",
+        help="also write per-image and mean scores as JSON (an infinite HD95 is written as null)",
+    )
+    parser.add_argument(
+        "--classes",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="label values to score in every image (default: the non-zero values each image has)",
+    )
     parser.add_argument("--pixels", action="store_true", help="HD95 in pixels even when the files record a spacing")
 
 
@@ -56,8 +65,10 @@ def evaluate_folders(pred_dir: Path, gt_dir: Path, classes=None, pixels: bool = 
     found_units = sorted(set(units.values()))
     if len(found_units) > 1:
         examples = ", ".join(f"{next(n for n in units if units[n] == u)} ({u})" for u in found_units)
-        raise InputError(f"the ground-truth files do not share one spacing unit ({examples}), so HD95 values "
-                         "cannot be averaged; rerun with --pixels")
+        raise InputError(
+            f"the ground-truth files do not share one spacing unit ({examples}), so HD95 values "
+            "cannot be averaged; rerun with --pixels"
+        )
     return results, found_units[0], values
 
 
@@ -66,8 +77,10 @@ def value_mismatch_hint(values: dict[str, set[int]]) -> str | None:
     only_pred, only_gt = sorted(values["pred"] - values["gt"]), sorted(values["gt"] - values["pred"])
     if not (only_pred and only_gt):
         return None
-    return (f"note: label values {only_pred} occur only in the predictions and {only_gt} only in the ground truth; "
-            "if the two were saved with different values (e.g. 0/255 masks against 0/1), convert one and rerun")
+    return (
+        f"note: label values {only_pred} occur only in the predictions and {only_gt} only in the ground truth; "
+        "if the two were saved with different values (e.g. 0/255 masks against 0/1), convert one and rerun"
+    )
 
 
 def check_json_target(path: Path) -> None:
@@ -76,8 +89,10 @@ def check_json_target(path: Path) -> None:
     from ..engine.errors import InputError
 
     if path.suffix.lower() != ".json":
-        raise InputError(f"--json {path}: give a file name ending in .json; other names are refused so that an "
-                         "image or label file is never replaced by scores")
+        raise InputError(
+            f"--json {path}: give a file name ending in .json; other names are refused so that an "
+            "image or label file is never replaced by scores"
+        )
     probe_writable(path)
 
 
@@ -109,8 +124,10 @@ def format_table(results: dict, summary: dict, unit: str, names: dict[int, str])
     rows = [[name] + cells(scores) for name, scores in results.items()]
     rows.append(["mean"] + cells(summary))
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    lines = ["  ".join(text.rjust(width) if i else text.ljust(width) for i, (text, width) in enumerate(zip(row, widths)))
-             for row in [header] + rows]
+    lines = [
+        "  ".join(text.rjust(width) if i else text.ljust(width) for i, (text, width) in enumerate(zip(row, widths)))
+        for row in [header] + rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.insert(len(lines) - 1, lines[1])
     return "\n".join(lines)
@@ -122,17 +139,23 @@ def _json_number(value: float) -> float | None:
 
 def report_dict(results: dict, summary: dict, unit: str, names: dict[int, str], pred_dir: Path, gt_dir: Path) -> dict:
     """What ``--json`` writes: class keys as strings, infinite or undefined numbers as null."""
+
     def scores(result: dict) -> dict:
         return {metric: {str(c): _json_number(v) for c, v in result[metric].items()} for metric in ("dice", "hd95")}
 
     return {
-        "pred": str(pred_dir), "gt": str(gt_dir), "hd95_unit": unit,
+        "pred": str(pred_dir),
+        "gt": str(gt_dir),
+        "hd95_unit": unit,
         "class_names": {str(c): n for c, n in names.items()},
         "cases": {name: scores(result) for name, result in results.items()},
-        "mean": {**scores(summary),
-                 "hd95_infinite": {str(c): n for c, n in summary["hd95_infinite"].items()},
-                 "images": {str(c): n for c, n in summary["images"].items()},
-                 "mean_dice": _json_number(summary["mean_dice"]), "mean_hd95": _json_number(summary["mean_hd95"])},
+        "mean": {
+            **scores(summary),
+            "hd95_infinite": {str(c): n for c, n in summary["hd95_infinite"].items()},
+            "images": {str(c): n for c, n in summary["images"].items()},
+            "mean_dice": _json_number(summary["mean_dice"]),
+            "mean_hd95": _json_number(summary["mean_hd95"]),
+        },
     }
 
 
@@ -147,8 +170,10 @@ def run(args: argparse.Namespace) -> int:
     summary = mean_scores(list(results.values()))
     names = class_names_for(args.gt)
     if not summary["dice"]:
-        print(f"nothing was scored: the {len(results)} predictions and their ground truth hold only background "
-              "(0); give --classes N to score class N anyway")
+        print(
+            f"nothing was scored: the {len(results)} predictions and their ground truth hold only background "
+            "(0); give --classes N to score class N anyway"
+        )
     else:
         print(format_table(results, summary, unit, names))
     hint = value_mismatch_hint(values)

@@ -17,11 +17,13 @@ HELP = "segment image files (files, folders, nnU-Net imagesTs) with a heads chec
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ._common import BACKBONE_ENV
 
-    parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="image files, folders, or nnU-Net imagesTs / dataset folders")
+    parser.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="image files, folders, or nnU-Net imagesTs / dataset folders"
+    )
     parser.add_argument("--heads", required=True, type=Path, metavar="CKPT", help="the heads checkpoint (.safetensors)")
     parser.add_argument(
-        "--backbone", metavar="SOURCE",
+        "--backbone",
+        metavar="SOURCE",
         help=f"the DINOv3 weights the heads were trained with; default: the {BACKBONE_ENV} environment variable",
     )
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the predictions")
@@ -31,26 +33,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=4, help="tiles per forward pass; default 4")
     parser.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps or cpu; default auto")
     parser.add_argument(
-        "--axis", type=int, metavar="N",
+        "--axis",
+        type=int,
+        metavar="N",
         help="for 3D images: the spatial axis (channels not counted) to cut 2D slices along; default: the file's z",
     )
     parser.add_argument(
-        "--channel-axis", type=int, metavar="N",
+        "--channel-axis",
+        type=int,
+        metavar="N",
         help="the array axis that holds channels, for files that do not say (e.g. 0 for a (C, Z, Y, X) .npy); "
         "default: the file's own",
     )
     parser.add_argument(
-        "--probabilities", action="store_true",
+        "--probabilities",
+        action="store_true",
         help="also write class probabilities, float32 with classes first, as <case>_probabilities.npy",
     )
-    parser.add_argument("--allow-backbone-mismatch", action="store_true",
-                        help="use heads trained with another backbone of the same width (results may be poor)")
+    parser.add_argument(
+        "--allow-backbone-mismatch",
+        action="store_true",
+        help="use heads trained with another backbone of the same width (results may be poor)",
+    )
     existing = parser.add_mutually_exclusive_group()
     existing.add_argument("--overwrite", action="store_true", help="replace files that already exist in --out")
-    existing.add_argument("--skip-existing", action="store_true",
-                          help="leave cases whose prediction already exists in --out alone (continue a stopped run)")
-    parser.add_argument("--force", action="store_true",
-                        help="run even when --step makes more than 10 times the tiles of --step 0.5")
+    existing.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="leave cases whose prediction already exists in --out alone (continue a stopped run)",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="run even when --step makes more than 10 times the tiles of --step 0.5"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -73,8 +87,9 @@ def _with_channel_axis(image, axis: int):
 
     ndim = image.data.ndim
     if not -ndim <= axis < ndim:
-        raise InputError(f"--channel-axis {axis} does not exist in {image.path.name} (shape {image.data.shape}): "
-                         f"use 0 to {ndim - 1}")
+        raise InputError(
+            f"--channel-axis {axis} does not exist in {image.path.name} (shape {image.data.shape}): use 0 to {ndim - 1}"
+        )
     image = dataclasses.replace(image, channel_axis=axis % ndim)
     if image.spacing is not None and len(image.spacing) != len(image.spatial_axes):
         image = dataclasses.replace(image, spacing=None, unit=None)
@@ -104,8 +119,10 @@ def _plan_outputs(cases, out_dir: Path, args: argparse.Namespace) -> list[tuple[
                 f"writing the prediction of {case.name!r} to {target} would overwrite an input: choose another --out"
             )
     if out_dir.resolve() in {p.parent for p in inputs}:
-        raise InputError(f"--out {out_dir} is a folder of input images: the predictions would mix into the data "
-                         "(and be read as images next time); choose another --out")
+        raise InputError(
+            f"--out {out_dir} is a folder of input images: the predictions would mix into the data "
+            "(and be read as images next time); choose another --out"
+        )
     planned, existing = [], []
     for case, target in zip(cases, targets):
         outputs = [target] + ([probabilities_path(target, case.name)] if args.probabilities else [])
@@ -139,23 +156,32 @@ def run(args: argparse.Namespace) -> int:
     if not planned:
         print(f"nothing to do: every prediction is already in {args.out} (--skip-existing)")
         return 0
-    predictor = Predictor.from_checkpoint(args.heads, backbone_source(args), device=args.device,
-                                          allow_backbone_mismatch=args.allow_backbone_mismatch)
+    predictor = Predictor.from_checkpoint(
+        args.heads, backbone_source(args), device=args.device, allow_backbone_mismatch=args.allow_backbone_mismatch
+    )
     for number, (case, target) in enumerate(planned, start=1):
         try:
             image = read_case(case)
         except InputError as err:
             if number == 1:
                 raise
-            raise InputError(f"{err}. The {number - 1} predictions before it are written: fix or move this file, "
-                             "then rerun with --skip-existing to predict only the rest") from None
+            raise InputError(
+                f"{err}. The {number - 1} predictions before it are written: fix or move this file, "
+                "then rerun with --skip-existing to predict only the rest"
+            ) from None
         if args.channel_axis is not None:
             image = _with_channel_axis(image, args.channel_axis)
         try:  # the errors about this image name it
             layout = _layout(image, args.axis)
             job = predictor.predict(
-                image.data, channel_axis=layout.channel, slice_axis=layout.slice_dim, step=args.step,
-                tile=args.tile, mirror=args.tta, batch_size=args.batch, force=args.force,  # --tile 0 is refused
+                image.data,
+                channel_axis=layout.channel,
+                slice_axis=layout.slice_dim,
+                step=args.step,
+                tile=args.tile,
+                mirror=args.tta,
+                batch_size=args.batch,
+                force=args.force,  # --tile 0 is refused
                 outputs=[Probabilities() if args.probabilities else Labels()],
             )
             (result,) = run_with_bar(job, desc=f"[{number}/{len(planned)}] {case.name}", disable=args.quiet)

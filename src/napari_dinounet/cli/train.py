@@ -31,18 +31,24 @@ _SETTINGS = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--backbone", metavar="SOURCE",
+        "--backbone",
+        metavar="SOURCE",
         help=f"DINOv3 weights (Meta .pth, Hugging Face folder, timm file) or random:<variant>; "
         f"default: the {BACKBONE_ENV} environment variable",
     )
     data = parser.add_argument_group("training data (one of)")
-    data.add_argument("--dataset", metavar="NNUNET_DIR",
-                      help="an nnU-Net raw dataset (dataset.json, imagesTr, labelsTr)")
+    data.add_argument(
+        "--dataset", metavar="NNUNET_DIR", help="an nnU-Net raw dataset (dataset.json, imagesTr, labelsTr)"
+    )
     data.add_argument("--images", metavar="DIR", help="a folder of images (with --labels; pairs matched by file name)")
     data.add_argument("--labels", metavar="DIR", help="a folder of label images, class indices 0..nc-1")
-    parser.add_argument("--classes", type=int, metavar="N",
-                        help="number of classes including background, for --images/--labels when some classes are "
-                        "absent from the label files; default: the label values 0..k present")
+    parser.add_argument(
+        "--classes",
+        type=int,
+        metavar="N",
+        help="number of classes including background, for --images/--labels when some classes are "
+        "absent from the label files; default: the label values 0..k present",
+    )
     parser.add_argument("--out", required=True, metavar="CKPT", help="the heads checkpoint to write (.safetensors)")
     keep = argparse.SUPPRESS  # absent options are not set, so TrainSettings' defaults (the paper's) apply
     parser.add_argument("--size", default=keep, help="heads size (s, b, l, 7b, tiny ...); default: the backbone's")
@@ -55,12 +61,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-fraction", type=float, default=keep, help="share of images held out; default 0.2")
     parser.add_argument("--seed", type=int, default=keep, help="default 0")
     parser.add_argument(
-        "--cache-features", action="store_true", default=keep,
+        "--cache-features",
+        action="store_true",
+        default=keep,
         help="compute the frozen backbone's features once for fixed crops (fast fine-tuning; mirroring and "
         "intensity augmentation only)",
     )
-    parser.add_argument("--normalization", default="zscore", choices=("zscore", "rgb"),
-                        help="intensity normalisation, stored in the checkpoint; default zscore")
+    parser.add_argument(
+        "--normalization",
+        default="zscore",
+        choices=("zscore", "rgb"),
+        help="intensity normalisation, stored in the checkpoint; default zscore",
+    )
     parser.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps or cpu; default auto")
     parser.add_argument("--resume", action="store_true", help="continue the run that wrote --out")
     parser.add_argument("--overwrite", action="store_true", help="start a new run even if --out exists")
@@ -77,13 +89,15 @@ def load_training_data(args: argparse.Namespace, normalization) -> tuple[list, l
         raise InputError("give either --dataset or --images with --labels, not both")
     if args.dataset:
         if args.classes is not None:
-            raise InputError("--classes is for --images/--labels: an nnU-Net dataset's classes are the labels "
-                             "in its dataset.json")
+            raise InputError(
+                "--classes is for --images/--labels: an nnU-Net dataset's classes are the labels in its dataset.json"
+            )
         samples, info = data.samples_from_nnunet(args.dataset, normalization=normalization)
         return samples, io.class_names(info)
     if args.images and args.labels:
-        samples = data.samples_from_folders(args.images, args.labels, normalization=normalization,
-                                            num_classes=args.classes)
+        samples = data.samples_from_folders(
+            args.images, args.labels, normalization=normalization, num_classes=args.classes
+        )
         return samples, None if args.classes is None else data.default_class_names(args.classes)
     raise InputError("no training data: pass --dataset NNUNET_DIR, or --images DIR and --labels DIR")
 
@@ -110,14 +124,23 @@ def run(args: argparse.Namespace) -> int:
     normalization = Normalization(args.normalization)
     source = backbone_source(args)
     if not str(args.out).endswith(".safetensors"):
-        print(f"note: {args.out} does not end in .safetensors, the format heads checkpoints are written in",
-              file=sys.stderr)
+        print(
+            f"note: {args.out} does not end in .safetensors, the format heads checkpoints are written in",
+            file=sys.stderr,
+        )
     samples, class_names = load_training_data(args, normalization)
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     state_before, out_before = _modified(state_path(args.out)), _modified(args.out)
     run = train(
-        samples, out=args.out, backbone=source, settings=settings, class_names=class_names,
-        normalization=normalization, resume=args.resume, overwrite=args.overwrite, device=args.device,
+        samples,
+        out=args.out,
+        backbone=source,
+        settings=settings,
+        class_names=class_names,
+        normalization=normalization,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        device=args.device,
     )
     try:
         out = run_with_bar(run, desc="train", disable=args.quiet or rank != 0)
@@ -126,8 +149,12 @@ def run(args: argparse.Namespace) -> int:
             # resumable only from what this run saved, or from the state it resumed (not an older run's)
             state_now = _modified(state_path(args.out))
             saved = state_now is not None and (args.resume or state_now != state_before)
-            print(f"stopped: the last finished epoch is saved in {state_path(args.out)}; continue with the same "
-                  "command plus --resume" if saved else "stopped before the first epoch ended: nothing was saved")
+            print(
+                f"stopped: the last finished epoch is saved in {state_path(args.out)}; continue with the same "
+                "command plus --resume"
+                if saved
+                else "stopped before the first epoch ended: nothing was saved"
+            )
         raise
     if rank == 0:
         history = read_metadata(out).training.get("history") or [{}]

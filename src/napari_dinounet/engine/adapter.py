@@ -239,9 +239,7 @@ class Adapter(nn.Module):
     def forward(self, x: torch.Tensor, taps: list[torch.Tensor]) -> list[torch.Tensor]:
         c1, c2, c3, c4 = self.spm(x)
         query_shapes = [tuple(c.shape[-2:]) for c in (c2, c3, c4)]
-        c = torch.cat(
-            [m.flatten(2).transpose(1, 2) + self.level_embed[i] for i, m in enumerate((c2, c3, c4))], dim=1
-        )
+        c = torch.cat([m.flatten(2).transpose(1, 2) + self.level_embed[i] for i, m in enumerate((c2, c3, c4))], dim=1)
         reference = reference_points(query_shapes, device=x.device)
         tap_shape = tuple(taps[0].shape[-2:])
         tap_tokens = [t.flatten(2).transpose(1, 2) for t in taps]

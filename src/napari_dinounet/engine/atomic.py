@@ -40,8 +40,10 @@ def output_error(path: str | os.PathLike, err: BaseException) -> OutputError:
     if fix is None and "No space left" in str(err):  # safetensors reports ENOSPC as text
         fix = _FIXES[errno.ENOSPC]
     if fix is None:  # e.g. NumPy's "N requested and M written": a short write, nearly always a full disk
-        fix = f"writing failed ({getattr(err, 'strerror', None) or err}): check that the disk has space and " \
-              "that the folder can be written"
+        fix = (
+            f"writing failed ({getattr(err, 'strerror', None) or err}): check that the disk has space and "
+            "that the folder can be written"
+        )
     return OutputError(f"cannot write {path}: {fix}")
 
 
@@ -98,8 +100,9 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     if target.is_dir():
         raise OutputError(f"cannot write {target}: it is a folder; give the path of a file")
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=_temporary_prefix(target), suffix=_temporary_suffix(target),
-                                        dir=target.parent)
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=_temporary_prefix(target), suffix=_temporary_suffix(target), dir=target.parent
+        )
     except OSError as err:
         raise output_error(target, err) from None
     os.close(fd)

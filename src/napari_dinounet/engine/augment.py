@@ -42,8 +42,17 @@ import torch.nn.functional as F
 from .errors import InputError
 
 PROBABILITIES = {
-    "rotation": 0.2, "scaling": 0.2, "elastic": 0.2, "noise": 0.1, "blur": 0.2, "brightness": 0.15,
-    "contrast": 0.15, "low_resolution": 0.25, "gamma_inverted": 0.1, "gamma": 0.3, "mirror": 0.5,
+    "rotation": 0.2,
+    "scaling": 0.2,
+    "elastic": 0.2,
+    "noise": 0.1,
+    "blur": 0.2,
+    "brightness": 0.15,
+    "contrast": 0.15,
+    "low_resolution": 0.25,
+    "gamma_inverted": 0.1,
+    "gamma": 0.3,
+    "mirror": 0.5,
 }
 ELASTIC_ALPHA = (0.0, 200.0)
 ELASTIC_SIGMA = (9.0, 13.0)
@@ -54,8 +63,9 @@ _ELASTIC_COARSENING = 4  # smooth noise is drawn on a 4x coarser grid: same fiel
 # The transforms, with explicit parameters
 
 
-def sampling_grid(size: tuple[int, int], angles: torch.Tensor, scales: torch.Tensor,
-                  displacement: torch.Tensor | None = None) -> torch.Tensor:
+def sampling_grid(
+    size: tuple[int, int], angles: torch.Tensor, scales: torch.Tensor, displacement: torch.Tensor | None = None
+) -> torch.Tensor:
     """``grid_sample`` grid (N, H, W, 2) that rotates by ``angles`` (N,) radians and scales by ``scales`` (N,)
     about the patch centre, then adds ``displacement`` (N, 2, H, W) in pixels (y, x).
 
@@ -68,8 +78,9 @@ def sampling_grid(size: tuple[int, int], angles: torch.Tensor, scales: torch.Ten
     zero = torch.zeros_like(cos)
     # the rotation in pixels, written for grid_sample's [-1, 1] coordinates (x first), where the axes'
     # pixel sizes 2/W and 2/H differ on non-square patches
-    theta = torch.stack((torch.stack((cos, -sin * height / width, zero), -1),
-                         torch.stack((sin * width / height, cos, zero), -1)), 1)
+    theta = torch.stack(
+        (torch.stack((cos, -sin * height / width, zero), -1), torch.stack((sin * width / height, cos, zero), -1)), 1
+    )
     grid = F.affine_grid(theta, [len(angles), 1, height, width], align_corners=False)
     if displacement is not None:
         scale = torch.tensor([2 / width, 2 / height], dtype=grid.dtype, device=grid.device)
@@ -87,8 +98,9 @@ def warp(image: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, grid: to
     return image, discrete[:, 0].round().to(labels.dtype), discrete[:, 1] > 0.5
 
 
-def elastic_displacement(count: int, size: tuple[int, int], alpha: torch.Tensor, sigma: torch.Tensor,
-                         generator: torch.Generator, device) -> torch.Tensor:
+def elastic_displacement(
+    count: int, size: tuple[int, int], alpha: torch.Tensor, sigma: torch.Tensor, generator: torch.Generator, device
+) -> torch.Tensor:
     """Displacement fields (count, 2, H, W) in pixels: uniform(-1, 1) noise smoothed by a Gaussian of
     ``sigma`` (count,) pixels, times ``alpha`` (count,), as batchgenerators draws them.
 
@@ -101,8 +113,9 @@ def elastic_displacement(count: int, size: tuple[int, int], alpha: torch.Tensor,
     smooth = gaussian_blur(noise, (sigma / step).to(device).repeat_interleave(2))
     smooth = smooth * (alpha.to(device) / step)[:, None, None, None]
     # corners of the coarse grid sit on pixel centres 0 and step*(n-1)
-    field = F.interpolate(smooth, size=(step * (coarse[0] - 1) + 1, step * (coarse[1] - 1) + 1),
-                          mode="bilinear", align_corners=True)
+    field = F.interpolate(
+        smooth, size=(step * (coarse[0] - 1) + 1, step * (coarse[1] - 1) + 1), mode="bilinear", align_corners=True
+    )
     return field[:, :, : size[0], : size[1]]
 
 
@@ -167,18 +180,41 @@ class Augmenter:
     intensity transforms change the image only.
     """
 
-    def __init__(self, *, rotation=True, scaling=(0.7, 1.4), elastic=True, mirror=True, noise=True, blur=True,
-                 brightness=True, contrast=True, gamma=True, low_resolution=True, seed=0,
-                 probabilities: Mapping[str, float] | None = None):
+    def __init__(
+        self,
+        *,
+        rotation=True,
+        scaling=(0.7, 1.4),
+        elastic=True,
+        mirror=True,
+        noise=True,
+        blur=True,
+        brightness=True,
+        contrast=True,
+        gamma=True,
+        low_resolution=True,
+        seed=0,
+        probabilities: Mapping[str, float] | None = None,
+    ):
         unknown = set(probabilities or {}) - set(PROBABILITIES)
         if unknown:
             raise InputError(f"unknown augmentation(s) {sorted(unknown)}: use {', '.join(PROBABILITIES)}")
         if scaling and not 0 < scaling[0] <= scaling[1]:
             raise InputError(f"scaling={scaling} must be a (low, high) range of positive factors, e.g. (0.7, 1.4)")
         self.scaling = tuple(scaling) if scaling else None
-        enabled = {"rotation": rotation, "scaling": bool(scaling), "elastic": elastic, "mirror": mirror, "noise": noise,
-                   "blur": blur, "brightness": brightness, "contrast": contrast, "low_resolution": low_resolution,
-                   "gamma": gamma, "gamma_inverted": gamma}
+        enabled = {
+            "rotation": rotation,
+            "scaling": bool(scaling),
+            "elastic": elastic,
+            "mirror": mirror,
+            "noise": noise,
+            "blur": blur,
+            "brightness": brightness,
+            "contrast": contrast,
+            "low_resolution": low_resolution,
+            "gamma": gamma,
+            "gamma_inverted": gamma,
+        }
         probabilities = {**PROBABILITIES, **(probabilities or {})}
         self.probabilities = {name: probabilities[name] if on else 0.0 for name, on in enabled.items()}
         self.generator = torch.Generator().manual_seed(seed)
@@ -226,8 +262,9 @@ class Augmenter:
             sigma = self._uniform(*ELASTIC_SIGMA, count)
             displacement = None
             if deformed.numel():
-                displacement = elastic_displacement(moved.numel(), (height, width), alpha[moved], sigma[moved],
-                                                    device_generator, device)
+                displacement = elastic_displacement(
+                    moved.numel(), (height, width), alpha[moved], sigma[moved], device_generator, device
+                )
             grid = sampling_grid((height, width), angles[moved].to(device), scales[moved].to(device), displacement)
             index = moved.to(device)
             image[index], labels[index], mask[index] = warp(image[index], labels[index], mask[index], grid)

@@ -339,7 +339,8 @@ def _check_complete(blocks: set[int], arch: Architecture, path: Path) -> None:
     variant = next((v for v in VARIANTS.values() if (v.architecture.embed_dim, v.architecture.swiglu) == kind), None)
     expected = (
         f"where a DINOv3 '{variant.name}' backbone of its width has {variant.architecture.depth}"
-        if variant else "fewer than the four that Dino U-Net taps"
+        if variant
+        else "fewer than the four that Dino U-Net taps"
     )
     raise WeightsError(
         f"{path}: holds only {arch.depth} blocks (0..{arch.depth - 1}), {expected}; the file looks incomplete "

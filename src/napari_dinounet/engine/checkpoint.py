@@ -191,8 +191,10 @@ def _sha256(value) -> bool:
 
 
 def _spacing(value) -> bool:
-    return isinstance(value, tuple) and 1 <= len(value) <= 3 and all(
-        is_number(s) and math.isfinite(s) and s > 0 for s in value
+    return (
+        isinstance(value, tuple)
+        and 1 <= len(value) <= 3
+        and all(is_number(s) and math.isfinite(s) and s > 0 for s in value)
     )
 
 
@@ -366,9 +368,7 @@ def _build_network(metadata: HeadsMetadata, backbone: Backbone, path: Path) -> D
     except CheckpointError:
         raise
     except (DinoUNetError, TypeError, ValueError) as err:  # TypeError: e.g. embed_dim 64.0 reaching nn.Linear
-        raise CheckpointError(
-            f"{path}: its network config is invalid: {err}; the file was edited or damaged"
-        ) from None
+        raise CheckpointError(f"{path}: its network config is invalid: {err}; the file was edited or damaged") from None
 
 
 def _check_tensors(state: dict[str, torch.Tensor], model: DinoUNet, path: Path) -> None:
@@ -384,8 +384,7 @@ def _check_tensors(state: dict[str, torch.Tensor], model: DinoUNet, path: Path) 
     count, first = count_non_finite(state)
     if count:
         raise CheckpointError(
-            f"{path}: {count} non-finite values, e.g. in {first}: the training diverged or the file is damaged; "
-            "retrain"
+            f"{path}: {count} non-finite values, e.g. in {first}: the training diverged or the file is damaged; retrain"
         )
 
 
@@ -398,7 +397,7 @@ def current_heads_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     renamed = {}
     for name, tensor in state.items():
         old = next((prefix for prefix in _RENAMED_PREFIXES if name.startswith(prefix)), None)
-        renamed[name if old is None else _RENAMED_PREFIXES[old] + name[len(old):]] = tensor
+        renamed[name if old is None else _RENAMED_PREFIXES[old] + name[len(old) :]] = tensor
     return renamed
 
 

@@ -34,8 +34,10 @@ MAX_LOCATIONS = 10_000  # pixels remembered per class (and per mask) and sample,
 MAX_INFERRED_CLASSES = 16
 MIN_SPARSE_IDS = 4
 _CLASSES_OPTION = "num_classes, --classes N in the CLI"
-_INSTANCE_HINT = ("these look like instance labels, one id per object; Dino U-Net trains classes: convert them, "
-                  f"e.g. labels > 0 for one foreground class, or give the number of classes ({_CLASSES_OPTION})")
+_INSTANCE_HINT = (
+    "these look like instance labels, one id per object; Dino U-Net trains classes: convert them, "
+    f"e.g. labels > 0 for one foreground class, or give the number of classes ({_CLASSES_OPTION})"
+)
 
 
 @dataclass
@@ -83,8 +85,10 @@ def _integer_labels(labels: np.ndarray, name: str) -> np.ndarray:
         floating = np.issubdtype(labels.dtype, np.floating)
         whole = floating and np.all(np.isfinite(labels)) and np.all(labels == np.round(labels))
         if not whole:
-            raise InputError(f"{name}: labels must be whole class numbers (0 = background), got {labels.dtype} values "
-                             "that are not: use a Labels layer or an integer label image")
+            raise InputError(
+                f"{name}: labels must be whole class numbers (0 = background), got {labels.dtype} values "
+                "that are not: use a Labels layer or an integer label image"
+            )
     return labels.astype(np.int64, copy=False)
 
 
@@ -112,8 +116,9 @@ def _holding(present: list[np.ndarray], names: list[str], values) -> str:
     return _shown([name for name, p in zip(names, present) if np.isin(p, values).any()], 5)
 
 
-def _checked_labels(labels: list[np.ndarray], names: list[str], num_classes: int | None,
-                    fix: str | None = None) -> list[np.ndarray]:
+def _checked_labels(
+    labels: list[np.ndarray], names: list[str], num_classes: int | None, fix: str | None = None
+) -> list[np.ndarray]:
     """The label maps, checked to hold classes a network can learn; binary masks saved as 0/255 become 0/1.
 
     With ``num_classes`` every value must lie in [0, num_classes); the error ends with ``fix`` (default:
@@ -124,17 +129,24 @@ def _checked_labels(labels: list[np.ndarray], names: list[str], num_classes: int
     them for one stray 70000). ``names`` name the maps in messages (file paths, layer names).
     """
     if num_classes is not None and num_classes < 2:
-        raise InputError(f"{num_classes} classes: the count includes background, so give at least 2 "
-                         f"({_CLASSES_OPTION})")
+        raise InputError(
+            f"{num_classes} classes: the count includes background, so give at least 2 ({_CLASSES_OPTION})"
+        )
     present = [np.unique(lab) for lab in labels]
     values = np.unique(np.concatenate(present))
     if values.size and values[0] < 0:
         negative = values[values < 0]
-        raise InputError(f"labels of {_holding(present, names, negative)} contain the negative values "
-                         f"{_shown(negative)}: use 0 for background and 1, 2, ... for classes")
+        raise InputError(
+            f"labels of {_holding(present, names, negative)} contain the negative values "
+            f"{_shown(negative)}: use 0 for background and 1, 2, ... for classes"
+        )
     if values.size and values[-1] == 255 and set(values.tolist()) <= {0, 255} and (num_classes or 0) <= 255:
-        warnings.warn(f"labels of {_holding(present, names, [255])} hold only 0 and 255, a binary mask: 255 is "
-                      "read as class 1 (save masks as 0/1 to skip this step)", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"labels of {_holding(present, names, [255])} hold only 0 and 255, a binary mask: 255 is "
+            "read as class 1 (save masks as 0/1 to skip this step)",
+            UserWarning,
+            stacklevel=3,
+        )
         return [(lab != 0).astype(np.int64) for lab in labels]
     foreground = values[values > 0]
     missing, missing_count = _missing(foreground)
@@ -142,22 +154,36 @@ def _checked_labels(labels: list[np.ndarray], names: list[str], num_classes: int
     if num_classes is not None:
         bad = values[values >= num_classes]
         if bad.size:
-            fix = fix or (_INSTANCE_HINT if instances else
-                          f"use only labels 0..{num_classes - 1}, or train {int(values[-1]) + 1} or more classes "
-                          f"({_CLASSES_OPTION})")
-            raise InputError(f"labels of {_holding(present, names, bad)} contain values {_shown(bad)} outside "
-                             f"0..{num_classes - 1}: {fix}")
+            fix = fix or (
+                _INSTANCE_HINT
+                if instances
+                else f"use only labels 0..{num_classes - 1}, or train {int(values[-1]) + 1} or more classes "
+                f"({_CLASSES_OPTION})"
+            )
+            raise InputError(
+                f"labels of {_holding(present, names, bad)} contain values {_shown(bad)} outside "
+                f"0..{num_classes - 1}: {fix}"
+            )
         return labels
     if foreground.size > MAX_INFERRED_CLASSES:
-        raise InputError(f"labels of {_holding(present, names, foreground)} hold {foreground.size} different "
-                         f"values ({_shown(foreground, 5)}): {_INSTANCE_HINT}")
+        raise InputError(
+            f"labels of {_holding(present, names, foreground)} hold {foreground.size} different "
+            f"values ({_shown(foreground, 5)}): {_INSTANCE_HINT}"
+        )
     if missing_count:
         beyond = values[values > missing[0]]
-        fix = _INSTANCE_HINT if instances else (
-            "class values must run 0, 1, 2, ... without gaps (a missing value would be a class never seen); "
-            f"relabel them, or give the number of classes if some are really absent ({_CLASSES_OPTION})")
-        raise InputError(f"labels of {_holding(present, names, beyond)} contain {_shown(beyond)} but no "
-                         f"{_shown(missing, 5, missing_count)}: {fix}")
+        fix = (
+            _INSTANCE_HINT
+            if instances
+            else (
+                "class values must run 0, 1, 2, ... without gaps (a missing value would be a class never seen); "
+                f"relabel them, or give the number of classes if some are really absent ({_CLASSES_OPTION})"
+            )
+        )
+        raise InputError(
+            f"labels of {_holding(present, names, beyond)} contain {_shown(beyond)} but no "
+            f"{_shown(missing, 5, missing_count)}: {fix}"
+        )
     return labels
 
 
@@ -170,16 +196,19 @@ def _normalized(image: np.ndarray, norm: Normalization, name: str) -> tuple[np.n
     return normalize.statistics_for(image, norm)
 
 
-def _pair_samples(image, labels: np.ndarray, mask, name: str, channel_axis: int | None, slice_axis: int,
-                  normalization: Normalization) -> list[Sample]:
+def _pair_samples(
+    image, labels: np.ndarray, mask, name: str, channel_axis: int | None, slice_axis: int, normalization: Normalization
+) -> list[Sample]:
     """The 2D samples of one image/labels pair (labels already checked); slices with an empty mask are left out."""
     image = np.asarray(image)
     image = layout_for_labels(image.shape, labels.shape, channel_axis, name).channels_first(image)
     if mask is not None:
         mask = np.asarray(mask)
         if mask.shape != labels.shape:
-            raise InputError(f"{name}: mask shape {mask.shape} differs from labels shape {labels.shape}: "
-                             "give a mask of the labels' shape")
+            raise InputError(
+                f"{name}: mask shape {mask.shape} differs from labels shape {labels.shape}: "
+                "give a mask of the labels' shape"
+            )
         mask = mask != 0
     stats = _normalized(image, normalization, name)
     if labels.ndim == 2:
@@ -188,17 +217,39 @@ def _pair_samples(image, labels: np.ndarray, mask, name: str, channel_axis: int 
         if not -3 <= slice_axis < 3:
             raise InputError(f"{name}: slice_axis={slice_axis} does not exist in a stack of shape {labels.shape}")
         axis = slice_axis % 3
-        slices = [(f"{name}[z={k}]", np.take(image, k, axis=axis + 1), np.take(labels, k, axis=axis),
-                   None if mask is None else np.take(mask, k, axis=axis)) for k in range(labels.shape[axis])]
-    return [Sample(normalize.apply(img, normalization, stats), np.ascontiguousarray(lab2d),
-                   None if mask2d is None else np.ascontiguousarray(mask2d), slice_name, name)
-            for slice_name, img, lab2d, mask2d in slices if mask2d is None or mask2d.any()]
+        slices = [
+            (
+                f"{name}[z={k}]",
+                np.take(image, k, axis=axis + 1),
+                np.take(labels, k, axis=axis),
+                None if mask is None else np.take(mask, k, axis=axis),
+            )
+            for k in range(labels.shape[axis])
+        ]
+    return [
+        Sample(
+            normalize.apply(img, normalization, stats),
+            np.ascontiguousarray(lab2d),
+            None if mask2d is None else np.ascontiguousarray(mask2d),
+            slice_name,
+            name,
+        )
+        for slice_name, img, lab2d, mask2d in slices
+        if mask2d is None or mask2d.any()
+    ]
 
 
-def samples_from_arrays(images, labels, *, masks=None, names: Sequence[str] | None = None,
-                        channel_axis: int | None = None, slice_axis: int = 0,
-                        normalization: Normalization = DEFAULT_NORMALIZATION,
-                        num_classes: int | None = None) -> list[Sample]:
+def samples_from_arrays(
+    images,
+    labels,
+    *,
+    masks=None,
+    names: Sequence[str] | None = None,
+    channel_axis: int | None = None,
+    slice_axis: int = 0,
+    normalization: Normalization = DEFAULT_NORMALIZATION,
+    num_classes: int | None = None,
+) -> list[Sample]:
     """Samples from image/label arrays as napari layers hand them over.
 
     images: a list of arrays (numpy, dask, zarr), each 2D ``(Y, X)``, RGB ``(Y, X, 3)``, a stack ``(Z, Y, X)``
@@ -223,17 +274,26 @@ def samples_from_arrays(images, labels, *, masks=None, names: Sequence[str] | No
     if len(names) != len(images) or len(set(names)) != len(names):
         raise InputError(f"names {names} must be {len(images)} different names, one per image")
 
-    label_arrays = _checked_labels([_integer_labels(np.asarray(lab), name) for lab, name in zip(labels, names)],
-                                   names, num_classes)
-    samples = [sample for image, lab, mask, name in zip(images, label_arrays, masks, names)
-               for sample in _pair_samples(image, lab, mask, name, channel_axis, slice_axis, normalization)]
+    label_arrays = _checked_labels(
+        [_integer_labels(np.asarray(lab), name) for lab, name in zip(labels, names)], names, num_classes
+    )
+    samples = [
+        sample
+        for image, lab, mask, name in zip(images, label_arrays, masks, names)
+        for sample in _pair_samples(image, lab, mask, name, channel_axis, slice_axis, normalization)
+    ]
     if not samples:
         raise InputError("every mask is empty: mark the pixels that count (nonzero) in at least one image")
     return samples
 
 
-def _samples_from_files(pairs: Sequence[tuple[str, io.Case, Path]], normalization: Normalization,
-                        num_classes: int | None, fix: str | None = None, ignore: int | None = None) -> list[Sample]:
+def _samples_from_files(
+    pairs: Sequence[tuple[str, io.Case, Path]],
+    normalization: Normalization,
+    num_classes: int | None,
+    fix: str | None = None,
+    ignore: int | None = None,
+) -> list[Sample]:
     """Samples from (name, image case, label file) triples: labels are read and checked first (before any
     image, so a wrong label file fails fast), messages naming the label files; then the images one at a
     time, each with the channel and slice axes its file format implies (see engine/io/).
@@ -244,8 +304,12 @@ def _samples_from_files(pairs: Sequence[tuple[str, io.Case, Path]], normalizatio
     labels = [io.read_labels(path).data for _, _, path in pairs]
     masks = [None if ignore is None or not np.any(lab == ignore) else lab != ignore for lab in labels]
     labels = [np.where(mask, lab, 0) if mask is not None else lab for lab, mask in zip(labels, masks)]
-    labels = _checked_labels([_integer_labels(lab, name) for lab, (name, _, _) in zip(labels, pairs)],
-                             [str(path) for _, _, path in pairs], num_classes, fix)
+    labels = _checked_labels(
+        [_integer_labels(lab, name) for lab, (name, _, _) in zip(labels, pairs)],
+        [str(path) for _, _, path in pairs],
+        num_classes,
+        fix,
+    )
     samples = []
     for (name, case, _), lab, mask in zip(pairs, labels, masks):
         image = io.read_case(case)
@@ -272,8 +336,9 @@ def samples_from_nnunet(root, *, normalization: Normalization = DEFAULT_NORMALIZ
     return samples, dataset.info
 
 
-def samples_from_folders(images_dir, labels_dir, *, normalization: Normalization = DEFAULT_NORMALIZATION,
-                         num_classes: int | None = None) -> list[Sample]:
+def samples_from_folders(
+    images_dir, labels_dir, *, normalization: Normalization = DEFAULT_NORMALIZATION, num_classes: int | None = None
+) -> list[Sample]:
     """Samples from a folder of images and a folder of label files, paired by file name.
 
     Names ignore the extension (``a.tif`` pairs with ``a.png``) and an nnU-Net ``_0000`` channel suffix on
@@ -293,9 +358,13 @@ def samples_from_folders(images_dir, labels_dir, *, normalization: Normalization
     if unpaired or label_paths:
         problems = ([f"images without labels in {labels_dir}: {', '.join(unpaired[:5])}"] if unpaired else []) + (
             [f"labels without images in {images_dir}: {', '.join(p.name for p in list(label_paths.values())[:5])}"]
-            if label_paths else [])
-        raise InputError("; ".join(problems) + " (pairs are matched by file name without extension): "
-                         "add the missing files or move the extra ones out")
+            if label_paths
+            else []
+        )
+        raise InputError(
+            "; ".join(problems) + " (pairs are matched by file name without extension): "
+            "add the missing files or move the extra ones out"
+        )
     return _samples_from_files(pairs, normalization, num_classes)
 
 
@@ -325,11 +394,17 @@ def check_labels_fit(samples: Sequence[Sample], num_classes: int) -> None:
             bad.append(f"{sample.name} ({_shown(values[(values < 0) | (values >= num_classes)], 5)})")
         foreground = foreground or high > 0
     if bad:
-        raise InputError(f"labels of {_shown(bad, 5)} lie outside the {num_classes} classes 0..{num_classes - 1}: "
-                         f"paint only labels 0..{num_classes - 1}, or train new heads with more classes")
+        raise InputError(
+            f"labels of {_shown(bad, 5)} lie outside the {num_classes} classes 0..{num_classes - 1}: "
+            f"paint only labels 0..{num_classes - 1}, or train new heads with more classes"
+        )
     if not foreground:
-        warnings.warn("no training sample has any foreground (every labelled pixel is 0): the heads would learn "
-                      "to predict background everywhere; label some objects first", UserWarning, stacklevel=2)
+        warnings.warn(
+            "no training sample has any foreground (every labelled pixel is 0): the heads would learn "
+            "to predict background everywhere; label some objects first",
+            UserWarning,
+            stacklevel=2,
+        )
 
 
 def check_same_channels(samples: Sequence[Sample]) -> int:
@@ -341,8 +416,10 @@ def check_same_channels(samples: Sequence[Sample]) -> int:
     channels = first.image.shape[0]
     odd = next((s for s in samples if s.image.shape[0] != channels), None)
     if odd is not None:
-        raise InputError(f"{odd.name} has {odd.image.shape[0]} channels but {first.name} has {channels}: train on "
-                         "images of one kind (all grey or all RGB), or convert them first")
+        raise InputError(
+            f"{odd.name} has {odd.image.shape[0]} channels but {first.name} has {channels}: train on "
+            "images of one kind (all grey or all RGB), or convert them first"
+        )
     return int(channels)
 
 
@@ -362,14 +439,20 @@ def _spatial_split(sample: Sample, val_fraction: float) -> tuple[Sample, Sample]
 
     def part(region: slice, suffix: str) -> Sample:
         index = (slice(None), region) if axis == 1 else (region, slice(None))
-        return replace(sample, image=sample.image[(slice(None), *index)], labels=sample.labels[index],
-                       mask=None if sample.mask is None else sample.mask[index], name=f"{sample.name}[{suffix}]")
+        return replace(
+            sample,
+            image=sample.image[(slice(None), *index)],
+            labels=sample.labels[index],
+            mask=None if sample.mask is None else sample.mask[index],
+            name=f"{sample.name}[{suffix}]",
+        )
 
     return part(slice(0, cut), "train part"), part(slice(cut, None), "validation part")
 
 
-def split_samples(samples: Sequence[Sample], val_fraction: float = 0.2,
-                  seed: int = 0) -> tuple[list[Sample], list[Sample]]:
+def split_samples(
+    samples: Sequence[Sample], val_fraction: float = 0.2, seed: int = 0
+) -> tuple[list[Sample], list[Sample]]:
     """Random train/validation split by group (whole stacks and cases go to one side); reproducible by seed.
 
     With a single group there is nothing to shuffle: a stack is cut into its first and last slices
@@ -415,8 +498,9 @@ def _foreground_locations(sample: Sample, rng: np.random.Generator) -> list[np.n
     return [_subsample(np.flatnonzero(candidates & (flat == cls)), rng) for cls in np.unique(flat[candidates])]
 
 
-def _patch_origin(shape: tuple[int, int], patch_size: int, rng: np.random.Generator,
-                  centre: tuple[int, int] | None) -> tuple[int, int]:
+def _patch_origin(
+    shape: tuple[int, int], patch_size: int, rng: np.random.Generator, centre: tuple[int, int] | None
+) -> tuple[int, int]:
     """Top-left corner of a patch: random, or as close to centring ``centre`` as the image allows.
 
     A side shorter than the patch gives a negative origin: the patch overhangs and is padded.
@@ -445,8 +529,9 @@ def _crop(sample: Sample, top: int, left: int, patch_size: int, image_out, label
 class _Cropper:
     """Draws patches from a list of samples: uniform sample, then random or foreground-centred position."""
 
-    def __init__(self, samples: Sequence[Sample], patch_size: int, foreground_fraction: float,
-                 rng: np.random.Generator):
+    def __init__(
+        self, samples: Sequence[Sample], patch_size: int, foreground_fraction: float, rng: np.random.Generator
+    ):
         if not samples:
             raise InputError("no training samples: give at least one image with labels")
         if patch_size < 1:
@@ -485,16 +570,22 @@ class _Cropper:
                 centre = np.unravel_index(where[int(self.rng.integers(where.size))], sample.shape)
             top, left = _patch_origin(sample.shape, size, self.rng, centre)
             _crop(sample, top, left, size, image[b], labels[b], mask[b])
-        return {"image": torch.from_numpy(image), "labels": torch.from_numpy(labels), "mask": torch.from_numpy(mask),
-                "foreground_forced": torch.from_numpy(forced)}
+        return {
+            "image": torch.from_numpy(image),
+            "labels": torch.from_numpy(labels),
+            "mask": torch.from_numpy(mask),
+            "foreground_forced": torch.from_numpy(forced),
+        }
 
 
 def _to_device(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
     device = torch.device(device)
     if device.type == "cpu":
         return batch
-    return {key: value.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else value.to(device)
-            for key, value in batch.items()}
+    return {
+        key: value.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else value.to(device)
+        for key, value in batch.items()
+    }
 
 
 class PatchSampler:
@@ -512,8 +603,18 @@ class PatchSampler:
     (still with its own stream). The augmenter's random stream is its own (seed it per rank).
     """
 
-    def __init__(self, samples: Sequence[Sample], patch_size: int, batch_size: int, *,
-                 foreground_fraction: float = 0.33, augment=None, seed: int = 0, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        patch_size: int,
+        batch_size: int,
+        *,
+        foreground_fraction: float = 0.33,
+        augment=None,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if batch_size < 1:
             raise InputError(f"batch_size={batch_size} must be at least 1")
         if not 0 <= rank < world_size:
@@ -531,8 +632,9 @@ class PatchSampler:
         return self.augment(batch) if self.augment is not None else batch
 
 
-def fixed_crops(samples: Sequence[Sample], patch_size: int, count: int, seed: int = 0, *,
-                foreground_fraction: float = 0.33) -> dict[str, torch.Tensor]:
+def fixed_crops(
+    samples: Sequence[Sample], patch_size: int, count: int, seed: int = 0, *, foreground_fraction: float = 0.33
+) -> dict[str, torch.Tensor]:
     """``count`` deterministic crops (validation, feature caching), placed as :class:`PatchSampler` places
     them: crop i comes from sample i mod len(samples), or with fewer crops than samples from samples spread
     evenly over the list (i * len(samples) // count). Same layout as ``next_batch``, on the CPU, B = count."""

@@ -50,7 +50,8 @@ def wrap_distributed(model, device: torch.device):
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, backbone_names(model))
     # heads this configuration never calls (deep-supervision outputs when it is off) get no gradient
     return DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None,
+        model,
+        device_ids=[device.index] if device.type == "cuda" else None,
         find_unused_parameters=bool(model.unused_parameter_names()),
     )
 

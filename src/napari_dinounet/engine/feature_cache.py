@@ -52,16 +52,15 @@ class FeatureCache:
         return self.crops["image"].shape[0]
 
     @staticmethod
-    def build(model, crops: dict, *, mirror: bool, augment: Augmenter | None, seed: int, device: torch.device,
-              batch_size: int) -> Generator[Progress, None, FeatureCache]:
+    def build(
+        model, crops: dict, *, mirror: bool, augment: Augmenter | None, seed: int, device: torch.device, batch_size: int
+    ) -> Generator[Progress, None, FeatureCache]:
         """Compute the features of ``crops`` (a :func:`.data.fixed_crops` dict), ``batch_size`` crops at a time,
         yielding progress; ``augment``: the intensity augmenter applied to each drawn batch (or None)."""
         crops = {k: crops[k].to(device) for k in ("image", "labels", "mask")}
         if mirror:
             flips = [(), (-1,), (-2,), (-2, -1)]
-            crops = {
-                k: torch.cat([v.flip(dims) if dims else v for dims in flips]) for k, v in crops.items()
-            }
+            crops = {k: torch.cat([v.flip(dims) if dims else v for dims in flips]) for k, v in crops.items()}
         count = crops["image"].shape[0]
         parts: list[list[torch.Tensor]] = []
         for start in range(0, count, batch_size):
@@ -79,8 +78,9 @@ class FeatureCache:
         return batch, [t[index] for t in self.taps]
 
 
-def batch_source(model, samples: Sequence[Sample], settings: TrainSettings, *, seed: int, rank: int, world: int,
-                 device: torch.device) -> Generator[Progress, None, BatchSource]:
+def batch_source(
+    model, samples: Sequence[Sample], settings: TrainSettings, *, seed: int, rank: int, world: int, device: torch.device
+) -> Generator[Progress, None, BatchSource]:
     """The training batches: a function giving (batch on ``device``, cached backbone taps or None).
 
     batch: image (B, C, P, P) float32, labels (B, P, P) int64, mask (B, P, P) bool (the :class:`.data.PatchSampler`
@@ -89,14 +89,26 @@ def batch_source(model, samples: Sequence[Sample], settings: TrainSettings, *, s
     """
     if not settings.cache_features:
         sampler = PatchSampler(
-            samples, settings.patch_size, settings.batch_size, foreground_fraction=settings.foreground_fraction,
-            augment=Augmenter(seed=seed) if settings.augment else None, seed=seed, rank=rank, world_size=world,
+            samples,
+            settings.patch_size,
+            settings.batch_size,
+            foreground_fraction=settings.foreground_fraction,
+            augment=Augmenter(seed=seed) if settings.augment else None,
+            seed=seed,
+            rank=rank,
+            world_size=world,
         )
         return lambda: (sampler.next_batch(device), None)
-    crops = fixed_crops(samples, settings.patch_size, settings.cache_crops, seed=seed,
-                        foreground_fraction=settings.foreground_fraction)
+    crops = fixed_crops(
+        samples, settings.patch_size, settings.cache_crops, seed=seed, foreground_fraction=settings.foreground_fraction
+    )
     cache = yield from FeatureCache.build(
-        model, crops, mirror=settings.augment, augment=intensity_augmenter(seed) if settings.augment else None,
-        seed=seed, device=device, batch_size=settings.batch_size,
+        model,
+        crops,
+        mirror=settings.augment,
+        augment=intensity_augmenter(seed) if settings.augment else None,
+        seed=seed,
+        device=device,
+        batch_size=settings.batch_size,
     )
     return lambda: cache.next_batch(settings.batch_size)

@@ -74,8 +74,9 @@ class ImageLayout:
             raise ValueError(f"rgba needs a channel axis of 4 entries, not {self.channel} of {self.shape}")
 
     @classmethod
-    def from_axes(cls, shape: Sequence[int], channel: int | None = None, slice_dim: int = 0,
-                  rgba: bool = False) -> ImageLayout:
+    def from_axes(
+        cls, shape: Sequence[int], channel: int | None = None, slice_dim: int = 0, rgba: bool = False
+    ) -> ImageLayout:
         """The layout of ``shape`` with a known channel axis (None: none) and, for 3D images, the slice axis
         counted among the spatial axes (``slice_dim``, negative counts from the end); nothing is guessed."""
         shape = tuple(int(s) for s in shape)
@@ -132,8 +133,9 @@ class ImageLayout:
         if self.slice is None:
             raise InputError(f"the image of shape {self.shape} is 2D: it has no other plane to cut along")
         spatial = self.spatial_axes
-        return ImageLayout(self.shape, self.channel, spatial[normalize_axis(dim, 3, "slice_axis", self.spatial_shape)],
-                           self.rgba)
+        return ImageLayout(
+            self.shape, self.channel, spatial[normalize_axis(dim, 3, "slice_axis", self.spatial_shape)], self.rgba
+        )
 
     def channels_first(self, array) -> np.ndarray:
         """``array`` (of this layout's shape) as (C, *spatial) NumPy, RGBA trimmed to RGB, spatial axes in order."""
@@ -171,8 +173,9 @@ def infer_layout(shape: Sequence[int], channel_axis: int | None = None, slice_ax
     return ImageLayout.from_axes(shape, channel, 0 if slice_axis is None else slice_axis, rgba)
 
 
-def layout_for_labels(image_shape: Sequence[int], labels_shape: Sequence[int], channel_axis: int | None = None,
-                      name: str = "image") -> ImageLayout:
+def layout_for_labels(
+    image_shape: Sequence[int], labels_shape: Sequence[int], channel_axis: int | None = None, name: str = "image"
+) -> ImageLayout:
     """The layout of a training image whose label map has ``labels_shape``: ``channel_axis`` if given; else
     no channel axis when the shapes are equal, a last RGB(A) axis of 3 or 4, else a first axis of channels.
     The image's spatial shape must be the labels' (2D, or a stack sliced along its first axis)."""
@@ -183,8 +186,7 @@ def layout_for_labels(image_shape: Sequence[int], labels_shape: Sequence[int], c
         channel = channel_axis % len(image_shape)
     elif image_shape == labels_shape:
         channel = None
-    elif (len(image_shape) == len(labels_shape) + 1 and image_shape[-1] in (3, 4)
-          and image_shape[:-1] == labels_shape):
+    elif len(image_shape) == len(labels_shape) + 1 and image_shape[-1] in (3, 4) and image_shape[:-1] == labels_shape:
         channel = len(image_shape) - 1
     elif len(image_shape) == len(labels_shape) + 1 and image_shape[1:] == labels_shape:
         channel = 0  # channels first, (C, Y, X) or (C, Z, Y, X), as nnU-Net and most readers give them

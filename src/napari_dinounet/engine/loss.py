@@ -36,8 +36,9 @@ def class_targets(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return batch["labels"]
 
 
-def dice_ce_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None,
-                 smooth: float = 1e-5) -> torch.Tensor:
+def dice_ce_loss(
+    logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None, smooth: float = 1e-5
+) -> torch.Tensor:
     """Soft batch Dice (foreground classes) + cross-entropy, both restricted to ``mask``.
 
     logits (B, nc, H, W) any float dtype; labels (B, H, W) integer class indices; mask (B, H, W) bool or

@@ -39,8 +39,10 @@ def classes_present(pred: np.ndarray, gt: np.ndarray) -> list[int]:
 def _check_pair(pred, gt, spacing=None) -> tuple[np.ndarray, np.ndarray, tuple[float, ...] | None]:
     pred, gt = np.asarray(pred), np.asarray(gt)
     if pred.shape != gt.shape:
-        raise InputError(f"prediction shape {pred.shape} differs from ground-truth shape {gt.shape}; "
-                         "compare label maps of the same image")
+        raise InputError(
+            f"prediction shape {pred.shape} differs from ground-truth shape {gt.shape}; "
+            "compare label maps of the same image"
+        )
     if spacing is not None:
         spacing = tuple(float(s) for s in spacing)
         if len(spacing) != pred.ndim or min(spacing) <= 0:
@@ -108,8 +110,9 @@ def hd95(pred, gt, spacing: Sequence[float] | None = None, labels: Iterable[int]
     return {c: binary_hd95(pred == c, gt == c, spacing) for c in labels}
 
 
-def evaluate_pair(pred, gt, spacing: Sequence[float] | None = None,
-                  classes: Iterable[int] | None = None) -> dict[str, dict[int, float]]:
+def evaluate_pair(
+    pred, gt, spacing: Sequence[float] | None = None, classes: Iterable[int] | None = None
+) -> dict[str, dict[int, float]]:
     """Dice and HD95 per class for one image: ``{"dice": {class: value}, "hd95": {class: value}}``.
 
     pred, gt: label maps of one shape; spacing: physical pixel size per axis (HD95 in those units) or

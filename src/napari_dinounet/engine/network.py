@@ -203,7 +203,8 @@ class DinoUNet(nn.Module):
             return []
         unused = self.decoder.classifiers[:-1]
         return [
-            f"decoder.classifiers.{i}.{name}" for i, classifier in enumerate(unused)
+            f"decoder.classifiers.{i}.{name}"
+            for i, classifier in enumerate(unused)
             for name, _ in classifier.named_parameters()
         ]
 

@@ -72,11 +72,14 @@ class Normalization:
         resume states refuse theirs: a number a newer version relies on must not be dropped in silence)."""
         unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:
-            raise InputError(f"the normalisation has keys this version does not know ({', '.join(unknown)}): a "
-                             "newer napari-dinounet probably wrote it; upgrade napari-dinounet")
+            raise InputError(
+                f"the normalisation has keys this version does not know ({', '.join(unknown)}): a "
+                "newer napari-dinounet probably wrote it; upgrade napari-dinounet"
+            )
         clip = data.get("clip")
-        return cls(data.get("scheme", "zscore"), tuple(clip) if clip is not None else None, data.get("mean"),
-                   data.get("std"))
+        return cls(
+            data.get("scheme", "zscore"), tuple(clip) if clip is not None else None, data.get("mean"), data.get("std")
+        )
 
 
 def _is_finite(value) -> bool:

@@ -92,8 +92,10 @@ class ArrayOutput(Output):
             raise InputError(f"out must be {kind_name} {expected} for {self.name}; got {shape} {self.out.dtype}")
         # NumPy (and memmaps) say so in their flags, zarr in read_only; found out only at the end otherwise
         if getattr(self.out, "read_only", False) or (isinstance(self.out, np.ndarray) and not self.out.flags.writeable):
-            raise InputError(f"out is read-only ({type(self.out).__name__}): pass a writable array, e.g. "
-                             f"np.empty({shape}, {self.out.dtype}), or a zarr array opened with mode='r+'")
+            raise InputError(
+                f"out is read-only ({type(self.out).__name__}): pass a writable array, e.g. "
+                f"np.empty({shape}, {self.out.dtype}), or a zarr array opened with mode='r+'"
+            )
 
     def _allocate(self, block: np.ndarray) -> None:
         shape = ((block.shape[0],) if self.per_class else ()) + self.layout.spatial_shape
@@ -151,8 +153,9 @@ def argmax_classes(planes: torch.Tensor) -> np.ndarray:
     classes = planes.shape[0]
     dtype = label_dtype(classes)
     # int32 beyond uint8: torch has no masked_fill_ for uint16/uint32, and int32 holds any class count here
-    labels = torch.zeros(planes.shape[1:], dtype=torch.uint8 if dtype == np.uint8 else torch.int32,
-                         device=planes.device)
+    labels = torch.zeros(
+        planes.shape[1:], dtype=torch.uint8 if dtype == np.uint8 else torch.int32, device=planes.device
+    )
     best = planes[0]
     for index in range(1, classes):
         higher = planes[index] > best

@@ -111,9 +111,17 @@ def sliding_window(
             whole = AxisView(image, (layout.channel, *stack_axes, layout.rows, layout.cols), channel_pin)
             yield Progress("predict", 0, total, "image statistics")
             stats = normalize.statistics_for(whole, norm)
-            tiler = Tiler(model, device=device, tile=tile, step=step, batch_size=batch_size, mirror=mirror,
-                          normalization=norm, statistics=stats,
-                          blending=Blending.merge([output.blending for output in outputs]))
+            tiler = Tiler(
+                model,
+                device=device,
+                tile=tile,
+                step=step,
+                batch_size=batch_size,
+                mirror=mirror,
+                normalization=norm,
+                statistics=stats,
+                blending=Blending.merge([output.blending for output in outputs]),
+            )
             done = 0
             for index in range(slices):
                 pinned = {**channel_pin, **({layout.slice: index} if layout.slice is not None else {})}
@@ -187,7 +195,16 @@ def predict(
     layout = image_layout(image, channel_axis, slice_axis)
     output = Probabilities(out) if probabilities else Labels(out)
     (result,) = yield from sliding_window(
-        model, image, layout, [output], patch_size=patch_size, step=step, mirror=tta, batch_size=batch_size,
-        normalization=normalization, device=device, force=force,
+        model,
+        image,
+        layout,
+        [output],
+        patch_size=patch_size,
+        step=step,
+        mirror=tta,
+        batch_size=batch_size,
+        normalization=normalization,
+        device=device,
+        force=force,
     )
     return result

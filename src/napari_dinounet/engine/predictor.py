@@ -39,9 +39,14 @@ class Predictor:
         self.path = path
 
     @classmethod
-    def from_checkpoint(cls, heads: str | Path, backbone: Backbone | str | Path, *,
-                        device: str | torch.device | None = None,
-                        allow_backbone_mismatch: bool = False) -> Predictor:
+    def from_checkpoint(
+        cls,
+        heads: str | Path,
+        backbone: Backbone | str | Path,
+        *,
+        device: str | torch.device | None = None,
+        allow_backbone_mismatch: bool = False,
+    ) -> Predictor:
         """Load a heads checkpoint onto ``backbone``.
 
         heads: the heads ``.safetensors`` file. backbone: a loaded :class:`~.backbone.Backbone` (e.g. one a
@@ -106,8 +111,17 @@ class Predictor:
         outputs = (Labels(),) if outputs is None else tuple(outputs)
         layout = image_layout(image, channel_axis, slice_axis)
         self.check_channels(layout.num_channels)
-        return (yield from sliding_window(
-            self.model, image, layout, outputs, patch_size=self.metadata.patch_size if tile is None else tile,
-            step=step, mirror=mirror, batch_size=batch_size, normalization=self.metadata.normalization,
-            force=force,
-        ))
+        return (
+            yield from sliding_window(
+                self.model,
+                image,
+                layout,
+                outputs,
+                patch_size=self.metadata.patch_size if tile is None else tile,
+                step=step,
+                mirror=mirror,
+                batch_size=batch_size,
+                normalization=self.metadata.normalization,
+                force=force,
+            )
+        )

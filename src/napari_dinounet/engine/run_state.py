@@ -35,8 +35,16 @@ def state_path(checkpoint: str | Path) -> Path:
     return checkpoint.with_name(checkpoint.stem + ".state.safetensors")
 
 
-def save_state(path: Path, model, optimizer: torch.optim.Optimizer, *, step: int, settings: TrainSettings,
-               history: list[dict], num_classes: int) -> None:
+def save_state(
+    path: Path,
+    model,
+    optimizer: torch.optim.Optimizer,
+    *,
+    step: int,
+    settings: TrainSettings,
+    history: list[dict],
+    num_classes: int,
+) -> None:
     """Write the resume state (heads, Adam state, step, settings, history, the backbone's identity) to one
     safetensors file, atomically."""
     from safetensors.torch import save_file
@@ -79,19 +87,28 @@ def load_state(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
         raise CheckpointError(f"cannot read the training state {path}: {err}; start a new run without resume") from err
     if not isinstance(info, dict) or info.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path} is not a napari-dinounet training state; start a new run without resume")
-    bad = [name for name, ok in (
-        ("step", _is_count(info.get("step"))),
-        ("num_classes", _is_count(info.get("num_classes")) and info.get("num_classes", 0) >= 2),
-        ("settings", isinstance(info.get("settings"), dict)),
-        ("param_groups", isinstance(info.get("param_groups"), list) and len(info["param_groups"]) == 1
-         and all(isinstance(g, dict) for g in info["param_groups"])),
-        ("history", isinstance(info.get("history"), list) and all(isinstance(h, dict) for h in info["history"])),
-        ("backbone", isinstance(info.get("backbone", {}), dict)),
-    ) if not ok]
+    bad = [
+        name
+        for name, ok in (
+            ("step", _is_count(info.get("step"))),
+            ("num_classes", _is_count(info.get("num_classes")) and info.get("num_classes", 0) >= 2),
+            ("settings", isinstance(info.get("settings"), dict)),
+            (
+                "param_groups",
+                isinstance(info.get("param_groups"), list)
+                and len(info["param_groups"]) == 1
+                and all(isinstance(g, dict) for g in info["param_groups"]),
+            ),
+            ("history", isinstance(info.get("history"), list) and all(isinstance(h, dict) for h in info["history"])),
+            ("backbone", isinstance(info.get("backbone", {}), dict)),
+        )
+        if not ok
+    ]
     if bad:
-        raise CheckpointError(f"the training state {path} is damaged or was edited (bad {', '.join(bad)}); start a "
-                              "new run without resume")
-    heads = current_heads_keys({k[len("heads/"):]: v for k, v in tensors.items() if k.startswith("heads/")})
+        raise CheckpointError(
+            f"the training state {path} is damaged or was edited (bad {', '.join(bad)}); start a new run without resume"
+        )
+    heads = current_heads_keys({k[len("heads/") :]: v for k, v in tensors.items() if k.startswith("heads/")})
     optim_state: dict[int, dict] = {}
     for key, value in tensors.items():
         if key.startswith("optim/"):

@@ -86,8 +86,9 @@ def tile_shape(patch_size) -> tuple[int, int]:
 def fit_tile(tile: tuple[int, int], height: int, width: int) -> tuple[int, int]:
     """``tile`` (th, tw) no larger than a plane (height, width) rounded up to a multiple of 32 per axis, nor
     below :data:`MIN_FITTED_TILE` unless ``tile`` itself is: a larger tile only adds padding to compute."""
-    return tuple(min(size, max(MIN_FITTED_TILE, 32 * math.ceil(extent / 32)))
-                 for size, extent in zip(tile, (height, width)))
+    return tuple(
+        min(size, max(MIN_FITTED_TILE, 32 * math.ceil(extent / 32))) for size, extent in zip(tile, (height, width))
+    )
 
 
 def grid(height: int, width: int, tile: tuple[int, int], step: float) -> tuple[list[int], list[int]]:
@@ -150,11 +151,11 @@ class AxisView:
 class Blending:
     """What an output needs from the tiler beyond the cheapest blend (:meth:`merge` joins several requests).
 
-    normalised: the logits handed out are the weighted mean over the tiles (divided by the summed weights:
+    normalized: the logits handed out are the weighted mean over the tiles (divided by the summed weights:
         one more open plane). False: the weighted sums, each pixel's logits times its positive summed weight,
         which leaves an argmax unchanged and saves that plane.
     per_mirror: also hand out each mirror image's blended logits (M x nc more open planes; M = 4 with TTA,
-        1 without), for statistics over the mirrors such as their variance. Implies ``normalised``.
+        1 without), for statistics over the mirrors such as their variance. Implies ``normalized``.
     """
 
     normalized: bool = True
@@ -171,7 +172,7 @@ class LogitRows:
     """Final rows of a plane, blended, as the tiler hands them to the outputs (tensors on the model's device).
 
     logits: (nc, h, W) float32: the weighted mean of the tiles' (mirror-averaged) logits, or with
-        ``normalised`` False, their weighted sums (same argmax; see :class:`Blending`).
+        ``normalized`` False, their weighted sums (same argmax; see :class:`Blending`).
     per_mirror: (M, nc, h, W) float32, each mirror's blended logits (``MIRRORS`` order), when asked; None otherwise.
     """
 
@@ -235,8 +236,19 @@ class Tiler:
     turns raw bands into its input. ``saw_nonfinite`` tells whether any band held NaN or inf (read as 0).
     """
 
-    def __init__(self, model, *, device: torch.device, tile: tuple[int, int], step: float, batch_size: int,
-                 mirror: bool, normalization: normalize.Normalization, statistics, blending: Blending = Blending()):
+    def __init__(
+        self,
+        model,
+        *,
+        device: torch.device,
+        tile: tuple[int, int],
+        step: float,
+        batch_size: int,
+        mirror: bool,
+        normalization: normalize.Normalization,
+        statistics,
+        blending: Blending = Blending(),
+    ):
         self.model = model
         self.device = device
         self.tile = tile

@@ -141,8 +141,10 @@ class TrainSettings:
         try:
             return cls(**data)
         except (DinoUNetError, TypeError, ValueError) as err:
-            raise CheckpointError(f"{source} holds invalid settings ({err}): the file was edited or damaged; "
-                                  "start a new run without resume") from None
+            raise CheckpointError(
+                f"{source} holds invalid settings ({err}): the file was edited or damaged; "
+                "start a new run without resume"
+            ) from None
 
 
 def poly_lr(step: int, settings: TrainSettings) -> float:
@@ -170,9 +172,11 @@ def validation_dice(model, crops: dict, *, device: torch.device, batch_size: int
         with autocast:
             logits = model(part["image"].to(device))
         if not torch.isfinite(logits).all():  # heads blown up to huge but finite weights (e.g. lr 1e6)
-            raise TrainingError("training stopped: the network's outputs on the validation crops became NaN or "
-                                "infinite, and nothing was saved over the last checkpoint. Lower the learning rate "
-                                "(--lr) and start again")
+            raise TrainingError(
+                "training stopped: the network's outputs on the validation crops became NaN or "
+                "infinite, and nothing was saved over the last checkpoint. Lower the learning rate "
+                "(--lr) and start again"
+            )
         mask = part["mask"].numpy()
         predicted.append(logits.argmax(dim=1).cpu().numpy()[mask])
         reference.append(part["labels"].numpy()[mask])
@@ -268,21 +272,38 @@ def train(
 
         total = settings.total_steps
         if resumed is not None and step >= total:
-            yield Progress("train", step, total, "the run had already finished: nothing to do",
-                           {"epoch": settings.epoch_count})
+            yield Progress(
+                "train", step, total, "the run had already finished: nothing to do", {"epoch": settings.epoch_count}
+            )
             return out
 
         run = _Run(
-            model=model, step_module=wrap_distributed(model, device) if world > 1 else model, optimizer=optimizer,
-            settings=settings, loss=loss, targets=targets, device=device, world=world, step=step, history=history,
+            model=model,
+            step_module=wrap_distributed(model, device) if world > 1 else model,
+            optimizer=optimizer,
+            settings=settings,
+            loss=loss,
+            targets=targets,
+            device=device,
+            world=world,
+            step=step,
+            history=history,
             val_crops=fixed_crops(validation, settings.patch_size, settings.val_crops, seed=settings.seed)
-            if validation else None,
+            if validation
+            else None,
             checkpoints=_Checkpoints(out, state_file, backbone, class_names, normalization, in_channels, num_classes),
             writes=rank == 0,
         )
         # different draws per rank and per resumption, reproducible for a given run
-        run.next_batch = yield from batch_source(model, samples, settings, seed=settings.seed + 1_000_003 * rank + step,
-                                                 rank=rank, world=world, device=device)
+        run.next_batch = yield from batch_source(
+            model,
+            samples,
+            settings,
+            seed=settings.seed + 1_000_003 * rank + step,
+            rank=rank,
+            world=world,
+            device=device,
+        )
         yield run.validation("validation before training") if resumed is None else run.resumed()
         yield from run.steps()
         if world > 1:
@@ -370,8 +391,9 @@ class _Run:
             broadcast_head_buffers(self.model)
         if self.val_crops is None:
             return None
-        value = validation_dice(self.model, self.val_crops, device=self.device, batch_size=self.settings.batch_size,
-                                autocast=self.autocast)
+        value = validation_dice(
+            self.model, self.val_crops, device=self.device, batch_size=self.settings.batch_size, autocast=self.autocast
+        )
         return None if math.isnan(value) else value
 
     def validation(self, message: str, metrics: dict | None = None, loss: float | None = None) -> Validation:
@@ -380,8 +402,15 @@ class _Run:
         metrics = {"epoch": self.settings.epoch_of(self.step), **(metrics or {})}
         if loss is not None:
             metrics["loss"] = loss
-        return Validation("train", self.step, self.settings.total_steps, message, self._with_val(metrics),
-                          dice=self.last_val, loss=loss)
+        return Validation(
+            "train",
+            self.step,
+            self.settings.total_steps,
+            message,
+            self._with_val(metrics),
+            dice=self.last_val,
+            loss=loss,
+        )
 
     def end_epoch(self, metrics: dict, message: str) -> Validation:
         """Validate, record the epoch in the history and write the checkpoints; report the validation."""
@@ -389,8 +418,15 @@ class _Run:
         self.epoch_losses = []
         event = self.validation(message, metrics, loss=epoch_loss)
         _check_finite_heads(self.model, self.step)
-        self.history.append({"epoch": self.settings.epoch_of(self.step), "step": self.step, "loss": epoch_loss,
-                             "val_dice": self.last_val, "lr": poly_lr(self.step, self.settings)})
+        self.history.append(
+            {
+                "epoch": self.settings.epoch_of(self.step),
+                "step": self.step,
+                "loss": epoch_loss,
+                "val_dice": self.last_val,
+                "lr": poly_lr(self.step, self.settings),
+            }
+        )
         if self.writes:
             self.checkpoints.write(self.model, self.optimizer, self.settings, self.step, self.history)
         self.model.train()
@@ -399,8 +435,9 @@ class _Run:
     def resumed(self) -> Progress:
         """The first event of a resumed run: where it goes on (with the last validation it saved)."""
         metrics = {"epoch": self.settings.epoch_of(self.step), "lr": poly_lr(self.step, self.settings)}
-        return Progress("train", self.step, self.settings.total_steps, f"resumed at step {self.step}",
-                        self._with_val(metrics))
+        return Progress(
+            "train", self.step, self.settings.total_steps, f"resumed at step {self.step}", self._with_val(metrics)
+        )
 
     def _with_val(self, metrics: dict) -> dict:
         return metrics if self.last_val is None else {**metrics, "val_dice": self.last_val}
@@ -410,8 +447,13 @@ def _network_settings_of(model, settings: TrainSettings) -> TrainSettings:
     """``settings`` with the fields that describe the network taken from ``model``'s config: a given model
     is trained as it is, and the checkpoint's training summary must say so."""
     config = model.config
-    return dataclasses.replace(settings, size=config.size, projection=config.projection, channels=config.channels,
-                               grad_checkpointing=config.grad_checkpointing)
+    return dataclasses.replace(
+        settings,
+        size=config.size,
+        projection=config.projection,
+        channels=config.channels,
+        grad_checkpointing=config.grad_checkpointing,
+    )
 
 
 def _read_resume_state(state_file: Path, settings: TrainSettings, num_classes: int):
@@ -437,8 +479,9 @@ def _restore(resumed, model, optimizer: torch.optim.Optimizer, state_file: Path)
     try:
         optimizer.load_state_dict(optim_state)
     except (ValueError, KeyError, RuntimeError) as err:
-        raise CheckpointError(f"the training state {state_file} does not fit this network ({err}); start a "
-                              "new run without resume") from None
+        raise CheckpointError(
+            f"the training state {state_file} does not fit this network ({err}); start a new run without resume"
+        ) from None
     return info["step"], list(info["history"])
 
 
@@ -446,9 +489,11 @@ def _check_finite_heads(model, step: int) -> None:
     """Stop before saving heads that hold NaN or inf (a step diverged after the last finite loss)."""
     count, first = count_non_finite(model.heads_state_dict())
     if count:
-        raise TrainingError(f"training stopped: the weights became NaN or infinite at step {step} (first in "
-                            f"{first}); nothing was saved over the last checkpoint. Lower the learning rate "
-                            "(--lr) and start again")
+        raise TrainingError(
+            f"training stopped: the weights became NaN or infinite at step {step} (first in "
+            f"{first}); nothing was saved over the last checkpoint. Lower the learning rate "
+            "(--lr) and start again"
+        )
 
 
 def _check_output(out: Path, state_file: Path, *, resume: bool, overwrite: bool) -> None:
@@ -456,21 +501,28 @@ def _check_output(out: Path, state_file: Path, *, resume: bool, overwrite: bool)
     from .checkpoint import read_metadata
 
     if out.is_dir():
-        raise OutputError(f"{out} is a folder: give the path of the heads file to write, e.g. "
-                          f"{out / 'heads.safetensors'}")
+        raise OutputError(
+            f"{out} is a folder: give the path of the heads file to write, e.g. {out / 'heads.safetensors'}"
+        )
     if not resume:
         if out.exists() and not overwrite:
-            raise InputError(f"{out} already exists: continue that run (--resume / resume=True), choose another "
-                             "output path, or replace it (--overwrite / overwrite=True)")
+            raise InputError(
+                f"{out} already exists: continue that run (--resume / resume=True), choose another "
+                "output path, or replace it (--overwrite / overwrite=True)"
+            )
         if out.exists():
             try:
                 read_metadata(out)
             except DinoUNetError:
-                raise InputError(f"{out} is not a napari-dinounet heads checkpoint, and overwriting only ever replaces "
-                                 "one: choose another output path (e.g. ending in .safetensors)") from None
+                raise InputError(
+                    f"{out} is not a napari-dinounet heads checkpoint, and overwriting only ever replaces "
+                    "one: choose another output path (e.g. ending in .safetensors)"
+                ) from None
         if state_file.exists() and not overwrite:
-            raise InputError(f"{state_file} holds the resume state of an earlier run: continue it (--resume / "
-                             "resume=True), or replace it with a new run (--overwrite / overwrite=True)")
+            raise InputError(
+                f"{state_file} holds the resume state of an earlier run: continue it (--resume / "
+                "resume=True), or replace it with a new run (--overwrite / overwrite=True)"
+            )
     probe_writable(out)
 
 
@@ -494,8 +546,12 @@ def build_model(backbone, settings: TrainSettings, num_classes: int, in_channels
     with torch.random.fork_rng(devices=[]):  # reproducible heads for a given seed, the caller's RNG untouched
         torch.manual_seed(settings.seed)
         model = build_dinounet(
-            size=settings.size, projection=settings.projection, num_classes=num_classes, backbone=backbone,
-            channels=settings.channels, grad_checkpointing=settings.grad_checkpointing,
+            size=settings.size,
+            projection=settings.projection,
+            num_classes=num_classes,
+            backbone=backbone,
+            channels=settings.channels,
+            grad_checkpointing=settings.grad_checkpointing,
         )
         model.init_heads_he()
     return model
@@ -514,12 +570,20 @@ class _Checkpoints:
     in_channels: int
     num_classes: int
 
-    def write(self, model, optimizer: torch.optim.Optimizer, settings: TrainSettings, step: int,
-              history: list[dict]) -> None:
+    def write(
+        self, model, optimizer: torch.optim.Optimizer, settings: TrainSettings, step: int, history: list[dict]
+    ) -> None:
         from .checkpoint import HeadsMetadata, save_heads
 
-        save_state(self.state_file, model, optimizer, step=step, settings=settings, history=history,
-                   num_classes=self.num_classes)
+        save_state(
+            self.state_file,
+            model,
+            optimizer,
+            step=step,
+            settings=settings,
+            history=history,
+            num_classes=self.num_classes,
+        )
         metadata = HeadsMetadata(
             config=model.config.to_dict(),
             class_names=list(self.class_names),

@@ -186,8 +186,7 @@ def _safetensors_load(path: Path):
         return load_file(path, device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
         raise WeightsError(
-            f"{path}: cannot be read as safetensors, it is truncated or corrupt ({_first_line(err)}); "
-            "download it again"
+            f"{path}: cannot be read as safetensors, it is truncated or corrupt ({_first_line(err)}); download it again"
         ) from None
 
 

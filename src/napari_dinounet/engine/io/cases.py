@@ -36,8 +36,10 @@ def find_images(inputs: Iterable[str | Path]) -> list[Case]:
     seen: dict[str, Case] = {}
     for case in cases:
         if case.name in seen:
-            raise InputError(f"two inputs share the case name {case.name!r} ({seen[case.name].paths[0]} and "
-                             f"{case.paths[0]}); their outputs would overwrite each other: rename one")
+            raise InputError(
+                f"two inputs share the case name {case.name!r} ({seen[case.name].paths[0]} and "
+                f"{case.paths[0]}); their outputs would overwrite each other: rename one"
+            )
         seen[case.name] = case
     return cases
 
@@ -45,8 +47,10 @@ def find_images(inputs: Iterable[str | Path]) -> list[Case]:
 def _cases_in_folder(folder: Path) -> list[Case]:
     if (folder / "dataset.json").is_file():
         if not (folder / "imagesTs").is_dir():
-            raise InputError(f"{folder} is an nnU-Net dataset without imagesTs; pass {folder / 'imagesTr'} "
-                             "to process its training images")
+            raise InputError(
+                f"{folder} is an nnU-Net dataset without imagesTs; pass {folder / 'imagesTr'} "
+                "to process its training images"
+            )
         return _cases_in_folder(folder / "imagesTs")
     files = sorted(p for p in folder.iterdir() if p.is_file() and is_supported(p))
     if not files:
@@ -56,7 +60,6 @@ def _cases_in_folder(folder: Path) -> list[Case]:
         channels = _channel_names(read_dataset_json(dataset_json)) if dataset_json.is_file() else None
         return group_channels(files, len(channels) if channels else None)
     return [Case.from_path(p) for p in files]
-
 
 
 def evaluation_name(path: str | Path) -> str:
@@ -96,8 +99,10 @@ def match_cases(pred_dir: str | Path, gt_dir: str | Path) -> list[tuple[str, Pat
             problems.append(f"predictions without ground truth: {_some(only_pred)}")
         if only_gt:
             problems.append(f"ground truth without prediction: {_some(only_gt)}")
-        raise InputError("; ".join(problems) + " (files are paired by name, ignoring extensions and _0000); "
-                         "add the missing files or move the extra ones out")
+        raise InputError(
+            "; ".join(problems) + " (files are paired by name, ignoring extensions and _0000); "
+            "add the missing files or move the extra ones out"
+        )
     return [(name, preds[name], gts[name]) for name in sorted(preds)]
 
 
@@ -118,4 +123,3 @@ def output_path_for(source: Case | str | Path, out_dir: str | Path) -> Path:
     labels_as = get_format(case.format).labels_as
     extension = case.extension if labels_as is None else get_format(labels_as).extension
     return Path(out_dir) / f"{case.name}{extension}"
-

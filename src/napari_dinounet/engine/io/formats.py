@@ -147,8 +147,9 @@ def format_for(path: str | Path) -> Format:
     ext = split_extension(path)[1]
     fmt = _with_ending(ext)
     if fmt is None:
-        raise InputError(f"{Path(path).name}: unsupported file type {ext.lower() or '(no extension)'!r}; "
-                         f"supported: {supported()}")
+        raise InputError(
+            f"{Path(path).name}: unsupported file type {ext.lower() or '(no extension)'!r}; supported: {supported()}"
+        )
     return fmt
 
 

@@ -49,8 +49,9 @@ class ImageFile:
 
         InputError for an image that is neither 2D nor 3D once its channel axis is left out.
         """
-        return ImageLayout.from_axes(self.data.shape, channel=self.channel_axis,
-                                     slice_dim=get_format(self.format).slice_dim)
+        return ImageLayout.from_axes(
+            self.data.shape, channel=self.channel_axis, slice_dim=get_format(self.format).slice_dim
+        )
 
     @property
     def spatial_axes(self) -> tuple[int, ...]:
@@ -100,8 +101,10 @@ def read_image(path: str | Path) -> ImageFile:
     except (InputError, MemoryError):
         raise
     except Exception as err:  # every decoder has its own exception types; all mean "not a valid file"
-        raise InputError(f"{path}: cannot read it as {fmt.title} ({type(err).__name__}: {err}); "
-                         "the file is damaged or not what its extension says") from err
+        raise InputError(
+            f"{path}: cannot read it as {fmt.title} ({type(err).__name__}: {err}); "
+            "the file is damaged or not what its extension says"
+        ) from err
     image.path = path
     return image
 
@@ -122,8 +125,10 @@ def read_labels(path: str | Path) -> ImageFile:
     if image.channel_axis is not None:
         channels = np.moveaxis(image.data, image.channel_axis, 0)
         if not all(np.array_equal(channels[0], other) for other in channels[1:]):
-            raise InputError(f"{image.path}: has {len(channels)} different channels; a label map holds one "
-                             "class value per pixel (save it as a single-channel or palette image)")
+            raise InputError(
+                f"{image.path}: has {len(channels)} different channels; a label map holds one "
+                "class value per pixel (save it as a single-channel or palette image)"
+            )
         image.data, image.channel_axis = channels[0], None
     try:
         image.data = as_label_array(image.data)
@@ -142,8 +147,9 @@ def as_label_array(labels) -> np.ndarray:
         return labels.astype(np.uint8)
     if labels.dtype.kind == "f":
         if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
-            raise InputError("labels must be whole numbers; these are fractional (probabilities?): "
-                             "take the argmax first")
+            raise InputError(
+                "labels must be whole numbers; these are fractional (probabilities?): take the argmax first"
+            )
     elif labels.dtype.kind not in "iu":
         raise InputError(f"labels must be integers, not {labels.dtype}")
     low, high = (labels.min(), labels.max()) if labels.size else (0, 0)
@@ -170,8 +176,10 @@ def write_labels(path: str | Path, labels, like: ImageFile | None = None) -> Pat
     if labels.ndim < 2:
         raise InputError(f"labels must be 2D or more, not of shape {labels.shape}")
     if like is not None and labels.shape != like.spatial_shape:
-        raise InputError(f"labels of shape {labels.shape} do not fit the image {like.path or ''} of spatial shape "
-                         f"{like.spatial_shape}")
+        raise InputError(
+            f"labels of shape {labels.shape} do not fit the image {like.path or ''} of spatial shape "
+            f"{like.spatial_shape}"
+        )
     reason = fmt.can_hold(labels)
     if reason is None and fmt.write is None:
         reason = f"{fmt.title} files cannot hold labels; write them as .tif"

@@ -25,20 +25,30 @@ def _read_nifti(path: Path) -> ImageFile:
     img = nib.load(path)
     data = np.asanyarray(img.dataobj)
     if data.ndim > 4:
-        raise InputError(f"{path}: NIfTI with {data.ndim} dimensions; supported are 2D, 3D (X, Y, Z) "
-                         "and 4D (X, Y, Z, channel)")
+        raise InputError(
+            f"{path}: NIfTI with {data.ndim} dimensions; supported are 2D, 3D (X, Y, Z) and 4D (X, Y, Z, channel)"
+        )
     spatial_ndim = min(data.ndim, 3)
     spacing = tuple(float(z) for z in img.header.get_zooms()[:spatial_ndim])
     unit = _NIFTI_UNITS.get(img.header.get_xyzt_units()[0])
     channel_axis = 3 if data.ndim == 4 else None
-    return ImageFile(data, "nifti", spacing=spacing, unit=unit, affine=np.array(img.affine),
-                     channel_axis=channel_axis, metadata={"header": img.header})
+    return ImageFile(
+        data,
+        "nifti",
+        spacing=spacing,
+        unit=unit,
+        affine=np.array(img.affine),
+        channel_axis=channel_axis,
+        metadata={"header": img.header},
+    )
 
 
 def _can_hold(labels: np.ndarray) -> str | None:
     if labels.ndim > 3:
-        return (f"NIfTI labels are 2D or 3D (these are {labels.ndim}D; a 4th NIfTI axis is read as channels); "
-                "save them as .tif")
+        return (
+            f"NIfTI labels are 2D or 3D (these are {labels.ndim}D; a 4th NIfTI axis is read as channels); "
+            "save them as .tif"
+        )
     return None
 
 
@@ -60,5 +70,15 @@ def _write_nifti(tmp: Path, labels: np.ndarray, like: ImageFile | None) -> None:
     nib.save(image, tmp)
 
 
-NIFTI = Format("nifti", (".nii.gz", ".nii"), read=_read_nifti, write=_write_nifti, can_hold=_can_hold,
-               title="NIfTI", note="keeps the affine", exported=True, slice_dim=-1, world_affine=True)
+NIFTI = Format(
+    "nifti",
+    (".nii.gz", ".nii"),
+    read=_read_nifti,
+    write=_write_nifti,
+    can_hold=_can_hold,
+    title="NIfTI",
+    note="keeps the affine",
+    exported=True,
+    slice_dim=-1,
+    world_affine=True,
+)

@@ -90,11 +90,21 @@ def read_case(case: Case | Sequence[str | Path]) -> ImageFile:
     channels = [first] + [read_image(p) for p in paths[1:]]
     for image in channels:
         if image.channel_axis is not None or image.data.shape != first.data.shape:
-            raise InputError(f"{image.path.name}: shape {image.data.shape} does not match {first.path.name} "
-                             f"{first.data.shape}; every channel file of a case must hold one channel of the same size")
+            raise InputError(
+                f"{image.path.name}: shape {image.data.shape} does not match {first.path.name} "
+                f"{first.data.shape}; every channel file of a case must hold one channel of the same size"
+            )
     data = np.stack([image.data for image in channels], axis=-1)
-    return ImageFile(data, first.format, path=first.path, spacing=first.spacing, unit=first.unit,
-                     affine=first.affine, channel_axis=data.ndim - 1, metadata=first.metadata)
+    return ImageFile(
+        data,
+        first.format,
+        path=first.path,
+        spacing=first.spacing,
+        unit=first.unit,
+        affine=first.affine,
+        channel_axis=data.ndim - 1,
+        metadata=first.metadata,
+    )
 
 
 def group_channels(files: Iterable[Path], n_channels: int | None = None) -> list[Case]:
@@ -107,9 +117,11 @@ def group_channels(files: Iterable[Path], n_channels: int | None = None) -> list
         stem, extension = split_extension(path)
         match = _CHANNEL_SUFFIX.match(stem)
         if match is None:  # a prediction written into imagesTs lacks the suffix too: renaming it would be wrong
-            raise InputError(f"{path}: nnU-Net image names end with a channel suffix (_0000, _0001, ...); "
-                             f"rename it, e.g. to {stem}_0000{extension}, unless it is a prediction written into "
-                             f"{path.parent.name} by mistake: then move it out")
+            raise InputError(
+                f"{path}: nnU-Net image names end with a channel suffix (_0000, _0001, ...); "
+                f"rename it, e.g. to {stem}_0000{extension}, unless it is a prediction written into "
+                f"{path.parent.name} by mistake: then move it out"
+            )
         grouped.setdefault(match["case"], {})[int(match["channel"])] = path
     expected = n_channels if n_channels is not None else max(len(ch) for ch in grouped.values())
     cases = []
@@ -134,8 +146,10 @@ def read_dataset_json(path: str | Path) -> dict[str, Any]:
     try:
         _channel_names(info), label_values(info)
     except (AttributeError, TypeError, ValueError) as err:
-        raise InputError(f"{path}: 'channel_names'/'modality' must map channel numbers to names and 'labels' "
-                         f"class names to values ({err})") from err
+        raise InputError(
+            f"{path}: 'channel_names'/'modality' must map channel numbers to names and 'labels' "
+            f"class names to values ({err})"
+        ) from err
     except InputError as err:
         raise InputError(f"{path}: {err}") from err
     return info
@@ -162,25 +176,32 @@ def label_values(info: dict[str, Any]) -> dict[str, int]:
     values = [value for _, value in pairs]
     negative = next((pair for pair in pairs if pair[1] < 0), None)
     if negative is not None:
-        raise InputError(f"label {negative[0]!r} has the value {negative[1]}: label values are 0 (background), "
-                         f"1, 2, ... ('{IGNORE_LABEL}' takes the highest value, not a negative one)")
+        raise InputError(
+            f"label {negative[0]!r} has the value {negative[1]}: label values are 0 (background), "
+            f"1, 2, ... ('{IGNORE_LABEL}' takes the highest value, not a negative one)"
+        )
     shared = next((i for i in range(1, len(pairs)) if values[i] == values[i - 1]), None)
     if shared is not None:
-        raise InputError(f"labels {pairs[shared - 1][0]!r} and {pairs[shared][0]!r} share the value {values[shared]}: "
-                         "give each class its own value")
+        raise InputError(
+            f"labels {pairs[shared - 1][0]!r} and {pairs[shared][0]!r} share the value {values[shared]}: "
+            "give each class its own value"
+        )
     if not values or values[0] != 0:
         raise InputError("'labels' lacks \"background\": 0 (nnU-Net's value for pixels of no class): add it")
     if values != list(range(len(values))):
         missing = sorted(set(range(values[-1])) - set(values))
-        raise InputError(f"label values {', '.join(map(str, values))} skip {', '.join(map(str, missing))}: nnU-Net "
-                         "needs values 0, 1, 2, ... without gaps; renumber the classes (and the label files to match)")
+        raise InputError(
+            f"label values {', '.join(map(str, values))} skip {', '.join(map(str, missing))}: nnU-Net "
+            "needs values 0, 1, 2, ... without gaps; renumber the classes (and the label files to match)"
+        )
     ignore = dict(pairs).get(IGNORE_LABEL)
     if ignore is not None and ignore != values[-1]:
-        raise InputError(f"'{IGNORE_LABEL}' has the value {ignore}, but nnU-Net gives it the highest value: "
-                         f"swap it with {pairs[-1][0]!r} ({values[-1]}), here and in the label files")
+        raise InputError(
+            f"'{IGNORE_LABEL}' has the value {ignore}, but nnU-Net gives it the highest value: "
+            f"swap it with {pairs[-1][0]!r} ({values[-1]}), here and in the label files"
+        )
     if len(values) - (ignore is not None) < 2:
-        raise InputError("'labels' names no class besides background: add the classes to segment, "
-                         'e.g. "nuclei": 1')
+        raise InputError("'labels' names no class besides background: add the classes to segment, e.g. \"nuclei\": 1")
     return dict(pairs)
 
 
@@ -189,16 +210,20 @@ def _label_value(name: str, value: Any) -> int:
     if is_number(value, numbers.Integral):
         return value
     if isinstance(value, (list, tuple)):
-        raise InputError(f"label {name!r} is a list of values {value}: region-based labels are not supported; "
-                         "use one value per class")
+        raise InputError(
+            f"label {name!r} is a list of values {value}: region-based labels are not supported; "
+            "use one value per class"
+        )
     if isinstance(value, str):
         kind = "text in quotes"
     elif isinstance(value, float):
         kind = "written with a decimal point" if value.is_integer() else "not a whole number"
     else:
         kind = "not a number"
-    raise InputError(f"label {name!r} has the value {json.dumps(value)}, {kind}: label values are whole numbers "
-                     "(0 for background, 1, 2, ...) written without quotes")
+    raise InputError(
+        f"label {name!r} has the value {json.dumps(value)}, {kind}: label values are whole numbers "
+        "(0 for background, 1, 2, ...) written without quotes"
+    )
 
 
 def class_names(info: dict[str, Any]) -> list[str]:
@@ -214,14 +239,17 @@ def read_nnunet_dataset(root: str | Path) -> NnUNetDataset:
     root = Path(root)
     dataset_json = root / "dataset.json"
     if not dataset_json.is_file():
-        raise InputError(f"{root}: no dataset.json; an nnU-Net raw dataset folder holds dataset.json, "
-                         "imagesTr and labelsTr")
+        raise InputError(
+            f"{root}: no dataset.json; an nnU-Net raw dataset folder holds dataset.json, imagesTr and labelsTr"
+        )
     info = read_dataset_json(dataset_json)
     channel_names = _channel_names(info)
     file_ending = str(info.get("file_ending", ".nii.gz"))
     if not file_ending.startswith("."):
-        raise InputError(f'{dataset_json}: "file_ending": {json.dumps(file_ending)} lacks the dot of an '
-                         f'extension; write "file_ending": ".{file_ending}"')
+        raise InputError(
+            f'{dataset_json}: "file_ending": {json.dumps(file_ending)} lacks the dot of an '
+            f'extension; write "file_ending": ".{file_ending}"'
+        )
     format_of(f"case{file_ending}")  # a file ending we cannot read fails here, naming the supported ones
     images_tr, labels_tr = root / "imagesTr", root / "labelsTr"
     for folder in (images_tr, labels_tr):
@@ -229,8 +257,11 @@ def read_nnunet_dataset(root: str | Path) -> NnUNetDataset:
             raise InputError(f"{root}: no {folder.name} folder; an nnU-Net raw dataset needs imagesTr and labelsTr")
 
     def files_in(folder: Path) -> list[Path]:
-        return [p for p in sorted(folder.iterdir())
-                if p.is_file() and p.name.endswith(file_ending) and not p.name.startswith(".")]
+        return [
+            p
+            for p in sorted(folder.iterdir())
+            if p.is_file() and p.name.endswith(file_ending) and not p.name.startswith(".")
+        ]
 
     def cases_in(folder: Path) -> list[Case]:
         files = files_in(folder)
@@ -243,17 +274,25 @@ def read_nnunet_dataset(root: str | Path) -> NnUNetDataset:
     missing = [c.name for c in training_cases if c.name not in label_files]
     orphans = sorted(set(label_files) - {c.name for c in training_cases})
     if missing:
-        raise InputError(f"{root}: no label in labelsTr for {_some(missing)}; "
-                         f"add {missing[0]}{file_ending} to labelsTr")
+        raise InputError(
+            f"{root}: no label in labelsTr for {_some(missing)}; add {missing[0]}{file_ending} to labelsTr"
+        )
     if orphans:
-        raise InputError(f"{root}: labels without images in imagesTr: {_some(orphans)}; "
-                         "add the images or remove the labels")
+        raise InputError(
+            f"{root}: labels without images in imagesTr: {_some(orphans)}; add the images or remove the labels"
+        )
     test = cases_in(root / "imagesTs") if (root / "imagesTs").is_dir() else []
-    return NnUNetDataset(root, info, channel_names, label_values(info), file_ending,
-                         [(case, label_files[case.name]) for case in training_cases], test)
+    return NnUNetDataset(
+        root,
+        info,
+        channel_names,
+        label_values(info),
+        file_ending,
+        [(case, label_files[case.name]) for case in training_cases],
+        test,
+    )
 
 
 def _some(names: Sequence[str], limit: int = 5) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
-

@@ -61,6 +61,15 @@ def _jpeg_can_hold(labels: np.ndarray) -> str:
     return "JPEG compression changes label values; write labels as .png or .tif"
 
 
-PNG = Format("png", (".png",), read=_read_png, write=_write_png, can_hold=_png_can_hold, title="PNG",
-             note="2D only", exported=True, palette_indices=_palette_indices)
+PNG = Format(
+    "png",
+    (".png",),
+    read=_read_png,
+    write=_write_png,
+    can_hold=_png_can_hold,
+    title="PNG",
+    note="2D only",
+    exported=True,
+    palette_indices=_palette_indices,
+)
 JPEG = Format("jpeg", (".jpg", ".jpeg"), read=_read_jpeg, can_hold=_jpeg_can_hold, title="JPEG", labels_as="png")

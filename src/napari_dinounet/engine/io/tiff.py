@@ -20,8 +20,19 @@ from .images import ImageFile, _guessed_channels
 _GENERIC_TIFF_AXES = set("QI")  # tifffile's letters for axes of unknown meaning (pages, sequences)
 _TIFF_UNITS = {2: "inch", 3: "cm", 4: "mm", 5: "um"}  # TIFF ResolutionUnit codes (1 = none)
 # Spellings of units found in ImageJ/OME metadata -> the names ImageFile.unit uses; "pixel" means uncalibrated.
-_UNIT_ALIASES = {"micron": "um", "microns": "um", "\u00b5m": "um", "\u03bcm": "um", "\\u00b5m": "um",
-                 "millimeter": "mm", "centimeter": "cm", "meter": "m", "nanometer": "nm", "pixel": None, "pixels": None}
+_UNIT_ALIASES = {
+    "micron": "um",
+    "microns": "um",
+    "\u00b5m": "um",
+    "\u03bcm": "um",
+    "\\u00b5m": "um",
+    "millimeter": "mm",
+    "centimeter": "cm",
+    "meter": "m",
+    "nanometer": "nm",
+    "pixel": None,
+    "pixels": None,
+}
 
 
 def _read_tiff(path: Path) -> ImageFile:
@@ -73,7 +84,7 @@ def _write_tiff(tmp: Path, labels: np.ndarray, like: ImageFile | None) -> None:
     """
     import tifffile
 
-    axes = "ZYX"[-labels.ndim:] if labels.ndim <= 3 else None
+    axes = "ZYX"[-labels.ndim :] if labels.ndim <= 3 else None
     spacing = like.spacing if like is not None else None
     unit = like.unit if like is not None else None
     unit_codes = {name: code for code, name in _TIFF_UNITS.items()}
