@@ -181,9 +181,10 @@ def layout_for_labels(
     The image's spatial shape must be the labels' (2D, or a stack sliced along its first axis)."""
     image_shape, labels_shape = tuple(int(s) for s in image_shape), tuple(int(s) for s in labels_shape)
     if channel_axis is not None:
-        if not -len(image_shape) <= channel_axis < len(image_shape):
-            raise InputError(f"{name}: channel_axis={channel_axis} does not exist in an image of shape {image_shape}")
-        channel = channel_axis % len(image_shape)
+        try:
+            channel = normalize_axis(channel_axis, len(image_shape), "channel_axis", image_shape)
+        except InputError as err:
+            raise InputError(f"{name}: {err}") from None
     elif image_shape == labels_shape:
         channel = None
     elif len(image_shape) == len(labels_shape) + 1 and image_shape[-1] in (3, 4) and image_shape[:-1] == labels_shape:
