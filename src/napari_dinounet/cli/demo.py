@@ -82,11 +82,10 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.atomic import atomic_path, probe_folder
     from ..engine.backbone import load_backbone
     from ..engine.bundled_data import load_nuclei
-    from ..engine.checkpoint import load_heads
     from ..engine.data import samples_from_arrays
     from ..engine.device import pick_device
     from ..engine.io import write_labels
-    from ..engine.predict import predict
+    from ..engine.predictor import Predictor
     from ..engine.progress import run_with_bar
     from ..engine.train import TrainSettings, train
 
@@ -132,17 +131,15 @@ def run(args: argparse.Namespace) -> int:
         disable=args.quiet,
     )
     train_seconds = time.perf_counter() - started
-    model, metadata = load_heads(checkpoint, backbone, device=device)
-    predicted = run_with_bar(
-        predict(model, test_image, patch_size=DEMO_PATCH, device=device), desc="demo", disable=args.quiet
-    )
+    predictor = Predictor.from_checkpoint(checkpoint, backbone, device=device)
+    (predicted,) = run_with_bar(predictor.predict(test_image, tile=DEMO_PATCH), desc="demo", disable=args.quiet)
     otsu = (test_image > threshold_otsu(test_image)).astype(np.uint8)
 
     labels_path = write_labels(out_dir / "nuclei_test_labels.tif", predicted)
     overlay_path = out_dir / "nuclei_test_overlay.png"
     with atomic_path(overlay_path) as tmp:
         Image.fromarray(_overlay(test_image, predicted, test_truth)).save(tmp, format="PNG")
-    history = metadata.training.get("history", [])
+    history = predictor.metadata.training.get("history", [])
     results = {
         "backbone": source,
         "pretrained": backbone.pretrained,
