@@ -121,6 +121,69 @@ def test_closing_mid_run_keeps_the_last_checkpoint_byte_identical(tmp_path, back
         next(train(nuclei[:1], out=out, backbone=backbone, settings=settings))
 
 
+def test_a_stop_request_saves_the_step_it_stopped_at_and_resumes_from_it(tmp_path, backbone, nuclei):
+    """Stop never throws work away: asked after step 3 of an epoch of 10, the run validates and writes the
+    heads and the resume state of step 3 (not nothing, not the last epoch's), and its last event says so."""
+    import threading
+
+    from napari_dinounet.engine.checkpoint import load_heads
+
+    out = tmp_path / "heads.safetensors"
+    settings = TrainSettings(epochs=2, iters_per_epoch=10, **TINY)
+    stop = threading.Event()
+    events = []
+    run = train(
+        nuclei[:1], validation=nuclei[1:], out=out, backbone=backbone, settings=settings, device="cpu", stop=stop
+    )
+
+    def watch(event):
+        events.append(event)
+        if event.task == "train" and event.done == 3:
+            stop.set()
+
+    assert drain(run, watch) == out  # it returns normally
+    last = events[-1]
+    assert isinstance(last, Validation) and last.done == 3 and last.message.startswith("stopped at step 3")
+    assert last.dice is not None and 0 <= last.dice <= 1
+    assert max(e.done for e in events if e.task == "train") == 3  # no step after the request
+    model, meta = load_heads(out, backbone)  # the file loads
+    assert [h["step"] for h in meta.training["history"]] == [3]
+    info, _, _ = load_state(state_path(out))
+    assert info["step"] == 3
+
+    # a callable works too, and resuming goes on from step 3 to the end of the epoch and the run
+    second = train(
+        nuclei[:1],
+        validation=nuclei[1:],
+        out=out,
+        backbone=backbone,
+        settings=settings,
+        resume=True,
+        device="cpu",
+        model=model,
+        stop=lambda: False,
+    )
+    steps = [e.done for e in _events(second) if e.task == "train" and not isinstance(e, Validation)]
+    assert steps[0] == 3 and steps[1:] == list(range(4, 21))  # "resumed at step 3", then 4..20
+    assert [h["step"] for h in read_history(out)] == [3, 10, 20]
+
+
+def test_a_stop_request_before_the_first_step_trains_and_writes_nothing(tmp_path, backbone, nuclei):
+    out = tmp_path / "heads.safetensors"
+    settings = TrainSettings(epochs=1, iters_per_epoch=5, **TINY)
+    events = _events(
+        train(nuclei[:1], validation=nuclei[1:], out=out, backbone=backbone, settings=settings, stop=lambda: True)
+    )
+    assert events[-1].message == "stopped at step 0: nothing was trained yet, nothing written"
+    assert not out.exists() and not state_path(out).exists()
+
+
+def read_history(out) -> list[dict]:
+    from napari_dinounet.engine.checkpoint import read_metadata
+
+    return read_metadata(out).training["history"]
+
+
 def test_resume_continues_step_count_lr_schedule_and_optimizer(tmp_path, backbone, nuclei):
     out = tmp_path / "heads.safetensors"
     settings = TrainSettings(epochs=2, iters_per_epoch=3, **TINY)

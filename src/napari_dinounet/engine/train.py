@@ -12,10 +12,12 @@ Each epoch ends with a validation Dice (mean over the foreground classes, on fix
 validation samples, masked pixels excluded; a :class:`.progress.Validation` event) and a checkpoint: first
 the resume state ``<out stem>.state.safetensors`` (:mod:`.run_state`), then the heads checkpoint ``out``
 (:mod:`.checkpoint`). Both are written atomically and only between steps, so closing the generator
-(Cancel in napari, Ctrl-C in the CLI) leaves the last ones intact. ``resume`` continues a run from its
-state file: the step count, the learning-rate schedule (a function of the step) and the optimiser's
-moments carry on; the patch sampler is reseeded with the step so the resumed run does not replay the
-patches it has already seen.
+(Cancel in napari, Ctrl-C in the CLI) leaves the last ones intact. A stop request (``stop``, e.g. the
+Fine-tune widget's Stop) is the other way to end early: checked between steps, it validates and writes
+both files at the step reached, so no step is lost, and the generator then returns normally.
+``resume`` continues a run from its state file: the step count, the learning-rate schedule (a function
+of the step) and the optimiser's moments carry on; the patch sampler is reseeded with the step so the
+resumed run does not replay the patches it has already seen.
 
 The batches come from :mod:`.feature_cache` (random augmented patches, or fixed crops whose backbone
 features are computed once: ``cache_features``); several processes (``torchrun``) train with DDP
@@ -28,8 +30,9 @@ import contextlib
 import dataclasses
 import functools
 import math
+import threading
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -203,6 +206,7 @@ def train(
     device: str | torch.device = "auto",
     loss: Loss | None = None,
     targets: Targets = class_targets,
+    stop: Callable[[], bool] | threading.Event | None = None,
 ) -> Generator[Progress, None, Path]:
     """Train Dino U-Net heads on ``samples``; yields Progress, returns the heads checkpoint path ``out``.
 
@@ -221,12 +225,18 @@ def train(
     loss: ``loss(logits (B, nc, P, P), targets, mask (B, P, P) bool)`` -> scalar (:data:`.loss.Loss`); None:
     :func:`.loss.dice_ce_loss` with ``settings.dice_smooth``. Validation scores the argmax of the logits
     against the labels (:func:`validation_dice`) whatever the loss.
+    stop: a stop request, checked before every step (a callable returning True, or a ``threading.Event``
+    that is set): the run validates, writes the resume state and the heads at the step it reached (its
+    history's last entry is that step, a shorter epoch), yields a last event whose message is "stopped at
+    step N" and returns ``out``; resuming goes on from there. Asked before the first step, nothing is
+    trained and nothing written. Closing the generator instead (Cancel) leaves the files as they were.
 
     Events: ``Progress("train", step, total, metrics={loss, lr, epoch, eta_s[, val_dice]})`` after every
     step (``val_dice``: the last validation's, carried along for displays); a
     :class:`.progress.Validation` (task "train") after each validation, with its ``dice`` and the epoch's
     mean ``loss``, including one at step 0 before the first step; when resuming, a Progress saying where
-    the run resumes instead (the saved heads loaded); ``Progress("cache features", ...)`` while caching.
+    the run resumes instead (the saved heads loaded); ``Progress("cache features", ...)`` while caching;
+    after a stop request, a last event (a Validation when it saved) whose message names the step.
     """
     from .backbone import Backbone, load_backbone
 
@@ -305,7 +315,7 @@ def train(
             device=device,
         )
         yield run.validation("validation before training") if resumed is None else run.resumed()
-        yield from run.steps()
+        yield from run.steps(_stop_check(stop, world, device))
         if world > 1:
             torch.distributed.barrier()
     return out
@@ -345,12 +355,18 @@ class _Run:
         if self.history:  # resumed: the last validation carries on until the next one
             self.last_val = self.history[-1].get("val_dice")
 
-    def steps(self) -> Generator[Progress, None, None]:
-        """Train to the end: an event after every step, a :class:`.progress.Validation` after every epoch."""
+    def steps(self, stop_requested: Callable[[], bool] = lambda: False) -> Generator[Progress, None, None]:
+        """Train to the end, or until ``stop_requested()``: an event after every step, a
+        :class:`.progress.Validation` after every epoch (and at a stop that saves)."""
         settings, total = self.settings, self.settings.total_steps
         self.model.train()
         started, first_step = time.perf_counter(), self.step
+        saved = self.step  # the step the files on disk hold (none before the first epoch of a new run)
+        metrics: dict = {}
         while self.step < total:
+            if stop_requested():
+                yield self.stopped(saved, metrics)
+                return
             lr = poly_lr(self.step, settings)
             loss = self.train_step(lr)
             per_step = (time.perf_counter() - started) / (self.step - first_step)
@@ -360,6 +376,21 @@ class _Run:
             yield Progress("train", self.step, total, message, self._with_val(metrics))
             if self.step % settings.iters_per_epoch == 0 or self.step == total:
                 yield self.end_epoch(metrics, f"{message} validated")
+                saved = self.step
+
+    def stopped(self, saved: int, metrics: dict) -> Progress:
+        """End at a stop request: validate and save the step reached (a shorter epoch), unless the files
+        already hold it; the event names the step."""
+        if self.step == saved:
+            written = "nothing was trained yet, nothing written" if self.step == 0 else "its heads are saved"
+            return Progress(
+                "train",
+                self.step,
+                self.settings.total_steps,
+                f"stopped at step {self.step}: {written}",
+                self._with_val({"epoch": self.settings.epoch_of(self.step), **metrics}),
+            )
+        return self.end_epoch(metrics, f"stopped at step {self.step}: validated, heads saved")
 
     def train_step(self, lr: float) -> float:
         """One optimiser step at learning rate ``lr`` on the next batch; returns its loss."""
@@ -441,6 +472,23 @@ class _Run:
 
     def _with_val(self, metrics: dict) -> dict:
         return metrics if self.last_val is None else {**metrics, "val_dice": self.last_val}
+
+
+def _stop_check(stop, world: int, device: torch.device) -> Callable[[], bool]:
+    """``stop`` as a function for the step loop; with several processes they all stop when any was asked
+    to (one tiny all-reduce per step), so they keep stepping and saving together."""
+    if stop is None:
+        return lambda: False
+    asked = stop.is_set if isinstance(stop, threading.Event) else stop
+    if world == 1:
+        return lambda: bool(asked())
+
+    def any_rank_asked() -> bool:
+        flag = torch.tensor([1.0 if asked() else 0.0], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    return any_rank_asked
 
 
 def _network_settings_of(model, settings: TrainSettings) -> TrainSettings:
