@@ -1,7 +1,8 @@
 """napari sample data: the DSB 2018 nuclei and a stack of MNI152 MRI slices, each with its labels.
 
 Every layer carries its pixel spacing as ``scale``; labels layers carry ``metadata["class_names"]``
-(index = label value) and a fixed colour per class; the MNI152 layers also carry
+(index = label value), a ``features`` table of the same names (napari shows the class under the cursor)
+and the fixed colour per class value Segment's labels get too (:mod:`._widgets._classes`); the MNI152 layers also carry
 ``metadata["affine"]`` (see :mod:`napari_dinounet._writer`), so exporting their labels as NIfTI lands
 them back in template space. The labels layers are named "<image> ground truth", apart from the
 "<image> labels" layer the Segment widget writes, so a segmentation never overwrites the reference
@@ -14,11 +15,11 @@ from __future__ import annotations
 import numpy as np
 
 from napari_dinounet._layer_metadata import AFFINE_KEY, CLASS_NAMES_KEY
+from napari_dinounet._widgets._classes import class_colors, class_features
 from napari_dinounet.engine.bundled_data import load_mni152_slices, load_nuclei
 
 NUCLEI_CLASSES = ("background", "nuclei")
-NUCLEI_COLORS = {0: "transparent", 1: "magenta", None: "yellow"}
-MNI152_COLORS = {0: "transparent", 1: "orange", 2: "dodgerblue", 3: "limegreen", None: "yellow"}
+NUCLEI_COLORS = class_colors(len(NUCLEI_CLASSES))
 
 
 def nuclei_sample() -> list[tuple]:
@@ -39,6 +40,7 @@ def nuclei_sample() -> list[tuple]:
                 "scale": scale,
                 "colormap": NUCLEI_COLORS,
                 "opacity": 0.5,
+                "features": class_features(NUCLEI_CLASSES),
                 "metadata": {CLASS_NAMES_KEY: list(NUCLEI_CLASSES)},
             },
             "labels",
@@ -68,8 +70,9 @@ def mni152_sample() -> list[tuple]:
                 "name": "MNI152 T1 ground truth",
                 "scale": sample.spacing,
                 "units": "mm",
-                "colormap": MNI152_COLORS,
+                "colormap": class_colors(len(sample.class_names)),
                 "opacity": 0.4,
+                "features": class_features(sample.class_names),
                 "metadata": {CLASS_NAMES_KEY: list(sample.class_names), AFFINE_KEY: affine},
             },
             "labels",

@@ -216,6 +216,94 @@ def test_segment_colour_and_multichannel_images(qtbot, viewer, heads, tmp_path):
     np.testing.assert_array_equal(labels.data, reference_labels(widget, heads, image))
 
 
+def test_labels_carry_units_class_names_and_class_colours_into_a_tiff(qtbot, viewer, heads, tmp_path):
+    from napari_dinounet._sample_data import nuclei_sample
+    from napari_dinounet._widgets._classes import class_color
+    from napari_dinounet._writer import write_labels
+    from napari_dinounet.engine.io import read_labels
+
+    image, _ = nuclei_crop()
+    viewer.add_image(image, name="cells", scale=(0.5, 0.5), units="um")
+    widget = ready_widget(viewer, heads)
+    wait_for(qtbot, widget.run())
+    labels = viewer.layers["cells labels"]
+    assert [str(u) for u in labels.units] == ["micrometer", "micrometer"]
+    np.testing.assert_allclose(labels.scale, (0.5, 0.5))
+
+    # the class name under the cursor shows in napari's status bar
+    y, x = np.argwhere(labels.data == 1)[0]
+    assert labels.get_status((y * 0.5, x * 0.5), world=True)["value"] == "1; class_name: nucleus"
+    y, x = np.argwhere(labels.data == 0)[0]
+    assert labels.get_status((y * 0.5, x * 0.5), world=True)["value"] == "0; class_name: background"
+    # class 1 is the sample ground truth's colour
+    (_, truth, _), colours = nuclei_sample()[1], labels.colormap.map(np.array([0, 1]))
+    from napari.layers import Labels
+
+    truth_colours = Labels(np.zeros((2, 2), np.uint8), colormap=truth["colormap"]).colormap.map(np.array([0, 1]))
+    np.testing.assert_allclose(colours, truth_colours)
+    assert class_color(1) == "magenta" and colours[0][3] == 0  # background transparent
+
+    data, attributes, _ = labels.as_layer_data_tuple()
+    (written,) = write_labels(str(tmp_path / "cells.tif"), data, attributes)
+    back = read_labels(written)
+    assert back.unit == "um" and back.spacing == pytest.approx((0.5, 0.5))
+    np.testing.assert_array_equal(back.data, labels.data)
+
+
+def test_a_channels_first_layer_with_two_channel_heads_is_read_as_channels(qtbot, viewer, tmp_path):
+    from napari_dinounet.engine.predictor import Predictor
+    from napari_dinounet.engine.progress import drain
+
+    image, _ = nuclei_crop()
+    two = np.stack([image, image[::-1]])  # (2, Y, X): two channels, or two slices
+    viewer.add_image(two, name="two", scale=(1, 0.5, 0.5))
+    heads = write_tiny_heads(tmp_path / "two-channel.safetensors", in_channels=2)
+    widget = ready_widget(viewer, heads)
+    assert widget.channel_axis_combo.currentData() is None  # the user left it at "none"
+    job = widget.run()
+    assert "channel axis: axis 0" in widget.status.text()
+    wait_for(qtbot, job)
+    assert not job.errored
+    labels = viewer.layers["two labels"]
+    assert labels.data.shape == (128, 128) and tuple(labels.scale) == (0.5, 0.5)
+    predictor = Predictor.from_checkpoint(heads, widget.session.backbone("random:tiny", "cpu"))
+    (expected,) = drain(predictor.predict(two, channel_axis=0, tile=64))
+    np.testing.assert_array_equal(labels.data, expected)
+    assert "channel axis: axis 0" in widget.status.text()  # the result says how it was read
+
+
+def test_a_layer_that_cannot_fit_the_heads_channels_is_refused_with_a_form_fix(viewer, tmp_path, errors):
+    image, _ = nuclei_crop()
+    grey = (image / image.max() * 255).astype(np.uint8)
+    viewer.add_image(np.stack([image, image, image]), name="three")
+    widget = ready_widget(viewer, write_tiny_heads(tmp_path / "two.safetensors", in_channels=2))
+    assert widget.run() is None  # never three slices predicted silently with 2-channel heads
+    assert "take 2 channels" in errors[-1] and "'three'" in errors[-1]
+    widget.channel_axis_combo.setCurrentIndex(widget.channel_axis_combo.findData(0))
+    assert widget.run() is None
+    assert "type 2 channel numbers in Channels" in errors[-1]
+    assert "channel_axis" not in errors[-1] and "--" not in errors[-1]
+
+    viewer.add_image(np.stack([grey] * 3, axis=-1), name="colour", rgb=True)
+    widget.image_combo.set_layer(viewer.layers["colour"])
+    assert widget.run() is None
+    assert "type 2 of them in Channels" in errors[-1] and "set the channel axis" not in errors[-1]
+
+
+def test_widget_advice_names_fields_not_arguments():
+    from napari_dinounet._widgets._model_form import for_the_widgets, widget_advice
+    from napari_dinounet.engine.errors import CheckpointError
+
+    message = "x: load the backbone, or allow the mismatch (allow_backbone_mismatch=True, --allow-backbone-mismatch)"
+    assert (
+        widget_advice(message)
+        == 'x: load the backbone, or allow the mismatch (tick "allow another backbone" under the heads)'
+    )
+    with pytest.raises(CheckpointError, match="tick") as caught, for_the_widgets():
+        raise CheckpointError(message)
+    assert "allow_backbone_mismatch" not in str(caught.value)
+
+
 def test_cancel_leaves_the_previous_labels_untouched(qtbot, viewer, nuclei, heads):
     widget = ready_widget(viewer, heads)
     wait_for(qtbot, widget.run())
@@ -264,10 +352,11 @@ def test_errors_become_notifications_and_the_widget_stays_usable(
     assert "nuclei labels" not in viewer.layers
     assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
 
-    # heads trained on 3 channels cannot read a grey image: the message names the fix
+    # heads trained on 3 channels cannot read a grey image: refused before the run, with a fix the form can make
     widget.model_form.set_heads(str(write_tiny_heads(tmp_path / "rgb-heads.safetensors", in_channels=3)))
-    wait_for(qtbot, widget.run())
-    assert "3-channel" in errors[-1] and "Channels field" in errors[-1]
+    assert widget.run() is None
+    assert "take 3 channels" in errors[-1] and "choose heads trained on" in errors[-1]
+    assert widget.status.text() == errors[-1]  # the full message, in the widget too
 
     # weights that are not there, and heads trained with another backbone than the one chosen
     widget.model_form.set_heads(str(heads))
@@ -277,7 +366,15 @@ def test_errors_become_notifications_and_the_widget_stays_usable(
     widget.model_form.set_backbone(str(dinov3_tiny_dir / "official_tiny.pth"))
     wait_for(qtbot, widget.run())
     assert "was trained with backbone" in errors[-1] and "load the backbone the heads were trained with" in errors[-1]
+    assert "allow_backbone_mismatch" not in errors[-1] and "--allow" not in errors[-1]  # not GUI actions
+    assert '"allow another backbone"' in errors[-1]  # the form's checkbox instead
     assert "nuclei labels" not in viewer.layers
+    widget.model_form.allow_backbone_check.setChecked(True)  # the user knows better: it runs, with a warning
+    assert widget.session.allow_backbone_mismatch
+    wait_for(qtbot, job := widget.run())  # the engine warns "using it anyway" (a napari warning notification)
+    assert not job.errored and "nuclei labels" in viewer.layers
+    viewer.layers.remove("nuclei labels")
+    widget.model_form.allow_backbone_check.setChecked(False)
 
     widget.model_form.set_backbone("random:tiny")
     wait_for(qtbot, job := widget.run())

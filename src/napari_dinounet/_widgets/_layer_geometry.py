@@ -29,7 +29,8 @@ class RunPlan:
     stack_shape: the leading shape the (N, Y, X) result is reshaped back to (() for one plane).
     target: the leading indices of the labels layer the result fills (() for the whole layer).
     labels_shape: the shape of the whole labels layer: the image's without its channels.
-    scale / translate: the labels layer's, taken from the image without the channel axis.
+    scale / translate / units: the labels layer's, taken from the image without the channel axis (units as
+    napari spells them, e.g. ``"micrometer"``; () when not known).
     """
 
     image: object
@@ -39,6 +40,7 @@ class RunPlan:
     labels_shape: tuple[int, ...]
     scale: tuple[float, ...]
     translate: tuple[float, ...]
+    units: tuple[str, ...] = ()
 
     @property
     def channel_axis(self) -> int | None:
@@ -85,6 +87,28 @@ def viewer_indices(viewer, layer) -> tuple[int, ...]:
 def channel_axis_choices(layer) -> list[int]:
     """Axes of a non-RGB layer that may hold channels: any axis but the last two (Y, X)."""
     return [] if layer.rgb else list(range(layer.ndim - 2))
+
+
+def infer_channel_axis(layer, in_channels: int | None) -> tuple[int | None, str]:
+    """The channel axis to use for a non-RGB ``layer`` whose user chose none, given the heads' channel count.
+
+    Returns ``(axis, note)``: the first leading axis whose size is ``in_channels`` (and a note saying it was
+    taken), or ``(None, "")`` when the heads take one channel (or say nothing), or the layer is RGB or 2D with
+    one channel. Raises InputError when the heads take several channels and no axis of the layer has that
+    many: predicting then would read channels as slices, or fail deep in the engine.
+    """
+    if layer is None or layer.rgb or not in_channels or in_channels == 1:
+        return None, ""
+    shape = _level0(layer).shape
+    fitting = [axis for axis in channel_axis_choices(layer) if shape[axis] == in_channels]
+    if fitting:
+        axis = fitting[0]
+        return axis, f"channel axis: axis {axis} ({in_channels} channels, as the heads were trained with)"
+    raise InputError(
+        f"the heads take {in_channels} channels, but {layer.name!r} (shape {tuple(shape)}) has no axis of "
+        f"{in_channels}: open the image with its channels as one axis, or choose heads trained on "
+        f"{layer.name!r}'s channels"
+    )
 
 
 def _level0(layer):
@@ -141,6 +165,8 @@ def plan_run(
         image = data[target]
     scale = tuple(float(layer.scale[axis]) for axis in layer_axes)
     translate = tuple(float(layer.translate[axis]) for axis in layer_axes)
+    layer_units = getattr(layer, "units", None)
+    units = tuple(str(layer_units[axis]) for axis in layer_axes) if layer_units is not None else ()
     return RunPlan(
         image=image,
         layout=ImageLayout.from_axes(image.shape, image.ndim - 1 if has_channels else None, slice_dim=0),
@@ -149,4 +175,5 @@ def plan_run(
         labels_shape=labels_shape,
         scale=scale,
         translate=translate,
+        units=units,
     )

@@ -1,27 +1,132 @@
-"""The model fields both widgets show: backbone weights, heads checkpoint and device.
+"""The model fields both widgets show: backbone weights, heads checkpoint (with a summary of it) and device.
 
 The fields edit the viewer's :class:`~._session.Session` (so Segment and Fine-tune always agree) and
-are remembered between napari sessions (:mod:`._settings`).
+are remembered between napari sessions (:mod:`._settings`); "allow another backbone" is not (a risky
+choice is made again each session). :func:`for_the_widgets` turns the engine's advice, which names
+Python and CLI arguments, into the fields of these widgets.
 """
 
 from __future__ import annotations
 
+import logging
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
+    QLabel,
     QLineEdit,
     QMenu,
     QToolButton,
     QWidget,
 )
 
+from ..engine.errors import DinoUNetError
 from ..engine.names import DEVICES
 from ._session import Session
 from ._settings import recall, remember
 
 HEADS_FILTER = "Dino U-Net heads (*.safetensors);;All files (*)"
+ALLOW_BACKBONE_TEXT = "allow another backbone"
+
+logger = logging.getLogger(__name__)
+
+# the engine's advice in Python/CLI terms -> what the widgets let the user do (pattern, replacement)
+_WIDGET_ADVICE = (
+    (
+        re.compile(r"\s*\(allow_backbone_mismatch=True, --allow-backbone-mismatch\)"),
+        f' (tick "{ALLOW_BACKBONE_TEXT}" under the heads)',
+    ),
+    (re.compile(r"\(channel_axis=N; --channel-axis N in the CLI; in Segment, ([^)]*)\)"), r"(\1)"),
+    (re.compile(r"\s*\(channel_axis=N in Python, --channel-axis N in the CLI\)"), " (the Channel axis field)"),
+    (re.compile(r"with channels=\(i, j, k\) \(1 to 3 indices\)"), "in the Channels field (1 to 3 channel numbers)"),
+    (re.compile(r"\s*\(num_classes, --classes N in the CLI\)"), ""),
+)
+
+
+def widget_advice(message: str) -> str:
+    """``message`` with the engine's Python/CLI advice rewritten into the widgets' fields."""
+    for pattern, replacement in _WIDGET_ADVICE:
+        message = pattern.sub(replacement, message)
+    return message
+
+
+@contextmanager
+def for_the_widgets() -> Iterator[None]:
+    """Re-raise the engine's errors (DinoUNetError) with :func:`widget_advice` applied; the engine's own
+    message goes to the log. Qt-free: worker generators use it."""
+    try:
+        yield
+    except DinoUNetError as err:
+        message = str(err)
+        rewritten = widget_advice(message)
+        if rewritten != message:
+            logger.info("engine message, rewritten for the widget: %s", message)
+            err.args = (rewritten,)
+        raise
+
+
+def heads_metadata(path: str | Path | None):
+    """The heads checkpoint's :class:`~..engine.checkpoint.HeadsMetadata` (its header only: no weights are
+    loaded), or None when there is no such readable file."""
+    if not path or not Path(path).is_file():
+        return None
+    from ._llvm_clash import avoid_triton_llvm_clash
+
+    avoid_triton_llvm_clash()  # the checkpoint module imports torch
+    from ..engine.checkpoint import read_metadata
+
+    try:
+        return read_metadata(path)
+    except DinoUNetError:
+        return None
+
+
+def heads_summary(path: str | Path | None) -> str:
+    """One line about a heads checkpoint: classes, channels, patch, backbone and what it was trained on."""
+    if not path:
+        return "no heads chosen"
+    if not Path(path).is_file():
+        return "no such file"
+    metadata = heads_metadata(path)
+    if metadata is None:
+        return "not a readable heads checkpoint"
+    classes = ", ".join(metadata.class_names)
+    channels = (
+        f"{metadata.in_channels} channel{'s' if metadata.in_channels != 1 else ''}"
+        if metadata.in_channels
+        else "channels unknown"
+    )
+    patch = metadata.patch_size
+    patch = f"{patch[0]}×{patch[1]}" if isinstance(patch, tuple) else f"{patch}" if patch else "?"
+    backbone = metadata.backbone_variant or "?"
+    if metadata.backbone_sha256 is None:
+        backbone += " (random weights)"
+    parts = [f"{metadata.num_classes} classes ({classes})", channels, f"patch {patch}", f"backbone {backbone}"]
+    trained = _trained_on(metadata.training)
+    if trained:
+        parts.append(trained)
+    return "; ".join(parts)
+
+
+def _trained_on(training: dict) -> str:
+    """What a checkpoint's training summary says it was trained on, briefly ('' when it says nothing)."""
+    if not isinstance(training, dict):
+        return ""
+    settings = training.get("settings") if isinstance(training.get("settings"), dict) else {}
+    for key in ("data", "dataset", "images", "trained_on", "source"):
+        value = training.get(key, settings.get(key))
+        if isinstance(value, str) and value:
+            return f"trained on {value}"
+    steps = training.get("steps", settings.get("steps"))
+    return f"{steps} training steps" if isinstance(steps, int) else ""
 
 
 def seed_session(session: Session) -> None:
@@ -77,11 +182,27 @@ class ModelForm(QWidget):
         self.device_combo.addItems(DEVICES)
         self.device_combo.setCurrentText(session.device)
         self.device_combo.setToolTip("auto: CUDA if present, else Apple MPS, else the CPU.")
+        backbone_button.setToolTip("Choose the backbone weights: a file, or a Hugging Face folder.")
+        heads_button.setToolTip("Choose a heads checkpoint (.safetensors).")
+
+        self.heads_info = QLabel()
+        self.heads_info.setWordWrap(True)
+        self.heads_info.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.heads_info.setToolTip("What the heads file says about itself (read from its header).")
+        self.allow_backbone_check = QCheckBox(ALLOW_BACKBONE_TEXT)
+        self.allow_backbone_check.setChecked(session.allow_backbone_mismatch)
+        self.allow_backbone_check.setToolTip(
+            "Use heads with a backbone other than the one they were trained with (another size or weights): "
+            "only when you know its features agree. Not remembered between sessions."
+        )
+        self.allow_backbone_check.toggled.connect(self._allow_backbone_toggled)
 
         layout = QFormLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addRow("Backbone", _path_row(self.backbone_edit, backbone_button))
         layout.addRow(heads_label, _path_row(self.heads_edit, heads_button))
+        layout.addRow("", self.heads_info)
+        layout.addRow("", self.allow_backbone_check)
         layout.addRow("Device", self.device_combo)
 
         self.backbone_edit.editingFinished.connect(lambda: self.set_backbone(self.backbone_edit.text()))
@@ -89,7 +210,9 @@ class ModelForm(QWidget):
         self.device_combo.currentTextChanged.connect(self._device_chosen)
         session.backbone_changed.connect(self._show_backbone)
         session.heads_changed.connect(self._show_heads)
+        session.allow_backbone_changed.connect(self._show_allow_backbone)
         self.destroyed.connect(lambda *_: self._disconnect(session))
+        self.heads_info.setText(heads_summary(session.heads_path))
 
     def apply_typed(self) -> None:
         """Use the paths as typed, also when the user did not press Enter or leave the field before a run."""
@@ -118,10 +241,18 @@ class ModelForm(QWidget):
             self.device_combo.setCurrentText(device)
             self.device_combo.blockSignals(False)
 
+    def _allow_backbone_toggled(self, on: bool) -> None:
+        self._session.allow_backbone_mismatch = on
+
+    def _show_allow_backbone(self, on: bool) -> None:
+        if self.allow_backbone_check.isChecked() != on:
+            self.allow_backbone_check.setChecked(on)
+
     def _show_heads(self, path) -> None:
         text = str(path or "")
         if self.heads_edit.text() != text:
             self.heads_edit.setText(text)
+        self.heads_info.setText(heads_summary(path))
 
     def _browse_backbone_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
@@ -146,3 +277,4 @@ class ModelForm(QWidget):
     def _disconnect(self, session: Session) -> None:
         session.backbone_changed.disconnect(self._show_backbone)
         session.heads_changed.disconnect(self._show_heads)
+        session.allow_backbone_changed.disconnect(self._show_allow_backbone)

@@ -27,16 +27,20 @@ class Session:
 
     ``heads_path``: the heads checkpoint Segment uses (``None`` until one is chosen);
     ``backbone_source``: the backbone weights (a file, a folder or ``random:<variant>``);
-    ``device``: ``auto``, ``cuda``, ``mps`` or ``cpu``.
+    ``device``: ``auto``, ``cuda``, ``mps`` or ``cpu``;
+    ``allow_backbone_mismatch``: use heads with another backbone than theirs (the model form's checkbox;
+    starts False in every session).
     """
 
     heads_changed = Signal(object)  # the new heads path (Path) or None
     backbone_changed = Signal(str, str)  # the new (backbone_source, device)
+    allow_backbone_changed = Signal(bool)
 
     def __init__(self) -> None:
         self._heads_path: Path | None = None
         self._backbone_source = ""
         self._device = "auto"
+        self._allow_backbone_mismatch = False
         # Backbones are large (up to 7B parameters), so only the one loaded last stays cached.
         self._loaded: tuple[tuple, Backbone] | None = None
         self._loading: dict[tuple, _Load] = {}  # loads in progress, by cache key
@@ -73,6 +77,17 @@ class Session:
         if device != self._device:
             self._device = device
             self.backbone_changed.emit(self._backbone_source, device)
+
+    @property
+    def allow_backbone_mismatch(self) -> bool:
+        return self._allow_backbone_mismatch
+
+    @allow_backbone_mismatch.setter
+    def allow_backbone_mismatch(self, allow: bool) -> None:
+        allow = bool(allow)
+        if allow != self._allow_backbone_mismatch:
+            self._allow_backbone_mismatch = allow
+            self.allow_backbone_changed.emit(allow)
 
     def backbone(self, source: str | Path, device: str = "auto") -> Backbone:
         """The backbone for ``(source, device)``: :meth:`backbone_steps` without the progress events."""

@@ -33,19 +33,21 @@ from qtpy.QtWidgets import (
 from .._layer_metadata import AFFINE_KEY, CLASS_NAMES_KEY, HEADS_KEY
 from ..engine.errors import DinoUNetError, InputError
 from ..engine.progress import Progress
+from ._classes import class_colors, class_features
 from ._jobs import Job
 from ._layer_combo import LayerComboBox, fill_channel_axis_choices
 from ._layer_geometry import (
     CURRENT_SLICE,
     WHOLE_STACK,
     RunPlan,
+    infer_channel_axis,
     labels_layer_name,
     parse_channels,
     plan_run,
     viewer_indices,
 )
 from ._llvm_clash import avoid_triton_llvm_clash
-from ._model_form import ModelForm
+from ._model_form import ModelForm, for_the_widgets, heads_metadata
 from ._session import Session, get_session
 from ._settings import persisted
 
@@ -70,18 +72,41 @@ def segment_job(
     patch_size: int | None,
     step: float,
     tta: bool,
+    allow_backbone_mismatch: bool = False,
 ) -> Generator[Progress, None, SegmentResult]:
     """Worker body: the session's backbone (loaded unless cached) and the heads, then predict.
 
-    patch_size None: the training patch. Runs in a worker thread: no Qt here.
+    patch_size None: the training patch. Runs in a worker thread: no Qt here. The engine's errors reach the
+    widget with their advice in the widget's terms (:func:`._model_form.for_the_widgets`).
     """
+    with for_the_widgets():
+        return (
+            yield from _segment(
+                session,
+                backbone_source,
+                device,
+                heads_path,
+                plan,
+                patch_size=patch_size,
+                step=step,
+                tta=tta,
+                allow_backbone_mismatch=allow_backbone_mismatch,
+            )
+        )
+
+
+def _segment(
+    session, backbone_source, device, heads_path, plan, *, patch_size, step, tta, allow_backbone_mismatch
+) -> Generator[Progress, None, SegmentResult]:
     from ..engine.device import pick_device
     from ..engine.predictor import Predictor
 
     device = pick_device(device)
     backbone = yield from session.backbone_steps(backbone_source, device)  # "loading"/"waiting for" events
     yield Progress("loading the heads", 0, 1, str(heads_path))
-    predictor = Predictor.from_checkpoint(heads_path, backbone, device=device)
+    predictor = Predictor.from_checkpoint(
+        heads_path, backbone, device=device, allow_backbone_mismatch=allow_backbone_mismatch
+    )
     (labels,) = yield from predictor.predict(
         plan.image, channel_axis=plan.channel_axis, slice_axis=plan.slice_axis, step=step, tile=patch_size, mirror=tta
     )
@@ -122,9 +147,12 @@ class SegmentWidget(QWidget):
         persisted(self.overlap_spin, "segment/overlap", 0.5)
         self.overlap_spin.setToolTip("How much neighbouring tiles overlap (0.5: half a tile).")
         self.tta_check = persisted(QCheckBox("mirror test-time augmentation (4x slower)"), "segment/tta", False)
+        self.tta_check.setToolTip("Average the predictions of the image and its mirror images: smoother, 4x slower.")
 
         self.run_button = QPushButton("Run")
+        self.run_button.setToolTip("Segment the chosen image with the heads above into the layer '<image> labels'.")
         self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop the run; the labels layer stays as it was.")
         self.cancel_button.setEnabled(False)
         self.status = QLabel()
         self.status.setWordWrap(True)
@@ -179,15 +207,22 @@ class SegmentWidget(QWidget):
             heads = self._heads_path()
             if layer is None:
                 raise InputError("no image layer: open an image (File > Open, or a sample) and choose it")
+            in_channels = _heads_channels(heads)
+            channel_axis, note = self.channel_axis_combo.currentData(), ""
+            if channel_axis is None:  # "none": the heads' channel count may say which axis holds channels
+                channel_axis, note = infer_channel_axis(layer, in_channels)
             plan = plan_run(
                 layer,
-                channel_axis=self.channel_axis_combo.currentData(),
+                channel_axis=channel_axis,
                 channels=parse_channels(self.channels_edit.text()) if self.channels_edit.isEnabled() else None,
                 whole_stack=self.stack_combo.currentText() == WHOLE_STACK,
                 current=viewer_indices(self.viewer, layer),
             )
+            check_channel_count(layer, plan, in_channels)
         except DinoUNetError as err:
-            show_error(f"Segmentation cannot start: {err}")
+            message = f"Segmentation cannot start: {err}"
+            self.status.setText(message)
+            show_error(message)
             return None
         gen = segment_job(
             self.session,
@@ -198,16 +233,17 @@ class SegmentWidget(QWidget):
             patch_size=self.tile_spin.value() or None,
             step=1.0 - self.overlap_spin.value(),
             tta=self.tta_check.isChecked(),
+            allow_backbone_mismatch=self.session.allow_backbone_mismatch,
         )
         self.job = Job(
             gen,
             "Segmentation",
-            on_result=lambda result: self._show_result(layer, plan, heads, result),
+            on_result=lambda result: self._show_result(layer, plan, heads, result, note),
             on_finished=self._finished,
         )
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
-        self.status.setText(f"segmenting {layer.name}…")
+        self.status.setText(f"segmenting {layer.name}…" + (f" ({note})" if note else ""))
         return self.job.start()
 
     def cancel(self) -> None:
@@ -230,7 +266,7 @@ class SegmentWidget(QWidget):
         elif self.job.errored:
             self.status.setText("failed: see the notification")
 
-    def _show_result(self, image: Image, plan: RunPlan, heads: Path, result: SegmentResult) -> None:
+    def _show_result(self, image: Image, plan: RunPlan, heads: Path, result: SegmentResult, note: str = "") -> None:
         """Write the result's labels into the image's labels layer (GUI thread), creating it on the first run."""
         labels, class_names = result.labels, result.class_names
         name = labels_layer_name(image.name)
@@ -242,14 +278,52 @@ class SegmentWidget(QWidget):
             data = np.zeros(plan.labels_shape, dtype=labels.dtype)
             data[plan.target] = labels
             # a same-named layer of another shape stays; napari gives the new one a unique name
-            target = self.viewer.add_labels(data, name=name, scale=plan.scale, translate=plan.translate)
+            target = self.viewer.add_labels(
+                data,
+                name=name,
+                scale=plan.scale,
+                translate=plan.translate,
+                units=plan.units or None,
+                colormap=class_colors(len(class_names)),  # the colours the sample's ground truth has
+            )
         target.metadata[CLASS_NAMES_KEY] = class_names
+        target.features = class_features(class_names)  # the class name under the cursor, in the status bar
         if AFFINE_KEY in image.metadata:  # a NIfTI image's grid: Export can write these labels back to NIfTI
             target.metadata[AFFINE_KEY] = image.metadata[AFFINE_KEY]
         target.metadata[HEADS_KEY] = str(heads)
         classes = ", ".join(f"{i} {n}" for i, n in enumerate(class_names))
-        self.status.setText(f"{target.name}: {classes}")
+        self.status.setText(f"{target.name}: {classes}" + (f"; {note}" if note else ""))
         show_info(f"Segmented {image.name} into {target.name!r}")
+
+
+def _heads_channels(heads: Path) -> int | None:
+    """The channel count the heads were trained on, or None when unknown (a file that cannot be read is
+    reported by the run, with the engine's message)."""
+    metadata = heads_metadata(heads)
+    return metadata.in_channels if metadata is not None else None
+
+
+def check_channel_count(layer, plan: RunPlan, in_channels: int | None) -> None:
+    """An InputError, with a fix the form can make, unless the planned image has the heads' channel count."""
+    have = plan.layout.num_channels
+    if not in_channels or have == in_channels:
+        return
+    trained = f"the heads were trained on {in_channels}-channel images"
+    if layer.rgb:
+        if in_channels < 3:
+            example = ",".join(str(c) for c in range(in_channels))
+            raise InputError(
+                f"{trained} but {layer.name!r} has {have} colours: type {in_channels} of them in Channels "
+                f"(e.g. {example}; 0 red, 1 green, 2 blue)"
+            )
+        raise InputError(f"{trained}; {layer.name!r} is a colour image: choose heads trained on colour images")
+    if plan.channel_axis is None:  # one channel, and no axis of the layer fits (infer_channel_axis said so)
+        raise InputError(f"{trained} but {layer.name!r} is single-channel: choose heads trained on such images")
+    example = ",".join(str(c) for c in range(in_channels))
+    raise InputError(
+        f"{trained} but {have} channels of {layer.name!r} were chosen: type {in_channels} channel numbers in "
+        f"Channels (e.g. {example}), or choose another Channel axis"
+    )
 
 
 def write_labels_undoable(layer: Labels, target: tuple[int, ...], labels: np.ndarray) -> None:
