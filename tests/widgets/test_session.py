@@ -120,3 +120,21 @@ def test_a_failed_load_leaves_nothing_behind():
     assert next(gen).task == "loading the backbone"
     gen.close()  # cancelled at its first event
     assert session._loading == {}
+
+
+def test_widgets_docked_by_script_share_the_menu_widgets_session(make_napari_viewer):
+    """``add_plugin_dock_widget`` hands each widget a new proxy of the viewer; the session is the viewer's."""
+    from napari_dinounet._widgets._session import get_session
+    from napari_dinounet._widgets.segment import SegmentWidget
+
+    viewer = make_napari_viewer()
+    _, segment = viewer.window.add_plugin_dock_widget("napari-dinounet", "Segment")
+    _, export = viewer.window.add_plugin_dock_widget("napari-dinounet", "Export")
+    _, finetune = viewer.window.add_plugin_dock_widget("napari-dinounet", "Fine-tune")
+    assert type(segment.viewer) is not type(viewer)  # a proxy, as napari gives it
+    menu_opened = SegmentWidget(viewer)  # as the menu opens it, with the viewer itself
+    assert segment.session is menu_opened.session is get_session(viewer)
+    assert export._session is segment.session and finetune.session is segment.session
+    segment.model_form.set_heads("/tmp/some-heads.safetensors")
+    assert str(export._session.heads_path) == "/tmp/some-heads.safetensors"
+    assert finetune.model_form.heads_edit.text() == "/tmp/some-heads.safetensors"

@@ -73,6 +73,34 @@ def for_the_widgets() -> Iterator[None]:
         raise
 
 
+def help_url() -> str | None:
+    """Where the plugin's guide is: the package's documentation URL (its metadata), else the README of a
+    source checkout, else None."""
+    from importlib import metadata
+
+    try:
+        urls = metadata.metadata("napari-dinounet").get_all("Project-URL") or []
+    except metadata.PackageNotFoundError:
+        urls = []
+    by_label = dict(url.split(", ", 1) for url in urls if ", " in url)
+    for label in ("Documentation", "documentation", "Homepage", "homepage", "Source", "source"):
+        if label in by_label:
+            return by_label[label]
+    readme = Path(__file__).resolve().parents[3] / "README.md"
+    return readme.as_uri() if readme.is_file() else None
+
+
+def help_label() -> QLabel:
+    """A small "Help: the guide" link (opens in the browser), for the foot of a dock."""
+    url = help_url()
+    label = QLabel(
+        f'<a href="{url}">Help: the napari-dinounet guide</a>' if url else "Help: see napari-dinounet's README"
+    )
+    label.setOpenExternalLinks(True)
+    label.setToolTip(url or "The README of the napari-dinounet package")
+    return label
+
+
 def heads_metadata(path: str | Path | None):
     """The heads checkpoint's :class:`~..engine.checkpoint.HeadsMetadata` (its header only: no weights are
     loaded), or None when there is no such readable file."""

@@ -174,8 +174,22 @@ def _stamp(stat: os.stat_result) -> tuple[int, int, int, int]:
 _sessions: dict[int, Session] = {}
 
 
+def _unproxied(viewer):
+    """The object behind napari's ``PublicOnlyProxy`` (wrapt), or ``viewer`` itself."""
+    try:
+        return object.__getattribute__(viewer, "__wrapped__")
+    except AttributeError:
+        return viewer
+
+
 def get_session(viewer) -> Session:
-    """The session of ``viewer``, created on first use and dropped when the viewer is."""
+    """The session of ``viewer``, created on first use and dropped when the viewer is.
+
+    napari hands widgets opened with ``viewer.window.add_plugin_dock_widget`` a new ``PublicOnlyProxy`` of
+    the viewer each time; the session belongs to the viewer behind it, so those widgets share one session
+    with each other and with widgets opened from the menu.
+    """
+    viewer = _unproxied(viewer)
     key = id(viewer)
     session = _sessions.get(key)
     if session is None:

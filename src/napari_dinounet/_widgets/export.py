@@ -35,7 +35,7 @@ from ..engine.atomic import atomic_path
 from ..engine.errors import CheckpointError, DinoUNetError, InputError
 from ..engine.io import file_name_for, get_format, registered_formats, with_extension
 from ._layer_combo import LayerComboBox
-from ._model_form import HEADS_FILTER, seed_session
+from ._model_form import HEADS_FILTER, help_label, seed_session
 from ._session import get_session
 from ._settings import recall, remember
 
@@ -86,12 +86,13 @@ class _FormatCombo(QComboBox):
         super().showPopup()
 
 
-def _path_row(edit: QLineEdit, on_browse) -> QWidget:
+def _path_row(edit: QLineEdit, on_browse, tooltip: str) -> QWidget:
     row = QWidget()
     layout = QHBoxLayout(row)
     layout.setContentsMargins(0, 0, 0, 0)
     layout.addWidget(edit)
     button = QToolButton(text="…")
+    button.setToolTip(tooltip)
     button.clicked.connect(on_browse)
     layout.addWidget(button)
     return row
@@ -125,6 +126,8 @@ class ExportWidget(QWidget):
                 self.format_combo.addItem(fmt.export_title, fmt.name)
         self.labels_path_edit = QLineEdit()
         self.labels_path_edit.setPlaceholderText("file to write")
+        self.labels_path_edit.setToolTip("The file the labels go to; the format's extension is added.")
+        self.layer_combo.setToolTip("The labels layer to save (e.g. '<image> labels' from Segment).")
         self.export_labels_button = QPushButton("Export labels")
         self.export_labels_button.setToolTip(
             "Write the chosen labels layer; an existing file is replaced only "
@@ -135,7 +138,7 @@ class ExportWidget(QWidget):
             "Labels",
             ("Layer", self.layer_combo),
             ("Format", self.format_combo),
-            ("File", _path_row(self.labels_path_edit, self._browse_labels)),
+            ("File", _path_row(self.labels_path_edit, self._browse_labels, "Choose the file to write.")),
             self.export_labels_button,
         )
 
@@ -143,6 +146,9 @@ class ExportWidget(QWidget):
         self.heads_label.setWordWrap(True)
         self.heads_path_edit = QLineEdit()
         self.heads_path_edit.setPlaceholderText("file to write (.safetensors)")
+        self.heads_path_edit.setToolTip("Where the copy of the heads checkpoint in use goes.")
+        self.heads_label.setToolTip("The heads checkpoint Segment and Fine-tune use now.")
+        self._heads_path_suggested = True  # the heads file name follows the heads in use until the user types one
         self.export_heads_button = QPushButton("Export heads")
         self.export_heads_button.setToolTip(
             "Copy the heads checkpoint in use (adapter, projection, decoder and "
@@ -151,7 +157,7 @@ class ExportWidget(QWidget):
         heads_box = _form_box(
             "Heads checkpoint",
             ("In use", self.heads_label),
-            ("File", _path_row(self.heads_path_edit, self._browse_heads)),
+            ("File", _path_row(self.heads_path_edit, self._browse_heads, "Choose the file to write.")),
             self.export_heads_button,
         )
 
@@ -162,10 +168,12 @@ class ExportWidget(QWidget):
         layout.addWidget(heads_box)
         layout.addWidget(self.status_label)
         layout.addStretch(1)
+        layout.addWidget(help_label())
 
         self.layer_combo.currentIndexChanged.connect(self._layer_chosen)
         self.format_combo.currentIndexChanged.connect(self._format_chosen)
         self.labels_path_edit.textEdited.connect(self._path_typed)
+        self.heads_path_edit.textEdited.connect(self._heads_path_typed)
         self.export_labels_button.clicked.connect(self.export_labels)
         self.export_heads_button.clicked.connect(self.export_heads)
         self._session.heads_changed.connect(self._show_heads)
@@ -269,9 +277,13 @@ class ExportWidget(QWidget):
     def _show_heads(self, path) -> None:
         self.heads_label.setText(str(path) if path else "none yet (choose one in Segment, or train with Fine-tune)")
         self.export_heads_button.setEnabled(path is not None)
-        if path and not self.heads_path_edit.text().strip():
+        if path and (self._heads_path_suggested or not self.heads_path_edit.text().strip()):
             folder = Path(recall("export/folder", str(Path.home())))
             self.heads_path_edit.setText(str(folder / Path(path).name))
+            self._heads_path_suggested = True
+
+    def _heads_path_typed(self, text: str) -> None:
+        self._heads_path_suggested = not text.strip()
 
     def _browse_heads(self) -> None:
         path, _ = QFileDialog.getSaveFileName(
@@ -279,6 +291,7 @@ class ExportWidget(QWidget):
         )
         if path:
             self.heads_path_edit.setText(path)
+            self._heads_path_suggested = False
             self._confirmed_target = Path(path)
 
     def export_heads(self) -> Path | None:

@@ -4,7 +4,8 @@ The widget builds the form, plans which part of the layer to read (:mod:`._layer
 :func:`segment_job` in a worker (:mod:`._jobs`) and writes the :class:`SegmentResult` it returns. The
 labels go to the layer ``"<image> labels"``: created on the first run; later runs write through
 ``Labels.data_setitem`` (:func:`write_labels_undoable`), so napari's undo (Ctrl+Z) brings back what was
-there before. The form's fields are remembered between sessions (``_settings.persisted``).
+there before. The form's visible fields are remembered between sessions (``_settings.persisted``); test-time
+augmentation (4x slower) and Channels (which belong to one image) start afresh in each widget.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from ._layer_geometry import (
     viewer_indices,
 )
 from ._llvm_clash import avoid_triton_llvm_clash
-from ._model_form import ModelForm, for_the_widgets, heads_metadata
+from ._model_form import ModelForm, for_the_widgets, heads_metadata, help_label
 from ._session import Session, get_session
 from ._settings import persisted
 
@@ -128,7 +129,7 @@ class SegmentWidget(QWidget):
         self.image_combo.setToolTip("The image to segment.")
         self.channel_axis_combo = QComboBox()
         self.channel_axis_combo.setToolTip("The layer axis that holds channels (multichannel images).")
-        self.channels_edit = persisted(QLineEdit(), "segment/channels", "")
+        self.channels_edit = QLineEdit()  # not remembered: it belongs to one image, hidden when not used
         self.channels_edit.setPlaceholderText("all, in order (e.g. 0,2)")
         self.channels_edit.setToolTip("Which channels feed the model, in the order it was trained with.")
         self.stack_combo = QComboBox()
@@ -146,7 +147,7 @@ class SegmentWidget(QWidget):
         self.overlap_spin.setSingleStep(0.05)
         persisted(self.overlap_spin, "segment/overlap", 0.5)
         self.overlap_spin.setToolTip("How much neighbouring tiles overlap (0.5: half a tile).")
-        self.tta_check = persisted(QCheckBox("mirror test-time augmentation (4x slower)"), "segment/tta", False)
+        self.tta_check = QCheckBox("mirror test-time augmentation (4x slower)")  # off in every new session
         self.tta_check.setToolTip("Average the predictions of the image and its mirror images: smoother, 4x slower.")
 
         self.run_button = QPushButton("Run")
@@ -174,6 +175,7 @@ class SegmentWidget(QWidget):
         layout.addLayout(buttons)
         layout.addWidget(self.status)
         layout.addStretch(1)
+        layout.addWidget(help_label())
 
         self.image_combo.currentIndexChanged.connect(self._image_changed)
         self.channel_axis_combo.currentIndexChanged.connect(self._channel_axis_changed)
