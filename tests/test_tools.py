@@ -56,7 +56,14 @@ def test_launcher_screenshot_shows_the_sample_and_the_three_docks(tmp_path):
     assert shown["layers"] == ["nuclei", "nuclei ground truth"]
     assert [d["name"] for d in shown["docks"]] == ["Segment", "Fine-tune", "Export"]
     assert [d["widget"] for d in shown["docks"]] == ["SegmentWidget", "FineTuneWidget", "ExportWidget"]
-    assert all(d["visible"] and d["height"] > 100 for d in shown["docks"]), shown["docks"]
+    # all three stacked when they fit the screen's height, else tabbed behind Segment: never a window taller
+    # than the screen, whose bottom controls would be out of reach
+    assert shown["window"][1] <= 1000, (shown["window"], shown["screen"])  # the window asked for, 1600 x 1000
+    segment, *others = shown["docks"]
+    assert segment["shown"] and segment["height"] > 100, segment
+    for dock in others:
+        assert dock["shown"] or segment["dock_title"] in dock["tabbed_with"], dock
+        assert dock["shown"] != (segment["dock_title"] in dock["tabbed_with"]), dock  # stacked xor a tab
     assert shown["napari_dock_widgets"] == sorted(
         f"{name} (napari-dinounet)" for name in ("Segment", "Fine-tune", "Export")
     )

@@ -41,6 +41,7 @@ def open_viewer(sample: str, size: tuple[int, int] | None = None):
     """A napari viewer with ``sample`` open and the plugin's widgets docked; returns (viewer, {name: widget})."""
     import napari
     from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QApplication
 
     viewer = napari.Viewer(title="napari-dinounet")
     if size is not None:
@@ -48,10 +49,19 @@ def open_viewer(sample: str, size: tuple[int, int] | None = None):
     viewer.open_sample(PLUGIN, sample)
     docked = {name: viewer.window.add_plugin_dock_widget(PLUGIN, name) for name in WIDGETS}
     widgets = {name: widget for name, (_, widget) in docked.items()}
+    docks = [dock for dock, _ in docked.values()]
     process_events(0.3)  # docks can be resized once they are laid out
-    viewer.window._qt_window.resizeDocks(
-        [dock for dock, _ in docked.values()], [DOCK_WIDTH] * len(docked), Qt.Orientation.Horizontal
-    )
+    window = viewer.window._qt_window
+    height = size[1] if size else QApplication.primaryScreen().availableGeometry().height()
+    chrome = window.menuBar().sizeHint().height() + window.statusBar().sizeHint().height()
+    if sum(dock.minimumSizeHint().height() for dock in docks) + chrome > height:
+        # stacked, the docks would make the window taller than the screen (its bottom out of reach): tabs instead
+        for dock in docks[1:]:
+            window.tabifyDockWidget(docks[0], dock)
+        docks[0].raise_()
+        process_events(0.2)
+        window.resize(window.width(), height)
+    window.resizeDocks(docks, [DOCK_WIDTH] * len(docks), Qt.Orientation.Horizontal)
     image = next(layer for layer in viewer.layers if layer._type_string == "image")
     viewer.layers.selection.active = image
     return viewer, widgets
@@ -99,7 +109,9 @@ def save_screenshot(viewer, widgets: dict, path: Path, colours: int | None = Non
                 "name": name,
                 "widget": type(widget).__name__,
                 "visible": bool(widget.isVisible()),
+                "shown": not widget.visibleRegion().isEmpty(),  # on screen, not behind another dock's tab
                 "dock_title": dock.windowTitle() if dock is not None else None,
+                "tabbed_with": [other.windowTitle() for other in window.tabifiedDockWidgets(dock)] if dock else [],
                 "height": widget.height(),
             }
         )
@@ -107,6 +119,7 @@ def save_screenshot(viewer, widgets: dict, path: Path, colours: int | None = Non
         "screenshot": str(path),
         "size": [int(pixels.shape[1]), int(pixels.shape[0])],
         "window": [window.width(), window.height()],
+        "screen": [window.screen().availableGeometry().width(), window.screen().availableGeometry().height()],
         "layers": [layer.name for layer in viewer.layers],
         "docks": docks,
         "napari_dock_widgets": sorted(viewer.window.dock_widgets),
