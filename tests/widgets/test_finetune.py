@@ -152,30 +152,36 @@ def train_and_stop_at(qtbot, widget, step: int):
     return job
 
 
-def test_stop_keeps_the_last_checkpoint_and_the_starting_heads(qtbot, viewer, tmp_path):
+def test_stop_writes_the_step_it_stopped_at_and_keeps_the_starting_heads(qtbot, viewer, tmp_path):
     start = write_tiny_heads(tmp_path / "start.safetensors")
     before = digest(start)
     widget = ready_widget(viewer, tmp_path, steps=400, every=4)
     widget.model_form.set_heads(str(start))
     widget.start_combo.setCurrentText(LOADED_HEADS)
 
-    job = train_and_stop_at(qtbot, widget, step=6)  # after a checkpoint
+    job = train_and_stop_at(qtbot, widget, step=6)  # two steps after a checkpoint
     out = tmp_path / "tuned.safetensors"
     assert not job.errored and out.is_file()
-    assert 6 <= widget.plot.loss[-1][0] < 400  # it ended early
-    assert "stopped after" in widget.status.text() and widget.session.heads_path == out
+    stopped = widget.plot.loss[-1][0]
+    assert 6 <= stopped < 400  # it ended early
+    assert f"stopped at step {stopped}" in widget.status.text() and widget.session.heads_path == out
     assert digest(start) == before  # the heads it started from are untouched
+    # the file holds the step it stopped at, not the last "Save every" checkpoint before it
+    assert read_metadata(out).training["history"][-1]["step"] == stopped
 
-    assert read_metadata(out).training["history"][-1]["step"] in (4, 8)
 
-
-def test_stop_before_the_first_checkpoint_writes_nothing(qtbot, viewer, tmp_path):
+def test_stop_before_the_first_checkpoint_still_writes_the_stopped_step(qtbot, viewer, tmp_path):
+    """Walkthrough F4: with Save every 200, Stop at step 3 used to write nothing."""
     widget = ready_widget(viewer, tmp_path, steps=400, every=200)
-    original = widget.session.heads_path
 
-    train_and_stop_at(qtbot, widget, step=1)  # at once
-    assert not (tmp_path / "tuned.safetensors").exists()
-    assert widget.session.heads_path == original and "nothing was written" in widget.status.text()
+    train_and_stop_at(qtbot, widget, step=3)
+    out = tmp_path / "tuned.safetensors"
+    stopped = widget.plot.loss[-1][0]
+    assert 3 <= stopped < 200
+    history = read_metadata(out).training["history"]
+    assert [entry["step"] for entry in history] == [stopped]
+    assert f"stopped at step {stopped}" in widget.status.text() and widget.session.heads_path == out
+    assert widget.plot.val_dice[-1][0] == stopped  # the stop validated the heads it saved
 
 
 def test_bad_input_is_explained_and_nothing_starts(qtbot, viewer, tmp_path, errors):
@@ -195,12 +201,15 @@ def test_bad_input_is_explained_and_nothing_starts(qtbot, viewer, tmp_path, erro
     widget.out_edit.setText(str(start))
     assert widget.start() is None and "would overwrite" in errors[-1]
 
-    # labels with more classes than the heads have: the engine's message arrives as a notification
+    # labels with more classes than the heads have: the engine's message arrives as a notification, its
+    # advice in the form's words (not num_classes / --classes, which the form cannot express)
     viewer.layers["nuclei labels"].data[0, 0] = 5
     widget.out_edit.setText(str(tmp_path / "other.safetensors"))
     job = widget.start()
     wait_for(qtbot, job)
     assert job.errored and "Fine-tuning failed" in errors[-1] and "labels 0..1" in errors[-1], errors[-1]
+    assert "Start from: fresh heads" in errors[-1] and "Classes field" in errors[-1], errors[-1]
+    assert "num_classes" not in errors[-1] and "--classes" not in errors[-1]
     assert widget.start_button.isEnabled() and not (tmp_path / "other.safetensors").exists()
 
 
@@ -312,6 +321,7 @@ def test_heads_of_three_channels_are_not_fine_tuned_on_one_channel_images(
 def test_the_form_is_remembered_for_the_next_widget(viewer, isolated_settings):
     widget = FineTuneWidget(viewer)
     assert (widget.steps_spin.value(), widget.every_spin.value(), widget.cache_check.isChecked()) == (200, 50, True)
+    assert widget.patch_spin.value() == (256 if finetune_module.cuda_likely() else 128)  # CPU: minutes, not 15
     widget.steps_spin.setValue(123)
     widget.every_spin.setValue(7)
     widget.lr_spin.setValue(0.004)
@@ -328,3 +338,84 @@ def test_the_form_is_remembered_for_the_next_widget(viewer, isolated_settings):
         again.cache_check.isChecked(),
     ) == (123, 7, 0.004, 128, 3, False)
     assert (isolated_settings / "napari-dinounet.ini").is_file()
+
+
+# ------------------------------------------------------------------- the form: classes, estimate, fit
+
+
+def test_fresh_heads_are_the_default_without_heads_and_their_classes_can_be_named(qtbot, viewer, tmp_path):
+    widget = FineTuneWidget(viewer)
+    assert widget.session.heads_path is None and widget.start_combo.currentText() == FRESH_HEADS
+    assert widget.classes_edit.isEnabled() and widget.classes_edit.placeholderText() == "background, nucleus"
+    start = write_tiny_heads(tmp_path / "start.safetensors")
+    widget.model_form.set_heads(str(start))
+    assert widget.start_combo.currentText() == LOADED_HEADS and not widget.classes_edit.isEnabled()
+    widget.model_form.set_heads("")
+    assert widget.start_combo.currentText() == FRESH_HEADS
+
+    viewer.add_labels(viewer.layers["nuclei labels"].data.copy(), name="unnamed")  # no class names
+    widget.rows[0].labels.setCurrentText("unnamed")
+    assert widget.classes_edit.placeholderText() == "background, class 1"
+
+    widget = ready_widget(viewer, tmp_path, steps=2, every=2)
+    widget.classes_edit.setText("background, cell nucleus")
+    wait_for(qtbot, widget.start())
+    assert read_metadata(tmp_path / "tuned.safetensors").class_names == ["background", "cell nucleus"]
+
+
+def test_one_class_name_is_refused_with_the_fields_name(viewer, tmp_path, errors):
+    widget = ready_widget(viewer, tmp_path)
+    widget.classes_edit.setText("nucleus")
+    assert widget.start() is None and "Classes field names one class" in errors[-1]
+
+
+def test_the_estimate_follows_patch_batch_steps_cache_and_device(viewer):
+    widget = FineTuneWidget(viewer)
+    widget.model_form.device_combo.setCurrentText("cpu")
+
+    def seconds_a_step() -> float:
+        text = widget.estimate_label.text()
+        assert text.startswith("Duration: about ") and "estimate" in text
+        return float(text.split("(")[1].split(" s a step")[0])
+
+    widget.patch_spin.setValue(128)
+    widget.batch_spin.setValue(2)
+    small = seconds_a_step()
+    widget.patch_spin.setValue(256)
+    assert seconds_a_step() > 3 * small  # measured: 0.5 s against 2.5 s a step
+    widget.batch_spin.setValue(4)
+    assert seconds_a_step() > 6 * small
+    from napari_dinounet.engine.estimate import cpu_run_estimate, format_duration
+
+    widget.steps_spin.setValue(400)
+    widget.every_spin.setValue(100)
+    expected = cpu_run_estimate(steps=400, patch_size=256, batch_size=4, cache_features=True, checkpoints=4)
+    assert widget.estimate_label.text().startswith(f"Duration: {format_duration(expected.total_s)} (")
+    assert expected.total_s > 30 * 60  # 400 steps of 5 s, as the text says
+    before = widget.estimate_label.text()
+    widget.cache_check.setChecked(False)
+    assert widget.estimate_label.text() != before
+    widget.model_form.device_combo.setCurrentText("cuda")
+    assert "no estimate for a GPU" in widget.estimate_label.text()
+
+
+def test_rarely_changed_fields_fold_away_and_every_control_says_what_it_does(viewer):
+    from qtpy.QtWidgets import QAbstractButton, QComboBox, QDoubleSpinBox, QLineEdit, QSpinBox
+
+    widget = FineTuneWidget(viewer)
+    widget.show()
+    folded = widget.minimumSizeHint().height()
+    assert not widget.advanced.isChecked() and not widget.patch_spin.isVisible() and not widget.plot.isVisible()
+    widget.advanced.setChecked(True)
+    assert widget.patch_spin.isVisible() and widget.lr_spin.isVisible() and widget.cache_check.isVisible()
+    assert widget.minimumSizeHint().height() > folded + 80
+    print(f"Fine-tune dock minimumSizeHint: {folded} px folded, {widget.minimumSizeHint().height()} px open")
+    assert folded < 600  # 755 px before the Advanced section and the plot shown from Start on
+
+    controls = widget.findChildren((QAbstractButton, QComboBox, QSpinBox, QDoubleSpinBox, QLineEdit))
+    silent = [
+        c.text() if hasattr(c, "text") else type(c).__name__
+        for c in controls
+        if not c.toolTip() and not isinstance(c.parent(), (QSpinBox, QDoubleSpinBox, QComboBox))
+    ]
+    assert len(controls) > 15 and silent == []

@@ -3,12 +3,19 @@
 The widget gathers the pairs (and the optional region that counts, for partially labelled images),
 starts :func:`finetune_job` in a worker, draws the loss and validation Dice as they come, and when the
 run ends hands the new checkpoint to the session, so Segment uses it at once. Stop ends training at the
-next step and keeps the checkpoint of the last finished epoch (the engine writes one per epoch).
+next step and writes the heads of that step (the engine's stop request: nothing trained is lost); Cancel
+(the activity dock's) is the same Stop. The form shows an estimate of the run's duration on a CPU
+(:mod:`..engine.estimate`) and starts, on a CPU, from defaults that take minutes there. Engine messages
+that name a Python or CLI option are reworded to name the form's control (:func:`gui_wording`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import re
+import sys
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +59,54 @@ from ._session import Session, get_session
 from ._settings import persisted
 
 LOADED_HEADS, FRESH_HEADS = "the loaded heads", "fresh heads"
+# Defaults of the form: on a CPU a run of the defaults takes minutes (patch 128: about 0.5 s a step on a
+# 2-core laptop CPU, against 2.5 s at 256; engine.estimate), on CUDA today's (patch 256).
+CPU_DEFAULTS = {"steps": 200, "every": 50, "patch": 128}
+CUDA_DEFAULTS = {"steps": 200, "every": 50, "patch": 256}
+
+
+def cuda_likely() -> bool:
+    """Whether device "auto" will be CUDA, without importing torch when nothing has yet (opening the dock
+    stays quick): torch's answer when loaded, else whether an NVIDIA driver is installed."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return bool(torch.cuda.is_available())
+    return os.path.exists("/proc/driver/nvidia/version")
+
+
+# Engine advice naming a Python or CLI option, and what the form offers instead (Fine-tune's words).
+_GUI_WORDING = [
+    (
+        r"e\.g\. labels > 0 for one foreground class, or give the number of classes \([^)]*\)",
+        "e.g. tick 'any label value is foreground (instance labels)', or name every class in the Classes field "
+        "(Start from: fresh heads)",
+    ),
+    (
+        r"or train (\d+) or more classes \([^)]*\)",
+        r"or train \1 or more classes (Start from: fresh heads, and name them in the Classes field)",
+    ),
+    (r"give the number of classes if some are really absent \([^)]*\)", "name every class in the Classes field"),
+    (r"so give at least 2 \([^)]*\)", "so name at least 2 in the Classes field"),
+    (r"\(channel_axis=N[^)]*\)", "(the Channel axis column)"),
+    (
+        r"or allow the mismatch \(allow_backbone_mismatch=True[^)]*\) if you know the features agree",
+        "or tick 'allow another backbone' if you know the features agree, or choose 'Start from: fresh heads'",
+    ),
+    (r"\(--lr\)", "(Learning rate, under Advanced)"),
+    (r"choose which to use \(channels, e\.g\. \(0, 1, 2\)\)", "give an image layer of 1 to 3 channels"),
+    (
+        r"continue it \(--resume / resume=True\), or replace it with a new run \(--overwrite / overwrite=True\)",
+        "choose another 'Save to' file (or delete that state file)",
+    ),
+]
+
+
+def gui_wording(message: str) -> str:
+    """``message`` with advice the form cannot follow (``num_classes``, ``channel_axis=``, ``--lr``,
+    ``allow_backbone_mismatch``...) replaced by the Fine-tune control that does it."""
+    for pattern, replacement in _GUI_WORDING:
+        message = re.sub(pattern, replacement, message)
+    return message
 
 
 @dataclass(frozen=True)
@@ -76,6 +131,10 @@ class FineTuneOptions:
     cache_features: bool
 
     @property
+    def checkpoints(self) -> int:
+        return math.ceil(self.steps / self.epoch_steps)
+
+    @property
     def epoch_steps(self) -> int:
         return max(1, min(self.every, self.steps))
 
@@ -98,9 +157,9 @@ class FineTuneOptions:
 
 @dataclass(frozen=True)
 class FineTuneResult:
-    checkpoint: Path | None  # None when stopped before the first checkpoint
+    checkpoint: Path | None  # None when stopped before the first step
     stopped: bool
-    steps_done: int
+    steps_done: int  # the step the checkpoint holds
 
 
 def finetune_job(
@@ -113,12 +172,40 @@ def finetune_job(
     out: Path,
     options: FineTuneOptions,
     stop: Stop,
+    allow_backbone_mismatch: bool = False,
 ) -> Generator[Progress, None, FineTuneResult]:
     """Worker body: load the backbone and the starting heads, build the samples, train until done or stopped.
 
-    Runs in a worker thread: no Qt here. ``stop`` set: the training generator is closed at its next event,
-    which keeps the checkpoint of the last finished epoch.
+    Runs in a worker thread: no Qt here. ``stop`` set: training ends before its next step and writes the
+    heads of the step it reached (the engine's stop request); set before the first step, the run is closed
+    and nothing is written. Engine errors are reworded for the form (:func:`gui_wording`).
     """
+    try:
+        return (
+            yield from _finetune_steps(
+                session,
+                backbone_source,
+                device,
+                start_heads,
+                pairs,
+                class_names,
+                out,
+                options,
+                stop,
+                allow_backbone_mismatch,
+            )
+        )
+    except DinoUNetError as err:
+        worded = gui_wording(str(err))
+        if worded == str(err):
+            raise
+        raise type(err)(worded) from err
+
+
+def _finetune_steps(
+    session, backbone_source, device, start_heads, pairs, class_names, out, options, stop, allow_backbone_mismatch
+):
+    """:func:`finetune_job`'s body."""
     from ..engine.checkpoint import load_heads
     from ..engine.data import check_same_channels, samples_from_arrays
     from ..engine.device import pick_device
@@ -130,7 +217,9 @@ def finetune_job(
     model, metadata, normalization = None, None, Normalization()
     if start_heads is not None:
         yield Progress("loading the heads", 0, 1, str(start_heads))
-        model, metadata = load_heads(start_heads, backbone, device=device)
+        model, metadata = load_heads(
+            start_heads, backbone, allow_backbone_mismatch=allow_backbone_mismatch, device=device
+        )
         class_names = list(metadata.class_names)
         normalization = Normalization.from_dict(metadata.normalization)
     if len({pair.has_channels for pair in pairs}) > 1:
@@ -166,6 +255,7 @@ def finetune_job(
         normalization=normalization,
         model=model,
         device=device,
+        stop=lambda: bool(stop),
     )
     steps_done = 0
     try:
@@ -173,15 +263,18 @@ def finetune_job(
             try:
                 event = next(run)
             except StopIteration as end:
-                return FineTuneResult(Path(end.value), stopped=False, steps_done=steps_done)
+                written = Path(end.value)
+                return FineTuneResult(
+                    written if written.is_file() else None, stopped=steps_done < options.steps, steps_done=steps_done
+                )
             if event.task == "train":
                 steps_done = event.done
             yield event
-            if stop:
-                break
+            if stop and steps_done == 0:
+                break  # nothing trained yet (loading, caching): end at once, nothing to keep
     finally:
-        run.close()  # keeps the last written checkpoint as it is
-    return FineTuneResult(out if out.is_file() else None, stopped=True, steps_done=steps_done)
+        run.close()  # after the end a no-op; before the first step it leaves no file
+    return FineTuneResult(None, stopped=True, steps_done=0)
 
 
 def default_checkpoint_path(start_heads: Path | None) -> Path:
@@ -266,64 +359,115 @@ class FineTuneWidget(QWidget):
         self.model_form = ModelForm(self.session, heads_label="Start heads")
         self.start_combo = QComboBox()
         self.start_combo.addItems([LOADED_HEADS, FRESH_HEADS])
-        self.start_combo.setToolTip("Go on training the heads above, or start from new, untrained heads.")
+        self.start_combo.setToolTip(
+            "Go on training the heads above, or start from new, untrained heads (needed for other classes)."
+        )
+        self.start_combo.setCurrentText(FRESH_HEADS if self.session.heads_path is None else LOADED_HEADS)
+        self.classes_edit = QLineEdit()
+        self.classes_edit.setToolTip(
+            "The class names of fresh heads, background first, separated by commas: one per label value "
+            "0, 1, 2, ... Empty: the labels layer's class names, else background, class 1, ..."
+        )
 
         self._pairs_grid = QGridLayout()
         for column, title in enumerate(["Image", "Channel axis", "Corrected labels", "Counts in"]):
             self._pairs_grid.addWidget(QLabel(title), 0, column)
         self.add_pair_button = QPushButton("Add pair")
+        self.add_pair_button.setToolTip("Train on one more image and its corrected labels.")
         self.add_pair_button.clicked.connect(self.add_pair)
 
         self.stack_combo = QComboBox()
         self.stack_combo.addItems([CURRENT_SLICE, WHOLE_STACK])
         self.stack_combo.setToolTip("For stacks: learn from the slice on screen only, or from every slice.")
         self.foreground_check = QCheckBox("any label value is foreground (instance labels)")
-        self.steps_spin = persisted(_spin(1, 1_000_000, 10), "finetune/steps", 200)
-        self.steps_spin.setToolTip("Training steps in all.")
-        self.every_spin = persisted(_spin(1, 100_000, 10), "finetune/every", 50)
+        self.foreground_check.setToolTip(
+            "Train one foreground class from labels where each object has its own value (instance labels)."
+        )
+        defaults = CUDA_DEFAULTS if cuda_likely() else CPU_DEFAULTS
+        self.steps_spin = persisted(_spin(1, 1_000_000, 10), "finetune/steps", defaults["steps"])
+        self.steps_spin.setToolTip("Training steps in all (the estimate below says how long they take).")
+        self.every_spin = persisted(_spin(1, 100_000, 10), "finetune/every", defaults["every"])
         self.every_spin.setToolTip(
-            "Validation Dice and a checkpoint after every this many steps and after the last (Stop keeps the last)."
+            "Validation Dice and a checkpoint after every this many steps and after the last "
+            "(Stop also writes the step it stopped at)."
         )
         self.lr_spin = QDoubleSpinBox()
         self.lr_spin.setDecimals(5)
         self.lr_spin.setRange(1e-5, 1.0)
         self.lr_spin.setSingleStep(1e-4)
+        self.lr_spin.setToolTip("Adam's learning rate at the first step; it decays to 0 at the last (1e-3 is usual).")
         persisted(self.lr_spin, "finetune/lr", 0.001)
-        self.patch_spin = persisted(_spin(64, 2048, 32), "finetune/patch", 256)
+        self.patch_spin = persisted(_spin(64, 2048, 32), "finetune/patch", defaults["patch"])
+        self.patch_spin.setToolTip(
+            "Side of the square training patches, a multiple of 32. Larger sees more context but is much "
+            "slower: on a CPU 128 takes about 0.5 s a step, 256 about 2.5 s."
+        )
         self.batch_spin = persisted(_spin(1, 64, 1), "finetune/batch", 2)
+        self.batch_spin.setToolTip("Patches per step; the time per step grows with it.")
         self.cache_check = persisted(
             QCheckBox("cache backbone features (faster, lighter augmentation)"), "finetune/cache", True
         )
+        self.cache_check.setToolTip(
+            "Compute the backbone's features of 64 fixed crops once before training, so steps skip the "
+            "backbone; augmentation is then only mirroring and intensity."
+        )
         self.out_edit = QLineEdit()
         self.out_edit.setPlaceholderText("automatic: beside the start heads")
+        self.out_edit.setToolTip("The heads file to write (.safetensors); empty: a new name beside the start heads.")
         out_button = QToolButton(text="…")
+        out_button.setToolTip("Choose the file to save the heads to.")
         out_button.clicked.connect(self._browse_out)
+        self.estimate_label = QLabel()
+        self.estimate_label.setWordWrap(True)
+        self.estimate_label.setToolTip(
+            "From seconds per step measured on a 2-core laptop CPU with a ViT-S backbone, for this patch, "
+            "batch, cache and number of steps; a faster CPU, a larger backbone or a busy machine change it."
+        )
 
         self.start_button = QPushButton("Start")
+        self.start_button.setToolTip("Train with these settings; the loss and validation Dice are drawn below.")
         self.stop_button = QPushButton("Stop")
         self.stop_button.setEnabled(False)
-        self.stop_button.setToolTip("End training now and keep the checkpoint of the last finished epoch.")
+        self.stop_button.setToolTip("End training now and save the heads of the step it reached.")
         from ._loss_plot import LossPlot
 
         self.plot = LossPlot()
+        self.plot.setVisible(False)  # shown from the first Start on: an empty plot only takes height
+        self.plot.setToolTip("Training loss (orange, left scale) and validation Dice (blue dots, 0 to 1) per step.")
         self.status = QLabel()
         self.status.setWordWrap(True)
         self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)  # the checkpoint path can be copied
 
         form = QFormLayout()
         form.addRow("Start from", self.start_combo)
+        form.addRow("Classes", self.classes_edit)
         form.addRow("Stack", self.stack_combo)
         form.addRow(self.foreground_check)
         form.addRow("Steps", self.steps_spin)
-        form.addRow("Save every", self.every_spin)
-        form.addRow("Learning rate", self.lr_spin)
-        form.addRow("Patch size", self.patch_spin)
-        form.addRow("Batch size", self.batch_spin)
-        form.addRow(self.cache_check)
+        form.addRow(self.estimate_label)
         out_row = QHBoxLayout()
         out_row.addWidget(self.out_edit)
         out_row.addWidget(out_button)
         form.addRow("Save to", out_row)
+
+        # rarely changed: folded away unless opened (the three docks must fit a laptop screen)
+        self.advanced = QToolButton(text="Advanced")
+        self.advanced.setCheckable(True)
+        self.advanced.setAutoRaise(True)
+        self.advanced.setArrowType(Qt.RightArrow)
+        self.advanced.setToolButtonStyle(Qt.ToolButtonTextBesideIcon)
+        self.advanced.setToolTip("Show the learning rate, patch and batch size, the feature cache and Save every.")
+        self._advanced_body = QWidget()
+        advanced_form = QFormLayout(self._advanced_body)
+        advanced_form.setContentsMargins(12, 0, 0, 0)
+        advanced_form.addRow("Save every", self.every_spin)
+        advanced_form.addRow("Learning rate", self.lr_spin)
+        advanced_form.addRow("Patch size", self.patch_spin)
+        advanced_form.addRow("Batch size", self.batch_spin)
+        advanced_form.addRow(self.cache_check)
+        self.advanced.toggled.connect(self._show_advanced)
+        self._advanced_body.setVisible(False)
+
         buttons = QHBoxLayout()
         buttons.addWidget(self.start_button)
         buttons.addWidget(self.stop_button)
@@ -332,20 +476,33 @@ class FineTuneWidget(QWidget):
         layout.addLayout(self._pairs_grid)
         layout.addWidget(self.add_pair_button)
         layout.addLayout(form)
+        layout.addWidget(self.advanced)
+        layout.addWidget(self._advanced_body)
         layout.addLayout(buttons)
         layout.addWidget(self.plot)
         layout.addWidget(self.status)
         layout.addStretch(1)
 
+        for spin in (self.steps_spin, self.every_spin, self.patch_spin, self.batch_spin):
+            spin.valueChanged.connect(self._update_estimate)
+        self.cache_check.toggled.connect(self._update_estimate)
+        self.model_form.device_combo.currentTextChanged.connect(self._update_estimate)
+        self.start_combo.currentTextChanged.connect(self._update_classes)
+        self.foreground_check.toggled.connect(self._update_classes)
+        self.session.heads_changed.connect(self._heads_changed)
+        self.destroyed.connect(lambda *_: _disconnect(self.session.heads_changed, self._heads_changed))
         self.start_button.clicked.connect(self.start)
         self.stop_button.clicked.connect(self.stop)
         self.add_pair()
+        self._update_classes()
+        self._update_estimate()
 
     # -- the form ---------------------------------------------------------------------------------------
 
     def add_pair(self) -> _PairRow:
         row = _PairRow(self.viewer)
         row.remove.clicked.connect(lambda: self.remove_pair(row))
+        row.labels.currentIndexChanged.connect(self._update_classes)
         self.rows.append(row)
         for column, widget in enumerate(row.widgets()):
             self._pairs_grid.addWidget(widget, len(self.rows), column)
@@ -411,12 +568,80 @@ class FineTuneWidget(QWidget):
             )
         return pairs
 
-    def _class_names(self) -> list[str] | None:
-        """Class names for fresh heads: from the labels layer's metadata, or background/foreground."""
+    def _automatic_class_names(self) -> list[str] | None:
+        """Fresh heads' class names when the Classes field is empty: background/foreground for instance
+        labels, the first labels layer's metadata class names, else background, class 1, ... up to its
+        largest value; None without a labels layer."""
         if self.foreground_check.isChecked():
             return ["background", "foreground"]
-        names = self.rows[0].labels.layer().metadata.get(CLASS_NAMES_KEY) if self.rows else None
-        return list(names) if names else None
+        labels = self.rows[0].labels.layer() if self.rows else None
+        if labels is None:
+            return None
+        names = labels.metadata.get(CLASS_NAMES_KEY)
+        if names:
+            return [str(name) for name in names]
+        from ..engine.data import default_class_names
+
+        largest = int(np.max(labels.data)) if np.size(labels.data) else 0
+        return default_class_names(max(largest, 1) + 1)
+
+    def _class_names(self) -> list[str] | None:
+        """Class names for fresh heads: the Classes field's, else the automatic ones."""
+        typed = [name.strip() for name in self.classes_edit.text().split(",") if name.strip()]
+        if not typed:
+            return self._automatic_class_names()
+        if len(typed) < 2:
+            raise InputError(
+                "the Classes field names one class: name the background first and at least one class, "
+                "e.g. 'background, nucleus' (or leave it empty for the automatic names)"
+            )
+        if len(set(typed)) < len(typed):
+            raise InputError(f"the Classes field names a class twice ({', '.join(typed)}): give each a new name")
+        return typed
+
+    def _show_advanced(self, shown: bool) -> None:
+        self._advanced_body.setVisible(shown)
+        self.advanced.setArrowType(Qt.DownArrow if shown else Qt.RightArrow)
+
+    def _update_classes(self, *_) -> None:
+        """The Classes field is for fresh heads; its placeholder shows the names an empty field gives."""
+        fresh = self.start_combo.currentText() == FRESH_HEADS
+        self.classes_edit.setEnabled(fresh)
+        automatic = self._automatic_class_names() if fresh else None
+        self.classes_edit.setPlaceholderText(
+            ", ".join(automatic) if automatic else ("the start heads' classes" if not fresh else "background, class 1")
+        )
+
+    def _heads_changed(self, path) -> None:
+        """Heads chosen (or cleared) elsewhere: start from them, or from fresh heads when there are none."""
+        self.start_combo.setCurrentText(LOADED_HEADS if path is not None else FRESH_HEADS)
+
+    def _update_estimate(self, *_) -> None:
+        """The run's duration before Start, on a CPU (engine.estimate's table); none for GPUs."""
+        from ..engine.estimate import BASIS, cpu_run_estimate, format_duration
+
+        device = self.model_form.device_combo.currentText()
+        if device.startswith("cuda") or device == "mps" or (device == "auto" and cuda_likely()):
+            self.estimate_label.setText(
+                "Duration: no estimate for a GPU (usually far below a second a step); the time left shows once "
+                "training runs"
+            )
+            return
+        try:
+            options = self._options()
+        except DinoUNetError:
+            self.estimate_label.setText("")
+            return
+        estimate = cpu_run_estimate(
+            steps=options.steps,
+            patch_size=options.patch_size,
+            batch_size=options.batch_size,
+            cache_features=options.cache_features,
+            checkpoints=options.checkpoints,
+        )
+        self.estimate_label.setText(
+            f"Duration: {format_duration(estimate.total_s)} ({estimate.steps_s / options.steps:.1f} s a step; {BASIS})"
+        )
 
     # -- running ----------------------------------------------------------------------------------------
 
@@ -451,8 +676,10 @@ class FineTuneWidget(QWidget):
             out,
             options,
             self._stop,
+            allow_backbone_mismatch=bool(getattr(self.session, "allow_backbone_mismatch", False)),
         )
         self.plot.clear(options.steps)
+        self.plot.setVisible(True)
         self.job = Job(
             gen,
             "Fine-tuning",
@@ -467,11 +694,11 @@ class FineTuneWidget(QWidget):
         return self.job.start()
 
     def stop(self) -> None:
-        """End training at the next step, keeping the last checkpoint."""
+        """End training at the next step and save the heads of that step."""
         if self.job is not None and not self.job.done:
             self.job.cancel()
             self.stop_button.setEnabled(False)
-            self.status.setText("stopping after this step…")
+            self.status.setText("stopping after this step, then saving its heads…")
 
     def _start_heads(self) -> Path | None:
         if self.start_combo.currentText() == FRESH_HEADS:
@@ -490,15 +717,15 @@ class FineTuneWidget(QWidget):
 
     def _show_result(self, result: FineTuneResult) -> None:
         if result.checkpoint is None:
-            self.status.setText(
-                f"stopped after {result.steps_done} steps, before the first checkpoint: nothing was written"
-            )
+            self.status.setText("stopped before the first step: nothing was trained, nothing written")
             return
         self.session.heads_path = result.checkpoint
         self.model_form.set_heads(str(result.checkpoint))
-        how = f"stopped after {result.steps_done} steps" if result.stopped else "done"
-        self.status.setText(f"{how}; Segment now uses {result.checkpoint}")
-        show_info(f"Fine-tuning {how}: heads saved to {result.checkpoint}")
+        how = f"stopped at step {result.steps_done}" if result.stopped else f"done ({result.steps_done} steps)"
+        self.status.setText(
+            f"{how}; the heads of step {result.steps_done} are saved and Segment now uses {result.checkpoint}"
+        )
+        show_info(f"Fine-tuning {how}: heads of step {result.steps_done} saved to {result.checkpoint}")
 
     def _finished(self) -> None:
         self.start_button.setEnabled(True)
@@ -514,3 +741,8 @@ def _spin(low: int, high: int, step: int) -> QSpinBox:
     spin.setRange(low, high)
     spin.setSingleStep(step)
     return spin
+
+
+def _disconnect(signal, slot) -> None:
+    with contextlib.suppress(RuntimeError, ValueError):  # already gone
+        signal.disconnect(slot)

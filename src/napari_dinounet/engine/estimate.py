@@ -27,7 +27,7 @@ CPU_SECONDS = {
     512: (14.18, 8.22, 0.436),
 }
 CACHE_VARIANTS = 4  # mirror variants per cached crop (with augmentation)
-BASIS = "estimate for a 2-core laptop CPU and a ViT-S backbone"
+BASIS = "an estimate for a 2-core laptop CPU, ViT-S"
 
 
 @dataclass(frozen=True)
