@@ -452,3 +452,37 @@ def test_segment_job_returns_a_segment_result(heads):
     expected = drain(predict(model, stack[0], patch_size=64))  # the training patch of write_tiny_heads
     assert result.labels.shape == (1, 2, 128, 128)
     np.testing.assert_array_equal(result.labels[0], expected)
+
+
+def _controls_without_tooltips(widget) -> list[str]:
+    from qtpy.QtWidgets import QAbstractButton, QComboBox, QDoubleSpinBox, QLineEdit, QSpinBox
+
+    kinds = (QAbstractButton, QComboBox, QLineEdit, QSpinBox, QDoubleSpinBox)
+    missing = []
+    for child in widget.findChildren(kinds):
+        if isinstance(child, QLineEdit) and isinstance(child.parent(), (QComboBox, QSpinBox, QDoubleSpinBox)):
+            continue  # a combo box's or spin box's own editor
+        if not child.toolTip():
+            missing.append(f"{type(child).__name__} {getattr(child, 'text', lambda: '')()!r}")
+    return missing
+
+
+def test_every_control_has_a_tooltip_and_the_dock_is_compact_with_a_help_link(viewer, heads):
+    from qtpy.QtWidgets import QLabel
+
+    from napari_dinounet._widgets.export import ExportWidget
+
+    widget = ready_widget(viewer, heads)
+    export = ExportWidget(viewer)
+    assert _controls_without_tooltips(widget) == [] and _controls_without_tooltips(export) == []
+    for dock in (widget, export):
+        links = [label for label in dock.findChildren(QLabel) if "Help" in label.text()]
+        assert len(links) == 1 and links[0].openExternalLinks()
+        assert dock.minimumSizeHint().height() <= 150  # it scrolls in a short dock: three docks fit 1000 px
+        assert dock.sizeHint().height() >= 300  # and asks for its whole form when there is room
+
+    # the heads summary next to the Heads field, from the file's header
+    summary = widget.model_form.heads_info.text()
+    assert summary == "2 classes (background, nucleus); 1 channel; patch 64; backbone tiny (random weights)"
+    widget.model_form.set_heads("/nonexistent/heads.safetensors")
+    assert widget.model_form.heads_info.text() == "no such file"

@@ -20,11 +20,14 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
+    QFrame,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QMenu,
+    QScrollArea,
     QToolButton,
+    QVBoxLayout,
     QWidget,
 )
 
@@ -34,6 +37,7 @@ from ._session import Session
 from ._settings import recall, remember
 
 HEADS_FILTER = "Dino U-Net heads (*.safetensors);;All files (*)"
+LINK_COLOR = "#5fa8ff"  # readable on napari's dark and light themes
 ALLOW_BACKBONE_TEXT = "allow another backbone"
 
 logger = logging.getLogger(__name__)
@@ -90,12 +94,29 @@ def help_url() -> str | None:
     return readme.as_uri() if readme.is_file() else None
 
 
+def dock_layout(dock: QWidget) -> QVBoxLayout:
+    """The layout to fill for a dock widget whose content scrolls when napari gives it less height than it
+    wants: its minimum height stays small, so several docks fit a laptop screen, one above the other."""
+    content = QWidget()
+    scroll = QScrollArea()
+    scroll.setWidget(content)
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QFrame.NoFrame)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+    outer = QVBoxLayout(dock)
+    outer.setContentsMargins(0, 0, 0, 0)
+    outer.addWidget(scroll)
+    return QVBoxLayout(content)
+
+
 def help_label() -> QLabel:
     """A small "Help: the guide" link (opens in the browser), for the foot of a dock."""
     url = help_url()
-    label = QLabel(
-        f'<a href="{url}">Help: the napari-dinounet guide</a>' if url else "Help: see napari-dinounet's README"
-    )
+    if url:
+        text = f'<a href="{url}" style="color: {LINK_COLOR}">Help: the napari-dinounet guide</a>'
+    else:
+        text = "Help: see napari-dinounet's README"
+    label = QLabel(text)
     label.setOpenExternalLinks(True)
     label.setToolTip(url or "The README of the napari-dinounet package")
     return label
@@ -229,9 +250,11 @@ class ModelForm(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addRow("Backbone", _path_row(self.backbone_edit, backbone_button))
         layout.addRow(heads_label, _path_row(self.heads_edit, heads_button))
-        layout.addRow("", self.heads_info)
-        layout.addRow("", self.allow_backbone_check)
-        layout.addRow("Device", self.device_combo)
+        layout.addRow(self.heads_info)
+        device_row = QHBoxLayout()
+        device_row.addWidget(self.device_combo, 1)
+        device_row.addWidget(self.allow_backbone_check)
+        layout.addRow("Device", device_row)
 
         self.backbone_edit.editingFinished.connect(lambda: self.set_backbone(self.backbone_edit.text()))
         self.heads_edit.editingFinished.connect(lambda: self.set_heads(self.heads_edit.text()))

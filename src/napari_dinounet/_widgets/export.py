@@ -26,7 +26,6 @@ from qtpy.QtWidgets import (
     QMessageBox,
     QPushButton,
     QToolButton,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -35,7 +34,7 @@ from ..engine.atomic import atomic_path
 from ..engine.errors import CheckpointError, DinoUNetError, InputError
 from ..engine.io import file_name_for, get_format, registered_formats, with_extension
 from ._layer_combo import LayerComboBox
-from ._model_form import HEADS_FILTER, help_label, seed_session
+from ._model_form import HEADS_FILTER, dock_layout, help_label, seed_session
 from ._session import get_session
 from ._settings import recall, remember
 
@@ -98,6 +97,15 @@ def _path_row(edit: QLineEdit, on_browse, tooltip: str) -> QWidget:
     return row
 
 
+def _side_by_side(*widgets: QWidget) -> QWidget:
+    row = QWidget()
+    layout = QHBoxLayout(row)
+    layout.setContentsMargins(0, 0, 0, 0)
+    for widget in widgets:
+        layout.addWidget(widget, 1)
+    return row
+
+
 def _form_box(title: str, *rows: tuple[str, QWidget] | QWidget) -> QGroupBox:
     """A titled group of form rows: (label, field) pairs, or a widget spanning the row."""
     box = QGroupBox(title)
@@ -136,8 +144,7 @@ class ExportWidget(QWidget):
 
         labels_box = _form_box(
             "Labels",
-            ("Layer", self.layer_combo),
-            ("Format", self.format_combo),
+            ("Layer", _side_by_side(self.layer_combo, self.format_combo)),
             ("File", _path_row(self.labels_path_edit, self._browse_labels, "Choose the file to write.")),
             self.export_labels_button,
         )
@@ -163,7 +170,7 @@ class ExportWidget(QWidget):
 
         self.status_label = QLabel()
         self.status_label.setWordWrap(True)
-        layout = QVBoxLayout(self)
+        layout = dock_layout(self)
         layout.addWidget(labels_box)
         layout.addWidget(heads_box)
         layout.addWidget(self.status_label)

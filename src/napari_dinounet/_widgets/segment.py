@@ -27,7 +27,6 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QPushButton,
     QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -48,7 +47,7 @@ from ._layer_geometry import (
     viewer_indices,
 )
 from ._llvm_clash import avoid_triton_llvm_clash
-from ._model_form import ModelForm, for_the_widgets, heads_metadata, help_label
+from ._model_form import ModelForm, dock_layout, for_the_widgets, heads_metadata, help_label
 from ._session import Session, get_session
 from ._settings import persisted
 
@@ -128,7 +127,10 @@ class SegmentWidget(QWidget):
         self.image_combo = LayerComboBox(napari_viewer, (Image,))
         self.image_combo.setToolTip("The image to segment.")
         self.channel_axis_combo = QComboBox()
-        self.channel_axis_combo.setToolTip("The layer axis that holds channels (multichannel images).")
+        self.channel_axis_combo.setToolTip(
+            "The layer axis that holds channels (multichannel images). With 'none', an axis as long as the heads' "
+            "channel count is taken as channels (the status says so)."
+        )
         self.channels_edit = QLineEdit()  # not remembered: it belongs to one image, hidden when not used
         self.channels_edit.setPlaceholderText("all, in order (e.g. 0,2)")
         self.channels_edit.setToolTip("Which channels feed the model, in the order it was trained with.")
@@ -160,16 +162,14 @@ class SegmentWidget(QWidget):
 
         form = QFormLayout()
         form.addRow("Image", self.image_combo)
-        form.addRow("Channel axis", self.channel_axis_combo)
-        form.addRow("Channels", self.channels_edit)
+        form.addRow("Channels", _side_by_side(self.channel_axis_combo, self.channels_edit))
         form.addRow("Stack", self.stack_combo)
-        form.addRow("Tile size", self.tile_spin)
-        form.addRow("Overlap", self.overlap_spin)
+        form.addRow("Tile, overlap", _side_by_side(self.tile_spin, self.overlap_spin))
         form.addRow(self.tta_check)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
-        layout = QVBoxLayout(self)
+        layout = dock_layout(self)
         layout.addWidget(self.model_form)
         layout.addLayout(form)
         layout.addLayout(buttons)
@@ -296,6 +296,14 @@ class SegmentWidget(QWidget):
         classes = ", ".join(f"{i} {n}" for i, n in enumerate(class_names))
         self.status.setText(f"{target.name}: {classes}" + (f"; {note}" if note else ""))
         show_info(f"Segmented {image.name} into {target.name!r}")
+
+
+def _side_by_side(*widgets: QWidget) -> QHBoxLayout:
+    """One form row holding two short fields."""
+    row = QHBoxLayout()
+    for widget in widgets:
+        row.addWidget(widget, 1)
+    return row
 
 
 def _heads_channels(heads: Path) -> int | None:
