@@ -91,3 +91,24 @@ def test_the_plan_layout_is_how_the_engine_reads_what_the_plan_passes(data, kwar
     # the engine's output fills the labels at target plane for plane (several leading axes as one stack)
     spatial, labels_part = plan.layout.spatial_shape, plan.labels_shape[len(plan.target) :]
     assert spatial[-2:] == labels_part[-2:] and np.prod(spatial) == np.prod(labels_part)
+
+
+def test_plan_carries_the_units_without_the_channel_axis():
+    layer = Image(np.zeros((3, 20, 30)), scale=(1, 0.5, 0.5), units=("second", "micrometer", "micrometer"))
+    assert plan_run(layer, channel_axis=0).units == ("micrometer", "micrometer")
+    assert plan_run(layer).units == ("second", "micrometer", "micrometer")
+
+
+def test_the_channel_axis_is_inferred_from_the_heads_channel_count():
+    from napari_dinounet._widgets._layer_geometry import infer_channel_axis
+
+    layer = Image(np.zeros((5, 2, 20, 30)))
+    axis, note = infer_channel_axis(layer, 2)
+    assert axis == 1 and "axis 1" in note and "2 channels" in note
+    assert infer_channel_axis(layer, 1) == (None, "")  # one channel: the leading axes are a stack
+    assert infer_channel_axis(layer, None) == (None, "")  # heads that do not say
+    assert infer_channel_axis(Image(np.zeros((20, 30, 3)), rgb=True), 3) == (None, "")
+    with pytest.raises(InputError, match="take 3 channels.*no axis of 3"):
+        infer_channel_axis(layer, 3)
+    with pytest.raises(InputError, match="take 2 channels"):
+        infer_channel_axis(Image(np.zeros((20, 30))), 2)
