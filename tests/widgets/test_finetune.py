@@ -419,3 +419,57 @@ def test_rarely_changed_fields_fold_away_and_every_control_says_what_it_does(vie
         if not c.toolTip() and not isinstance(c.parent(), (QSpinBox, QDoubleSpinBox, QComboBox))
     ]
     assert len(controls) > 15 and silent == []
+
+
+def engine_message(call) -> str:
+    from napari_dinounet.engine.errors import DinoUNetError
+
+    with pytest.raises(DinoUNetError) as caught:
+        call()
+    return str(caught.value)
+
+
+def test_engine_advice_is_reworded_to_the_forms_controls(tmp_path):
+    """Advice the form cannot follow (num_classes, channel_axis=, --lr, allow_backbone_mismatch, channels) is
+    replaced by the control that does it; the engine's own messages, produced for real, are the input."""
+    from napari_dinounet._widgets.finetune import gui_wording
+    from napari_dinounet.engine.backbone import load_backbone
+    from napari_dinounet.engine.checkpoint import load_heads
+    from napari_dinounet.engine.data import samples_from_arrays
+    from napari_dinounet.engine.layout import infer_layout
+    from napari_dinounet.engine.train import TrainSettings, build_model
+
+    image, labels = nuclei_crop()
+    instances = np.zeros_like(labels, np.int32)
+    instances[:40, :40] = np.arange(40 * 40).reshape(40, 40) % 30  # 29 ids: instance labels
+    messages = {
+        "instances": engine_message(lambda: samples_from_arrays([image], [instances])),
+        "classes": engine_message(lambda: samples_from_arrays([image], [labels * 3], num_classes=2)),
+        "axes": engine_message(lambda: infer_layout((2, 2, 2, 8, 8))),
+        "channels": engine_message(
+            lambda: build_model(load_backbone("random:tiny"), TrainSettings(size="tiny"), 2, in_channels=5)
+        ),
+        "backbone": engine_message(
+            lambda: load_heads(write_tiny_heads(tmp_path / "t.safetensors"), load_backbone("random:s"))
+        ),
+    }
+    worded = {key: gui_wording(message) for key, message in messages.items()}
+    for key, text in worded.items():
+        print(key, "->", text)
+        for code in (
+            "num_classes",
+            "--classes",
+            "channel_axis=",
+            "--channel-axis",
+            "allow_backbone_mismatch",
+            "(channels",
+        ):
+            assert code not in text, (key, text)
+    assert "any label value is foreground" in worded["instances"]
+    assert "Classes field" in worded["classes"]
+    assert "Channel axis column" in worded["axes"]
+    assert "1 to 3 channels" in worded["channels"]
+    assert "allow another backbone" in worded["backbone"] and "fresh heads" in worded["backbone"]
+    assert gui_wording("Lower the learning rate (--lr) and start again") == (
+        "Lower the learning rate (Learning rate, under Advanced) and start again"
+    )

@@ -77,9 +77,9 @@ def cuda_likely() -> bool:
 # Engine advice naming a Python or CLI option, and what the form offers instead (Fine-tune's words).
 _GUI_WORDING = [
     (
-        r"e\.g\. labels > 0 for one foreground class, or give the number of classes \([^)]*\)",
-        "e.g. tick 'any label value is foreground (instance labels)', or name every class in the Classes field "
-        "(Start from: fresh heads)",
+        r"convert them, e\.g\. labels > 0 for one foreground class, or give the number of classes \([^)]*\)",
+        "tick 'any label value is foreground (instance labels)' to train one foreground class, or name every "
+        "class in the Classes field (Start from: fresh heads)",
     ),
     (
         r"or train (\d+) or more classes \([^)]*\)",
@@ -704,8 +704,13 @@ class FineTuneWidget(QWidget):
         if self.start_combo.currentText() == FRESH_HEADS:
             return None
         heads = self.session.heads_path
-        if heads is None or not heads.is_file():
-            raise InputError("no heads to start from: pick a heads checkpoint, or choose 'fresh heads'")
+        if heads is None:
+            raise InputError("no heads to start from: pick a heads checkpoint (Start heads), or choose 'fresh heads'")
+        if not heads.is_file():
+            raise InputError(
+                f"the start heads {heads} do not exist (moved or deleted?): pick another file in Start heads, "
+                "or choose 'fresh heads'"
+            )
         return heads
 
     def _progress(self, event: Progress) -> None:
