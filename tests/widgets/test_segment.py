@@ -281,6 +281,7 @@ def test_a_layer_that_cannot_fit_the_heads_channels_is_refused_with_a_form_fix(v
     widget = ready_widget(viewer, write_tiny_heads(tmp_path / "two.safetensors", in_channels=2))
     assert widget.run() is None  # never three slices predicted silently with 2-channel heads
     assert "take 2 channels" in errors[-1] and "'three'" in errors[-1]
+    assert "choose its Channel axis (axis 0?) and type 2 channel numbers in Channels" in errors[-1]
     widget.channel_axis_combo.setCurrentIndex(widget.channel_axis_combo.findData(0))
     assert widget.run() is None
     assert "type 2 channel numbers in Channels" in errors[-1]
@@ -357,7 +358,7 @@ def test_errors_become_notifications_and_the_widget_stays_usable(
     # heads trained on 3 channels cannot read a grey image: refused before the run, with a fix the form can make
     widget.model_form.set_heads(str(write_tiny_heads(tmp_path / "rgb-heads.safetensors", in_channels=3)))
     assert widget.run() is None
-    assert "take 3 channels" in errors[-1] and "choose heads trained on" in errors[-1]
+    assert "take 3 channels" in errors[-1] and "choose heads trained on images like this one" in errors[-1]
     assert widget.status.text() == errors[-1]  # the full message, in the widget too
 
     # weights that are not there, and heads trained with another backbone than the one chosen

@@ -104,10 +104,15 @@ def infer_channel_axis(layer, in_channels: int | None) -> tuple[int | None, str]
     if fitting:
         axis = fitting[0]
         return axis, f"channel axis: axis {axis} ({in_channels} channels, as the heads were trained with)"
+    larger = [axis for axis in channel_axis_choices(layer) if shape[axis] > in_channels]
+    pick = (
+        f"choose its Channel axis (axis {larger[0]}?) and type {in_channels} channel numbers in Channels, or "
+        if larger
+        else ""
+    )
     raise InputError(
         f"the heads take {in_channels} channels, but {layer.name!r} (shape {tuple(shape)}) has no axis of "
-        f"{in_channels}: open the image with its channels as one axis, or choose heads trained on "
-        f"{layer.name!r}'s channels"
+        f"{in_channels}: {pick}choose heads trained on images like this one"
     )
 
 
