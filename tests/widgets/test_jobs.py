@@ -140,7 +140,8 @@ def test_dock_bar_and_status_advance_with_the_job(qtbot, viewer, owner):
     paced.release(10)
     qtbot.waitUntil(lambda: bar.qt_progress_bar.value() == 10, timeout=10_000)
     assert bar.qt_progress_bar.maximum() == STEPS
-    assert "Fine-tuning: train" in bar.description_label.text()
+    assert bar.description_label.text() == "Fine-tuning: training: "
+    assert bar.eta_label.text().startswith("10/20 · ") and bar.eta_label.text().endswith(" left")
     qtbot.waitUntil(lambda: owner.status.text().startswith("training: step 10/20"), timeout=10_000)
     assert owner.status.text() == "training: step 10/20 (validated) · about 1 min left"
     assert owner.status.wordWrap()

@@ -192,6 +192,7 @@ class _Eta:
         return (now - self.start) / units * (event.total - event.done)
 
 
+_BAR_FORMAT = "{desc}|{n_fmt}/{total_fmt} · {remaining} left"  # napari shows what follows the last "|"
 _clock = time.perf_counter  # the time-left estimate's clock (a test sets its own)
 _RUNNING: set[Job] = set()  # a job lives until its worker has finished, whatever happens to its widget
 
@@ -243,7 +244,8 @@ class Job:
         self._eta = _Eta()
         self._queue: deque[tuple[Callable, tuple]] = deque()
         self._handling = False
-        self._bar = _Bar(total=0, desc=what, cancel_callback=self._dock_cancel)
+        # beside napari's bar: the count and the time left, short enough that the Cancel button stays in view
+        self._bar = _Bar(total=0, desc=what, cancel_callback=self._dock_cancel, bar_format=_BAR_FORMAT)
         self.worker = create_worker(_run_in_worker, gen, _start_thread=False, _ignore_errors=True)
         self.worker.yielded.connect(lambda event: self._in_order(self._progress, event))
         self.worker.returned.connect(lambda value: self._in_order(self._returned, value))
@@ -321,7 +323,7 @@ class Job:
         if event.task != self._task:  # a new phase restarts the bar
             self._task = event.task
             bar.reset(total=total)
-            bar.set_description(f"{self.what}: {event.task}")
+            bar.set_description(f"{self.what}: {_PHASES.get(event.task, (event.task,))[0]}")
         if bar.total != total:
             bar.total = total  # emits napari's total event: the dock's bar takes the range
         bar.n = min(event.done, total) if total else 0
