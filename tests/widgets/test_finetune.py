@@ -117,6 +117,7 @@ def test_fine_tune_lowers_the_loss_and_hands_the_heads_to_segment(qtbot, viewer,
     assert out.is_file() and heard == [out]
     assert segment.model_form.heads_edit.text() == str(out)  # Segment uses the new heads at once
     assert str(out) in widget.status.text()
+    assert widget.out_edit.text() == ""  # the next Start writes a new file instead of refusing this one
     metadata = read_metadata(out)
     assert metadata.class_names == ["background", "nucleus"] and metadata.patch_size == 64
 

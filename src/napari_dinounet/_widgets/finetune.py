@@ -726,6 +726,8 @@ class FineTuneWidget(QWidget):
             return
         self.session.heads_path = result.checkpoint
         self.model_form.set_heads(str(result.checkpoint))
+        if self.out_edit.text().strip() and Path(self.out_edit.text().strip()) == result.checkpoint:
+            self.out_edit.clear()  # the next run gets a new name instead of refusing an existing file
         how = f"stopped at step {result.steps_done}" if result.stopped else f"done ({result.steps_done} steps)"
         self.status.setText(
             f"{how}; the heads of step {result.steps_done} are saved and Segment now uses {result.checkpoint}"
