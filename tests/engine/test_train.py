@@ -390,3 +390,57 @@ def test_the_loss_and_the_targets_are_parameters(tmp_path, backbone, nuclei):
     for (shape, targets, mask), labels in zip(calls, labels_seen):
         assert shape == (2, 2, 64, 64) and mask.shape == (2, 64, 64) and mask.dtype == torch.bool
         assert torch.equal(targets, 1 - labels)
+
+
+def _stop_rank_main(rank: int, world: int, port: int, out_dir: str) -> None:
+    """One gloo process of a DDP run where only rank 1 is asked to stop, after its step 3."""
+    import json
+    import os
+    import warnings
+
+    import torch.distributed as dist
+    from _nuclei_training import nuclei_samples
+
+    from napari_dinounet.engine.backbone import load_backbone
+
+    warnings.simplefilter("ignore")
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        steps: list[int] = []
+        last = ""
+        samples = nuclei_samples([(slice(0, 256), slice(0, 256)), (slice(0, 256), slice(256, 512))])
+        run = train(
+            samples,
+            validation=[],
+            out=os.path.join(out_dir, "heads.safetensors"),
+            backbone=load_backbone("random:tiny"),
+            settings=TrainSettings(epochs=1, iters_per_epoch=10, **TINY),
+            device="cpu",
+            stop=lambda: rank == 1 and bool(steps) and steps[-1] >= 3,
+        )
+        for event in run:
+            last = event.message
+            if event.task == "train" and not isinstance(event, Validation):
+                steps.append(event.done)
+        with open(os.path.join(out_dir, f"steps{rank}.json"), "w") as file:
+            json.dump([steps, last], file)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_stop_asked_of_one_process_stops_every_process_at_the_same_step(tmp_path):
+    import json
+    import socket
+
+    from napari_dinounet.engine.checkpoint import read_metadata
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_stop_rank_main, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    steps = [json.loads((tmp_path / f"steps{rank}.json").read_text()) for rank in range(2)]
+    for rank_steps, last in steps:  # rank 0 was never asked, yet stops with rank 1 after step 3
+        assert rank_steps == [1, 2, 3] and last.startswith("stopped at step 3"), (rank_steps, last)
+    assert [h["step"] for h in read_metadata(tmp_path / "heads.safetensors").training["history"]] == [3]
