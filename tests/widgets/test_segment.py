@@ -468,8 +468,8 @@ def _controls_without_tooltips(widget) -> list[str]:
     return missing
 
 
-def test_every_control_has_a_tooltip_and_the_dock_is_compact_with_a_help_link(viewer, heads):
-    from qtpy.QtWidgets import QLabel
+def test_every_control_has_a_tooltip_and_the_dock_is_compact_with_a_help_link(qtbot, viewer, heads):
+    from qtpy.QtWidgets import QLabel, QScrollArea
 
     from napari_dinounet._widgets.export import ExportWidget
 
@@ -481,6 +481,9 @@ def test_every_control_has_a_tooltip_and_the_dock_is_compact_with_a_help_link(vi
         assert len(links) == 1 and links[0].openExternalLinks()
         assert dock.minimumSizeHint().height() <= 150  # it scrolls in a short dock: three docks fit 1000 px
         assert dock.sizeHint().height() >= 300  # and asks for its whole form when there is room
+        (scroll,) = dock.findChildren(QScrollArea)
+        qtbot.wait(50)
+        assert dock.minimumSizeHint().width() >= scroll.widget().minimumSizeHint().width()  # never cut at the side
 
     # the heads summary next to the Heads field, from the file's header
     summary = widget.model_form.heads_info.text()

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QEvent, QSize, Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -94,11 +94,30 @@ def help_url() -> str | None:
     return readme.as_uri() if readme.is_file() else None
 
 
+class _VerticalScrollArea(QScrollArea):
+    """Scrolls up and down only: as wide as its content needs (never clipped at the side), as short as a
+    few rows."""
+
+    def setWidget(self, widget: QWidget) -> None:
+        super().setWidget(widget)
+        widget.installEventFilter(self)
+
+    def eventFilter(self, watched, event) -> bool:
+        if watched is self.widget() and event.type() == QEvent.LayoutRequest:
+            self.updateGeometry()  # the content's minimum width changed: so did ours
+        return super().eventFilter(watched, event)
+
+    def minimumSizeHint(self) -> QSize:
+        content = self.widget()
+        width = content.minimumSizeHint().width() if content is not None else 0
+        return QSize(width + self.verticalScrollBar().sizeHint().width(), super().minimumSizeHint().height())
+
+
 def dock_layout(dock: QWidget) -> QVBoxLayout:
     """The layout to fill for a dock widget whose content scrolls when napari gives it less height than it
     wants: its minimum height stays small, so several docks fit a laptop screen, one above the other."""
     content = QWidget()
-    scroll = QScrollArea()
+    scroll = _VerticalScrollArea()
     scroll.setWidget(content)
     scroll.setWidgetResizable(True)
     scroll.setFrameShape(QFrame.NoFrame)
