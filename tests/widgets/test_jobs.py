@@ -278,3 +278,28 @@ def test_closing_the_viewer_during_a_segment_run(qtbot, nuclei_viewer):
     viewer.close()
     wait_for(qtbot, job, timeout_ms=30_000)
     assert job.cancelled and job not in _jobs._RUNNING
+
+
+def test_closing_the_viewer_during_fine_tuning(qtbot, viewer, tmp_path):
+    """The same for a real Fine-tune run: the training ends soon after the window closes, nothing raises."""
+    from napari_dinounet._widgets.finetune import FRESH_HEADS, FineTuneWidget
+    from napari_dinounet.engine.bundled_data import load_nuclei
+
+    image, instances = load_nuclei()
+    viewer.add_image(image, name="nuclei")
+    viewer.add_labels((instances > 0).astype(np.uint8), name="corrected")
+    widget = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Fine-tune")
+    widget.model_form.set_backbone("random:tiny")
+    widget.model_form.device_combo.setCurrentText("cpu")
+    widget.start_combo.setCurrentText(FRESH_HEADS)
+    widget.rows[0].labels.set_layer(viewer.layers["corrected"])
+    widget.steps_spin.setValue(500)
+    widget.patch_spin.setValue(64)
+    widget.cache_check.setChecked(False)
+    widget.out_edit.setText(str(tmp_path / "tuned.safetensors"))
+    job = widget.start()
+    qtbot.waitUntil(lambda: job._task == "train" and job._bar.n >= 3, timeout=60_000)
+    viewer.close()
+    wait_for(qtbot, job, timeout_ms=30_000)
+    assert job._bar.n < 500 and job not in _jobs._RUNNING
