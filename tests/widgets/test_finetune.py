@@ -407,6 +407,9 @@ def test_rarely_changed_fields_fold_away_and_every_control_says_what_it_does(vie
     widget.show()
     folded = widget.minimumSizeHint().height()
     assert not widget.advanced.isChecked() and not widget.patch_spin.isVisible() and not widget.plot.isVisible()
+    # folded, its remembered values stay in sight
+    widget.patch_spin.setValue(192)
+    assert widget.advanced.text() == "Advanced: patch 192, batch 2, lr 0.001, cached, save every 50"
     widget.advanced.setChecked(True)
     assert widget.patch_spin.isVisible() and widget.lr_spin.isVisible() and widget.cache_check.isVisible()
     assert widget.minimumSizeHint().height() > folded + 80

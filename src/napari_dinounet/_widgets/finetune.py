@@ -362,7 +362,7 @@ class FineTuneWidget(QWidget):
         self.start_combo.setToolTip(
             "Go on training the heads above, or start from new, untrained heads (needed for other classes)."
         )
-        self.start_combo.setCurrentText(FRESH_HEADS if self.session.heads_path is None else LOADED_HEADS)
+        self._heads_changed(self.session.heads_path)
         self.classes_edit = QLineEdit()
         self.classes_edit.setToolTip(
             "The class names of fresh heads, background first, separated by commas: one per label value "
@@ -486,6 +486,9 @@ class FineTuneWidget(QWidget):
         for spin in (self.steps_spin, self.every_spin, self.patch_spin, self.batch_spin):
             spin.valueChanged.connect(self._update_estimate)
         self.cache_check.toggled.connect(self._update_estimate)
+        for spin in (self.every_spin, self.lr_spin, self.patch_spin, self.batch_spin):
+            spin.valueChanged.connect(self._update_advanced_summary)
+        self.cache_check.toggled.connect(self._update_advanced_summary)
         self.model_form.device_combo.currentTextChanged.connect(self._update_estimate)
         self.start_combo.currentTextChanged.connect(self._update_classes)
         self.foreground_check.toggled.connect(self._update_classes)
@@ -496,6 +499,7 @@ class FineTuneWidget(QWidget):
         self.add_pair()
         self._update_classes()
         self._update_estimate()
+        self._update_advanced_summary()
 
     # -- the form ---------------------------------------------------------------------------------------
 
@@ -603,6 +607,14 @@ class FineTuneWidget(QWidget):
         self._advanced_body.setVisible(shown)
         self.advanced.setArrowType(Qt.DownArrow if shown else Qt.RightArrow)
 
+    def _update_advanced_summary(self, *_) -> None:
+        """The folded section's values stay in sight (they are remembered between sessions)."""
+        self.advanced.setText(
+            f"Advanced: patch {self.patch_spin.value()}, batch {self.batch_spin.value()}, "
+            f"lr {self.lr_spin.value():g}, {'cached' if self.cache_check.isChecked() else 'no cache'}, "
+            f"save every {self.every_spin.value()}"
+        )
+
     def _update_classes(self, *_) -> None:
         """The Classes field is for fresh heads; its placeholder shows the names an empty field gives."""
         fresh = self.start_combo.currentText() == FRESH_HEADS
@@ -613,8 +625,9 @@ class FineTuneWidget(QWidget):
         )
 
     def _heads_changed(self, path) -> None:
-        """Heads chosen (or cleared) elsewhere: start from them, or from fresh heads when there are none."""
-        self.start_combo.setCurrentText(LOADED_HEADS if path is not None else FRESH_HEADS)
+        """Heads chosen (or cleared) elsewhere: start from them, or from fresh heads when there are none (or
+        the file is gone)."""
+        self.start_combo.setCurrentText(LOADED_HEADS if path is not None and Path(path).is_file() else FRESH_HEADS)
 
     def _update_estimate(self, *_) -> None:
         """The run's duration before Start, on a CPU (engine.estimate's table); none for GPUs."""
