@@ -351,6 +351,7 @@ def test_errors_become_notifications_and_the_widget_stays_usable(
     job = widget.run()
     wait_for(qtbot, job)
     assert job.errored and "Segmentation failed" in errors[-1] and str(broken) in errors[-1]
+    assert widget.status.text() == errors[-1]  # whole in the widget, not only in a cut toast
     assert job._bar not in progress._all_instances
     assert "nuclei labels" not in viewer.layers
     assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from napari.layers import Image, Labels
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info  # noqa: F401 (show_error: the tests collect it here)
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -34,7 +34,7 @@ from .._layer_metadata import AFFINE_KEY, CLASS_NAMES_KEY, HEADS_KEY
 from ..engine.errors import DinoUNetError, InputError
 from ..engine.progress import Progress
 from ._classes import class_colors, class_features
-from ._jobs import Job
+from ._jobs import Job, report_error
 from ._layer_combo import LayerComboBox, fill_channel_axis_choices
 from ._layer_geometry import (
     CURRENT_SLICE,
@@ -222,9 +222,7 @@ class SegmentWidget(QWidget):
             )
             check_channel_count(layer, plan, in_channels)
         except DinoUNetError as err:
-            message = f"Segmentation cannot start: {err}"
-            self.status.setText(message)
-            show_error(message)
+            report_error(f"Segmentation cannot start: {err}", self.status)  # whole, in the status and a notification
             return None
         gen = segment_job(
             self.session,
@@ -242,6 +240,8 @@ class SegmentWidget(QWidget):
             "Segmentation",
             on_result=lambda result: self._show_result(layer, plan, heads, result, note),
             on_finished=self._finished,
+            status=self.status,  # phase, count and time left; an error's whole message
+            on_cancel=self.cancel,  # the activity dock's Cancel does what the widget's does
         )
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
