@@ -61,6 +61,8 @@ def open_viewer(sample: str, size: tuple[int, int] | None = None):
         docks[0].raise_()
         process_events(0.2)
         window.resize(window.width(), height)
+    else:  # one above the other: each its share of the height by what its form wants (they scroll inside)
+        window.resizeDocks(docks, [w.sizeHint().height() for w in widgets.values()], Qt.Orientation.Vertical)
     window.resizeDocks(docks, [DOCK_WIDTH] * len(docks), Qt.Orientation.Horizontal)
     image = next(layer for layer in viewer.layers if layer._type_string == "image")
     viewer.layers.selection.active = image
