@@ -23,7 +23,8 @@ def collect_errors(monkeypatch, widget_module) -> list[str]:
 
     shown: list[str] = []
     for module in (_jobs, widget_module):
-        monkeypatch.setattr(module, "show_error", shown.append)
+        if hasattr(module, "show_error"):  # widgets that report only through _jobs do not import it
+            monkeypatch.setattr(module, "show_error", shown.append)
     return shown
 
 

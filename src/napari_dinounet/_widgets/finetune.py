@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 from napari.layers import Image, Labels, Shapes
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_info
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -44,7 +44,7 @@ from qtpy.QtWidgets import (
 from .._layer_metadata import CLASS_NAMES_KEY
 from ..engine.errors import DinoUNetError, InputError
 from ..engine.progress import Progress, Validation
-from ._jobs import Job, Stop
+from ._jobs import Job, Stop, report_error
 from ._layer_combo import LayerComboBox, fill_channel_axis_choices
 from ._layer_geometry import (
     CURRENT_SLICE,
@@ -675,7 +675,7 @@ class FineTuneWidget(QWidget):
             class_names = None if start_heads is not None else self._class_names()
             options = self._options()
         except DinoUNetError as err:
-            show_error(f"Fine-tuning cannot start: {err}")
+            report_error(f"Fine-tuning cannot start: {err}", self.status)
             return None
         out.parent.mkdir(parents=True, exist_ok=True)
         self._stop = Stop()
@@ -700,6 +700,8 @@ class FineTuneWidget(QWidget):
             on_progress=self._progress,
             on_finished=self._finished,
             stop=self._stop,
+            status=self.status,  # phase, step count and time left; an error's whole message
+            on_cancel=self.stop,  # the activity dock's Cancel is this widget's Stop
         )
         self.start_button.setEnabled(False)
         self.stop_button.setEnabled(True)
@@ -750,9 +752,7 @@ class FineTuneWidget(QWidget):
     def _finished(self) -> None:
         self.start_button.setEnabled(True)
         self.stop_button.setEnabled(False)
-        if self.job.errored:
-            self.status.setText("failed: see the notification")
-        elif self.job.cancelled:
+        if self.job.cancelled and not self.job.errored:
             self.status.setText("cancelled: the heads in use did not change")
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from napari.layers import Image, Labels
-from napari.utils.notifications import show_error, show_info  # noqa: F401 (show_error: the tests collect it here)
+from napari.utils.notifications import show_info
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
