@@ -12,6 +12,7 @@ SRC = Path(napari_dinounet.__file__).parent
 # Imported only where present, never needed to run: say so here, with the reason, rather than declare them.
 OPTIONAL = {
     "triton": "probed and hidden by _widgets/_llvm_clash.py, never used",
+    "shiboken6": "PySide6's, imported by _widgets/_jobs.py only when napari runs on PySide (the user's Qt binding)",
 }
 
 
