@@ -33,6 +33,7 @@ from qtpy.QtWidgets import (
 from .._layer_metadata import AFFINE_KEY, CLASS_NAMES_KEY, HEADS_KEY
 from ..engine.errors import DinoUNetError, InputError
 from ..engine.progress import Progress
+from ._class_picker import ClassPicker
 from ._classes import class_colors, class_features
 from ._jobs import Job, report_error
 from ._layer_combo import LayerComboBox, fill_channel_axis_choices
@@ -141,9 +142,9 @@ class SegmentWidget(QWidget):
         self.tile_spin = QSpinBox()
         self.tile_spin.setRange(0, 4096)
         self.tile_spin.setSingleStep(32)
-        self.tile_spin.setSpecialValueText("from heads")
+        self.tile_spin.setSpecialValueText("auto")  # "from heads" was clipped to "rom heads" in a narrow dock
         persisted(self.tile_spin, "segment/tile", 0)
-        self.tile_spin.setToolTip("Sliding-window tile in pixels (multiple of 32); default: the training patch.")
+        self.tile_spin.setToolTip("Sliding-window tile in pixels (multiple of 32); auto: the heads' training patch.")
         self.overlap_spin = QDoubleSpinBox()
         self.overlap_spin.setRange(0.0, 0.8)  # 0.8 makes ~6x the tiles of 0.5; predict refuses beyond 10x
         self.overlap_spin.setSingleStep(0.05)
@@ -174,6 +175,9 @@ class SegmentWidget(QWidget):
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.status)
+        paint = QFormLayout()
+        paint.addRow("Paint class", ClassPicker(napari_viewer))  # for correcting the labels, by class name
+        layout.addLayout(paint)
         layout.addStretch(1)
         layout.addWidget(help_label())
 
