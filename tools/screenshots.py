@@ -94,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     work = WORK
     (work / "shared").mkdir(parents=True, exist_ok=True)
-    for name in ("nuclei-heads.safetensors", "nuclei_labels.tif", "napari-settings.yaml", "napari-dinounet.ini"):
-        (work / name).unlink(missing_ok=True)  # earlier runs' files (Fine-tune never overwrites a checkpoint)
+    for name in ("nuclei_labels.tif", "napari-settings.yaml", "napari-dinounet.ini"):
+        (work / name).unlink(missing_ok=True)  # earlier runs' files
+    for old in work.glob("*nuclei-heads*"):  # the checkpoint and its resume state: Fine-tune never overwrites them
+        old.unlink()
     # napari's and the plugin's settings in the work folder: the user's are neither read nor changed
     os.environ["NAPARI_CONFIG"] = str(work / "napari-settings.yaml")
     os.environ["NAPARI_DINOUNET_SETTINGS_DIR"] = str(work)
