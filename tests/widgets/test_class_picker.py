@@ -32,6 +32,17 @@ def test_the_picker_lists_the_active_layers_classes_and_sets_the_brush(viewer, q
     assert picker.currentText() == "1 nucleus"
 
 
+def test_classes_named_after_the_layer_was_added_are_listed(viewer, qtbot):
+    """Segment adds its labels layer, then sets the class names and the features table."""
+    picker = ClassPicker(viewer)
+    qtbot.addWidget(picker)
+    labels = viewer.add_labels(np.zeros((8, 8), np.uint8), name="nuclei labels")
+    assert not picker.isEnabled()
+    labels.metadata["class_names"] = ["background", "nuclei"]
+    labels.features = {"index": [0, 1], "class_name": ["background", "nuclei"]}
+    assert picker.isEnabled() and picker.itemText(1) == "1 nuclei"
+
+
 def test_a_layer_without_class_names_disables_the_picker_and_says_why(viewer, qtbot):
     picker = ClassPicker(viewer)
     qtbot.addWidget(picker)

@@ -40,15 +40,19 @@ class ClassPicker(QComboBox):
     def _watch(self, layer: Labels | None) -> None:
         if self._layer is not None:
             self._layer.events.selected_label.disconnect(self._show_selected)
+            self._layer.events.features.disconnect(self._follow)
         self._layer = layer
         if layer is not None:
             layer.events.selected_label.connect(self._show_selected)
+            # Segment adds its labels layer first and names the classes after: list them when they arrive
+            layer.events.features.connect(self._follow)
 
     def _follow(self, *_) -> None:
         """Show the classes of the active layer (when it is a Labels layer that names them)."""
         active = self._viewer.layers.selection.active
         layer = active if isinstance(active, Labels) else None
-        self._watch(layer)
+        if layer is not self._layer:
+            self._watch(layer)
         self.clear()
         names = list(layer.metadata.get(CLASS_NAMES_KEY) or []) if layer is not None else []
         if not names:
