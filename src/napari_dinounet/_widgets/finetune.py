@@ -37,7 +37,6 @@ from qtpy.QtWidgets import (
     QPushButton,
     QSpinBox,
     QToolButton,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -54,7 +53,7 @@ from ._layer_geometry import (
     viewer_indices,
 )
 from ._llvm_clash import avoid_triton_llvm_clash
-from ._model_form import ModelForm
+from ._model_form import ModelForm, dock_layout, help_label
 from ._session import Session, get_session
 from ._settings import persisted
 
@@ -471,7 +470,7 @@ class FineTuneWidget(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.start_button)
         buttons.addWidget(self.stop_button)
-        layout = QVBoxLayout(self)
+        layout = dock_layout(self)  # scrolls when short, like Segment and Export: the three docks fit a laptop
         layout.addWidget(self.model_form)
         layout.addLayout(self._pairs_grid)
         layout.addWidget(self.add_pair_button)
@@ -482,6 +481,7 @@ class FineTuneWidget(QWidget):
         layout.addWidget(self.plot)
         layout.addWidget(self.status)
         layout.addStretch(1)
+        layout.addWidget(help_label())
 
         for spin in (self.steps_spin, self.every_spin, self.patch_spin, self.batch_spin):
             spin.valueChanged.connect(self._update_estimate)
