@@ -25,6 +25,7 @@ from napari_dinounet._widgets.finetune import (
     finetune_job,
 )
 from napari_dinounet.engine.checkpoint import read_metadata
+from napari_dinounet.engine.errors import InputError
 from napari_dinounet.engine.train import poly_lr
 
 
@@ -279,14 +280,22 @@ def three_channel_viewer(make_napari_viewer):
     return viewer
 
 
-def test_the_channel_axis_of_a_multichannel_layer_makes_one_image_with_its_channels(three_channel_viewer):
+def test_the_channel_axis_of_a_multichannel_layer_makes_one_image_with_its_channels(three_channel_viewer, monkeypatch):
     widget = FineTuneWidget(three_channel_viewer)
     row = widget.rows[0]
     row.image.setCurrentText("three")
     assert [row.channel_axis.itemText(i) for i in range(row.channel_axis.count())] == ["none", "axis 0 (3)"]
     widget.stack_combo.setCurrentText(WHOLE_STACK)
-    (stack,) = widget._pairs()  # no channel axis: three grey slices, as before
+    warned = []
+    monkeypatch.setattr(finetune_module, "show_warning", warned.append)
+    (stack,) = widget._pairs()  # no channel axis: three grey slices, as before, but never in silence
     assert stack.image.shape == (3, 128, 128) and not stack.has_channels
+    assert len(warned) == 1 and "read as 3 slices along axis 0" in warned[0] and "Channel axis" in warned[0]
+
+    row.labels.setCurrentText("plane labels")  # (Y, X) labels on a (C, Y, X) image: the error says why
+    with pytest.raises(InputError, match="choose 'axis 0' in its Channel axis column"):
+        widget._pairs()
+    row.labels.setCurrentText("three labels")
 
     row.channel_axis.setCurrentIndex(1)
     row.labels.setCurrentText("plane labels")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 from napari.layers import Image, Labels, Shapes
-from napari.utils.notifications import show_info
+from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -558,10 +558,22 @@ class FineTuneWidget(QWidget):
                 whole_stack=whole,
                 current=viewer_indices(self.viewer, image),
             )
+            channels_like = plan.channel_axis is None and not image.rgb and image.ndim >= 3 and image.data.shape[0] <= 3
             if labels.data.shape != plan.labels_shape:
+                hint = (
+                    f"; if {image.name!r}'s axis 0 holds {image.data.shape[0]} channels, choose 'axis 0' in its "
+                    "Channel axis column"
+                    if channels_like and tuple(labels.data.shape) == plan.labels_shape[1:]
+                    else ""
+                )
                 raise InputError(
                     f"labels {labels.name!r} have shape {labels.data.shape} but image {image.name!r} "
-                    f"needs {plan.labels_shape}: pick the labels drawn on that image"
+                    f"needs {plan.labels_shape}: pick the labels drawn on that image{hint}"
+                )
+            if channels_like:  # a (C, Y, X) layer trained as C slices unless the user says otherwise
+                show_warning(
+                    f"{image.name!r} is read as {image.data.shape[0]} slices along axis 0; if that axis holds "
+                    "channels, choose 'axis 0' in its Channel axis column"
                 )
             values = plan.select(labels.data)
             if self.foreground_check.isChecked():
