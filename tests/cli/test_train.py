@@ -193,3 +193,37 @@ def test_missing_backbone_says_how_to_give_one(tmp_path, capsys):
     images, labels = write_nuclei_folders(tmp_path)
     assert main(["train", "--images", str(images), "--labels", str(labels), "--out", str(tmp_path / "o")]) == 2
     assert "--backbone" in capsys.readouterr().err
+
+
+def test_the_first_ctrl_c_stops_after_the_step_and_saves_it(tmp_path, capsys, monkeypatch):
+    """Ctrl-C once: the heads of the step reached are written (the run used to fall back to the last epoch)."""
+    import os
+    import signal
+
+    from napari_dinounet.engine import train as train_module
+    from napari_dinounet.engine.checkpoint import read_metadata
+
+    real_train = train_module.train
+
+    def ctrl_c_after_step_2(*args, **kwargs):
+        run, sent = real_train(*args, **kwargs), False
+        try:
+            while True:
+                event = next(run)
+                yield event
+                if not sent and event.task == "train" and event.done == 2 and "loss" in event.metrics:
+                    os.kill(os.getpid(), signal.SIGINT)  # once, as the terminal sends it
+                    sent = True
+        except StopIteration as finished:
+            return finished.value
+
+    monkeypatch.setattr(train_module, "train", ctrl_c_after_step_2)
+    images, labels = write_nuclei_folders(tmp_path)
+    out = tmp_path / "heads.safetensors"
+    args = ["train", *TINY, "--images", str(images), "--labels", str(labels), "--out", str(out)]
+    code = main([*args, "--epochs", "1", "--iters-per-epoch", "10"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert [h["step"] for h in read_metadata(out).training["history"]] == [2]
+    assert "stopping after this step" in captured.err and f"stopped at step 2: wrote {out}" in captured.out
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back

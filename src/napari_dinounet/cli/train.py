@@ -7,7 +7,10 @@ Stopping (Ctrl-C) keeps the last epoch's checkpoint; ``--resume`` continues the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
+import threading
 
 from ..engine.names import PROJECTIONS
 from ._common import BACKBONE_ENV, backbone_source
@@ -110,6 +113,34 @@ def _modified(path) -> int | None:
         return None
 
 
+@contextlib.contextmanager
+def first_interrupt_stops(stop: threading.Event, rank: int):
+    """While the body runs, the first Ctrl-C asks the run to stop after the current step and save its heads
+    (``train(stop=...)``); a second one interrupts at once (KeyboardInterrupt: the last save stays). Only in
+    the main thread, where Python delivers signals."""
+    import sys
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        if rank == 0:
+            print(
+                "\ndinounet train: stopping after this step and saving its heads (Ctrl-C again to quit at once)",
+                file=sys.stderr,
+            )
+
+    previous = signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
 
@@ -131,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
     samples, class_names = load_training_data(args, normalization)
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     state_before, out_before = _modified(state_path(args.out)), _modified(args.out)
+    stop = threading.Event()
     run = train(
         samples,
         out=args.out,
@@ -141,9 +173,11 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         overwrite=args.overwrite,
         device=args.device,
+        stop=stop,
     )
     try:
-        out = run_with_bar(run, desc="train", disable=args.quiet or rank != 0)
+        with first_interrupt_stops(stop, rank):
+            out = run_with_bar(run, desc="train", disable=args.quiet or rank != 0)
     except KeyboardInterrupt:
         if rank == 0:
             # resumable only from what this run saved, or from the state it resumed (not an older run's)
@@ -156,11 +190,16 @@ def run(args: argparse.Namespace) -> int:
                 else "stopped before the first epoch ended: nothing was saved"
             )
         raise
-    if rank == 0:
+    if rank == 0 and stop.is_set() and _modified(out) == out_before:
+        print("stopped before the first step: nothing was trained or saved")
+    elif rank == 0:
         history = read_metadata(out).training.get("history") or [{}]
         val_dice = history[-1].get("val_dice")
         shown = "no validation images" if val_dice is None else f"validation Dice {val_dice:.4f}"
-        if args.resume and _modified(out) == out_before:
+        if stop.is_set() and _modified(out) != out_before:
+            step = history[-1].get("step")
+            print(f"stopped at step {step}: wrote {out} ({shown}); continue with the same command plus --resume")
+        elif args.resume and _modified(out) == out_before:
             print(f"nothing to do: the run in {out} had already finished (epoch {history[-1].get('epoch')}, {shown})")
         else:
             print(f"wrote {out} (epoch {history[-1].get('epoch')}, {shown})")
