@@ -15,10 +15,10 @@ import importlib
 import os
 import signal
 import sys
-import threading
 import warnings
 
 from .. import __version__
+from ._common import signal_handler
 
 COMMANDS = ("info", "summary", "predict", "evaluate", "train", "demo")
 
@@ -54,22 +54,14 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (timeout, SLURM's scancel, docker stop), handled as Ctrl-C: a message and resumable state."""
 
 
-@contextlib.contextmanager
 def sigterm_as_interrupt():
     """While the body runs, SIGTERM raises :class:`Terminated` in the main thread, as Ctrl-C raises
     KeyboardInterrupt, so that generators close and atomic writes clean up. Elsewhere: nothing changes."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
     def terminate(signum, frame):
         raise Terminated
 
-    previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return signal_handler(signal.SIGTERM, terminate)
 
 
 @contextlib.contextmanager

@@ -7,13 +7,12 @@ Stopping (Ctrl-C) keeps the last epoch's checkpoint; ``--resume`` continues the 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
 import threading
 
 from ..engine.names import PROJECTIONS
-from ._common import BACKBONE_ENV, backbone_source
+from ._common import BACKBONE_ENV, backbone_source, signal_handler
 
 HELP = "train the heads (adapter, projection, decoder) on labelled images; resumable"
 
@@ -113,16 +112,10 @@ def _modified(path) -> int | None:
         return None
 
 
-@contextlib.contextmanager
 def first_interrupt_stops(stop: threading.Event, rank: int):
     """While the body runs, the first Ctrl-C asks the run to stop after the current step and save its heads
-    (``train(stop=...)``); a second one interrupts at once (KeyboardInterrupt: the last save stays). Only in
-    the main thread, where Python delivers signals."""
+    (``train(stop=...)``); a second one interrupts at once (KeyboardInterrupt: the last save stays)."""
     import sys
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
     def interrupt(signum, frame):
         if stop.is_set():
@@ -134,11 +127,7 @@ def first_interrupt_stops(stop: threading.Event, rank: int):
                 file=sys.stderr,
             )
 
-    previous = signal.signal(signal.SIGINT, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    return signal_handler(signal.SIGINT, interrupt)
 
 
 def run(args: argparse.Namespace) -> int:
