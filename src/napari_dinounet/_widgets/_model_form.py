@@ -55,10 +55,11 @@ _WIDGET_ADVICE = (
 )
 
 
-def widget_advice(message: str) -> str:
-    """``message`` with the engine's Python/CLI advice rewritten into the widgets' fields."""
-    for pattern, replacement in _WIDGET_ADVICE:
-        message = pattern.sub(replacement, message)
+def widget_advice(message: str, rules=_WIDGET_ADVICE) -> str:
+    """``message`` with the engine's Python/CLI advice rewritten into the widgets' fields: ``rules`` are
+    (pattern, replacement) pairs for ``re.sub``, by default the ones Segment, Export and the model form share."""
+    for pattern, replacement in rules:
+        message = re.sub(pattern, replacement, message)
     return message
 
 

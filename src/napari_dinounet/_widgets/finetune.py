@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import re
 import sys
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -53,7 +52,7 @@ from ._layer_geometry import (
     viewer_indices,
 )
 from ._llvm_clash import avoid_triton_llvm_clash
-from ._model_form import ModelForm, dock_layout, help_label
+from ._model_form import ModelForm, dock_layout, help_label, widget_advice
 from ._session import Session, get_session
 from ._settings import persisted
 
@@ -103,9 +102,7 @@ _GUI_WORDING = [
 def gui_wording(message: str) -> str:
     """``message`` with advice the form cannot follow (``num_classes``, ``channel_axis=``, ``--lr``,
     ``allow_backbone_mismatch``...) replaced by the Fine-tune control that does it."""
-    for pattern, replacement in _GUI_WORDING:
-        message = re.sub(pattern, replacement, message)
-    return message
+    return widget_advice(message, _GUI_WORDING)
 
 
 @dataclass(frozen=True)
