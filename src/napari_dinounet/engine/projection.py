@@ -16,7 +16,6 @@ Each variant says whether the skips are then reached with learnable upsamplers (
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .errors import DinoUNetError
