@@ -181,9 +181,11 @@ class DinoUNet(nn.Module):
             return x[:, [0, 1, 0]]
         return x
 
-    def backbone_taps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The four frozen backbone maps (B, D, H/16, W/16) for x as :meth:`forward` takes it."""
-        return self.backbone.features(self.to_three_channels(x), blocks=self.config.taps)
+    def backbone_taps(self, x: torch.Tensor, rope_spacing: tuple[int, int] | None = None) -> list[torch.Tensor]:
+        """The four frozen backbone maps (B, D, H/16, W/16) for x as :meth:`forward` takes it.
+
+        rope_spacing: see :meth:`.backbone.Backbone.features` (a window shared by several tiles)."""
+        return self.backbone.features(self.to_three_channels(x), blocks=self.config.taps, rope_spacing=rope_spacing)
 
     def forward(self, x: torch.Tensor, taps: list[torch.Tensor] | None = None):
         """x (B, C, H, W) -> logits (B, nc, H, W) (a list, full resolution first, with deep supervision).

@@ -98,11 +98,13 @@ class Predictor:
         batch_size: int = 4,
         force: bool = False,
         outputs: Sequence[Output] | None = None,
+        shared_backbone: bool = False,
     ) -> Generator[Progress, None, tuple]:
         """Segment ``image``: yields ``Progress(task="predict")`` per tile batch and returns one result per
         output, in the order of ``outputs`` (default ``(Labels(),)``: a 1-tuple of labels).
 
-        image, channel_axis, slice_axis, step, batch_size, force: as :func:`~.predict.predict` takes them.
+        image, channel_axis, slice_axis, step, batch_size, force, shared_backbone: as :func:`~.predict.predict`
+        takes them.
         tile: the tile (int or (th, tw)); default the training patch. mirror: mirror test-time augmentation.
         The image's channels (RGBA counts as 3) must be the ``in_channels`` the heads were trained on; the
         checkpoint's normalisation is applied. Equal, bit for bit, to ``predict(self.model, image,
@@ -123,5 +125,6 @@ class Predictor:
                 batch_size=batch_size,
                 normalization=self.metadata.normalization,
                 force=force,
+                shared_backbone=shared_backbone,
             )
         )
