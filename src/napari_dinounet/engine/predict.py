@@ -80,20 +80,26 @@ def sliding_window(
     normalization: str | dict | normalize.Normalization = "zscore",
     device: str | torch.device | None = None,
     force: bool = False,
+    slices: Sequence[int] | None = None,
 ) -> Generator[Progress, None, tuple]:
     """Run ``model`` over ``image`` (laid out as ``layout``, from :func:`image_layout`) tile by tile and feed
     the blended logit rows to every one of ``outputs``; yields ``Progress(task="predict")`` per tile batch
     and returns the outputs' results, in their order. The other arguments are :func:`predict`'s
     (``mirror`` is its ``tta``); ``predict`` and :class:`~.predictor.Predictor` both run through here.
-    Every output is closed at the end, also when the run fails or the generator is closed."""
+    Every output is closed at the end, also when the run fails or the generator is closed.
+
+    slices: for a stack, the indices of the slices to predict (default: all); the outputs' other slices
+    are left unwritten (undefined). Statistics still span the whole stack, so each predicted slice equals
+    the whole run's: how :mod:`napari_dinounet.predict` shares one volume's slices between processes."""
     height, width = image.shape[layout.rows], image.shape[layout.cols]
     tile = fit_tile(tile_shape(patch_size), height, width)
     if not is_number(step) or not 0 < step <= 1:
         raise InputError(f"step={step} must be in (0, 1]: the tile offset as a fraction of the tile (0.5 is usual)")
     if not is_number(batch_size, numbers.Integral) or batch_size < 1:
         raise InputError(f"batch_size={batch_size!r} must be a whole number, at least 1: tiles per step (4 is usual)")
-    slices = 1 if layout.slice is None else image.shape[layout.slice]
-    total = check_tile_count(slices, height, width, tile, step, force)
+    stack_size = 1 if layout.slice is None else image.shape[layout.slice]
+    indices = range(stack_size) if slices is None else [range(stack_size)[index] for index in slices]
+    total = check_tile_count(len(indices), height, width, tile, step, force)
     norm = _as_normalization(normalization)
     try:
         for output in outputs:
@@ -123,10 +129,10 @@ def sliding_window(
                 blending=Blending.merge([output.blending for output in outputs]),
             )
             done = 0
-            for index in range(slices):
+            for index in indices:
                 pinned = {**channel_pin, **({layout.slice: index} if layout.slice is not None else {})}
                 plane = AxisView(image, (layout.channel, layout.rows, layout.cols), pinned)
-                message = f"slice {index + 1}/{slices}" if slices > 1 else ""
+                message = f"slice {index + 1}/{stack_size}" if stack_size > 1 else ""
                 for tiles, rows, logits in tiler.plane(plane):
                     if rows is not None:
                         for output in outputs:
