@@ -1,6 +1,8 @@
 """``dinounet predict``: segment image files with trained heads, writing each result like its input.
 
-Inputs are files, folders, nnU-Net ``imagesTs`` folders or dataset roots (see ``engine/io.find_images``).
+Inputs are files, folders, nnU-Net ``imagesTs`` folders, dataset roots (see ``engine/io.find_images``) or
+OME-Zarr stores (``x.ome.zarr``: the ``--level`` chosen, read band by band; labels go to a new OME-Zarr
+label store ``--out/x.ome.zarr`` with its own pyramid, see ``engine/io/omezarr``).
 Each prediction goes to ``--out/<case><input extension>`` (JPEG inputs give PNG), with the input's
 spacing, units and NIfTI header (``io.write_labels``). Stacks are predicted slice by slice along the
 file's slice axis (z: the first axis of TIFF/.npy stacks, the last of NIfTI volumes) or ``--axis``.
@@ -44,6 +46,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="the array axis that holds channels, for files that do not say (e.g. 0 for a (C, Z, Y, X) .npy); "
         "default: the file's own",
+    )
+    parser.add_argument(
+        "--level",
+        type=int,
+        default=0,
+        metavar="N",
+        help="for multiscale OME-Zarr inputs: the resolution level to predict, read band by band (0: the finest); "
+        "the labels store keeps that level's scale and translation",
     )
     parser.add_argument(
         "--probabilities",
@@ -176,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.distributed import rank_and_world_size, share_of
     from ..engine.errors import InputError
     from ..engine.io import find_images, probabilities_path, read_case, write_labels
+    from ..engine.io.omezarr import at_level
     from ..engine.outputs import Labels, Probabilities
     from ..engine.predictor import Predictor
     from ..engine.progress import run_with_bar
@@ -202,6 +213,8 @@ def run(args: argparse.Namespace) -> int:
                 f"{err}. The {number - 1} predictions before it are written: fix or move this file, "
                 "then rerun with --skip-existing to predict only the rest"
             ) from None
+        if args.level:
+            image = at_level(image, args.level)
         if args.channel_axis is not None:
             image = _with_channel_axis(image, args.channel_axis)
         try:  # the errors about this image name it
