@@ -174,6 +174,7 @@ def sliding_window(
     normalization: str | dict | normalize.Normalization = "zscore",
     device: str | torch.device | None = None,
     force: bool = False,
+    slices: Sequence[int] | None = None,
     region: Region | None = None,
 ) -> Generator[Progress, None, tuple]:
     """Run ``model`` over ``image`` (laid out as ``layout``, from :func:`image_layout`) tile by tile and feed
@@ -182,23 +183,30 @@ def sliding_window(
     (``mirror`` is its ``tta``); ``predict`` and :class:`~.predictor.Predictor` both run through here.
     Every output is closed at the end, also when the run fails or the generator is closed.
 
-    region: predict only this part (:func:`plan_region`); the outputs then see the region's shape. Only the
-    whole-image tiles overlapping it run, with the whole image's normalisation statistics, so its results
-    equal a whole-image run's inside it (up to float rounding of other tile batches)."""
+    slices: for a stack, the indices of the slices to predict (default: all); the outputs' other slices
+    are left unwritten (undefined). Statistics still span the whole stack, so each predicted slice equals
+    the whole run's: how :mod:`napari_dinounet.predict` shares one volume's slices between processes.
+    region: predict only this part (:func:`plan_region`; not with ``slices``: a region picks its own); the
+    outputs then see the region's shape. Only the whole-image tiles overlapping it run, with the whole
+    image's normalisation statistics, so its results equal a whole-image run's inside it (up to float
+    rounding of other tile batches)."""
     height, width = image.shape[layout.rows], image.shape[layout.cols]
     tile = fit_tile(tile_shape(patch_size), height, width)
     if not is_number(step) or not 0 < step <= 1:
         raise InputError(f"step={step} must be in (0, 1]: the tile offset as a fraction of the tile (0.5 is usual)")
     if not is_number(batch_size, numbers.Integral) or batch_size < 1:
         raise InputError(f"batch_size={batch_size!r} must be a whole number, at least 1: tiles per step (4 is usual)")
-    slices = range(1 if layout.slice is None else image.shape[layout.slice])
+    stack_size = 1 if layout.slice is None else image.shape[layout.slice]
+    indices = range(stack_size) if slices is None else [range(stack_size)[index] for index in slices]
     plan = None if region is None else plan_region(region, layout, tile, step)
     if plan is not None:
-        slices = plan.slices
+        if slices is not None:
+            raise InputError("give either slices or a region (its three pairs pick slices), not both")
+        indices = plan.slices
         read_height, read_width = (p.stop - p.start for p in (plan.read_rows, plan.read_cols))
-        total = check_tile_count(len(slices), read_height, read_width, tile, step, force)
+        total = check_tile_count(len(indices), read_height, read_width, tile, step, force)
     else:
-        total = check_tile_count(len(slices), height, width, tile, step, force)
+        total = check_tile_count(len(indices), height, width, tile, step, force)
     norm = _as_normalization(normalization)
     try:
         for output in outputs:
@@ -229,16 +237,17 @@ def sliding_window(
             )
             done = 0
             crop = {} if plan is None else {layout.rows: plan.read_rows, layout.cols: plan.read_cols}
-            for number, index in enumerate(slices):
+            for number, index in enumerate(indices):
                 pinned = {**channel_pin, **crop, **({layout.slice: index} if layout.slice is not None else {})}
                 plane = AxisView(image, (layout.channel, layout.rows, layout.cols), pinned)
-                message = f"slice {index + 1}/{slices.stop}" if len(slices) > 1 else ""
+                message = f"slice {index + 1}/{stack_size}" if stack_size > 1 else ""
+                written = index if plan is None else number  # a region's outputs hold its slices only
                 for tiles, rows, logits in tiler.plane(plane):
                     if rows is not None and plan is not None:
                         rows, logits = _region_rows(plan, rows, logits) or (None, None)
                     if rows is not None:
                         for output in outputs:
-                            output.write(number, rows, logits)
+                            output.write(written, rows, logits)
                     done += tiles
                     yield Progress("predict", done, total, message)
             if tiler.saw_nonfinite:

@@ -98,6 +98,7 @@ class Predictor:
         batch_size: int = 4,
         force: bool = False,
         outputs: Sequence[Output] | None = None,
+        slices: Sequence[int] | None = None,
         region: Region | None = None,
     ) -> Generator[Progress, None, tuple]:
         """Segment ``image``: yields ``Progress(task="predict")`` per tile batch and returns one result per
@@ -105,6 +106,7 @@ class Predictor:
 
         image, channel_axis, slice_axis, step, batch_size, force: as :func:`~.predict.predict` takes them.
         tile: the tile (int or (th, tw)); default the training patch. mirror: mirror test-time augmentation.
+        slices: only these slices of a stack (:func:`~.predict.sliding_window`).
         The image's channels (RGBA counts as 3) must be the ``in_channels`` the heads were trained on; the
         checkpoint's normalisation is applied. Equal, bit for bit, to ``predict(self.model, image,
         patch_size=tile or metadata.patch_size, normalization=metadata.normalization, ...)``.
@@ -128,6 +130,7 @@ class Predictor:
                 batch_size=batch_size,
                 normalization=self.metadata.normalization,
                 force=force,
+                slices=slices,
                 region=region,
             )
         )
