@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
+from _random_heads import random_heads
 
 from napari_dinounet.engine.bundled_data import load_mni152_slices, load_nuclei
-from napari_dinounet.engine.checkpoint import HeadsMetadata
 from napari_dinounet.engine.errors import InputError
-from napari_dinounet.engine.network import build_dinounet
 from napari_dinounet.engine.outputs import Labels, MirrorVariance, Probabilities
 from napari_dinounet.engine.predictor import Predictor
 from napari_dinounet.engine.progress import drain
@@ -22,16 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def predictor(tiny_backbone):
     """Random tiny heads (3 classes, 64-pixel tiles): a region must match whatever the network computes."""
-    torch.manual_seed(0)
-    model = build_dinounet(num_classes=3, backbone=tiny_backbone)
-    metadata = HeadsMetadata(
-        config=model.config.to_dict(),
-        class_names=["background", "a", "b"],
-        in_channels=1,
-        normalization={"scheme": "zscore"},
-        patch_size=64,
-        backbone_variant="tiny",
-    )
+    model, metadata = random_heads(tiny_backbone)
     return Predictor(model, metadata)
 
 

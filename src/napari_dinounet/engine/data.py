@@ -203,6 +203,18 @@ def _normalized(image: np.ndarray, norm: Normalization, name: str) -> tuple[np.n
     return normalize.statistics_for(image, norm)
 
 
+def _checked_mask(mask, shape: tuple[int, ...], name: str) -> np.ndarray | None:
+    """A given mask (nonzero = the pixel counts) as bool, or an InputError when its shape is not the labels'."""
+    if mask is None:
+        return None
+    mask = np.asarray(mask)
+    if mask.shape != shape:
+        raise InputError(
+            f"{name}: mask shape {mask.shape} differs from labels shape {shape}: give a mask of the labels' shape"
+        )
+    return mask != 0
+
+
 def _pair_samples(
     image,
     labels: np.ndarray,
@@ -216,14 +228,7 @@ def _pair_samples(
     """The 2D samples of one image/labels pair (labels already checked); slices with an empty mask are left out."""
     image = np.asarray(image)
     image = layout_for_labels(image.shape, labels.shape, channel_axis, name).channels_first(image)
-    if mask is not None:
-        mask = np.asarray(mask)
-        if mask.shape != labels.shape:
-            raise InputError(
-                f"{name}: mask shape {mask.shape} differs from labels shape {labels.shape}: "
-                "give a mask of the labels' shape"
-            )
-        mask = mask != 0
+    mask = _checked_mask(mask, labels.shape, name)
     stats = _normalized(image, normalization, name)
     if labels.ndim == 2:
         slices = [(name, image, labels, mask)]
@@ -263,14 +268,9 @@ def _scribble_labels(
     converted, painted_masks = [], []
     for lab, mask, name in zip(labels, masks, names):
         classes, painted = scribble_class_map(lab, background)
+        mask = _checked_mask(mask, lab.shape, name)
         if mask is not None:
-            mask = np.asarray(mask)
-            if mask.shape != lab.shape:
-                raise InputError(
-                    f"{name}: mask shape {mask.shape} differs from labels shape {lab.shape}: "
-                    "give a mask of the labels' shape"
-                )
-            painted &= mask != 0
+            painted &= mask
         converted.append(classes)
         painted_masks.append(painted)
     return converted, painted_masks, classes_needed
