@@ -43,8 +43,8 @@ CACHE_CROPS = 4
 RESULTS = Path(__file__).parent / "results" / "train_step.json"
 
 
-def measure(size: str, pixels: int, cached: bool, steps: int) -> dict:
-    """Train ``steps`` + 1 steps at pixels x pixels in this process; return step times and memory."""
+def measure(size: str, pixels: int, cached: bool, steps: int, device: str = "cpu", batch: int = BATCH) -> dict:
+    """Train ``steps`` + 1 steps at pixels x pixels on ``device`` in this process; return step times and memory."""
     import warnings
 
     import torch
@@ -61,7 +61,7 @@ def measure(size: str, pixels: int, cached: bool, steps: int) -> dict:
     settings = TrainSettings(
         projection=PROJECTION,
         patch_size=pixels,
-        batch_size=BATCH,
+        batch_size=batch,
         epochs=1,
         iters_per_epoch=steps + 1,
         cache_features=cached,
@@ -82,7 +82,7 @@ def measure(size: str, pixels: int, cached: bool, steps: int) -> dict:
             backbone=backbone,
             settings=settings,
             model=model,
-            device="cpu",
+            device=device,
         )
         start = time.perf_counter()
         for event in run:
