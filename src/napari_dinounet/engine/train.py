@@ -207,6 +207,8 @@ def train(
     loss: Loss | None = None,
     targets: Targets = class_targets,
     stop: Callable[[], bool] | threading.Event | None = None,
+    spacing: Sequence[float] | None = None,
+    planes: Sequence[int] | None = None,
 ) -> Generator[Progress, None, Path]:
     """Train Dino U-Net heads on ``samples``; yields Progress, returns the heads checkpoint path ``out``.
 
@@ -230,6 +232,8 @@ def train(
     history's last entry is that step, a shorter epoch), yields a last event whose message is "stopped at
     step N" and returns ``out``; resuming goes on from there. Asked before the first step, nothing is
     trained and nothing written. Closing the generator instead (Cancel) leaves the files as they were.
+    spacing, planes: recorded in the heads (``HeadsMetadata.spacing``/``planes``) for samples cut from
+    volumes (:func:`.volume.volume_samples`): the voxel spacing and the planes (spatial axes) trained on.
 
     Events: ``Progress("train", step, total, metrics={loss, lr, epoch, eta_s[, val_dice]})`` after every
     step (``val_dice``: the last validation's, carried along for displays); a
@@ -301,7 +305,9 @@ def train(
             val_crops=fixed_crops(validation, settings.patch_size, settings.val_crops, seed=settings.seed)
             if validation
             else None,
-            checkpoints=_Checkpoints(out, state_file, backbone, class_names, normalization, in_channels, num_classes),
+            checkpoints=_Checkpoints(
+                out, state_file, backbone, class_names, normalization, in_channels, num_classes, spacing, planes
+            ),
             writes=rank == 0,
         )
         # different draws per rank and per resumption, reproducible for a given run
@@ -617,6 +623,8 @@ class _Checkpoints:
     normalization: Normalization
     in_channels: int
     num_classes: int
+    spacing: Sequence[float] | None = None
+    planes: Sequence[int] | None = None
 
     def write(
         self, model, optimizer: torch.optim.Optimizer, settings: TrainSettings, step: int, history: list[dict]
@@ -638,6 +646,8 @@ class _Checkpoints:
             in_channels=self.in_channels,
             normalization=self.normalization.to_dict(),
             patch_size=settings.patch_size,
+            spacing=None if self.spacing is None else tuple(float(v) for v in self.spacing),
+            planes=None if self.planes is None else tuple(int(p) for p in self.planes),
             backbone_variant=self.backbone.variant,
             backbone_sha256=self.backbone.sha256,
             training={"settings": settings.to_dict(), "history": history},

@@ -304,7 +304,11 @@ def predict_planes(
                 volume = layout.channels_first(np.asarray(image))
             source, source_channel = resample(volume, shape, 1), 0
         job = predictor.predict(
-            source, channel_axis=source_channel, slice_axis=plane, outputs=[PlaneSum(total, plane, weight)], **predict_options
+            source,
+            channel_axis=source_channel,
+            slice_axis=plane,
+            outputs=[PlaneSum(total, plane, weight)],
+            **predict_options,
         )
         while True:
             try:
