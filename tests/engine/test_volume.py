@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import tracemalloc
 
 import numpy as np
@@ -164,3 +165,17 @@ def test_fusion_memory_is_one_running_sum_on_a_256_cube():
         tracemalloc.stop()
     assert labels.shape == image.shape and len(np.unique(labels)) == 3
     assert probability_volume <= peak < 2 * probability_volume, peak / 2**20
+
+
+def test_heads_record_planes_older_files_read_as_none():
+    from napari_dinounet.engine.errors import DinoUNetError
+
+    config = dataclasses.replace(SIZES["tiny"], num_classes=2).to_dict()
+    described = HeadsMetadata(config=config, class_names=["a", "b"], spacing=(2.0, 2.0, 4.0), planes=(0, 1, 2))
+    again = HeadsMetadata.from_json(described.to_json(), "heads.safetensors")
+    assert again.planes == (0, 1, 2) and again.spacing == (2.0, 2.0, 4.0)
+    older = {key: value for key, value in json.loads(described.to_json()).items() if key != "planes"}
+    assert HeadsMetadata.from_json(json.dumps(older), "old.safetensors").planes is None
+    for bad in ((0, 0), (3,), ()):
+        with pytest.raises(DinoUNetError, match="planes"):
+            HeadsMetadata(config=config, class_names=["a", "b"], planes=bad)

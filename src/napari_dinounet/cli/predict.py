@@ -3,7 +3,9 @@
 Inputs are files, folders, nnU-Net ``imagesTs`` folders or dataset roots (see ``engine/io.find_images``).
 Each prediction goes to ``--out/<case><input extension>`` (JPEG inputs give PNG), with the input's
 spacing, units and NIfTI header (``io.write_labels``). Stacks are predicted slice by slice along the
-file's slice axis (z: the first axis of TIFF/.npy stacks, the last of NIfTI volumes) or ``--axis``.
+file's slice axis (z: the first axis of TIFF/.npy stacks, the last of NIfTI volumes) or ``--axis``;
+with ``--planes`` along several planes, their class probabilities fused into one labels volume
+(engine/volume.py).
 """
 
 from __future__ import annotations
@@ -37,6 +39,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="N",
         help="for 3D images: the spatial axis (channels not counted) to cut 2D slices along; default: the file's z",
+    )
+    parser.add_argument(
+        "--planes",
+        metavar="PLANES",
+        help="for 3D images: predict along these planes and fuse their class probabilities (mean): 'all', names "
+        "(axial,coronal,sagittal: z, y, x of the file) or spatial axes (0,2); planes resampled in-plane to the "
+        "finest voxel spacing and back",
+    )
+    parser.add_argument(
+        "--plane-weights",
+        metavar="W",
+        help="with --planes: one weight per plane, comma-separated in the order of the axes (e.g. 1,1,2): a "
+        "weighted mean of the probabilities; default equal weights",
     )
     parser.add_argument(
         "--channel-axis",
@@ -140,6 +155,41 @@ def _plan_outputs(cases, out_dir: Path, args: argparse.Namespace) -> list[tuple[
     return planned
 
 
+def _volume_job(predictor, image, args: argparse.Namespace):
+    """The tri-planar prediction of a 3D file (:func:`~..engine.volume.predict_planes`), returning a 1-tuple
+    like Predictor.predict: probabilities (nc, *spatial) with --probabilities, else labels."""
+    from ..engine.errors import InputError
+    from ..engine.volume import parse_planes, predict_planes
+
+    layout = image.layout
+    if layout.slice is None:
+        raise InputError("--planes is for 3D volumes and this image is 2D: predict it without --planes")
+    if args.axis is not None:
+        raise InputError("--axis picks one slice axis and --planes several: give one of them")
+    try:
+        weights = None if args.plane_weights is None else [float(w) for w in args.plane_weights.split(",")]
+    except ValueError:
+        raise InputError(
+            f"--plane-weights {args.plane_weights}: give numbers separated by commas, e.g. 1,1,2"
+        ) from None
+    job = predict_planes(
+        predictor,
+        image.data,
+        spacing=image.spacing,
+        planes=parse_planes(args.planes, z_axis=layout.slice_dim),
+        weights=weights,
+        channel_axis=layout.channel,
+        probabilities=args.probabilities,
+        step=args.step,
+        tile=args.tile,
+        mirror=args.tta,
+        batch_size=args.batch,
+        force=args.force,
+    )
+    result = yield from job
+    return (result[1],) if args.probabilities else (result,)
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -173,17 +223,20 @@ def run(args: argparse.Namespace) -> int:
             image = _with_channel_axis(image, args.channel_axis)
         try:  # the errors about this image name it
             layout = _layout(image, args.axis)
-            job = predictor.predict(
-                image.data,
-                channel_axis=layout.channel,
-                slice_axis=layout.slice_dim,
-                step=args.step,
-                tile=args.tile,
-                mirror=args.tta,
-                batch_size=args.batch,
-                force=args.force,  # --tile 0 is refused
-                outputs=[Probabilities() if args.probabilities else Labels()],
-            )
+            if args.planes:
+                job = _volume_job(predictor, image, args)
+            else:
+                job = predictor.predict(
+                    image.data,
+                    channel_axis=layout.channel,
+                    slice_axis=layout.slice_dim,
+                    step=args.step,
+                    tile=args.tile,
+                    mirror=args.tta,
+                    batch_size=args.batch,
+                    force=args.force,  # --tile 0 is refused
+                    outputs=[Probabilities() if args.probabilities else Labels()],
+                )
             (result,) = run_with_bar(job, desc=f"[{number}/{len(planned)}] {case.name}", disable=args.quiet)
         except InputError as err:
             raise InputError(f"{case.name}: {err}") from None

@@ -293,6 +293,7 @@ def _samples_from_files(
     num_classes: int | None,
     fix: str | None = None,
     ignore: int | None = None,
+    planes=None,
 ) -> list[Sample]:
     """Samples from (name, image case, label file) triples: labels are read and checked first (before any
     image, so a wrong label file fails fast), messages naming the label files; then the images one at a
@@ -310,42 +311,56 @@ def _samples_from_files(
         num_classes,
         fix,
     )
+    classes = num_classes if num_classes is not None else 1 + max(int(lab.max(initial=0)) for lab in labels)
     samples = []
     for (name, case, _), lab, mask in zip(pairs, labels, masks):
         image = io.read_case(case)
         slice_axis = image.layout.slice_dim or 0
+        if planes is not None and lab.ndim == 3:
+            from .volume import parse_planes, volume_samples  # volume builds on this module
+
+            samples += volume_samples(
+                image.data,
+                lab,
+                spacing=image.spacing,
+                planes=parse_planes(planes, z_axis=image.layout.slice_dim),
+                mask=mask,
+                channel_axis=image.channel_axis,
+                normalization=normalization,
+                num_classes=classes,
+                name=name,
+            )
+            continue
         samples += _pair_samples(image.data, lab, mask, name, image.channel_axis, slice_axis, normalization)
     return samples
 
 
-def samples_from_nnunet(root, *, normalization: Normalization = DEFAULT_NORMALIZATION) -> tuple[list[Sample], dict]:
+def samples_from_nnunet(
+    root, *, normalization: Normalization = DEFAULT_NORMALIZATION, planes=None
+) -> tuple[list[Sample], dict]:
     """Samples from an nnU-Net raw dataset's imagesTr/labelsTr (one group per case), and its dataset.json.
 
     The classes are dataset.json's ``labels`` (:func:`.io.class_names`: values 0..k); a label file holding
     any other value is an InputError naming it. Pixels of the "ignore" label, if dataset.json has one,
     are left out of the loss (the samples' masks). 3D cases are cut into 2D slices across their slice axis
-    (NIfTI: the last); slices holding only "ignore" are left out.
+    (NIfTI: the last); slices holding only "ignore" are left out. planes: for 3D cases, the planes to cut
+    them along instead (:func:`.volume.parse_planes`: "all", "axial,coronal", axes; names read with the
+    file's own z axis), each resampled in-plane to the case's finest spacing (:func:`.volume.volume_samples`).
     """
     dataset = io.read_nnunet_dataset(root)
     num_classes = len(io.class_names(dataset.info))
     pairs = [(case.name, case, label_path) for case, label_path in dataset.training]
     fix = "add the missing classes to dataset.json's labels, or correct the label files"
-    samples = _samples_from_files(pairs, normalization, num_classes, fix, ignore=dataset.labels.get(io.IGNORE_LABEL))
+    ignore = dataset.labels.get(io.IGNORE_LABEL)
+    samples = _samples_from_files(pairs, normalization, num_classes, fix, ignore=ignore, planes=planes)
     if not samples:
         raise InputError(f"{dataset.root}: every labelled pixel is '{io.IGNORE_LABEL}': label some pixels with classes")
     return samples, dataset.info
 
 
-def samples_from_folders(
-    images_dir, labels_dir, *, normalization: Normalization = DEFAULT_NORMALIZATION, num_classes: int | None = None
-) -> list[Sample]:
-    """Samples from a folder of images and a folder of label files, paired by file name.
-
-    Names ignore the extension (``a.tif`` pairs with ``a.png``) and an nnU-Net ``_0000`` channel suffix on
-    the image; a folder named imagesTr groups channel files into cases. Unpaired files are an InputError
-    listing them. num_classes: as for :func:`samples_from_arrays` (None: the label values must run 0..k
-    without gaps); label problems name the label files.
-    """
+def folder_pairs(images_dir, labels_dir) -> list[tuple[str, io.Case, Path]]:
+    """(name, image case, label file) for a folder of images and a folder of label files, paired by file
+    name as :func:`samples_from_folders` pairs them; unpaired files are an InputError listing them."""
     cases = io.find_images([images_dir])
     label_paths = {case.name: case.paths[0] for case in io.find_images([labels_dir])}
     pairs, unpaired = [], []
@@ -365,7 +380,25 @@ def samples_from_folders(
             "; ".join(problems) + " (pairs are matched by file name without extension): "
             "add the missing files or move the extra ones out"
         )
-    return _samples_from_files(pairs, normalization, num_classes)
+    return pairs
+
+
+def samples_from_folders(
+    images_dir,
+    labels_dir,
+    *,
+    normalization: Normalization = DEFAULT_NORMALIZATION,
+    num_classes: int | None = None,
+    planes=None,
+) -> list[Sample]:
+    """Samples from a folder of images and a folder of label files, paired by file name.
+
+    Names ignore the extension (``a.tif`` pairs with ``a.png``) and an nnU-Net ``_0000`` channel suffix on
+    the image; a folder named imagesTr groups channel files into cases. Unpaired files are an InputError
+    listing them. num_classes: as for :func:`samples_from_arrays` (None: the label values must run 0..k
+    without gaps); label problems name the label files. planes: as for :func:`samples_from_nnunet`.
+    """
+    return _samples_from_files(folder_pairs(images_dir, labels_dir), normalization, num_classes, planes=planes)
 
 
 def default_class_names(num_classes: int) -> list[str]:
