@@ -135,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     names = list(sample.class_names[1:])
     classes = list(range(1, len(sample.class_names)))
     (train_image, train_labels), (test_image, test_labels) = slabs(sample.image, sample.labels, args.train_fraction)
-    print(f"volume {sample.image.shape} at {sample.spacing} mm: train slab {train_image.shape}, test {test_image.shape}")
+    print(
+        f"volume {sample.image.shape} at {sample.spacing} mm: train slab {train_image.shape}, test {test_image.shape}"
+    )
 
     rows, training = {}, {}
     with tempfile.TemporaryDirectory() as folder:
