@@ -65,3 +65,44 @@ def test_labelled_slices_and_the_ct_suggestion():
     assert _volumes.suggested_normalization(ct, nifti=True) == "ct"
     assert _volumes.suggested_normalization(ct, nifti=False) == "zscore"  # a TIFF of the same numbers: not CT
     assert _volumes.suggested_normalization(load_mni152_volume().image, nifti=True) == "zscore"  # MRI
+
+
+def test_fine_tune_on_a_few_labelled_slices_of_a_ct_volume(qtbot, make_napari_viewer, tmp_path):
+    """Labels on two slices of a NIfTI-like CT stack: only those slices train, no region needed, and the
+    normalisation resolves to ct (fitted on the labelled voxels), stored in the heads."""
+    from napari_dinounet._widgets.finetune import FRESH_HEADS, FineTuneWidget
+    from napari_dinounet.engine.checkpoint import read_metadata
+
+    viewer = make_napari_viewer()
+    brain = load_mni152_volume()
+    ct = brain.image[30:38, 20:84, 10:74].astype(np.int16) * 4 - 1000  # (8, 64, 64) in a CT-like range
+    drawn = np.zeros(ct.shape, np.uint8)
+    drawn[[2, 5]] = brain.labels[30:38, 20:84, 10:74][[2, 5]]  # two slices labelled, the rest left at 0
+    viewer.add_image(ct, name="ct", metadata={"affine": np.eye(4).tolist()})  # as the NIfTI reader adds it
+    viewer.add_labels(drawn, name="ct labels")
+    widget = FineTuneWidget(viewer)
+    widget.model_form.set_backbone("random:tiny")
+    widget.model_form.device_combo.setCurrentText("cpu")
+    widget.start_combo.setCurrentText(FRESH_HEADS)
+    widget.steps_spin.setValue(2)
+    widget.every_spin.setValue(2)
+    widget.patch_spin.setValue(64)
+    widget.out_edit.setText(str(tmp_path / "ct.safetensors"))
+    widget.stack_combo.setCurrentText(_volumes.LABELLED_SLICES)
+    assert widget.normalization_combo.currentText() == "auto"
+
+    (pair,) = widget._pairs()
+    counted = np.flatnonzero(pair.mask.any(axis=(1, 2)))
+    np.testing.assert_array_equal(counted, [2, 5])  # the unlabelled slices are unknown, not background
+    assert widget._options().normalization == "ct"
+    job = widget.start()
+    assert "ct normalisation" in widget.status.text()
+    wait_for(qtbot, job)
+    assert not job.errored
+    normalization = read_metadata(tmp_path / "ct.safetensors").normalization
+    assert normalization["scheme"] == "ct"
+    labelled = ct[[2, 5]][drawn[[2, 5]] > 0].astype(float)
+    assert normalization["clip"] == pytest.approx(list(np.percentile(labelled, [0.5, 99.5])))
+
+    widget.normalization_combo.setCurrentText("zscore")  # shown and changeable
+    assert widget._options().normalization == "zscore"
