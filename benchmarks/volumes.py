@@ -4,10 +4,11 @@ The volume is cut into two slabs along z (axial slices): heads are trained on th
 slices from all three planes (engine/volume.py), and tested on the upper slab, which they never saw.
 The test slab is predicted slice by slice along each single axis (axial, coronal, sagittal) and with
 the three planes fused (mean of the class probabilities). Reported per mode: 3D Dice per class, HD95 in
-mm (2 mm voxels), the mean Dice, the wall time, and peak memory: the NumPy allocations traced during the
-prediction (tracemalloc: images, probability sums, labels; torch's own buffers are not traced) and the
-process's peak RSS at the end. A second pair of heads trained on axial slices only (what a 2D pipeline
-does today) is scored along the axial axis as the baseline.
+mm (2 mm voxels), the mean Dice, the wall and CPU time (the machine is shared: CPU time is the steadier
+figure), and peak memory: the NumPy allocations traced during the prediction (tracemalloc: images, the
+running probability sum, labels; torch's own buffers are not traced) beside what holding every plane's
+probabilities at full size would take, and the process's peak RSS at the end. A second pair of heads,
+trained on axial slices only (what a 2D pipeline does today), is scored along the axial axis as the baseline.
 
 No pretrained DINOv3 weights here: a random backbone (``--backbone random:tiny`` by default), so the
 absolute Dice values reflect the trainable heads on this CPU budget, not Dino U-Net with DINOv3; the
@@ -78,10 +79,10 @@ def train_heads(image, labels, spacing, planes, class_names, args, out: Path) ->
 
 def score(predictor: Predictor, image, labels, spacing, planes, classes) -> dict:
     tracemalloc.start()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     try:
         predicted = drain(volume.predict_planes(predictor, image, spacing=spacing, planes=planes, step=0.5))
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         _, traced = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -93,13 +94,16 @@ def score(predictor: Predictor, image, labels, spacing, planes, classes) -> dict
         "mean_dice": float(np.mean([result["dice"][c] for c in classes])),
         "mean_hd95_mm": float(np.mean([result["hd95"][c] for c in classes])),
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "traced_numpy_peak_mib": traced / 2**20,
+        # what holding each plane's probabilities at full size would take, against the one running sum
+        "probabilities_per_plane_mib": len(planes) * predictor.metadata.num_classes * labels.size * 4 / 2**20,
     }
 
 
 def table(rows: dict, names: list[str]) -> str:
     header = ["mode"] + [f"Dice {n}" for n in names] + ["mean Dice"] + [f"HD95 {n} (mm)" for n in names]
-    header += ["s", "NumPy peak MiB"]
+    header += ["s (wall)", "s (CPU)", "NumPy peak MiB", "planes x probabilities MiB"]
     lines = [header]
     for mode, row in rows.items():
         lines.append(
@@ -107,7 +111,8 @@ def table(rows: dict, names: list[str]) -> str:
             + [f"{v:.4f}" for v in row["dice"].values()]
             + [f"{row['mean_dice']:.4f}"]
             + [f"{v:.2f}" if math.isfinite(v) else "inf" for v in row["hd95_mm"].values()]
-            + [f"{row['seconds']:.1f}", f"{row['traced_numpy_peak_mib']:.1f}"]
+            + [f"{row['seconds']:.1f}", f"{row['cpu_seconds']:.1f}", f"{row['traced_numpy_peak_mib']:.1f}"]
+            + [f"{row['probabilities_per_plane_mib']:.1f}"]
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(line, widths)) + " |" for line in lines]
