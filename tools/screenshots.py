@@ -84,6 +84,22 @@ def shoot(viewer, path: Path) -> None:
     print(f"wrote {path} ({path.stat().st_size // 1024} KiB)")
 
 
+def start_viewer(work: Path):
+    """A napari viewer of the window size, with napari's and the plugin's settings in ``work`` (the user's are
+    neither read nor changed) and torch imported first (torch after a QApplication can crash on some
+    platforms)."""
+    os.environ["NAPARI_CONFIG"] = str(work / "napari-settings.yaml")
+    os.environ["NAPARI_DINOUNET_SETTINGS_DIR"] = str(work)
+    import torch
+
+    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    import napari
+
+    viewer = napari.Viewer(title="napari-dinounet")
+    viewer.window.resize(*WINDOW)
+    return viewer
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
@@ -98,19 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         (work / name).unlink(missing_ok=True)  # earlier runs' files
     for old in work.glob("*nuclei-heads*"):  # the checkpoint and its resume state: Fine-tune never overwrites them
         old.unlink()
-    # napari's and the plugin's settings in the work folder: the user's are neither read nor changed
-    os.environ["NAPARI_CONFIG"] = str(work / "napari-settings.yaml")
-    os.environ["NAPARI_DINOUNET_SETTINGS_DIR"] = str(work)
-
-    import torch  # before Qt starts (torch after a QApplication can crash on some platforms)
-
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
-    import napari
-
+    viewer = start_viewer(work)
     from napari_dinounet._widgets.finetune import FRESH_HEADS
 
-    viewer = napari.Viewer(title="napari-dinounet")
-    viewer.window.resize(*WINDOW)
     viewer.open_sample("napari-dinounet", "nuclei")
     image, truth = viewer.layers["nuclei"], viewer.layers["nuclei ground truth"]
     docks: dict = {}

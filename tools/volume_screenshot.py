@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from screenshots import DOCK_WIDTH, ROOT, WINDOW, WORK, dock, settle, wait_for  # the sibling tool
+from screenshots import DOCK_WIDTH, ROOT, WORK, dock, settle, start_viewer, wait_for  # the sibling tool
 
 LABELLED_SLICES_UP_TO = 48  # z slices 0..47 carry the ground truth, the upper ones are left unlabelled
 
@@ -36,20 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     (WORK / "brain-heads.safetensors").unlink(missing_ok=True)
     (WORK / "brain-heads.state.safetensors").unlink(missing_ok=True)
-    os.environ["NAPARI_CONFIG"] = str(WORK / "napari-settings.yaml")
-    os.environ["NAPARI_DINOUNET_SETTINGS_DIR"] = str(WORK)
-
-    import torch
-
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
-    import napari
+    viewer = start_viewer(WORK)
     from PIL import Image
 
     from napari_dinounet._widgets._volumes import LABELLED_SLICES, WHOLE_VOLUME
     from napari_dinounet._widgets.finetune import FRESH_HEADS
 
-    viewer = napari.Viewer(title="napari-dinounet")
-    viewer.window.resize(*WINDOW)
     viewer.open_sample("napari-dinounet", "mni152_volume")
     image, truth = viewer.layers["MNI152 brain 2 mm"], viewer.layers["MNI152 brain 2 mm ground truth"]
     partial = np.array(truth.data)

@@ -165,6 +165,11 @@ def _plan_outputs(cases, out_dir: Path, args: argparse.Namespace) -> list[tuple[
     return planned
 
 
+def _tiling_options(args: argparse.Namespace) -> dict:
+    """The sliding-window options of Predictor.predict from the command line (``--tile 0`` is refused there)."""
+    return {"step": args.step, "tile": args.tile, "mirror": args.tta, "batch_size": args.batch, "force": args.force}
+
+
 def _volume_job(predictor, image, args: argparse.Namespace):
     """The tri-planar prediction of a 3D file (:func:`~..engine.volume.predict_planes`), returning a 1-tuple
     like Predictor.predict: probabilities (nc, *spatial) with --probabilities, else labels."""
@@ -190,11 +195,7 @@ def _volume_job(predictor, image, args: argparse.Namespace):
         weights=weights,
         channel_axis=layout.channel,
         probabilities=args.probabilities,
-        step=args.step,
-        tile=args.tile,
-        mirror=args.tta,
-        batch_size=args.batch,
-        force=args.force,
+        **_tiling_options(args),
     )
     result = yield from job
     return (result[1],) if args.probabilities else (result,)
@@ -279,11 +280,7 @@ def run(args: argparse.Namespace) -> int:
                     image.data,
                     channel_axis=layout.channel,
                     slice_axis=layout.slice_dim,
-                    step=args.step,
-                    tile=args.tile,
-                    mirror=args.tta,
-                    batch_size=args.batch,
-                    force=args.force,  # --tile 0 is refused
+                    **_tiling_options(args),
                     outputs=[Probabilities() if args.probabilities else Labels()],
                     slices=slices,
                 )
