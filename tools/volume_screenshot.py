@@ -7,8 +7,8 @@ Run under a display (Xvfb on a server):
 It opens the "MNI152 whole brain (2 mm)" sample, keeps its ground truth on the lower 48 axial slices only
 (the rest unlabelled), fine-tunes fresh heads on those slices (Fine-tune, Stack "slices with labels"),
 segments the whole volume with Segment's "whole volume (3 planes)" and saves ``volume_3d.png`` with
-``viewer.dims.ndisplay = 3``, the labels cut open at the middle of x (a clipping plane) so grey and white
-matter show inside. Backbone ``random:tiny``: what the widgets do, not what DINOv3 features achieve.
+``viewer.dims.ndisplay = 3``: the fused white-matter labels as a surface inside the T1 (attenuated MIP).
+Backbone ``random:tiny``: what the widgets do, not what DINOv3 features achieve.
 Settings and checkpoints go to ``$TMPDIR/dinounet-demo`` (the helpers of ``tools/screenshots.py``).
 """
 
@@ -75,18 +75,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Dice {name} on the unlabelled slices: {2 * (found & wanted).sum() / (found.sum() + wanted.sum()):.3f}")
 
     truth.visible = drawn.visible = False
-    image.visible = False
     viewer.dims.ndisplay = 3
-    middle_x = predicted.data.shape[2] / 2 * predicted.scale[2]
-    predicted.experimental_clipping_planes = [{"position": (0, 0, middle_x), "normal": (0, 0, -1), "enabled": True}]
-    predicted.opacity = 1.0
+    image.rendering, image.opacity = "attenuated_mip", 0.35  # the brain as context around the labels
+    predicted.show_selected_label, predicted.selected_label = True, 2  # the fused white matter, in 3D
     viewer.layers.selection.active = predicted
     from qtpy.QtCore import Qt
 
     viewer.window._qt_window.resizeDocks([docks["Segment"][0]], [DOCK_WIDTH], Qt.Horizontal)
     viewer.reset_view()
-    viewer.camera.angles = (0.0, -35.0, 120.0)
-    viewer.camera.zoom *= 1.1
+    viewer.camera.angles = (75.0, -25.0, -100.0)  # from the left, a little from above and behind
     settle(1.0)
     path = args.out / "volume_3d.png"
     pixels = viewer.screenshot(canvas_only=False, flash=False)
