@@ -293,6 +293,7 @@ def _samples_from_files(
     num_classes: int | None,
     fix: str | None = None,
     ignore: int | None = None,
+    instances: bool = False,
 ) -> list[Sample]:
     """Samples from (name, image case, label file) triples: labels are read and checked first (before any
     image, so a wrong label file fails fast), messages naming the label files; then the images one at a
@@ -300,8 +301,9 @@ def _samples_from_files(
 
     ignore: a label value that marks unlabelled pixels (nnU-Net's "ignore"): they are left out of the
     samples' masks, so the loss skips them, and hold 0 so that no class value >= num_classes remains.
+    instances: the label files are instance ids, trained as :func:`.instances.boundary_classes`.
     """
-    labels = [io.read_labels(path).data for _, _, path in pairs]
+    labels = [_label_data(io.read_labels(path), instances) for _, _, path in pairs]
     masks = [None if ignore is None or not np.any(lab == ignore) else lab != ignore for lab in labels]
     labels = [np.where(mask, lab, 0) if mask is not None else lab for lab, mask in zip(labels, masks)]
     labels = _checked_labels(
@@ -316,6 +318,15 @@ def _samples_from_files(
         slice_axis = image.layout.slice_dim or 0
         samples += _pair_samples(image.data, lab, mask, name, image.channel_axis, slice_axis, normalization)
     return samples
+
+
+def _label_data(labels: io.ImageFile, instances: bool) -> np.ndarray:
+    """A label file's classes: its values, or with ``instances`` the boundary-aware classes of its ids."""
+    if not instances:
+        return labels.data
+    from .instances import boundary_classes
+
+    return boundary_classes(labels.data, slice_axis=labels.layout.slice_dim or 0)
 
 
 def samples_from_nnunet(root, *, normalization: Normalization = DEFAULT_NORMALIZATION) -> tuple[list[Sample], dict]:
@@ -337,14 +348,20 @@ def samples_from_nnunet(root, *, normalization: Normalization = DEFAULT_NORMALIZ
 
 
 def samples_from_folders(
-    images_dir, labels_dir, *, normalization: Normalization = DEFAULT_NORMALIZATION, num_classes: int | None = None
+    images_dir,
+    labels_dir,
+    *,
+    normalization: Normalization = DEFAULT_NORMALIZATION,
+    num_classes: int | None = None,
+    instances: bool = False,
 ) -> list[Sample]:
     """Samples from a folder of images and a folder of label files, paired by file name.
 
     Names ignore the extension (``a.tif`` pairs with ``a.png``) and an nnU-Net ``_0000`` channel suffix on
     the image; a folder named imagesTr groups channel files into cases. Unpaired files are an InputError
     listing them. num_classes: as for :func:`samples_from_arrays` (None: the label values must run 0..k
-    without gaps); label problems name the label files.
+    without gaps); label problems name the label files. instances: the label files hold instance ids
+    (one per object), trained as the 3 classes of :func:`.instances.boundary_classes` (give num_classes 3).
     """
     cases = io.find_images([images_dir])
     label_paths = {case.name: case.paths[0] for case in io.find_images([labels_dir])}
@@ -365,7 +382,7 @@ def samples_from_folders(
             "; ".join(problems) + " (pairs are matched by file name without extension): "
             "add the missing files or move the extra ones out"
         )
-    return _samples_from_files(pairs, normalization, num_classes)
+    return _samples_from_files(pairs, normalization, num_classes, instances=instances)
 
 
 def default_class_names(num_classes: int) -> list[str]:

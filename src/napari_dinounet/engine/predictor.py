@@ -20,6 +20,7 @@ from .backbone import Backbone, load_backbone
 from .checkpoint import HeadsMetadata, load_heads, read_metadata
 from .device import pick_device
 from .errors import InputError
+from .instances import INSTANCES, Instances
 from .network import DinoUNet
 from .outputs import Labels, Output
 from .predict import image_layout, sliding_window
@@ -75,6 +76,13 @@ class Predictor:
     def class_names(self) -> list[str]:
         return list(self.metadata.class_names)
 
+    def default_output(self) -> Output:
+        """What these heads give by default: class :class:`~.outputs.Labels`, or for instance heads
+        (``metadata.task == "instances"``) instance labels (:class:`~.instances.Instances`, default parameters)."""
+        if self.metadata.task == INSTANCES:
+            return Instances()
+        return Labels()
+
     def check_channels(self, count: int) -> None:
         """An InputError naming the fix unless an image of ``count`` channels is what the heads were trained on
         (not checked when the checkpoint does not say)."""
@@ -100,7 +108,7 @@ class Predictor:
         outputs: Sequence[Output] | None = None,
     ) -> Generator[Progress, None, tuple]:
         """Segment ``image``: yields ``Progress(task="predict")`` per tile batch and returns one result per
-        output, in the order of ``outputs`` (default ``(Labels(),)``: a 1-tuple of labels).
+        output, in the order of ``outputs`` (default: a 1-tuple of :meth:`default_output`'s labels).
 
         image, channel_axis, slice_axis, step, batch_size, force: as :func:`~.predict.predict` takes them.
         tile: the tile (int or (th, tw)); default the training patch. mirror: mirror test-time augmentation.
@@ -108,7 +116,7 @@ class Predictor:
         checkpoint's normalisation is applied. Equal, bit for bit, to ``predict(self.model, image,
         patch_size=tile or metadata.patch_size, normalization=metadata.normalization, ...)``.
         """
-        outputs = (Labels(),) if outputs is None else tuple(outputs)
+        outputs = (self.default_output(),) if outputs is None else tuple(outputs)
         layout = image_layout(image, channel_axis, slice_axis)
         self.check_channels(layout.num_channels)
         return (
