@@ -50,6 +50,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also write class probabilities, float32 with classes first, as <case>_probabilities.npy",
     )
+    instances = parser.add_argument_group(
+        "instance heads (trained with train --instances): the watershed that turns their maps into objects"
+    )
+    instances.add_argument(
+        "--seed-threshold", type=float, help="interior probability an object's seed needs; default 0.5"
+    )
+    instances.add_argument(
+        "--foreground-threshold", type=float, help="foreground probability an object's pixel needs; default 0.5"
+    )
+    instances.add_argument("--min-size", type=int, help="pixels an object needs (smaller ones are dropped); default 16")
     parser.add_argument(
         "--allow-backbone-mismatch",
         action="store_true",
@@ -140,13 +150,42 @@ def _plan_outputs(cases, out_dir: Path, args: argparse.Namespace) -> list[tuple[
     return planned
 
 
+# InstanceParams field -> its option
+_INSTANCE_OPTIONS = {
+    "seed_threshold": "--seed-threshold",
+    "foreground_threshold": "--foreground-threshold",
+    "min_size": "--min-size",
+}
+
+
+def _outputs(predictor, args: argparse.Namespace) -> tuple[list, object]:
+    """(the outputs to predict, a function from their result to the labels to write): class labels, or for
+    instance heads objects (its watershed parameters from the options); with --probabilities the maps."""
+    from ..engine.errors import InputError
+    from ..engine.instances import INSTANCES, InstanceMapsOutput, InstanceParams, Instances, generate
+    from ..engine.outputs import Labels, Probabilities
+
+    given = {field: getattr(args, field) for field in _INSTANCE_OPTIONS if getattr(args, field) is not None}
+    if predictor.metadata.task != INSTANCES:
+        if given:
+            options = ", ".join(_INSTANCE_OPTIONS[field] for field in given)
+            raise InputError(f"{options}: for instance heads only; {args.heads} holds semantic heads")
+        if args.probabilities:
+            return [Probabilities()], lambda probabilities: probabilities.argmax(axis=0)
+        return [Labels()], lambda labels: labels
+    params = InstanceParams(**given)
+    if args.probabilities:
+        return [InstanceMapsOutput()], lambda maps: generate(maps, params)
+    return [Instances(params)], lambda labels: labels
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..engine.atomic import atomic_path
     from ..engine.errors import InputError
+    from ..engine.instances import InstanceMaps
     from ..engine.io import find_images, probabilities_path, read_case, write_labels
-    from ..engine.outputs import Labels, Probabilities
     from ..engine.predictor import Predictor
     from ..engine.progress import run_with_bar
     from ._common import backbone_source
@@ -159,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
     predictor = Predictor.from_checkpoint(
         args.heads, backbone_source(args), device=args.device, allow_backbone_mismatch=args.allow_backbone_mismatch
     )
+    outputs, labels_of = _outputs(predictor, args)
     for number, (case, target) in enumerate(planned, start=1):
         try:
             image = read_case(case)
@@ -182,17 +222,16 @@ def run(args: argparse.Namespace) -> int:
                 mirror=args.tta,
                 batch_size=args.batch,
                 force=args.force,  # --tile 0 is refused
-                outputs=[Probabilities() if args.probabilities else Labels()],
+                outputs=outputs,
             )
             (result,) = run_with_bar(job, desc=f"[{number}/{len(planned)}] {case.name}", disable=args.quiet)
         except InputError as err:
             raise InputError(f"{case.name}: {err}") from None
-        labels = result.argmax(axis=0) if args.probabilities else result
-        write_labels(target, labels, like=image)
+        write_labels(target, labels_of(result), like=image)
         print(f"{case.name}: {target}")
         if args.probabilities:
             probabilities = probabilities_path(target, case.name)
             with atomic_path(probabilities) as tmp:
-                np.save(tmp, result)
+                np.save(tmp, result.probabilities if isinstance(result, InstanceMaps) else result)
             print(f"{case.name}: {probabilities}")
     return 0

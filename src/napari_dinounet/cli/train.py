@@ -51,6 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="number of classes including background, for --images/--labels when some classes are "
         "absent from the label files; default: the label values 0..k present",
     )
+    parser.add_argument(
+        "--instances",
+        action="store_true",
+        help="the --labels files hold instance ids (0 background, one id per object): train instance heads "
+        "(background / interior / boundary classes, decoded into objects when predicting)",
+    )
     parser.add_argument("--out", required=True, metavar="CKPT", help="the heads checkpoint to write (.safetensors)")
     keep = argparse.SUPPRESS  # absent options are not set, so TrainSettings' defaults (the paper's) apply
     parser.add_argument("--size", default=keep, help="heads size (s, b, l, 7b, tiny ...); default: the backbone's")
@@ -89,6 +95,8 @@ def load_training_data(args: argparse.Namespace, normalization) -> tuple[list, l
 
     if args.dataset and (args.images or args.labels):
         raise InputError("give either --dataset or --images with --labels, not both")
+    if args.instances:
+        return _instance_data(args, normalization)
     if args.dataset:
         if args.classes is not None:
             raise InputError(
@@ -102,6 +110,22 @@ def load_training_data(args: argparse.Namespace, normalization) -> tuple[list, l
         )
         return samples, None if args.classes is None else data.default_class_names(args.classes)
     raise InputError("no training data: pass --dataset NNUNET_DIR, or --images DIR and --labels DIR")
+
+
+def _instance_data(args: argparse.Namespace, normalization) -> tuple[list, list[str]]:
+    """(samples, the instance class names) for ``--instances``: instance ids from --images/--labels."""
+    from ..engine import data
+    from ..engine.errors import InputError
+    from ..engine.instances import INSTANCE_CLASS_NAMES
+
+    if args.dataset or not (args.images and args.labels):
+        raise InputError("--instances trains from --images DIR and --labels DIR (instance id files), not --dataset")
+    if args.classes is not None:
+        raise InputError("--classes does not go with --instances: instance heads have their own 3 classes")
+    samples = data.samples_from_folders(
+        args.images, args.labels, normalization=normalization, num_classes=len(INSTANCE_CLASS_NAMES), instances=True
+    )
+    return samples, list(INSTANCE_CLASS_NAMES)
 
 
 def _modified(path) -> int | None:
@@ -163,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         device=args.device,
         stop=stop,
+        task="instances" if args.instances else "semantic",
     )
     try:
         with first_interrupt_stops(stop, rank):
