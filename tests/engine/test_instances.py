@@ -202,3 +202,18 @@ def test_the_task_is_recorded_and_older_files_are_semantic(instance_heads, tmp_p
     config = read_metadata(instance_heads).config
     with pytest.raises(DinoUNetError, match="3 classes"):
         HeadsMetadata(config={**config, "num_classes": 2}, class_names=["a", "b"], task="instances")
+
+
+def test_object_features_by_hand():
+    from napari_dinounet.engine.instances import object_features
+
+    labels = np.zeros((4, 4), np.uint16)
+    labels[0, :2] = 5  # 2 px of intensity 1 and 3
+    labels[3, 3] = 9  # 1 px of intensity 15
+    image = np.arange(16, dtype=np.uint16).reshape(4, 4)
+    image[0, 0] = 1
+    assert object_features(labels, image) == {"index": [5, 9], "area": [2, 1], "mean_intensity": [1.0, 15.0]}
+    rgb = np.stack([image, image * 3], axis=-1)  # channels averaged: twice the grey values
+    assert object_features(labels, rgb, channel_axis=2)["mean_intensity"] == [2.0, 30.0]
+    with pytest.raises(InputError, match="spatial shape"):
+        object_features(labels, image[:2])

@@ -95,7 +95,7 @@ def load_training_data(args: argparse.Namespace, normalization) -> tuple[list, l
 
     if args.dataset and (args.images or args.labels):
         raise InputError("give either --dataset or --images with --labels, not both")
-    if args.instances:
+    if getattr(args, "instances", False):  # callers may build args without it
         return _instance_data(args, normalization)
     if args.dataset:
         if args.classes is not None:
@@ -160,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..engine.checkpoint import read_metadata
+    from ..engine.names import INSTANCES, SEMANTIC
     from ..engine.normalize import Normalization
     from ..engine.progress import run_with_bar
     from ..engine.train import TrainSettings, state_path, train
@@ -187,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         device=args.device,
         stop=stop,
-        task="instances" if args.instances else "semantic",
+        task=INSTANCES if args.instances else SEMANTIC,
     )
     try:
         with first_interrupt_stops(stop, rank):

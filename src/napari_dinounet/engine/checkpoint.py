@@ -36,6 +36,7 @@ from .. import __version__
 from .atomic import atomic_path
 from .backbone import Backbone
 from .errors import CheckpointError, DinoUNetError
+from .names import INSTANCES, SEMANTIC, TASKS
 from .network import SIZE_MULTIPLE, DinoUNet, DinoUNetConfig
 from .normalize import Normalization
 from .values import is_number
@@ -82,7 +83,7 @@ class HeadsMetadata:
     backbone_num_heads: int | None = None
     library_version: str = __version__
     training: dict = field(default_factory=dict)
-    task: str = "semantic"
+    task: str = SEMANTIC
 
     def __post_init__(self):
         # JSON gives lists back for tuples; callers may name classes with numbers
@@ -115,7 +116,7 @@ class HeadsMetadata:
                 f"channels={config.channels} in the network config asks for channel {max(config.channels)} but the "
                 f"training images had {self.in_channels} (in_channels)"
             )
-        if self.task == "instances" and config.num_classes != 3:
+        if self.task == INSTANCES and config.num_classes != 3:
             raise DinoUNetError(
                 f"task 'instances' needs 3 classes (background, interior, boundary), not {config.num_classes}"
             )
@@ -221,7 +222,7 @@ _FIELD_RULES = {
     "backbone_num_heads": (_optional(lambda v: _whole(v, 1)), "null or a whole number >= 1"),
     "library_version": (lambda v: isinstance(v, str), "a version string"),
     "training": (lambda v: isinstance(v, dict), "a JSON object (the training summary)"),
-    "task": (lambda v: v in ("semantic", "instances"), "'semantic' or 'instances'"),
+    "task": (lambda v: v in TASKS, " or ".join(repr(task) for task in TASKS)),
 }
 
 

@@ -29,12 +29,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InputError
+from .names import INSTANCES, TASKS
 from .outputs import Output, Probabilities
 from .values import is_number
 
-SEMANTIC = "semantic"
-INSTANCES = "instances"
-TASKS = (SEMANTIC, INSTANCES)
 INSTANCE_CLASS_NAMES = ("background", "interior", "boundary")
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
 DEFAULT_BOUNDARY_WIDTH = 2
@@ -245,3 +243,28 @@ def instance_samples(images, instances, *, masks=None, width: int = DEFAULT_BOUN
         for ids in _as_list(instances, "instance labels")
     ]
     return samples_from_arrays(images, targets, masks=masks, num_classes=len(INSTANCE_CLASS_NAMES), **options)
+
+
+def object_features(labels: np.ndarray, image, channel_axis: int | None = None) -> dict[str, list]:
+    """A table of the objects of ``labels`` (ids > 0), one row each in id order: ``index`` (the id), ``area``
+    (pixels) and ``mean_intensity`` (of ``image`` over the object; channels averaged first).
+
+    labels: instance ids (*spatial); image: the image they were predicted from, the spatial shape plus
+    a channel axis ``channel_axis`` if it has one. The columns napari's Labels ``features`` take.
+    """
+    labels = np.asarray(labels)
+    intensity = np.asarray(image, dtype=np.float64)
+    if channel_axis is not None:
+        intensity = intensity.mean(axis=channel_axis)
+    if intensity.shape != labels.shape:
+        raise InputError(f"image of spatial shape {intensity.shape} for labels of shape {labels.shape}")
+    ids = labels.ravel().astype(np.int64)
+    area = np.bincount(ids)
+    summed = np.bincount(ids, weights=intensity.ravel(), minlength=area.size)
+    present = np.flatnonzero(area)
+    present = present[present > 0]
+    return {
+        "index": present.tolist(),
+        "area": area[present].tolist(),
+        "mean_intensity": (summed[present] / area[present]).tolist(),
+    }

@@ -20,7 +20,8 @@ from .backbone import Backbone, load_backbone
 from .checkpoint import HeadsMetadata, load_heads, read_metadata
 from .device import pick_device
 from .errors import InputError
-from .instances import INSTANCES, Instances
+from .instances import Instances
+from .names import INSTANCES
 from .network import DinoUNet
 from .outputs import Labels, Output
 from .predict import image_layout, sliding_window

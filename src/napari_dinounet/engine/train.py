@@ -49,6 +49,7 @@ from .feature_cache import BatchSource, batch_source
 from .instances import check_task
 from .loss import Loss, Targets, class_targets, dice_ce_loss
 from .metrics import dice
+from .names import SEMANTIC
 from .normalize import Normalization
 from .progress import Progress, Validation
 from .run_state import check_resumable, check_state_backbone, load_state, save_state, state_path
@@ -208,7 +209,7 @@ def train(
     loss: Loss | None = None,
     targets: Targets = class_targets,
     stop: Callable[[], bool] | threading.Event | None = None,
-    task: str = "semantic",
+    task: str = SEMANTIC,
 ) -> Generator[Progress, None, Path]:
     """Train Dino U-Net heads on ``samples``; yields Progress, returns the heads checkpoint path ``out``.
 
@@ -624,7 +625,7 @@ class _Checkpoints:
     normalization: Normalization
     in_channels: int
     num_classes: int
-    task: str = "semantic"
+    task: str = SEMANTIC
 
     def write(
         self, model, optimizer: torch.optim.Optimizer, settings: TrainSettings, step: int, history: list[dict]

@@ -1,0 +1,60 @@
+"""Segment with instance heads in a real viewer (run under ``xvfb-run -a``): object ids, napari's label
+colours, the per-object features table and its dock, the count in the status."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from _widget_helpers import nuclei_crop, wait_for
+
+from napari_dinounet.engine.backbone import load_backbone
+from napari_dinounet.engine.checkpoint import HeadsMetadata, save_heads
+from napari_dinounet.engine.instances import INSTANCE_CLASS_NAMES
+from napari_dinounet.engine.network import build_dinounet
+
+
+@pytest.fixture
+def instance_heads(tmp_path):
+    """Randomly initialised instance heads for random:tiny (their objects are arbitrary, but objects)."""
+    torch.manual_seed(0)
+    model = build_dinounet("tiny", num_classes=3, backbone=load_backbone("random:tiny"))
+    metadata = HeadsMetadata(
+        config=model.config.to_dict(),
+        class_names=list(INSTANCE_CLASS_NAMES),
+        in_channels=1,
+        patch_size=64,
+        backbone_variant="tiny",
+        task="instances",
+    )
+    return save_heads(tmp_path / "instances.safetensors", model, metadata)
+
+
+def test_segment_with_instance_heads_measures_the_objects(qtbot, make_napari_viewer, instance_heads):
+    from napari_dinounet._widgets.segment import SegmentWidget
+
+    viewer = make_napari_viewer()
+    image, _ = nuclei_crop()
+    viewer.add_image(image, name="nuclei")
+    widget = SegmentWidget(viewer)
+    widget.model_form.set_backbone("random:tiny")
+    widget.model_form.device_combo.setCurrentText("cpu")
+    widget.model_form.set_heads(str(instance_heads))
+    widget.tile_spin.setValue(64)
+    job = widget.run()
+    wait_for(qtbot, job)
+    assert not job.errored
+
+    labels = viewer.layers["nuclei labels"]
+    ids = np.unique(labels.data)
+    assert labels.data.dtype == np.uint16 and np.array_equal(ids, np.arange(ids.size))
+    count = ids.size - 1
+    table = labels.features
+    assert list(table["index"]) == list(range(1, count + 1)) and labels.metadata["object_count"] == count
+    assert list(table["area"]) == np.bincount(labels.data.ravel())[1:].tolist()
+    first = labels.data == 1
+    assert table["mean_intensity"].iloc[0] == pytest.approx(image[first].mean())
+    assert "class_names" not in labels.metadata  # ids are objects, not classes
+    assert f"{count} objects" in widget.status.text()
+    assert any("Features table" in name for name in viewer.window._wrapped_dock_widgets)
+    assert viewer.layers.selection.active is labels
