@@ -51,6 +51,7 @@ from ._layer_geometry import (
 )
 from ._llvm_clash import avoid_triton_llvm_clash
 from ._model_form import ModelForm, dock_layout, for_the_widgets, heads_metadata, help_label
+from ._multiscale import LevelPicker
 from ._session import Session, get_session
 from ._settings import persisted
 
@@ -146,6 +147,7 @@ class SegmentWidget(QWidget):
         self.stack_combo.addItems([CURRENT_SLICE, WHOLE_STACK])
         persisted(self.stack_combo, "segment/stack", CURRENT_SLICE)
         self.stack_combo.setToolTip("For stacks: only the slice on screen, or every slice.")
+        self.level_combo = LevelPicker()  # multiscale layers: the level to segment (_multiscale)
         self.tile_spin = QSpinBox()
         self.tile_spin.setRange(0, 4096)
         self.tile_spin.setSingleStep(32)
@@ -172,6 +174,7 @@ class SegmentWidget(QWidget):
         form.addRow("Image", self.image_combo)
         form.addRow("Channels", _side_by_side(self.channel_axis_combo, self.channels_edit))
         form.addRow("Stack", self.stack_combo)
+        form.addRow("Level", self.level_combo)
         form.addRow("Tile, overlap", _side_by_side(self.tile_spin, self.overlap_spin))
         form.addRow(self.tta_check)
         buttons = QHBoxLayout()
@@ -200,6 +203,7 @@ class SegmentWidget(QWidget):
         layer = self.image_combo.layer()
         fill_channel_axis_choices(self.channel_axis_combo, layer)
         self.stack_combo.setEnabled(layer is not None and layer.ndim > 2)
+        self.level_combo.set_layer(layer, self.tile_spin.value() or None, 1.0 - self.overlap_spin.value())
         self._channel_axis_changed()
 
     def _channel_axis_changed(self, *_) -> None:
@@ -225,7 +229,7 @@ class SegmentWidget(QWidget):
             if channel_axis is None:  # "none": the heads' channel count may say which axis holds channels
                 channel_axis, note = infer_channel_axis(layer, in_channels)
             plan = plan_run(
-                layer,
+                self.level_combo.at_level(layer),
                 channel_axis=channel_axis,
                 channels=parse_channels(self.channels_edit.text()) if self.channels_edit.isEnabled() else None,
                 whole_stack=self.stack_combo.currentText() == WHOLE_STACK,

@@ -36,6 +36,8 @@ from .values import is_number
 INSTANCE_CLASS_NAMES = ("background", "interior", "boundary")
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
 DEFAULT_BOUNDARY_WIDTH = 2
+# the background value of the class scribbles instance scribbles become (not a class value: 0, 1, 2 are)
+SCRIBBLE_BACKGROUND = len(INSTANCE_CLASS_NAMES)
 
 
 def boundary_classes(instances: np.ndarray, *, width: int = DEFAULT_BOUNDARY_WIDTH, slice_axis: int = 0) -> np.ndarray:
@@ -227,22 +229,53 @@ def check_task(task: str, num_classes: int) -> None:
         )
 
 
-def instance_samples(images, instances, *, masks=None, width: int = DEFAULT_BOUNDARY_WIDTH, **options) -> list:
+def instance_scribbles(
+    instances: np.ndarray, background: int, *, width: int = DEFAULT_BOUNDARY_WIDTH, slice_axis: int = 0
+) -> np.ndarray:
+    """Sparse instance labels as class scribbles (:mod:`.sparse`'s convention, background value
+    :data:`SCRIBBLE_BACKGROUND`): 0 not painted, ``background`` painted background, other values objects
+    (each its own id, painted whole). Objects become interior and boundary (:func:`boundary_classes`: an
+    object ends where its paint ends); painted background becomes ``SCRIBBLE_BACKGROUND``; the rest stays 0.
+    """
+    instances = np.asarray(instances)
+    painted_background = instances == background
+    classes = boundary_classes(np.where(painted_background, 0, instances), width=width, slice_axis=slice_axis)
+    return np.where(painted_background, SCRIBBLE_BACKGROUND, classes).astype(np.uint8)
+
+
+def instance_samples(
+    images,
+    instances,
+    *,
+    masks=None,
+    sparse_background: int | None = None,
+    width: int = DEFAULT_BOUNDARY_WIDTH,
+    **options,
+) -> list:
     """Training samples (:class:`.data.Sample`) from images and their instance labels (one id per object).
 
     images, masks and ``options`` (names, channel_axis, slice_axis, normalization) as
     :func:`.data.samples_from_arrays` takes them; instances: one id map per image (or one array), turned
-    into the 3 classes of :func:`boundary_classes`. Sparse labels: a mask marks the pixels that count (the
-    objects drawn and the background marked); the rest is left out of the loss.
+    into the 3 classes of :func:`boundary_classes`. Sparse labels: ``sparse_background=B``, the instance
+    layers are scribbles (0 not painted and left out of the loss, B painted background, other values
+    objects painted whole: :func:`instance_scribbles`); or a mask of the pixels that count.
     """
     from .data import _as_list, samples_from_arrays
 
     slice_axis = options.get("slice_axis", 0)
-    targets = [
-        boundary_classes(np.asarray(ids), width=width, slice_axis=slice_axis)
-        for ids in _as_list(instances, "instance labels")
-    ]
-    return samples_from_arrays(images, targets, masks=masks, num_classes=len(INSTANCE_CLASS_NAMES), **options)
+    id_maps = [np.asarray(ids) for ids in _as_list(instances, "instance labels")]
+    if sparse_background is None:
+        targets = [boundary_classes(ids, width=width, slice_axis=slice_axis) for ids in id_maps]
+    else:
+        targets = [instance_scribbles(ids, sparse_background, width=width, slice_axis=slice_axis) for ids in id_maps]
+    return samples_from_arrays(
+        images,
+        targets,
+        masks=masks,
+        num_classes=len(INSTANCE_CLASS_NAMES),
+        sparse_background=None if sparse_background is None else SCRIBBLE_BACKGROUND,
+        **options,
+    )
 
 
 def object_features(labels: np.ndarray, image, channel_axis: int | None = None) -> dict[str, list]:
