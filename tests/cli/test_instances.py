@@ -80,3 +80,22 @@ def test_instance_options_are_refused_where_they_do_not_apply(instance_folders, 
     assert "--classes does not go with --instances" in capsys.readouterr().err
     assert main(["evaluate", "--instances", "--pred", str(labels), "--gt", str(labels), "--classes", "1"]) == 2
     assert "--instances scores objects" in capsys.readouterr().err
+
+
+def test_train_instances_from_scribbles(instance_folders, tmp_path):
+    """Sparse instance labels on disk: a few nuclei painted whole and a background stroke (value 1)."""
+    from napari_dinounet.engine.checkpoint import read_metadata
+
+    images, labels = instance_folders
+    scribbles = tmp_path / "scribbles"
+    scribbles.mkdir()
+    for i in range(2):
+        ids = tifffile.imread(labels / f"crop{i}.tif")
+        painted = np.where(np.isin(ids, np.unique(ids)[1:4]), ids, 0)  # three objects
+        painted[120:124, :] = np.where(ids[120:124, :] == 0, 1, painted[120:124, :])  # background stroke
+        tifffile.imwrite(scribbles / f"crop{i}.tif", painted.astype(np.uint16))
+    heads = tmp_path / "sparse.safetensors"
+    sparse = ["--sparse", "--background-label", "1", "--epochs", "1", "--iters-per-epoch", "1"]
+    command = ["train", *TINY, "--instances", "--images", str(images), "--labels", str(scribbles), *sparse]
+    assert main([*command, "--out", str(heads)]) == 0
+    assert read_metadata(heads).task == "instances"

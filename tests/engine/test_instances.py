@@ -27,7 +27,6 @@ from napari_dinounet.engine.instances import (
     instance_samples,
 )
 from napari_dinounet.engine.layout import infer_layout
-from napari_dinounet.engine.network import build_dinounet
 from napari_dinounet.engine.predict import sliding_window
 from napari_dinounet.engine.predictor import Predictor
 from napari_dinounet.engine.progress import drain
@@ -74,6 +73,22 @@ def test_instance_samples_train_three_classes_with_masks():
     assert set(np.unique(sample.labels)) == {BACKGROUND, INTERIOR, BOUNDARY}
     assert sample.labels[10, 14] == BOUNDARY and sample.labels[10, 10] == INTERIOR
     np.testing.assert_array_equal(sample.mask, mask)
+
+
+def test_sparse_instance_labels_train_the_painted_pixels_only():
+    from napari_dinounet.engine.instances import SCRIBBLE_BACKGROUND, instance_scribbles
+
+    image = np.random.default_rng(0).normal(size=(40, 40)).astype(np.float32)
+    scribbles = np.zeros((40, 40), np.uint16)
+    scribbles[5:15, 5:15], scribbles[5:15, 15:25] = 40, 41  # two touching objects, painted whole
+    scribbles[30:33, 2:38] = 1  # a background stroke painted with label 1 (also the interior class value)
+    classes = instance_scribbles(scribbles, 1, width=1)
+    assert classes[31, 10] == SCRIBBLE_BACKGROUND and classes[10, 10] == INTERIOR and classes[20, 20] == 0
+    (sample,) = instance_samples([image], [scribbles], sparse_background=1, width=1)
+    assert sample.sparse
+    np.testing.assert_array_equal(sample.mask, scribbles > 0)  # the loss sees the painted pixels only
+    assert sample.labels[31, 10] == BACKGROUND and sample.labels[10, 14] == BOUNDARY
+    assert sample.labels[10, 10] == INTERIOR and sample.labels[10, 20] == INTERIOR
 
 
 def touching_objects(shape=(96, 160)) -> tuple[np.ndarray, np.ndarray]:
@@ -154,19 +169,20 @@ def test_a_stack_is_decoded_slice_by_slice_with_ids_unique_across_it():
     assert set(np.unique(labels[0])) == {0, 1, 2, 3} and set(np.unique(labels[1])) == {0, 4, 5, 6}
 
 
+def save_instance_heads(path, backbone):
+    """Random tiny instance heads on ``backbone`` (tests/_random_heads.py), saved with task "instances"."""
+    import dataclasses
+
+    from _random_heads import random_heads
+
+    model, metadata = random_heads(backbone, num_classes=3)
+    metadata = dataclasses.replace(metadata, class_names=list(INSTANCE_CLASS_NAMES), task="instances")
+    return save_heads(path, model, metadata)
+
+
 @pytest.fixture(scope="module")
 def instance_heads(tmp_path_factory, tiny_backbone):
-    torch.manual_seed(0)
-    model = build_dinounet(num_classes=3, backbone=tiny_backbone)
-    metadata = HeadsMetadata(
-        config=model.config.to_dict(),
-        class_names=list(INSTANCE_CLASS_NAMES),
-        in_channels=1,
-        patch_size=64,
-        backbone_variant="tiny",
-        task="instances",
-    )
-    return save_heads(tmp_path_factory.mktemp("heads") / "instances.safetensors", model, metadata)
+    return save_instance_heads(tmp_path_factory.mktemp("heads") / "instances.safetensors", tiny_backbone)
 
 
 def test_instance_heads_give_instance_labels_by_default(instance_heads, tiny_backbone):
@@ -217,3 +233,16 @@ def test_object_features_by_hand():
     assert object_features(labels, rgb, channel_axis=2)["mean_intensity"] == [2.0, 30.0]
     with pytest.raises(InputError, match="spatial shape"):
         object_features(labels, image[:2])
+
+
+def test_the_nuclei_ground_truth_survives_target_and_decoding():
+    """The representation's ceiling on real data: the nuclei sample's own 3-class target, as certain
+    probabilities, decodes back to its 125 nuclei (measured: 122 matched at IoU 0.5, F1 0.976, AP 0.94;
+    the misses are nuclei too thin for an interior)."""
+    from napari_dinounet.engine.bundled_data import load_nuclei
+
+    _, truth = load_nuclei()
+    certain = np.eye(3, dtype=np.float32)[boundary_classes(truth)].transpose(2, 0, 1)
+    scores = evaluate_instances(generate(InstanceMaps(certain)), truth)
+    assert scores["gt_count"] == 125 and scores["pred_count"] == 125
+    assert scores["f1"] > 0.97 and scores["ap"] > 0.9

@@ -5,28 +5,22 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from _widget_helpers import nuclei_crop, wait_for
 
 from napari_dinounet.engine.backbone import load_backbone
-from napari_dinounet.engine.checkpoint import HeadsMetadata, save_heads
+from napari_dinounet.engine.checkpoint import save_heads
 from napari_dinounet.engine.instances import INSTANCE_CLASS_NAMES
-from napari_dinounet.engine.network import build_dinounet
 
 
 @pytest.fixture
 def instance_heads(tmp_path):
     """Randomly initialised instance heads for random:tiny (their objects are arbitrary, but objects)."""
-    torch.manual_seed(0)
-    model = build_dinounet("tiny", num_classes=3, backbone=load_backbone("random:tiny"))
-    metadata = HeadsMetadata(
-        config=model.config.to_dict(),
-        class_names=list(INSTANCE_CLASS_NAMES),
-        in_channels=1,
-        patch_size=64,
-        backbone_variant="tiny",
-        task="instances",
-    )
+    import dataclasses
+
+    from _random_heads import random_heads
+
+    model, metadata = random_heads(load_backbone("random:tiny"), num_classes=3)
+    metadata = dataclasses.replace(metadata, class_names=list(INSTANCE_CLASS_NAMES), task="instances")
     return save_heads(tmp_path / "instances.safetensors", model, metadata)
 
 
