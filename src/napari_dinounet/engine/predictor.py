@@ -109,11 +109,13 @@ class Predictor:
         outputs: Sequence[Output] | None = None,
         slices: Sequence[int] | None = None,
         region: Region | None = None,
+        shared_backbone: bool = False,
     ) -> Generator[Progress, None, tuple]:
         """Segment ``image``: yields ``Progress(task="predict")`` per tile batch and returns one result per
         output, in the order of ``outputs`` (default: a 1-tuple of :meth:`default_output`'s labels).
 
-        image, channel_axis, slice_axis, step, batch_size, force: as :func:`~.predict.predict` takes them.
+        image, channel_axis, slice_axis, step, batch_size, force, shared_backbone: as :func:`~.predict.predict`
+        takes them.
         tile: the tile (int or (th, tw)); default the training patch. mirror: mirror test-time augmentation.
         slices: only these slices of a stack (:func:`~.predict.sliding_window`).
         The image's channels (RGBA counts as 3) must be the ``in_channels`` the heads were trained on; the
@@ -141,5 +143,6 @@ class Predictor:
                 force=force,
                 slices=slices,
                 region=region,
+                shared_backbone=shared_backbone,
             )
         )
