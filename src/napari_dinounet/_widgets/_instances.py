@@ -22,6 +22,6 @@ def show_instances(viewer, layer, features: dict[str, list]) -> str:
     count = len(features["index"])
     layer.metadata[OBJECT_COUNT_KEY] = count
     with contextlib.suppress(KeyError, ValueError):  # a napari without napari-builtins' table: the layer has it
-        viewer.window.add_plugin_dock_widget(*FEATURES_TABLE, tabify=True)
+        viewer.window.add_plugin_dock_widget(*FEATURES_TABLE, tabify=True)  # in front: the result
     viewer.layers.selection.active = layer  # the table shows the active layer
     return f"{count} objects (area and mean intensity of each in the Features table)"
