@@ -100,6 +100,18 @@ def start_viewer(work: Path):
     return viewer
 
 
+def fresh_finetune(viewer, docks: dict, image, labels):
+    """The Fine-tune dock, set to train fresh heads on ``random:tiny`` from the ``image`` and ``labels`` layers."""
+    from napari_dinounet._widgets.finetune import FRESH_HEADS
+
+    finetune = dock(viewer, docks, "Fine-tune")
+    finetune.model_form.backbone_edit.setText("random:tiny")
+    finetune.start_combo.setCurrentText(FRESH_HEADS)
+    finetune.rows[0].image.set_layer(image)
+    finetune.rows[0].labels.set_layer(labels)
+    return finetune
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
@@ -115,17 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     for old in work.glob("*nuclei-heads*"):  # the checkpoint and its resume state: Fine-tune never overwrites them
         old.unlink()
     viewer = start_viewer(work)
-    from napari_dinounet._widgets.finetune import FRESH_HEADS
-
     viewer.open_sample("napari-dinounet", "nuclei")
     image, truth = viewer.layers["nuclei"], viewer.layers["nuclei ground truth"]
     docks: dict = {}
 
-    finetune = dock(viewer, docks, "Fine-tune")
-    finetune.model_form.backbone_edit.setText("random:tiny")
-    finetune.start_combo.setCurrentText(FRESH_HEADS)
-    finetune.rows[0].image.set_layer(image)
-    finetune.rows[0].labels.set_layer(truth)
+    finetune = fresh_finetune(viewer, docks, image, truth)
     finetune.steps_spin.setValue(args.steps)
     finetune.every_spin.setValue(max(1, args.steps // 3))
     finetune.patch_spin.setValue(128)

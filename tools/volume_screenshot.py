@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from screenshots import DOCK_WIDTH, ROOT, WORK, dock, settle, start_viewer, wait_for  # the sibling tool
+from screenshots import DOCK_WIDTH, ROOT, WORK, dock, fresh_finetune, settle, start_viewer, wait_for  # sibling tool
 
 LABELLED_SLICES_UP_TO = 48  # z slices 0..47 carry the ground truth, the upper ones are left unlabelled
 
@@ -40,7 +40,6 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     from napari_dinounet._widgets._volumes import LABELLED_SLICES, WHOLE_VOLUME
-    from napari_dinounet._widgets.finetune import FRESH_HEADS
 
     viewer.open_sample("napari-dinounet", "mni152_volume")
     image, truth = viewer.layers["MNI152 brain 2 mm"], viewer.layers["MNI152 brain 2 mm ground truth"]
@@ -49,11 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     drawn = viewer.add_labels(partial, name="labelled slices", scale=truth.scale, metadata=dict(truth.metadata))
     docks: dict = {}
 
-    finetune = dock(viewer, docks, "Fine-tune")
-    finetune.model_form.backbone_edit.setText("random:tiny")
-    finetune.start_combo.setCurrentText(FRESH_HEADS)
-    finetune.rows[0].image.set_layer(image)
-    finetune.rows[0].labels.set_layer(drawn)
+    finetune = fresh_finetune(viewer, docks, image, drawn)
     finetune.stack_combo.setCurrentText(LABELLED_SLICES)
     finetune.steps_spin.setValue(args.steps)
     finetune.every_spin.setValue(args.steps)
