@@ -6,6 +6,9 @@ label store ``--out/x.ome.zarr`` with its own pyramid, see ``engine/io/omezarr``
 Each prediction goes to ``--out/<case><input extension>`` (JPEG inputs give PNG), with the input's
 spacing, units and NIfTI header (``io.write_labels``). Stacks are predicted slice by slice along the
 file's slice axis (z: the first axis of TIFF/.npy stacks, the last of NIfTI volumes) or ``--axis``.
+``--uncertainty`` also writes ``<case>_uncertainty.tif`` beside it: float32 in [0, 1], the normalised
+entropy of the class probabilities (:class:`engine.uncertainty.Uncertainty`; with ``--tta`` of the mirrors'
+mean, so it also rises where the mirrors disagree), of the labels' shape.
 """
 
 from __future__ import annotations
@@ -67,6 +70,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also write class probabilities, float32 with classes first, as <case>_probabilities.npy",
     )
+    instances = parser.add_argument_group(
+        "instance heads (trained with train --instances): the watershed that turns their maps into objects"
+    )
+    instances.add_argument(
+        "--seed-threshold", type=float, help="interior probability an object's seed needs; default 0.5"
+    )
+    instances.add_argument(
+        "--foreground-threshold", type=float, help="foreground probability an object's pixel needs; default 0.5"
+    )
+    instances.add_argument("--min-size", type=int, help="pixels an object needs (smaller ones are dropped); default 16")
+    parser.add_argument(
+        "--uncertainty",
+        action="store_true",
+        help="also write per-pixel uncertainty (normalised entropy of the class probabilities; with --tta it "
+        "includes the mirrors' disagreement), float32 in [0, 1], as <case>_uncertainty.tif",
+    )
     parser.add_argument(
         "--allow-backbone-mismatch",
         action="store_true",
@@ -118,6 +137,14 @@ def _some(paths: list[Path], limit: int = 3) -> str:
     return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
 
 
+UNCERTAINTY_SUFFIX = "_uncertainty.tif"
+
+
+def uncertainty_path(labels_path: Path, case_name: str) -> Path:
+    """Where a case's uncertainty map goes beside its labels: ``<case>_uncertainty.tif``."""
+    return Path(labels_path).with_name(case_name + UNCERTAINTY_SUFFIX)
+
+
 def _plan_outputs(cases, out_dir: Path, args: argparse.Namespace) -> list[tuple[object, Path]]:
     """(case, labels path) for every case to predict, checked before any work starts.
 
@@ -143,6 +170,7 @@ def _plan_outputs(cases, out_dir: Path, args: argparse.Namespace) -> list[tuple[
     planned, existing = [], []
     for case, target in zip(cases, targets):
         outputs = [target] + ([probabilities_path(target, case.name)] if args.probabilities else [])
+        outputs += [uncertainty_path(target, case.name)] if getattr(args, "uncertainty", False) else []
         found = [path for path in outputs if path.exists()]
         if found and args.skip_existing and len(found) == len(outputs):
             continue
@@ -155,6 +183,36 @@ def _plan_outputs(cases, out_dir: Path, args: argparse.Namespace) -> list[tuple[
         )
     probe_folder(out_dir)  # an --out that cannot be written fails now, before the backbone loads
     return planned
+
+
+# InstanceParams field -> its option
+_INSTANCE_OPTIONS = {
+    "seed_threshold": "--seed-threshold",
+    "foreground_threshold": "--foreground-threshold",
+    "min_size": "--min-size",
+}
+
+
+def _outputs(predictor, args: argparse.Namespace, one_volume: bool) -> tuple[list, object]:
+    """(the outputs to predict, a function from their result to the labels to write): class labels, or for
+    instance heads objects (its watershed parameters from the options); with --probabilities, or when
+    several processes share a volume (decoded once rank 0 has every slice), the maps."""
+    from ..engine.errors import InputError
+    from ..engine.instances import INSTANCES, InstanceMapsOutput, InstanceParams, Instances, generate
+    from ..engine.outputs import Labels, Probabilities
+
+    given = {field: getattr(args, field) for field in _INSTANCE_OPTIONS if getattr(args, field) is not None}
+    if predictor.metadata.task != INSTANCES:
+        if given:
+            options = ", ".join(_INSTANCE_OPTIONS[field] for field in given)
+            raise InputError(f"{options}: for instance heads only; {args.heads or args.model} holds semantic heads")
+        if args.probabilities:
+            return [Probabilities()], lambda probabilities: probabilities.argmax(axis=0)
+        return [Labels()], lambda labels: labels
+    params = InstanceParams(**given)
+    if args.probabilities or one_volume:
+        return [InstanceMapsOutput()], lambda maps: generate(maps, params)
+    return [Instances(params)], lambda labels: labels
 
 
 def _volume_share(image, layout) -> list[int]:
@@ -186,17 +244,28 @@ def _gather_volume(result, layout, indices: list[int], per_class: bool):
     return result
 
 
+def _gather_result(result, layout, indices: list[int], per_class: bool):
+    """:func:`_gather_volume` for any result (instance maps: their probabilities, classes first)."""
+    from ..engine.instances import InstanceMaps
+
+    if not isinstance(result, InstanceMaps):
+        return _gather_volume(result, layout, indices, per_class)
+    gathered = _gather_volume(result.probabilities, layout, indices, per_class=True)
+    return None if gathered is None else InstanceMaps(gathered, result.slice_dim)
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..engine.atomic import atomic_path
     from ..engine.distributed import rank_and_world_size, share_of
     from ..engine.errors import InputError
+    from ..engine.instances import InstanceMaps
     from ..engine.io import find_images, probabilities_path, read_case, write_labels
     from ..engine.io.omezarr import at_level
-    from ..engine.outputs import Labels, Probabilities
     from ..engine.predictor import Predictor
     from ..engine.progress import run_with_bar
+    from ..engine.uncertainty import Uncertainty
     from ._common import backbone_source
 
     cases = find_images(args.inputs)
@@ -215,6 +284,7 @@ def run(args: argparse.Namespace) -> int:
         predictor = Predictor.from_checkpoint(
             args.heads, backbone_source(args), device=args.device, allow_backbone_mismatch=args.allow_backbone_mismatch
         )
+    outputs, labels_of = _outputs(predictor, args, one_volume)
     for number, (case, target) in enumerate(planned, start=1):
         try:
             image = read_case(case)
@@ -241,22 +311,36 @@ def run(args: argparse.Namespace) -> int:
                 mirror=args.tta,
                 batch_size=args.batch,
                 force=args.force,  # --tile 0 is refused
-                outputs=[Probabilities() if args.probabilities else Labels()],
+                outputs=outputs + ([Uncertainty()] if args.uncertainty else []),
                 slices=slices,
             )
-            (result,) = run_with_bar(job, desc=f"[{number}/{len(planned)}] {case.name}", disable=args.quiet)
+            result, *uncertainty = run_with_bar(job, desc=f"[{number}/{len(planned)}] {case.name}", disable=args.quiet)
         except InputError as err:
             raise InputError(f"{case.name}: {err}") from None
         if one_volume:
-            result = _gather_volume(result, layout, slices, args.probabilities)
+            result = _gather_result(result, layout, slices, args.probabilities)
+            uncertainty = [_gather_volume(u, layout, slices, False) for u in uncertainty]
             if result is None:  # rank 0 writes the volume
                 continue
-        labels = result.argmax(axis=0) if args.probabilities else result
-        write_labels(target, labels, like=image)
+        write_labels(target, labels_of(result), like=image)
         print(f"{case.name}: {target}")
         if args.probabilities:
             probabilities = probabilities_path(target, case.name)
             with atomic_path(probabilities) as tmp:
-                np.save(tmp, result)
+                np.save(tmp, result.probabilities if isinstance(result, InstanceMaps) else result)
             print(f"{case.name}: {probabilities}")
+        if uncertainty:
+            _write_uncertainty(uncertainty_path(target, case.name), uncertainty[0])
+            print(f"{case.name}: {uncertainty_path(target, case.name)}")
     return 0
+
+
+def _write_uncertainty(path: Path, uncertainty) -> None:
+    """The uncertainty map (*spatial) float32 as a TIFF, atomically."""
+    import numpy as np
+    import tifffile
+
+    from ..engine.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, np.asarray(uncertainty, np.float32))
