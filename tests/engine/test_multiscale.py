@@ -45,7 +45,7 @@ def test_a_dask_level_is_read_one_band_at_a_time(tmp_path, monkeypatch):
 
     heads = write_tiny_heads(tmp_path / "heads.safetensors", patch_size=TILE)
     predictor = Predictor.from_checkpoint(heads, "random:tiny", device="cpu")
-    width = 1024
+    width = 512
     # statistics read blocks of _BLOCK_ELEMENTS values (16 MB as float32: a 4096-wide band of 1024 rows);
     # here one tile band, so that these small levels show the bound large ones have
     monkeypatch.setattr(normalize, "_BLOCK_ELEMENTS", TILE * width)
@@ -97,8 +97,8 @@ def test_the_visible_region_of_a_level_is_predicted_as_the_whole_level_is(tmp_pa
     # what a viewer shows, in level-0 pixels: rows 101.5-300, columns 40-250.2
     region = multiscale.region_at_level(((101.5, 300.0), (40.0, 250.2)), factors, level1.shape)
     assert region == ((50, 150), (20, 126))
-    (part,) = drain(predictor.predict(level1, region=region))
-    (whole,) = drain(predictor.predict(np.asarray(level1)))
+    (part,) = drain(predictor.predict(level1, region=region, step=1.0))
+    (whole,) = drain(predictor.predict(np.asarray(level1), step=1.0))
     np.testing.assert_array_equal(part, whole[50:150, 20:126])
     with pytest.raises(multiscale.InputError, match="outside the image"):
         multiscale.region_at_level(((600.0, 700.0), (0.0, 10.0)), factors, level1.shape)
