@@ -38,11 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.bioimageio import export_package
+    from ..engine.bioimageio import check_environment, export_package
     from ..engine.errors import InputError
     from ..engine.predictor import Predictor
     from ._common import backbone_source
 
+    check_environment()  # a bioimageio that cannot build packages is found out before the backbone loads
     if args.out.exists() and not args.overwrite:
         raise InputError(f"{args.out} exists already; nothing was written. Choose another --out or pass --overwrite")
     if args.out.suffix.lower() != ".zip":
