@@ -26,7 +26,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "inputs", nargs="+", metavar="INPUT", help="image files, folders, or nnU-Net imagesTs / dataset folders"
     )
-    parser.add_argument("--heads", required=True, type=Path, metavar="CKPT", help="the heads checkpoint (.safetensors)")
+    network = parser.add_mutually_exclusive_group(required=True)
+    network.add_argument("--heads", type=Path, metavar="CKPT", help="the heads checkpoint (.safetensors)")
+    network.add_argument(
+        "--model",
+        type=Path,
+        metavar="ZIP",
+        help="a bioimage.io package written by `dinounet export-bioimageio` instead of --heads and --backbone",
+    )
     parser.add_argument(
         "--backbone",
         metavar="SOURCE",
@@ -255,7 +262,7 @@ def _outputs(predictor, args: argparse.Namespace, one_volume: bool) -> tuple[lis
     if predictor.metadata.task != INSTANCES:
         if given:
             options = ", ".join(_INSTANCE_OPTIONS[field] for field in given)
-            raise InputError(f"{options}: for instance heads only; {args.heads} holds semantic heads")
+            raise InputError(f"{options}: for instance heads only; {args.heads or args.model} holds semantic heads")
         if args.probabilities:
             return [Probabilities()], lambda probabilities: probabilities.argmax(axis=0)
         return [Labels()], lambda labels: labels
@@ -326,9 +333,14 @@ def run(args: argparse.Namespace) -> int:
     # several processes (torchrun): a share of the files each, or of the slices of a lone volume
     one_volume = rank_and_world_size()[1] > 1 and len(planned) == 1
     planned = planned if one_volume else share_of(planned)
-    predictor = Predictor.from_checkpoint(
-        args.heads, backbone_source(args), device=args.device, allow_backbone_mismatch=args.allow_backbone_mismatch
-    )
+    if args.model is not None:
+        from ..engine.bioimageio import load_package
+
+        predictor = load_package(args.model, device=args.device)
+    else:
+        predictor = Predictor.from_checkpoint(
+            args.heads, backbone_source(args), device=args.device, allow_backbone_mismatch=args.allow_backbone_mismatch
+        )
     outputs, labels_of = _outputs(predictor, args, one_volume)
     for number, (case, target) in enumerate(planned, start=1):
         try:
