@@ -174,6 +174,9 @@ def random_regions(user: User, tile: int, count: int, rng: np.random.Generator):
 
 def run_curve(task: Task, strategy: str, backbone, args, workdir: Path) -> list[dict]:
     """The rounds of one strategy: [{round, labelled_fraction, dice, seconds}], round 0 = strokes only."""
+    import torch
+
+    torch.manual_seed(0)  # the same fresh heads for both strategies: round 0 is the same run
     user = User(task, backbone, args, workdir / strategy, seed=0)
     (workdir / strategy).mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(1)
@@ -199,12 +202,15 @@ def run_curve(task: Task, strategy: str, backbone, args, workdir: Path) -> list[
 
 def full_label_dice(task: Task, backbone, args, workdir: Path) -> float:
     """Fresh heads trained on every training pixel, for the same total steps as a whole curve."""
+    import torch
+
     from napari_dinounet.engine.checkpoint import load_heads
     from napari_dinounet.engine.data import samples_from_arrays
     from napari_dinounet.engine.predictor import Predictor
     from napari_dinounet.engine.progress import drain
     from napari_dinounet.engine.train import TrainSettings, train
 
+    torch.manual_seed(0)
     steps = args.first_steps + args.rounds * args.steps
     samples = samples_from_arrays([task.train_image], [task.train_truth], num_classes=task.num_classes)
     settings = TrainSettings(size="tiny", patch_size=64, batch_size=4, epochs=1, iters_per_epoch=steps, lr=args.lr)
