@@ -205,6 +205,8 @@ def _finetune_steps(
     from ..engine.checkpoint import load_heads
     from ..engine.data import check_same_channels, samples_from_arrays
     from ..engine.device import pick_device
+    from ..engine.instances import instance_samples
+    from ..engine.names import INSTANCES, SEMANTIC
     from ..engine.normalize import Normalization
     from ..engine.train import train
 
@@ -223,15 +225,18 @@ def _finetune_steps(
             "some images have channels (colours or a channel axis) and some do not: train on one kind at a time"
         )
     yield Progress("preparing the images", 0, 1)
-    samples = samples_from_arrays(
-        [pair.image for pair in pairs],
-        [pair.labels for pair in pairs],
-        masks=[pair.mask for pair in pairs],
-        names=[pair.name for pair in pairs],
-        channel_axis=-1 if pairs[0].has_channels else None,
-        normalization=normalization,
-        num_classes=len(class_names) if class_names else None,
-    )
+    task = metadata.task if metadata is not None else SEMANTIC
+    arrays = {
+        "masks": [pair.mask for pair in pairs],
+        "names": [pair.name for pair in pairs],
+        "channel_axis": -1 if pairs[0].has_channels else None,
+        "normalization": normalization,
+    }
+    images, labels = [pair.image for pair in pairs], [pair.labels for pair in pairs]
+    if task == INSTANCES:  # instance heads go on learning from (corrected) instance labels, one id per object
+        samples = instance_samples(images, labels, **arrays)
+    else:
+        samples = samples_from_arrays(images, labels, num_classes=len(class_names) if class_names else None, **arrays)
     if not samples:
         raise InputError("no pixel counts: the regions that count are empty; draw a region over the corrected part")
     given = check_same_channels(samples)
@@ -252,6 +257,7 @@ def _finetune_steps(
         model=model,
         device=device,
         stop=lambda: bool(stop),
+        task=task,
     )
     steps_done = 0
     try:

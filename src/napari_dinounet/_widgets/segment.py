@@ -32,9 +32,11 @@ from qtpy.QtWidgets import (
 
 from .._layer_metadata import AFFINE_KEY, CLASS_NAMES_KEY, HEADS_KEY
 from ..engine.errors import DinoUNetError, InputError
+from ..engine.names import INSTANCES, SEMANTIC
 from ..engine.progress import Progress
 from ._class_picker import ClassPicker
 from ._classes import class_colors, class_features
+from ._instances import show_instances
 from ._jobs import Job, report_error
 from ._layer_combo import LayerComboBox, fill_channel_axis_choices
 from ._layer_geometry import (
@@ -62,6 +64,8 @@ class SegmentResult:
 
     labels: np.ndarray
     class_names: list[str]
+    task: str = SEMANTIC  # INSTANCES: labels are object ids, measured in features (engine/instances.py)
+    features: dict | None = None
 
 
 def segment_job(
@@ -101,6 +105,7 @@ def _segment(
     session, backbone_source, device, heads_path, plan, *, patch_size, step, tta, allow_backbone_mismatch
 ) -> Generator[Progress, None, SegmentResult]:
     from ..engine.device import pick_device
+    from ..engine.instances import object_features
     from ..engine.predictor import Predictor
 
     device = pick_device(device)
@@ -112,7 +117,9 @@ def _segment(
     (labels,) = yield from predictor.predict(
         plan.image, channel_axis=plan.channel_axis, slice_axis=plan.slice_axis, step=step, tile=patch_size, mirror=tta
     )
-    return SegmentResult(plan.place(labels), predictor.class_names)
+    task = predictor.metadata.task
+    features = object_features(labels, plan.image, plan.channel_axis) if task == INSTANCES else None
+    return SegmentResult(plan.place(labels), predictor.class_names, task, features)
 
 
 class SegmentWidget(QWidget):
@@ -281,7 +288,8 @@ class SegmentWidget(QWidget):
         labels, class_names = result.labels, result.class_names
         name = labels_layer_name(image.name)
         existing = self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401 (no .get)
-        if isinstance(existing, Labels) and existing.data.shape == plan.labels_shape:
+        fits = isinstance(existing, Labels) and np.can_cast(np.min_scalar_type(labels.max()), existing.data.dtype)
+        if fits and existing.data.shape == plan.labels_shape:
             write_labels_undoable(existing, plan.target, labels)
             target = existing
         else:
@@ -294,15 +302,19 @@ class SegmentWidget(QWidget):
                 scale=plan.scale,
                 translate=plan.translate,
                 units=plan.units or None,
-                colormap=class_colors(len(class_names)),  # the colours the sample's ground truth has
+                # the colours the sample's ground truth has; objects: napari's, one per object
+                colormap=None if result.task == INSTANCES else class_colors(len(class_names)),
             )
-        target.metadata[CLASS_NAMES_KEY] = class_names
-        target.features = class_features(class_names)  # the class name under the cursor, in the status bar
+        if result.task == INSTANCES:
+            summary = show_instances(self.viewer, target, result.features)
+        else:
+            target.metadata[CLASS_NAMES_KEY] = class_names
+            target.features = class_features(class_names)  # the class name under the cursor, in the status bar
+            summary = ", ".join(f"{i} {n}" for i, n in enumerate(class_names))
         if AFFINE_KEY in image.metadata:  # a NIfTI image's grid: Export can write these labels back to NIfTI
             target.metadata[AFFINE_KEY] = image.metadata[AFFINE_KEY]
         target.metadata[HEADS_KEY] = str(heads)
-        classes = ", ".join(f"{i} {n}" for i, n in enumerate(class_names))
-        self.status.setText(f"{target.name}: {classes}" + (f"; {note}" if note else ""))
+        self.status.setText(f"{target.name}: {summary}" + (f"; {note}" if note else ""))
         show_info(f"Segmented {image.name} into {target.name!r}")
 
 
