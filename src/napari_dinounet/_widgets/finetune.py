@@ -55,6 +55,14 @@ from ._llvm_clash import avoid_triton_llvm_clash
 from ._model_form import ModelForm, dock_layout, help_label, widget_advice
 from ._session import Session, get_session
 from ._settings import persisted
+from ._volumes import (
+    LABELLED_SLICES,
+    LABELLED_SLICES_TIP,
+    auto_normalization,
+    fresh_normalization,
+    normalization_combo,
+    only_labelled_slices,
+)
 
 LOADED_HEADS, FRESH_HEADS = "the loaded heads", "fresh heads"
 # Defaults of the form: on a CPU a run of the defaults takes minutes (patch 128: about 0.5 s a step on a
@@ -125,6 +133,7 @@ class FineTuneOptions:
     patch_size: int
     batch_size: int
     cache_features: bool
+    normalization: str = "zscore"  # of fresh heads (_volumes.fresh_normalization)
 
     @property
     def checkpoints(self) -> int:
@@ -205,12 +214,15 @@ def _finetune_steps(
     from ..engine.checkpoint import load_heads
     from ..engine.data import check_same_channels, samples_from_arrays
     from ..engine.device import pick_device
+    from ..engine.instances import instance_samples
+    from ..engine.names import INSTANCES, SEMANTIC
     from ..engine.normalize import Normalization
     from ..engine.train import train
 
     device = pick_device(device)
     backbone = yield from session.backbone_steps(backbone_source, device)  # "loading"/"waiting for" events
-    model, metadata, normalization = None, None, Normalization()
+    model, metadata = None, None
+    normalization = fresh_normalization(options.normalization, pairs) if start_heads is None else None
     if start_heads is not None:
         yield Progress("loading the heads", 0, 1, str(start_heads))
         model, metadata = load_heads(
@@ -223,15 +235,18 @@ def _finetune_steps(
             "some images have channels (colours or a channel axis) and some do not: train on one kind at a time"
         )
     yield Progress("preparing the images", 0, 1)
-    samples = samples_from_arrays(
-        [pair.image for pair in pairs],
-        [pair.labels for pair in pairs],
-        masks=[pair.mask for pair in pairs],
-        names=[pair.name for pair in pairs],
-        channel_axis=-1 if pairs[0].has_channels else None,
-        normalization=normalization,
-        num_classes=len(class_names) if class_names else None,
-    )
+    task = metadata.task if metadata is not None else SEMANTIC
+    arrays = {
+        "masks": [pair.mask for pair in pairs],
+        "names": [pair.name for pair in pairs],
+        "channel_axis": -1 if pairs[0].has_channels else None,
+        "normalization": normalization,
+    }
+    images, labels = [pair.image for pair in pairs], [pair.labels for pair in pairs]
+    if task == INSTANCES:  # instance heads go on learning from (corrected) instance labels, one id per object
+        samples = instance_samples(images, labels, **arrays)
+    else:
+        samples = samples_from_arrays(images, labels, num_classes=len(class_names) if class_names else None, **arrays)
     if not samples:
         raise InputError("no pixel counts: the regions that count are empty; draw a region over the corrected part")
     given = check_same_channels(samples)
@@ -252,6 +267,7 @@ def _finetune_steps(
         model=model,
         device=device,
         stop=lambda: bool(stop),
+        task=task,
     )
     steps_done = 0
     try:
@@ -373,8 +389,11 @@ class FineTuneWidget(QWidget):
         self.add_pair_button.clicked.connect(self.add_pair)
 
         self.stack_combo = QComboBox()
-        self.stack_combo.addItems([CURRENT_SLICE, WHOLE_STACK])
-        self.stack_combo.setToolTip("For stacks: learn from the slice on screen only, or from every slice.")
+        self.stack_combo.addItems([CURRENT_SLICE, WHOLE_STACK, LABELLED_SLICES])
+        self.stack_combo.setToolTip(
+            f"For stacks: learn from the slice on screen only, or from every slice; {LABELLED_SLICES_TIP}."
+        )
+        self.normalization_combo = normalization_combo()
         self.foreground_check = QCheckBox("any label value is foreground (instance labels)")
         self.foreground_check.setToolTip(
             "Train one foreground class from labels where each object has its own value (instance labels)."
@@ -438,6 +457,7 @@ class FineTuneWidget(QWidget):
         form.addRow("Start from", self.start_combo)
         form.addRow("Classes", self.classes_edit)
         form.addRow("Stack", self.stack_combo)
+        form.addRow("Normalisation", self.normalization_combo)
         form.addRow(self.foreground_check)
         form.addRow("Steps", self.steps_spin)
         form.addRow(self.estimate_label)
@@ -536,11 +556,14 @@ class FineTuneWidget(QWidget):
             patch_size=self.patch_spin.value(),
             batch_size=self.batch_spin.value(),
             cache_features=self.cache_check.isChecked(),
+            normalization=auto_normalization(
+                self.normalization_combo.currentText(), [row.image.layer() for row in self.rows if row.image.layer()]
+            )[0],
         )
 
     def _pairs(self) -> list[TrainingPair]:
         """The chosen pairs as arrays (read here, in the GUI thread; the worker gets only arrays)."""
-        whole = self.stack_combo.currentText() == WHOLE_STACK
+        whole = self.stack_combo.currentText() in (WHOLE_STACK, LABELLED_SLICES)
         pairs, seen = [], set()
         for row in self.rows:
             image, labels, region = row.image.layer(), row.labels.layer(), row.region.layer()
@@ -576,6 +599,8 @@ class FineTuneWidget(QWidget):
             if self.foreground_check.isChecked():
                 values = (values > 0).astype(np.uint8)
             mask = plan.select(region_mask(region, plan.labels_shape)) if region is not None else None
+            if self.stack_combo.currentText() == LABELLED_SLICES:
+                mask = only_labelled_slices(values, mask)
             pairs.append(
                 TrainingPair(f"{image.name} / {labels.name}", plan.image, values, mask, plan.channel_axis is not None)
             )
@@ -714,7 +739,8 @@ class FineTuneWidget(QWidget):
         )
         self.start_button.setEnabled(False)
         self.stop_button.setEnabled(True)
-        self.status.setText(f"training; checkpoints go to {out}")
+        scheme = "the start heads'" if start_heads is not None else options.normalization
+        self.status.setText(f"training ({scheme} normalisation); checkpoints go to {out}")
         return self.job.start()
 
     def stop(self) -> None:

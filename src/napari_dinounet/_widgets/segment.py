@@ -32,9 +32,11 @@ from qtpy.QtWidgets import (
 
 from .._layer_metadata import AFFINE_KEY, CLASS_NAMES_KEY, HEADS_KEY
 from ..engine.errors import DinoUNetError, InputError
+from ..engine.names import INSTANCES, SEMANTIC
 from ..engine.progress import Progress
 from ._class_picker import ClassPicker
 from ._classes import class_colors, class_features
+from ._instances import show_instances
 from ._jobs import Job, report_error
 from ._layer_combo import LayerComboBox, fill_channel_axis_choices
 from ._layer_geometry import (
@@ -52,6 +54,7 @@ from ._model_form import ModelForm, dock_layout, for_the_widgets, heads_metadata
 from ._multiscale import LevelPicker
 from ._session import Session, get_session
 from ._settings import persisted
+from ._volumes import WHOLE_VOLUME, WHOLE_VOLUME_TIP, planes_for, predict_volume
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,8 @@ class SegmentResult:
 
     labels: np.ndarray
     class_names: list[str]
+    task: str = SEMANTIC  # INSTANCES: labels are object ids, measured in features (engine/instances.py)
+    features: dict | None = None
 
 
 def segment_job(
@@ -75,10 +80,12 @@ def segment_job(
     step: float,
     tta: bool,
     allow_backbone_mismatch: bool = False,
+    planes: tuple[int, ...] | None = None,
 ) -> Generator[Progress, None, SegmentResult]:
     """Worker body: the session's backbone (loaded unless cached) and the heads, then predict.
 
-    patch_size None: the training patch. Runs in a worker thread: no Qt here. The engine's errors reach the
+    patch_size None: the training patch. planes: predict a whole volume along these planes and fuse them
+    (:func:`._volumes.predict_volume`). Runs in a worker thread: no Qt here. The engine's errors reach the
     widget with their advice in the widget's terms (:func:`._model_form.for_the_widgets`).
     """
     with for_the_widgets():
@@ -93,14 +100,16 @@ def segment_job(
                 step=step,
                 tta=tta,
                 allow_backbone_mismatch=allow_backbone_mismatch,
+                planes=planes,
             )
         )
 
 
 def _segment(
-    session, backbone_source, device, heads_path, plan, *, patch_size, step, tta, allow_backbone_mismatch
+    session, backbone_source, device, heads_path, plan, *, patch_size, step, tta, allow_backbone_mismatch, planes
 ) -> Generator[Progress, None, SegmentResult]:
     from ..engine.device import pick_device
+    from ..engine.instances import object_features
     from ..engine.predictor import Predictor
 
     device = pick_device(device)
@@ -109,10 +118,15 @@ def _segment(
     predictor = Predictor.from_checkpoint(
         heads_path, backbone, device=device, allow_backbone_mismatch=allow_backbone_mismatch
     )
+    if planes:
+        labels = yield from predict_volume(predictor, plan, planes, step=step, tile=patch_size, mirror=tta)
+        return SegmentResult(labels, predictor.class_names)
     (labels,) = yield from predictor.predict(
         plan.image, channel_axis=plan.channel_axis, slice_axis=plan.slice_axis, step=step, tile=patch_size, mirror=tta
     )
-    return SegmentResult(plan.place(labels), predictor.class_names)
+    task = predictor.metadata.task
+    features = object_features(labels, plan.image, plan.channel_axis) if task == INSTANCES else None
+    return SegmentResult(plan.place(labels), predictor.class_names, task, features)
 
 
 class SegmentWidget(QWidget):
@@ -137,9 +151,9 @@ class SegmentWidget(QWidget):
         self.channels_edit.setPlaceholderText("all, in order (e.g. 0,2)")
         self.channels_edit.setToolTip("Which channels feed the model, in the order it was trained with.")
         self.stack_combo = QComboBox()
-        self.stack_combo.addItems([CURRENT_SLICE, WHOLE_STACK])
+        self.stack_combo.addItems([CURRENT_SLICE, WHOLE_STACK, WHOLE_VOLUME])
         persisted(self.stack_combo, "segment/stack", CURRENT_SLICE)
-        self.stack_combo.setToolTip("For stacks: only the slice on screen, or every slice.")
+        self.stack_combo.setToolTip(f"For stacks: only the slice on screen, or every slice; {WHOLE_VOLUME_TIP}.")
         self.level_combo = LevelPicker()  # multiscale layers: the level to segment (_multiscale)
         self.tile_spin = QSpinBox()
         self.tile_spin.setRange(0, 4096)
@@ -225,7 +239,7 @@ class SegmentWidget(QWidget):
                 self.level_combo.at_level(layer),
                 channel_axis=channel_axis,
                 channels=parse_channels(self.channels_edit.text()) if self.channels_edit.isEnabled() else None,
-                whole_stack=self.stack_combo.currentText() == WHOLE_STACK,
+                whole_stack=self.stack_combo.currentText() in (WHOLE_STACK, WHOLE_VOLUME),
                 current=viewer_indices(self.viewer, layer),
             )
             check_channel_count(layer, plan, in_channels)
@@ -242,6 +256,7 @@ class SegmentWidget(QWidget):
             step=1.0 - self.overlap_spin.value(),
             tta=self.tta_check.isChecked(),
             allow_backbone_mismatch=self.session.allow_backbone_mismatch,
+            planes=planes_for(self.stack_combo.currentText()),
         )
         self.job = Job(
             gen,
@@ -281,7 +296,8 @@ class SegmentWidget(QWidget):
         labels, class_names = result.labels, result.class_names
         name = labels_layer_name(image.name)
         existing = self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401 (no .get)
-        if isinstance(existing, Labels) and existing.data.shape == plan.labels_shape:
+        fits = isinstance(existing, Labels) and np.can_cast(np.min_scalar_type(labels.max()), existing.data.dtype)
+        if fits and existing.data.shape == plan.labels_shape:
             write_labels_undoable(existing, plan.target, labels)
             target = existing
         else:
@@ -294,15 +310,19 @@ class SegmentWidget(QWidget):
                 scale=plan.scale,
                 translate=plan.translate,
                 units=plan.units or None,
-                colormap=class_colors(len(class_names)),  # the colours the sample's ground truth has
+                # the colours the sample's ground truth has; objects: napari's, one per object
+                colormap=None if result.task == INSTANCES else class_colors(len(class_names)),
             )
-        target.metadata[CLASS_NAMES_KEY] = class_names
-        target.features = class_features(class_names)  # the class name under the cursor, in the status bar
+        if result.task == INSTANCES:
+            summary = show_instances(self.viewer, target, result.features)
+        else:
+            target.metadata[CLASS_NAMES_KEY] = class_names
+            target.features = class_features(class_names)  # the class name under the cursor, in the status bar
+            summary = ", ".join(f"{i} {n}" for i, n in enumerate(class_names))
         if AFFINE_KEY in image.metadata:  # a NIfTI image's grid: Export can write these labels back to NIfTI
             target.metadata[AFFINE_KEY] = image.metadata[AFFINE_KEY]
         target.metadata[HEADS_KEY] = str(heads)
-        classes = ", ".join(f"{i} {n}" for i, n in enumerate(class_names))
-        self.status.setText(f"{target.name}: {classes}" + (f"; {note}" if note else ""))
+        self.status.setText(f"{target.name}: {summary}" + (f"; {note}" if note else ""))
         show_info(f"Segmented {image.name} into {target.name!r}")
 
 

@@ -36,6 +36,7 @@ from .. import __version__
 from .atomic import atomic_path
 from .backbone import Backbone
 from .errors import CheckpointError, DinoUNetError
+from .names import INSTANCES, SEMANTIC, TASKS
 from .network import SIZE_MULTIPLE, DinoUNet, DinoUNetConfig
 from .normalize import Normalization
 from .values import is_number
@@ -59,11 +60,15 @@ class HeadsMetadata:
     config: :meth:`DinoUNetConfig.to_dict` of the network; class_names: one per class, background first;
     in_channels: channels of the training images before the channel map (None: unknown);
     normalization: :meth:`Normalization.to_dict`; patch_size: the training patch, int or (h, w);
-    spacing: pixel spacing (y, x) of the training images if known; backbone_variant, backbone_sha256,
+    spacing: pixel spacing (y, x) of the training images if known, or the voxel spacing (3 numbers) of
+    the volumes tri-planar heads were trained on; planes: for those, the spatial axes the training slices
+    were cut along (:mod:`.volume`; None: 2D images or one slice axis); backbone_variant, backbone_sha256,
     backbone_num_heads: the backbone the heads were trained with (sha None: random weights; head count
     None: not recorded, as in files written before it was, and then not checked; set when saving);
     library_version: the napari-dinounet that wrote the file (set when saving); training: a summary
-    (settings, history).
+    (settings, history); task: what the classes mean, "semantic" (classes) or "instances" (background,
+    interior, boundary, decoded into objects: :mod:`.instances`); files written before it was recorded
+    are semantic.
 
     Construction runs :meth:`validate`, so a description with a field of the wrong type or range never
     exists: a DinoUNetError names the field.
@@ -75,11 +80,13 @@ class HeadsMetadata:
     normalization: dict = field(default_factory=lambda: {"scheme": "zscore"})
     patch_size: int | tuple[int, int] | None = None
     spacing: tuple[float, ...] | None = None
+    planes: tuple[int, ...] | None = None
     backbone_variant: str | None = None
     backbone_sha256: str | None = None
     backbone_num_heads: int | None = None
     library_version: str = __version__
     training: dict = field(default_factory=dict)
+    task: str = SEMANTIC
 
     def __post_init__(self):
         # JSON gives lists back for tuples; callers may name classes with numbers
@@ -89,6 +96,8 @@ class HeadsMetadata:
             self.patch_size = tuple(self.patch_size)
         if isinstance(self.spacing, list):
             self.spacing = tuple(self.spacing)
+        if isinstance(self.planes, list):
+            self.planes = tuple(self.planes)
         self.validate()
 
     def validate(self) -> None:
@@ -111,6 +120,10 @@ class HeadsMetadata:
             raise DinoUNetError(
                 f"channels={config.channels} in the network config asks for channel {max(config.channels)} but the "
                 f"training images had {self.in_channels} (in_channels)"
+            )
+        if self.task == INSTANCES and config.num_classes != 3:
+            raise DinoUNetError(
+                f"task 'instances' needs 3 classes (background, interior, boundary), not {config.num_classes}"
             )
         try:
             Normalization.from_dict(self.normalization)
@@ -209,11 +222,20 @@ _FIELD_RULES = {
         f"null, a multiple of {SIZE_MULTIPLE} from {SIZE_MULTIPLE} to {MAX_PATCH_SIZE}, or two of them",
     ),
     "spacing": (_optional(_spacing), "null or 1 to 3 positive finite numbers"),
+    "planes": (
+        _optional(
+            lambda v: (
+                isinstance(v, tuple) and 1 <= len(v) <= 3 and len(set(v)) == len(v) and all(_whole(p, 0, 2) for p in v)
+            )
+        ),
+        "null or 1 to 3 different spatial axes 0-2",
+    ),
     "backbone_variant": (_optional(lambda v: isinstance(v, str)), "null or a variant name"),
     "backbone_sha256": (_optional(_sha256), "null or 64 lowercase hex digits"),
     "backbone_num_heads": (_optional(lambda v: _whole(v, 1)), "null or a whole number >= 1"),
     "library_version": (lambda v: isinstance(v, str), "a version string"),
     "training": (lambda v: isinstance(v, dict), "a JSON object (the training summary)"),
+    "task": (lambda v: v in TASKS, " or ".join(repr(task) for task in TASKS)),
 }
 
 
