@@ -161,13 +161,28 @@ def test_segment_writes_labels_with_geometry_and_undo(qtbot, viewer, nuclei, hea
     first = labels.data.copy()
     np.testing.assert_array_equal(first, reference_labels(widget, heads, nuclei.data))
 
-    # the user paints over part of it, then runs again: the run is one undoable edit
-    painted = first.copy()
-    painted[:20, :20] = 1 - painted[:20, :20]
-    labels.data_setitem(np.nonzero(painted != first), painted[painted != first])
+    # the user paints over part of it (the brush's own function), then runs again with other heads
+    labels.selected_label, labels.brush_size = 1, 9
+    labels.paint((100, 100), 1)
+    labels.paint((10, 120), 0)
+    painted = labels.data.copy()
+    edited = painted != first
+    assert edited.sum() > 20
+    other = write_tiny_heads(heads.parent / "other-heads.safetensors", seed=1)
+    widget.model_form.set_heads(str(other))
+    expected = reference_labels(widget, other, nuclei.data)
+    assert (expected != first).sum() > 500  # the other heads change much more than the corrections
     wait_for(qtbot, widget.run())
     assert viewer.layers["nuclei labels"] is labels and len(viewer.layers) == 2
-    np.testing.assert_array_equal(labels.data, first)
+    np.testing.assert_array_equal(labels.data, np.where(edited, painted, expected))  # corrections kept
+    assert f"kept {int((edited & (expected != painted)).sum())} corrected pixels" in widget.status.text()
+    labels.undo()  # the run is one undoable edit
+    np.testing.assert_array_equal(labels.data, painted)
+
+    # the option off: the run replaces everything, still one undoable edit
+    widget.keep_check.setChecked(False)
+    wait_for(qtbot, widget.run())
+    np.testing.assert_array_equal(labels.data, expected)
     labels.undo()
     np.testing.assert_array_equal(labels.data, painted)
 

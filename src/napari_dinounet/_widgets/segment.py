@@ -3,8 +3,9 @@
 The widget builds the form, plans which part of the layer to read (:mod:`._layer_geometry`), starts
 :func:`segment_job` in a worker (:mod:`._jobs`) and writes the :class:`SegmentResult` it returns. The
 labels go to the layer ``"<image> labels"``: created on the first run; later runs write through
-``Labels.data_setitem`` (:func:`write_labels_undoable`), so napari's undo (Ctrl+Z) brings back what was
-there before. The form's visible fields are remembered between sessions (``_settings.persisted``); test-time
+``Labels.data_setitem`` (:func:`._corrections.write_labels_undoable`), so napari's undo (Ctrl+Z) brings back
+what was there before, and keep the pixels the user corrected since the last run ("keep my corrections",
+on by default; :mod:`._corrections`). The form's visible fields are remembered between sessions (``_settings.persisted``); test-time
 augmentation (4x slower) and Channels (which belong to one image) start afresh in each widget.
 """
 
@@ -34,6 +35,7 @@ from .._layer_metadata import AFFINE_KEY, CLASS_NAMES_KEY, HEADS_KEY
 from ..engine.errors import DinoUNetError, InputError
 from ..engine.progress import Progress
 from ._class_picker import ClassPicker
+from ._corrections import corrections, record_prediction, write_labels_undoable
 from ._classes import class_colors, class_features
 from ._jobs import Job, report_error
 from ._layer_combo import LayerComboBox, fill_channel_axis_choices
@@ -152,6 +154,12 @@ class SegmentWidget(QWidget):
         self.overlap_spin.setToolTip("How much neighbouring tiles overlap (0.5: half a tile).")
         self.tta_check = QCheckBox("mirror test-time augmentation (4x slower)")  # off in every new session
         self.tta_check.setToolTip("Average the predictions of the image and its mirror images: smoother, 4x slower.")
+        self.keep_check = persisted(QCheckBox("keep my corrections"), "segment/keep", True)
+        self.keep_check.setToolTip(
+            "Running again onto '<image> labels' keeps every pixel you changed since the last run (painted, "
+            "filled or erased) and writes the new prediction everywhere else. Untick to replace them all "
+            "(Ctrl+Z still brings them back)."
+        )
 
         self.run_button = QPushButton("Run")
         self.run_button.setToolTip("Segment the chosen image with the heads above into the layer '<image> labels'.")
@@ -167,6 +175,7 @@ class SegmentWidget(QWidget):
         form.addRow("Stack", self.stack_combo)
         form.addRow("Tile, overlap", _side_by_side(self.tile_spin, self.overlap_spin))
         form.addRow(self.tta_check)
+        form.addRow(self.keep_check)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
@@ -277,8 +286,10 @@ class SegmentWidget(QWidget):
         labels, class_names = result.labels, result.class_names
         name = labels_layer_name(image.name)
         existing = self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401 (no .get)
+        kept = 0
         if isinstance(existing, Labels) and existing.data.shape == plan.labels_shape:
-            write_labels_undoable(existing, plan.target, labels)
+            keep = corrections(existing, plan.target) if self.keep_check.isChecked() else None
+            kept = write_labels_undoable(existing, plan.target, labels, keep=keep)
             target = existing
         else:
             data = np.zeros(plan.labels_shape, dtype=labels.dtype)
@@ -292,12 +303,15 @@ class SegmentWidget(QWidget):
                 units=plan.units or None,
                 colormap=class_colors(len(class_names)),  # the colours the sample's ground truth has
             )
+            record_prediction(target, (), data)
         target.metadata[CLASS_NAMES_KEY] = class_names
         target.features = class_features(class_names)  # the class name under the cursor, in the status bar
         if AFFINE_KEY in image.metadata:  # a NIfTI image's grid: Export can write these labels back to NIfTI
             target.metadata[AFFINE_KEY] = image.metadata[AFFINE_KEY]
         target.metadata[HEADS_KEY] = str(heads)
         classes = ", ".join(f"{i} {n}" for i, n in enumerate(class_names))
+        if kept:
+            note = f"kept {kept} corrected pixels" + (f"; {note}" if note else "")
         self.status.setText(f"{target.name}: {classes}" + (f"; {note}" if note else ""))
         show_info(f"Segmented {image.name} into {target.name!r}")
 
@@ -338,14 +352,3 @@ def check_channel_count(layer, plan: RunPlan, in_channels: int | None) -> None:
         f"{trained} but {have} channels of {layer.name!r} were chosen: type {in_channels} channel numbers in "
         f"Channels (e.g. {example}), or choose another Channel axis"
     )
-
-
-def write_labels_undoable(layer: Labels, target: tuple[int, ...], labels: np.ndarray) -> None:
-    """Write ``labels`` at ``layer.data[target]`` as one undoable edit (only the pixels that change)."""
-    region = np.asarray(layer.data[target])
-    labels = labels.astype(layer.data.dtype, copy=False)
-    changed = np.nonzero(region != labels)
-    if not changed[0].size:
-        return
-    leading = tuple(np.full(changed[0].size, index) for index in target)
-    layer.data_setitem(leading + changed, labels[changed])
