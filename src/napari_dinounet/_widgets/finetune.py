@@ -6,7 +6,10 @@ run ends hands the new checkpoint to the session, so Segment uses it at once. St
 next step and writes the heads of that step (the engine's stop request: nothing trained is lost); Cancel
 (the activity dock's) is the same Stop. The form shows an estimate of the run's duration on a CPU
 (:mod:`..engine.estimate`) and starts, on a CPU, from defaults that take minutes there. Engine messages
-that name a Python or CLI option are reworded to name the form's control (:func:`gui_wording`).
+that name a Python or CLI option are reworded to name the form's control (:func:`gui_wording`). With
+"live preview", the heads being trained predict the visible part of the first pair's image every few
+seconds, within a fifth of the training time (:mod:`..engine.preview`), into ``"<image> preview"``
+(:mod:`._preview`).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from qtpy.QtWidgets import (
 
 from .._layer_metadata import CLASS_NAMES_KEY
 from ..engine.errors import DinoUNetError, InputError
+from ..engine.preview import Preview, PreviewTarget
 from ..engine.progress import Progress, Validation
 from ._jobs import Job, Stop, report_error
 from ._layer_combo import LayerComboBox, fill_channel_axis_choices
@@ -52,7 +56,8 @@ from ._layer_geometry import (
     viewer_indices,
 )
 from ._llvm_clash import avoid_triton_llvm_clash
-from ._model_form import ModelForm, dock_layout, help_label, widget_advice
+from ._model_form import ModelForm, dock_layout, heads_metadata, help_label, widget_advice
+from ._preview import LivePreview
 from ._session import Session, get_session
 from ._settings import persisted
 
@@ -169,9 +174,12 @@ def finetune_job(
     options: FineTuneOptions,
     stop: Stop,
     allow_backbone_mismatch: bool = False,
+    preview: PreviewTarget | None = None,
 ) -> Generator[Progress, None, FineTuneResult]:
     """Worker body: load the backbone and the starting heads, build the samples, train until done or stopped.
 
+    preview: the view to preview while training (:func:`..engine.preview.with_previews`: Preview events
+    among the training's, within a fifth of the training time); None: no previews.
     Runs in a worker thread: no Qt here. ``stop`` set: training ends before its next step and writes the
     heads of the step it reached (the engine's stop request); set before the first step, the run is closed
     and nothing is written. Engine errors are reworded for the form (:func:`gui_wording`).
@@ -189,6 +197,7 @@ def finetune_job(
                 options,
                 stop,
                 allow_backbone_mismatch,
+                preview,
             )
         )
     except DinoUNetError as err:
@@ -199,14 +208,25 @@ def finetune_job(
 
 
 def _finetune_steps(
-    session, backbone_source, device, start_heads, pairs, class_names, out, options, stop, allow_backbone_mismatch
+    session,
+    backbone_source,
+    device,
+    start_heads,
+    pairs,
+    class_names,
+    out,
+    options,
+    stop,
+    allow_backbone_mismatch,
+    preview,
 ):
     """:func:`finetune_job`'s body."""
     from ..engine.checkpoint import load_heads
     from ..engine.data import check_same_channels, samples_from_arrays
     from ..engine.device import pick_device
     from ..engine.normalize import Normalization
-    from ..engine.train import train
+    from ..engine.preview import with_previews
+    from ..engine.train import build_model, train
 
     device = pick_device(device)
     backbone = yield from session.backbone_steps(backbone_source, device)  # "loading"/"waiting for" events
@@ -242,17 +262,23 @@ def _finetune_steps(
             f"channel{'s' if given != 1 else ''}: set each image's channel axis (the Channel axis column) so that "
             f"it gives {metadata.in_channels}, or start from fresh heads"
         )
+    settings = options.settings()
+    if preview is not None and model is None and class_names:
+        # the heads train() would build, built here so that the previews see them train
+        model = build_model(backbone, settings, len(class_names), in_channels=given)
     run = train(
         samples,
         out=out,
         backbone=backbone,
-        settings=options.settings(),
+        settings=settings,
         class_names=class_names,
         normalization=normalization,
         model=model,
         device=device,
         stop=lambda: bool(stop),
     )
+    if preview is not None and model is not None:
+        run = with_previews(run, model, preview, normalization=normalization, patch_size=options.patch_size)
     steps_done = 0
     try:
         while True:
@@ -263,7 +289,7 @@ def _finetune_steps(
                 return FineTuneResult(
                     written if written.is_file() else None, stopped=steps_done < options.steps, steps_done=steps_done
                 )
-            if event.task == "train":
+            if event.task == "train" and not isinstance(event, Preview):
                 steps_done = event.done
             yield event
             if stop and steps_done == 0:
@@ -350,6 +376,7 @@ class FineTuneWidget(QWidget):
         self.session = get_session(napari_viewer)
         self.job: Job | None = None
         self._stop: Stop | None = None
+        self.live_preview: LivePreview | None = None
         self.rows: list[_PairRow] = []
 
         self.model_form = ModelForm(self.session, heads_label="Start heads")
@@ -407,6 +434,12 @@ class FineTuneWidget(QWidget):
             "Compute the backbone's features of 64 fixed crops once before training, so steps skip the "
             "backbone; augmentation is then only mirroring and intensity."
         )
+        self.preview_check = persisted(QCheckBox("live preview of the part in view"), "finetune/preview", True)
+        self.preview_check.setToolTip(
+            "While training, the heads predict the visible part of the first pair's image (the slice on "
+            "screen) into the layer '<image> preview' every few seconds, taking at most a fifth of the "
+            "training time."
+        )
         self.out_edit = QLineEdit()
         self.out_edit.setPlaceholderText("automatic: beside the start heads")
         self.out_edit.setToolTip("The heads file to write (.safetensors); empty: a new name beside the start heads.")
@@ -441,6 +474,7 @@ class FineTuneWidget(QWidget):
         form.addRow(self.foreground_check)
         form.addRow("Steps", self.steps_spin)
         form.addRow(self.estimate_label)
+        form.addRow(self.preview_check)
         out_row = QHBoxLayout()
         out_row.addWidget(self.out_edit)
         out_row.addWidget(out_button)
@@ -688,6 +722,7 @@ class FineTuneWidget(QWidget):
             return None
         out.parent.mkdir(parents=True, exist_ok=True)
         self._stop = Stop()
+        self.live_preview = self._live_preview(start_heads, class_names) if self.preview_check.isChecked() else None
         gen = finetune_job(
             self.session,
             self.session.backbone_source,
@@ -699,6 +734,7 @@ class FineTuneWidget(QWidget):
             options,
             self._stop,
             allow_backbone_mismatch=bool(getattr(self.session, "allow_backbone_mismatch", False)),
+            preview=self.live_preview.target if self.live_preview is not None else None,
         )
         self.plot.clear(options.steps)
         self.plot.setVisible(True)
@@ -737,8 +773,20 @@ class FineTuneWidget(QWidget):
             )
         return heads
 
+    def _live_preview(self, start_heads: Path | None, class_names: list[str] | None) -> LivePreview | None:
+        """Previews of the first pair's image (None when the class count is not known yet)."""
+        row = self.rows[0]
+        metadata = heads_metadata(start_heads) if start_heads is not None else None
+        count = len(metadata.class_names) if metadata is not None else len(class_names or ())
+        if not count or row.image.layer() is None:
+            return None
+        return LivePreview(self.viewer, row.image.layer(), channel_axis=row.channel_axis.currentData(), num_classes=count)
+
     def _progress(self, event: Progress) -> None:
-        if isinstance(event, Validation):
+        if isinstance(event, Preview):
+            if self.live_preview is not None:
+                self.live_preview.show(event)
+        elif isinstance(event, Validation):
             if event.dice is not None:
                 self.plot.add_val_dice(event.done, event.dice)
         elif event.task == "train" and "loss" in event.metrics:  # one training step
@@ -761,6 +809,8 @@ class FineTuneWidget(QWidget):
     def _finished(self) -> None:
         self.start_button.setEnabled(True)
         self.stop_button.setEnabled(False)
+        if self.live_preview is not None:
+            self.live_preview.close()
         if self.job.cancelled and not self.job.errored:
             self.status.setText("cancelled: the heads in use did not change")
 
