@@ -13,6 +13,9 @@ SRC = Path(napari_dinounet.__file__).parent
 OPTIONAL = {
     "triton": "probed and hidden by _widgets/_llvm_clash.py, never used",
     "shiboken6": "PySide6's, imported by _widgets/_jobs.py only when napari runs on PySide (the user's Qt binding)",
+    "ome_zarr": "the ome-zarr extra: engine/io/omezarr.py imports it inside the functions that need it",
+    "zarr": "the ome-zarr extra (and the testing one), imported where OME-Zarr stores are read",
+    "dask": "the ome-zarr extra (and the testing one), imported where OME-Zarr stores are read",
 }
 
 

@@ -98,7 +98,7 @@ def test_register_refuses_a_taken_name_or_ending_and_odd_endings():
         io.register(io.Format("upper", (".NPZ",), read=_read_npz))
     with pytest.raises(ValueError, match="labels_as='gif' is not a registered format"):
         io.register(io.Format("webp", (".webp",), read=_read_npz, labels_as="gif"))
-    assert [fmt.name for fmt in io.registered_formats()] == ["tiff", "png", "jpeg", "nifti", "npy"]
+    assert [fmt.name for fmt in io.registered_formats()] == ["tiff", "png", "jpeg", "nifti", "npy", "ome-zarr"]
 
 
 def test_builtin_records():
@@ -106,7 +106,8 @@ def test_builtin_records():
     assert {name for name, fmt in by_name.items() if fmt.exported} == {"tiff", "png", "nifti"}
     assert by_name["nifti"].slice_dim == -1 and all(by_name[n].slice_dim == 0 for n in ("tiff", "npy"))
     assert by_name["jpeg"].write is None and by_name["jpeg"].labels_as == "png"
-    assert [fmt.extension for fmt in by_name.values()] == [".tif", ".png", ".jpg", ".nii.gz", ".npy"]
+    assert [fmt.extension for fmt in by_name.values()] == [".tif", ".png", ".jpg", ".nii.gz", ".npy", ".ome.zarr"]
+    assert [name for name, fmt in by_name.items() if fmt.directory] == ["ome-zarr"]
     assert io.split_extension("a/b.NII.GZ") == ("b", ".NII.GZ") and io.format_of("b.NII.GZ") == "nifti"
     labels = np.zeros((5, 5), np.uint8)
     assert by_name["png"].can_hold(labels) is None and "JPEG" in by_name["jpeg"].can_hold(labels)

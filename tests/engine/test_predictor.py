@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _random_heads import random_heads
 
 from napari_dinounet.engine import predictor as predictor_module
-from napari_dinounet.engine.checkpoint import HeadsMetadata, save_heads
+from napari_dinounet.engine.checkpoint import save_heads
 from napari_dinounet.engine.errors import CheckpointError, InputError
-from napari_dinounet.engine.network import build_dinounet
 from napari_dinounet.engine.outputs import Labels, Probabilities
 from napari_dinounet.engine.predict import predict
 from napari_dinounet.engine.predictor import Predictor
@@ -20,16 +20,7 @@ from napari_dinounet.engine.tiling import tile_starts
 @pytest.fixture(scope="module")
 def heads(tmp_path_factory, tiny_backbone):
     """Random tiny heads on random:tiny, trained (so to speak) on 1-channel images with 64-pixel patches."""
-    torch.manual_seed(0)
-    model = build_dinounet(num_classes=3, backbone=tiny_backbone)
-    metadata = HeadsMetadata(
-        config=model.config.to_dict(),
-        class_names=["background", "a", "b"],
-        in_channels=1,
-        normalization={"scheme": "zscore"},
-        patch_size=64,
-        backbone_variant="tiny",
-    )
+    model, metadata = random_heads(tiny_backbone)
     return save_heads(tmp_path_factory.mktemp("heads") / "heads.safetensors", model, metadata)
 
 

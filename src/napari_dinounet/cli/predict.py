@@ -1,6 +1,8 @@
 """``dinounet predict``: segment image files with trained heads, writing each result like its input.
 
-Inputs are files, folders, nnU-Net ``imagesTs`` folders or dataset roots (see ``engine/io.find_images``).
+Inputs are files, folders, nnU-Net ``imagesTs`` folders, dataset roots (see ``engine/io.find_images``) or
+OME-Zarr stores (``x.ome.zarr``: the ``--level`` chosen, read band by band; labels go to a new OME-Zarr
+label store ``--out/x.ome.zarr`` with its own pyramid, see ``engine/io/omezarr``).
 Each prediction goes to ``--out/<case><input extension>`` (JPEG inputs give PNG), with the input's
 spacing, units and NIfTI header (``io.write_labels``). Stacks are predicted slice by slice along the
 file's slice axis (z: the first axis of TIFF/.npy stacks, the last of NIfTI volumes) or ``--axis``.
@@ -44,6 +46,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="the array axis that holds channels, for files that do not say (e.g. 0 for a (C, Z, Y, X) .npy); "
         "default: the file's own",
+    )
+    parser.add_argument(
+        "--level",
+        type=int,
+        default=0,
+        metavar="N",
+        help="for multiscale OME-Zarr inputs: the resolution level to predict, read band by band (0: the finest); "
+        "the labels store keeps that level's scale and translation",
     )
     parser.add_argument(
         "--probabilities",
@@ -140,12 +150,43 @@ def _plan_outputs(cases, out_dir: Path, args: argparse.Namespace) -> list[tuple[
     return planned
 
 
+def _volume_share(image, layout) -> list[int]:
+    """The slices of a lone input this process predicts when several share it (``torchrun -m
+    napari_dinounet.predict``): every world-size-th from its rank on; a 2D image is rank 0's alone."""
+    from ..engine.distributed import rank_and_world_size
+
+    rank, world_size = rank_and_world_size()
+    stack_size = 1 if layout.slice is None else image.data.shape[layout.slice]
+    return list(range(stack_size))[rank::world_size]
+
+
+def _gather_volume(result, layout, indices: list[int], per_class: bool):
+    """Rank 0: its ``result`` completed with the other ranks' slices; other ranks: None."""
+    import numpy as np
+
+    from ..engine.distributed import gather_to_first
+
+    axis = (0 if layout.slice_dim is None else layout.slice_dim) + per_class
+    own = None if result is None else np.take(result, indices, axis=axis) if layout.slice is not None else result
+    shares = gather_to_first((indices, own))
+    if shares is None:
+        return None
+    for slice_indices, block in shares[1:]:
+        if slice_indices:
+            index = [slice(None)] * result.ndim
+            index[axis] = slice_indices
+            result[tuple(index)] = block
+    return result
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..engine.atomic import atomic_path
+    from ..engine.distributed import rank_and_world_size, share_of
     from ..engine.errors import InputError
     from ..engine.io import find_images, probabilities_path, read_case, write_labels
+    from ..engine.io.omezarr import at_level
     from ..engine.outputs import Labels, Probabilities
     from ..engine.predictor import Predictor
     from ..engine.progress import run_with_bar
@@ -156,6 +197,9 @@ def run(args: argparse.Namespace) -> int:
     if not planned:
         print(f"nothing to do: every prediction is already in {args.out} (--skip-existing)")
         return 0
+    # several processes (torchrun): a share of the files each, or of the slices of a lone volume
+    one_volume = rank_and_world_size()[1] > 1 and len(planned) == 1
+    planned = planned if one_volume else share_of(planned)
     predictor = Predictor.from_checkpoint(
         args.heads, backbone_source(args), device=args.device, allow_backbone_mismatch=args.allow_backbone_mismatch
     )
@@ -169,10 +213,13 @@ def run(args: argparse.Namespace) -> int:
                 f"{err}. The {number - 1} predictions before it are written: fix or move this file, "
                 "then rerun with --skip-existing to predict only the rest"
             ) from None
+        if args.level:
+            image = at_level(image, args.level)
         if args.channel_axis is not None:
             image = _with_channel_axis(image, args.channel_axis)
         try:  # the errors about this image name it
             layout = _layout(image, args.axis)
+            slices = _volume_share(image, layout) if one_volume else None
             job = predictor.predict(
                 image.data,
                 channel_axis=layout.channel,
@@ -183,10 +230,15 @@ def run(args: argparse.Namespace) -> int:
                 batch_size=args.batch,
                 force=args.force,  # --tile 0 is refused
                 outputs=[Probabilities() if args.probabilities else Labels()],
+                slices=slices,
             )
             (result,) = run_with_bar(job, desc=f"[{number}/{len(planned)}] {case.name}", disable=args.quiet)
         except InputError as err:
             raise InputError(f"{case.name}: {err}") from None
+        if one_volume:
+            result = _gather_volume(result, layout, slices, args.probabilities)
+            if result is None:  # rank 0 writes the volume
+                continue
         labels = result.argmax(axis=0) if args.probabilities else result
         write_labels(target, labels, like=image)
         print(f"{case.name}: {target}")

@@ -51,6 +51,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="number of classes including background, for --images/--labels when some classes are "
         "absent from the label files; default: the label values 0..k present",
     )
+    parser.add_argument(
+        "--sparse",
+        action="store_true",
+        help="the --labels are scribbles: 0 = not painted (ignored by the loss), --background-label B = "
+        "background, other values their class; validation then scores the painted pixels only",
+    )
+    parser.add_argument(
+        "--background-label",
+        type=int,
+        metavar="B",
+        help="with --sparse: the label value background was painted with (it becomes class 0)",
+    )
     parser.add_argument("--out", required=True, metavar="CKPT", help="the heads checkpoint to write (.safetensors)")
     keep = argparse.SUPPRESS  # absent options are not set, so TrainSettings' defaults (the paper's) apply
     parser.add_argument("--size", default=keep, help="heads size (s, b, l, 7b, tiny ...); default: the backbone's")
@@ -89,6 +101,16 @@ def load_training_data(args: argparse.Namespace, normalization) -> tuple[list, l
 
     if args.dataset and (args.images or args.labels):
         raise InputError("give either --dataset or --images with --labels, not both")
+    sparse, background = getattr(args, "sparse", False), getattr(args, "background_label", None)
+    if sparse != (background is not None):
+        raise InputError(
+            "--sparse and --background-label B go together: scribbles need the value background was painted with"
+        )
+    if sparse and args.dataset:
+        raise InputError(
+            "--sparse is for --images/--labels scribbles; an nnU-Net dataset marks unlabelled pixels "
+            "with its 'ignore' label"
+        )
     if args.dataset:
         if args.classes is not None:
             raise InputError(
@@ -98,7 +120,11 @@ def load_training_data(args: argparse.Namespace, normalization) -> tuple[list, l
         return samples, io.class_names(info)
     if args.images and args.labels:
         samples = data.samples_from_folders(
-            args.images, args.labels, normalization=normalization, num_classes=args.classes
+            args.images,
+            args.labels,
+            normalization=normalization,
+            num_classes=args.classes,
+            sparse_background=background,
         )
         return samples, None if args.classes is None else data.default_class_names(args.classes)
     raise InputError("no training data: pass --dataset NNUNET_DIR, or --images DIR and --labels DIR")
@@ -185,6 +211,8 @@ def run(args: argparse.Namespace) -> int:
         history = read_metadata(out).training.get("history") or [{}]
         val_dice = history[-1].get("val_dice")
         shown = "no validation images" if val_dice is None else f"validation Dice {val_dice:.4f}"
+        if history[-1].get("val_scope") == "painted":
+            shown += " on the painted pixels only"
         if stop.is_set() and _modified(out) != out_before:
             step = history[-1].get("step")
             print(f"stopped at step {step}: wrote {out} ({shown}); continue with the same command plus --resume")

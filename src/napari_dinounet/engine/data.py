@@ -9,6 +9,10 @@ the stack it came from.
 Partial labels: a sample may carry a ``mask`` of the pixels that count. Foreground patches are centred
 inside it, and it travels with every batch (``batch["mask"]``) so the loss can ignore the rest. Padding
 (images smaller than the patch, pixels moved in from outside by augmentation) is also ``mask == False``.
+
+Sparse labels (scribbles, ``sparse_background=B``): 0 is "not painted" and left out through the mask, B
+becomes class 0, other painted values stay their class (:mod:`.sparse`); such samples say ``sparse``, so
+that a validation on them is reported as what it is, a score on the painted pixels only.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from . import io, normalize
 from .errors import InputError
 from .layout import layout_for_labels
 from .normalize import Normalization
+from .sparse import check_scribbles, scribble_class_map
 
 DEFAULT_NORMALIZATION = Normalization()  # frozen: one shared default is safe
 MAX_LOCATIONS = 10_000  # pixels remembered per class (and per mask) and sample, as nnU-Net does
@@ -49,6 +54,7 @@ class Sample:
     mask: (H, W) bool, the pixels that count (partial labels); None means every pixel counts.
     name: e.g. "layer0", "case_003", "stack1[z=40]".
     group: the stack or case the sample comes from; splits keep a group on one side.
+    sparse: the labels are scribbles (``mask`` = the painted pixels), not a full labelling of the mask.
     """
 
     image: np.ndarray
@@ -56,6 +62,7 @@ class Sample:
     mask: np.ndarray | None
     name: str
     group: str
+    sparse: bool = False
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -196,20 +203,32 @@ def _normalized(image: np.ndarray, norm: Normalization, name: str) -> tuple[np.n
     return normalize.statistics_for(image, norm)
 
 
+def _checked_mask(mask, shape: tuple[int, ...], name: str) -> np.ndarray | None:
+    """A given mask (nonzero = the pixel counts) as bool, or an InputError when its shape is not the labels'."""
+    if mask is None:
+        return None
+    mask = np.asarray(mask)
+    if mask.shape != shape:
+        raise InputError(
+            f"{name}: mask shape {mask.shape} differs from labels shape {shape}: give a mask of the labels' shape"
+        )
+    return mask != 0
+
+
 def _pair_samples(
-    image, labels: np.ndarray, mask, name: str, channel_axis: int | None, slice_axis: int, normalization: Normalization
+    image,
+    labels: np.ndarray,
+    mask,
+    name: str,
+    channel_axis: int | None,
+    slice_axis: int,
+    normalization: Normalization,
+    sparse: bool = False,
 ) -> list[Sample]:
     """The 2D samples of one image/labels pair (labels already checked); slices with an empty mask are left out."""
     image = np.asarray(image)
     image = layout_for_labels(image.shape, labels.shape, channel_axis, name).channels_first(image)
-    if mask is not None:
-        mask = np.asarray(mask)
-        if mask.shape != labels.shape:
-            raise InputError(
-                f"{name}: mask shape {mask.shape} differs from labels shape {labels.shape}: "
-                "give a mask of the labels' shape"
-            )
-        mask = mask != 0
+    mask = _checked_mask(mask, labels.shape, name)
     stats = _normalized(image, normalization, name)
     if labels.ndim == 2:
         slices = [(name, image, labels, mask)]
@@ -233,10 +252,28 @@ def _pair_samples(
             None if mask2d is None else np.ascontiguousarray(mask2d),
             slice_name,
             name,
+            sparse,
         )
         for slice_name, img, lab2d, mask2d in slices
         if mask2d is None or mask2d.any()
     ]
+
+
+def _scribble_labels(
+    labels: list[np.ndarray], masks: list, background: int, names: Sequence[str]
+) -> tuple[list[np.ndarray], list[np.ndarray], int]:
+    """Scribble maps as class indices, their masks (painted, and inside a given mask), and the class count
+    the painted values imply (:func:`.sparse.check_scribbles`)."""
+    classes_needed = check_scribbles(labels, background, names)
+    converted, painted_masks = [], []
+    for lab, mask, name in zip(labels, masks, names):
+        classes, painted = scribble_class_map(lab, background)
+        mask = _checked_mask(mask, lab.shape, name)
+        if mask is not None:
+            painted &= mask
+        converted.append(classes)
+        painted_masks.append(painted)
+    return converted, painted_masks, classes_needed
 
 
 def samples_from_arrays(
@@ -249,6 +286,7 @@ def samples_from_arrays(
     slice_axis: int = 0,
     normalization: Normalization = DEFAULT_NORMALIZATION,
     num_classes: int | None = None,
+    sparse_background: int | None = None,
 ) -> list[Sample]:
     """Samples from image/label arrays as napari layers hand them over.
 
@@ -262,6 +300,10 @@ def samples_from_arrays(
       takes the values present as the classes: they must run 0, 1, ..., k without gaps (at most
       ``MAX_INFERRED_CLASSES`` foreground values; more look like instance ids). Either way a binary mask
       saved as 0/255 is read as 0/1, with a UserWarning.
+    sparse_background: the labels are scribbles (:mod:`.sparse`): 0 = not painted (left out of the loss),
+      this value B = background (class 0), other values their class; None takes 0 as background. The
+      classes are then 0..max painted value (gaps allowed), or ``num_classes`` when given; masks, if
+      given too, further restrict the painted pixels. The samples say ``sparse``.
     Slices whose mask has no pixel that counts are left out. Returns one Sample per 2D image or slice.
     """
     images, labels = _as_list(images, "images"), _as_list(labels, "labels")
@@ -274,13 +316,16 @@ def samples_from_arrays(
     if len(names) != len(images) or len(set(names)) != len(names):
         raise InputError(f"names {names} must be {len(images)} different names, one per image")
 
-    label_arrays = _checked_labels(
-        [_integer_labels(np.asarray(lab), name) for lab, name in zip(labels, names)], names, num_classes
-    )
+    label_arrays = [_integer_labels(np.asarray(lab), name) for lab, name in zip(labels, names)]
+    sparse = sparse_background is not None
+    if sparse:
+        label_arrays, masks, painted_classes = _scribble_labels(label_arrays, masks, sparse_background, names)
+        num_classes = painted_classes if num_classes is None else num_classes
+    label_arrays = _checked_labels(label_arrays, names, num_classes)
     samples = [
         sample
         for image, lab, mask, name in zip(images, label_arrays, masks, names)
-        for sample in _pair_samples(image, lab, mask, name, channel_axis, slice_axis, normalization)
+        for sample in _pair_samples(image, lab, mask, name, channel_axis, slice_axis, normalization, sparse)
     ]
     if not samples:
         raise InputError("every mask is empty: mark the pixels that count (nonzero) in at least one image")
@@ -293,6 +338,7 @@ def _samples_from_files(
     num_classes: int | None,
     fix: str | None = None,
     ignore: int | None = None,
+    sparse_background: int | None = None,
 ) -> list[Sample]:
     """Samples from (name, image case, label file) triples: labels are read and checked first (before any
     image, so a wrong label file fails fast), messages naming the label files; then the images one at a
@@ -300,21 +346,23 @@ def _samples_from_files(
 
     ignore: a label value that marks unlabelled pixels (nnU-Net's "ignore"): they are left out of the
     samples' masks, so the loss skips them, and hold 0 so that no class value >= num_classes remains.
+    sparse_background: the label files are scribbles (see :func:`samples_from_arrays`).
     """
     labels = [io.read_labels(path).data for _, _, path in pairs]
     masks = [None if ignore is None or not np.any(lab == ignore) else lab != ignore for lab in labels]
     labels = [np.where(mask, lab, 0) if mask is not None else lab for lab, mask in zip(labels, masks)]
-    labels = _checked_labels(
-        [_integer_labels(lab, name) for lab, (name, _, _) in zip(labels, pairs)],
-        [str(path) for _, _, path in pairs],
-        num_classes,
-        fix,
-    )
+    labels = [_integer_labels(lab, name) for lab, (name, _, _) in zip(labels, pairs)]
+    label_names = [str(path) for _, _, path in pairs]
+    sparse = sparse_background is not None
+    if sparse:
+        labels, masks, painted_classes = _scribble_labels(labels, masks, sparse_background, label_names)
+        num_classes = painted_classes if num_classes is None else num_classes
+    labels = _checked_labels(labels, label_names, num_classes, fix)
     samples = []
     for (name, case, _), lab, mask in zip(pairs, labels, masks):
         image = io.read_case(case)
         slice_axis = image.layout.slice_dim or 0
-        samples += _pair_samples(image.data, lab, mask, name, image.channel_axis, slice_axis, normalization)
+        samples += _pair_samples(image.data, lab, mask, name, image.channel_axis, slice_axis, normalization, sparse)
     return samples
 
 
@@ -337,14 +385,20 @@ def samples_from_nnunet(root, *, normalization: Normalization = DEFAULT_NORMALIZ
 
 
 def samples_from_folders(
-    images_dir, labels_dir, *, normalization: Normalization = DEFAULT_NORMALIZATION, num_classes: int | None = None
+    images_dir,
+    labels_dir,
+    *,
+    normalization: Normalization = DEFAULT_NORMALIZATION,
+    num_classes: int | None = None,
+    sparse_background: int | None = None,
 ) -> list[Sample]:
     """Samples from a folder of images and a folder of label files, paired by file name.
 
     Names ignore the extension (``a.tif`` pairs with ``a.png``) and an nnU-Net ``_0000`` channel suffix on
     the image; a folder named imagesTr groups channel files into cases. Unpaired files are an InputError
     listing them. num_classes: as for :func:`samples_from_arrays` (None: the label values must run 0..k
-    without gaps); label problems name the label files.
+    without gaps); label problems name the label files. sparse_background: the label files are scribbles,
+    as for :func:`samples_from_arrays`.
     """
     cases = io.find_images([images_dir])
     label_paths = {case.name: case.paths[0] for case in io.find_images([labels_dir])}
@@ -365,7 +419,7 @@ def samples_from_folders(
             "; ".join(problems) + " (pairs are matched by file name without extension): "
             "add the missing files or move the extra ones out"
         )
-    return _samples_from_files(pairs, normalization, num_classes)
+    return _samples_from_files(pairs, normalization, num_classes, sparse_background=sparse_background)
 
 
 def default_class_names(num_classes: int) -> list[str]:

@@ -7,11 +7,20 @@ becomes SyncBatchNorm on CUDA), each rank samples patches from its own shard of 
 (gloo) each rank normalises with its own batch statistics and the running statistics are taken from rank 0
 (DDP broadcasts them before every forward, and :func:`broadcast_head_buffers` again before validating and
 saving), so all ranks always hold identical weights.
+
+Prediction on several processes (``torchrun -m napari_dinounet.predict``) needs no wrapper: each rank
+predicts its share of the files or slices (:func:`share_of`), and a volume's slices are gathered on rank 0
+(:func:`gather_to_first`), which writes it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TypeVar
+
 import torch
+
+T = TypeVar("T")
 
 
 def rank_and_world_size() -> tuple[int, int]:
@@ -62,3 +71,24 @@ def broadcast_head_buffers(model) -> None:
     for name, buffer in model.named_buffers():
         if name not in skip:
             torch.distributed.broadcast(buffer, src=0)
+
+
+def share_of(items: Sequence[T]) -> list[T]:
+    """This process's share of ``items`` for prediction on several processes (:mod:`napari_dinounet.predict`):
+    every world-size-th one from its rank on, all of them on one process. With several processes it waits
+    until every rank has got here first, so that none writes an output before all have checked theirs."""
+    rank, world_size = rank_and_world_size()
+    if world_size > 1:
+        torch.distributed.barrier()
+    return list(items[rank::world_size])
+
+
+def gather_to_first(value):
+    """``value`` of every rank, in rank order, on rank 0 (``torch.distributed.gather_object``); None on the
+    others. On one process: ``[value]``."""
+    rank, world_size = rank_and_world_size()
+    if world_size == 1:
+        return [value]
+    gathered = [None] * world_size if rank == 0 else None
+    torch.distributed.gather_object(value, gathered, dst=0)
+    return gathered

@@ -22,6 +22,7 @@ generator (``gen.close()``, a Cancel in napari) never leaves ``out`` half-writte
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 import warnings
 from collections.abc import Generator, Sequence
@@ -35,7 +36,7 @@ from .errors import InputError
 from .layout import ImageLayout, infer_layout
 from .outputs import Labels, Output, Probabilities
 from .progress import Progress
-from .tiling import AxisView, Blending, Tiler, check_tile_count, fit_tile, tile_shape
+from .tiling import AxisView, Blending, LogitRows, Tiler, check_tile_count, fit_tile, tile_shape, tile_starts
 from .values import is_number
 
 
@@ -67,6 +68,99 @@ def _as_normalization(normalization) -> normalize.Normalization:
     return normalize.Normalization(str(normalization))
 
 
+Region = Sequence[tuple[int, int]]  # ((y0, y1), (x0, x1)), or ((z0, z1), (y0, y1), (x0, x1)) for stacks
+
+
+@dataclasses.dataclass(frozen=True)
+class RegionPlan:
+    """Where a region prediction reads and what it keeps, in pixels of the image's planes.
+
+    slices: the planes predicted (range(1) for a 2D image). rows, cols: the region (what is returned).
+    read_rows, read_cols: the part of each plane the tiler runs over: the whole-image tiles that overlap
+    the region, so the tiles (positions, Gaussian weights, normalisation) and hence every result inside the
+    region are those of a whole-image run.
+    """
+
+    slices: range
+    rows: slice
+    cols: slice
+    read_rows: slice
+    read_cols: slice
+
+
+def _bounds(pair, size: int, axis: str) -> slice:
+    try:
+        start, stop = (int(v) for v in pair)
+    except (TypeError, ValueError):
+        raise InputError(f"region {axis} {pair!r} must be a (start, stop) pair of pixel indices") from None
+    if not 0 <= start < stop <= size:
+        raise InputError(
+            f"region {axis} ({start}, {stop}) must satisfy 0 <= start < stop <= {size}, the image's size there: "
+            "give a region inside the image"
+        )
+    return slice(start, stop)
+
+
+def _covering_tiles(region: slice, size: int, tile: int, step: float) -> slice:
+    """The extent of the whole-axis tiles (of ``size`` padded up to ``tile``) that overlap ``region``."""
+    starts = tile_starts(max(size, tile), tile, step)
+    overlapping = [s for s in starts if s < region.stop and s + tile > region.start]
+    return slice(overlapping[0], min(overlapping[-1] + tile, size))
+
+
+def plan_region(region: Region, layout: ImageLayout, tile: tuple[int, int], step: float) -> RegionPlan:
+    """Check ``region`` against the image and plan its prediction (see :class:`RegionPlan`).
+
+    region: ((y0, y1), (x0, x1)) in each plane's rows and columns (for a stack: of every slice), or for a
+    stack three pairs over its spatial axes in their order (the slice axis included), which also picks
+    the planes. Half-open pixel ranges. ``tile`` is the whole image's (fitted) tile.
+    """
+    spatial = layout.spatial_shape
+    pairs = list(region)
+    if len(pairs) == 3 and layout.slice_dim is not None:
+        slice_pair = pairs.pop(layout.slice_dim)
+        slices = _bounds(slice_pair, spatial[layout.slice_dim], "slices")
+    elif len(pairs) == 2:
+        slices = slice(0, 1 if layout.slice is None else layout.shape[layout.slice])
+    else:
+        raise InputError(
+            f"region {region!r} must be ((y0, y1), (x0, x1)) (for a stack also ((z0, z1), (y0, y1), (x0, x1))) "
+            f"for an image of spatial shape {spatial}"
+        )
+    height, width = layout.shape[layout.rows], layout.shape[layout.cols]
+    rows, cols = _bounds(pairs[0], height, "rows"), _bounds(pairs[1], width, "columns")
+    return RegionPlan(
+        range(slices.start, slices.stop),
+        rows,
+        cols,
+        _covering_tiles(rows, height, tile[0], step),
+        _covering_tiles(cols, width, tile[1], step),
+    )
+
+
+def _region_layout(layout: ImageLayout, plan: RegionPlan) -> ImageLayout:
+    """The layout of the region's result, as the outputs see it (the image's axes, the region's sizes)."""
+    shape = list(layout.shape)
+    shape[layout.rows] = plan.rows.stop - plan.rows.start
+    shape[layout.cols] = plan.cols.stop - plan.cols.start
+    if layout.slice is not None:
+        shape[layout.slice] = len(plan.slices)
+    return dataclasses.replace(layout, shape=tuple(shape))
+
+
+def _region_rows(plan: RegionPlan, rows: slice, logits: LogitRows) -> tuple[slice, LogitRows] | None:
+    """Final rows of the read part (its coordinates) cut to the region: (region rows, their logits), or None."""
+    top, bottom = plan.rows.start - plan.read_rows.start, plan.rows.stop - plan.read_rows.start
+    start, stop = max(rows.start, top), min(rows.stop, bottom)
+    if start >= stop:
+        return None
+    band = slice(start - rows.start, stop - rows.start)
+    cols = slice(plan.cols.start - plan.read_cols.start, plan.cols.stop - plan.read_cols.start)
+    per_mirror = None if logits.per_mirror is None else logits.per_mirror[:, :, band, cols]
+    cut = LogitRows(logits.logits[:, band, cols], logits.normalized, per_mirror)
+    return slice(start - top, stop - top), cut
+
+
 def sliding_window(
     model: torch.nn.Module,
     image,
@@ -80,24 +174,43 @@ def sliding_window(
     normalization: str | dict | normalize.Normalization = "zscore",
     device: str | torch.device | None = None,
     force: bool = False,
+    slices: Sequence[int] | None = None,
+    region: Region | None = None,
 ) -> Generator[Progress, None, tuple]:
     """Run ``model`` over ``image`` (laid out as ``layout``, from :func:`image_layout`) tile by tile and feed
     the blended logit rows to every one of ``outputs``; yields ``Progress(task="predict")`` per tile batch
     and returns the outputs' results, in their order. The other arguments are :func:`predict`'s
     (``mirror`` is its ``tta``); ``predict`` and :class:`~.predictor.Predictor` both run through here.
-    Every output is closed at the end, also when the run fails or the generator is closed."""
+    Every output is closed at the end, also when the run fails or the generator is closed.
+
+    slices: for a stack, the indices of the slices to predict (default: all); the outputs' other slices
+    are left unwritten (undefined). Statistics still span the whole stack, so each predicted slice equals
+    the whole run's: how :mod:`napari_dinounet.predict` shares one volume's slices between processes.
+    region: predict only this part (:func:`plan_region`; not with ``slices``: a region picks its own); the
+    outputs then see the region's shape. Only the whole-image tiles overlapping it run, with the whole
+    image's normalisation statistics, so its results equal a whole-image run's inside it (up to float
+    rounding of other tile batches)."""
     height, width = image.shape[layout.rows], image.shape[layout.cols]
     tile = fit_tile(tile_shape(patch_size), height, width)
     if not is_number(step) or not 0 < step <= 1:
         raise InputError(f"step={step} must be in (0, 1]: the tile offset as a fraction of the tile (0.5 is usual)")
     if not is_number(batch_size, numbers.Integral) or batch_size < 1:
         raise InputError(f"batch_size={batch_size!r} must be a whole number, at least 1: tiles per step (4 is usual)")
-    slices = 1 if layout.slice is None else image.shape[layout.slice]
-    total = check_tile_count(slices, height, width, tile, step, force)
+    stack_size = 1 if layout.slice is None else image.shape[layout.slice]
+    indices = range(stack_size) if slices is None else [range(stack_size)[index] for index in slices]
+    plan = None if region is None else plan_region(region, layout, tile, step)
+    if plan is not None:
+        if slices is not None:
+            raise InputError("give either slices or a region (its three pairs pick slices), not both")
+        indices = plan.slices
+        read_height, read_width = (p.stop - p.start for p in (plan.read_rows, plan.read_cols))
+        total = check_tile_count(len(indices), read_height, read_width, tile, step, force)
+    else:
+        total = check_tile_count(len(indices), height, width, tile, step, force)
     norm = _as_normalization(normalization)
     try:
         for output in outputs:
-            output.start(layout)  # an unusable out is refused here, before any tile
+            output.start(layout if plan is None else _region_layout(layout, plan))  # refuses a bad out before any tile
         if device is None:
             device = next((p.device for p in model.parameters()), torch.device("cpu"))
         else:
@@ -123,14 +236,18 @@ def sliding_window(
                 blending=Blending.merge([output.blending for output in outputs]),
             )
             done = 0
-            for index in range(slices):
-                pinned = {**channel_pin, **({layout.slice: index} if layout.slice is not None else {})}
+            crop = {} if plan is None else {layout.rows: plan.read_rows, layout.cols: plan.read_cols}
+            for number, index in enumerate(indices):
+                pinned = {**channel_pin, **crop, **({layout.slice: index} if layout.slice is not None else {})}
                 plane = AxisView(image, (layout.channel, layout.rows, layout.cols), pinned)
-                message = f"slice {index + 1}/{slices}" if slices > 1 else ""
+                message = f"slice {index + 1}/{stack_size}" if stack_size > 1 else ""
+                written = index if plan is None else number  # a region's outputs hold its slices only
                 for tiles, rows, logits in tiler.plane(plane):
+                    if rows is not None and plan is not None:
+                        rows, logits = _region_rows(plan, rows, logits) or (None, None)
                     if rows is not None:
                         for output in outputs:
-                            output.write(index, rows, logits)
+                            output.write(written, rows, logits)
                     done += tiles
                     yield Progress("predict", done, total, message)
             if tiler.saw_nonfinite:

@@ -22,7 +22,7 @@ from .device import pick_device
 from .errors import InputError
 from .network import DinoUNet
 from .outputs import Labels, Output
-from .predict import image_layout, sliding_window
+from .predict import Region, image_layout, sliding_window
 from .progress import Progress
 
 
@@ -98,15 +98,22 @@ class Predictor:
         batch_size: int = 4,
         force: bool = False,
         outputs: Sequence[Output] | None = None,
+        slices: Sequence[int] | None = None,
+        region: Region | None = None,
     ) -> Generator[Progress, None, tuple]:
         """Segment ``image``: yields ``Progress(task="predict")`` per tile batch and returns one result per
         output, in the order of ``outputs`` (default ``(Labels(),)``: a 1-tuple of labels).
 
         image, channel_axis, slice_axis, step, batch_size, force: as :func:`~.predict.predict` takes them.
         tile: the tile (int or (th, tw)); default the training patch. mirror: mirror test-time augmentation.
+        slices: only these slices of a stack (:func:`~.predict.sliding_window`).
         The image's channels (RGBA counts as 3) must be the ``in_channels`` the heads were trained on; the
         checkpoint's normalisation is applied. Equal, bit for bit, to ``predict(self.model, image,
         patch_size=tile or metadata.patch_size, normalization=metadata.normalization, ...)``.
+        region: predict only ``((y0, y1), (x0, x1))`` of each plane (half-open pixel ranges; for a stack also
+        ``((z0, z1), (y0, y1), (x0, x1))`` in its spatial axes' order, to pick slices); the results then
+        have the region's shape. Only the whole-image tiles that overlap the region run (with the whole
+        image's statistics), so inside it the results equal a whole-image run's, up to float rounding.
         """
         outputs = (Labels(),) if outputs is None else tuple(outputs)
         layout = image_layout(image, channel_axis, slice_axis)
@@ -123,5 +130,7 @@ class Predictor:
                 batch_size=batch_size,
                 normalization=self.metadata.normalization,
                 force=force,
+                slices=slices,
+                region=region,
             )
         )

@@ -46,10 +46,14 @@ class Validation(Progress):
     ``loss``: the mean training loss over the steps since the last validation; None before the first step.
     ``metrics`` repeats both (``val_dice``, ``loss``) beside ``epoch`` and ``lr`` for displays that show
     metrics (the CLI's bar).
+    ``scope``: what the Dice was scored on: ``"labels"`` (the validation labels, inside their masks) or
+    ``"painted"`` (validation samples that are scribbles: the painted pixels only, far easier than the
+    whole image, so displays should say so; see :data:`.train.PAINTED_SCOPE`).
     """
 
     dice: float | None = None
     loss: float | None = None
+    scope: str = "labels"
 
 
 def drain(gen: ProgressGenerator[Result], on_progress: Callable[[Progress], Any] | None = None) -> Result:

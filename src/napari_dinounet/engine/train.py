@@ -9,7 +9,9 @@ parameters of :func:`train` (:mod:`.loss`: ``Loss``, ``Targets``), so another ki
 its own.
 
 Each epoch ends with a validation Dice (mean over the foreground classes, on fixed crops of the
-validation samples, masked pixels excluded; a :class:`.progress.Validation` event) and a checkpoint: first
+validation samples, masked pixels excluded; a :class:`.progress.Validation` event; on scribbles, sparse
+samples, it scores the painted pixels only and says so: ``scope == "painted"``, "painted pixels only" in
+its message, ``val_scope`` in the history) and a checkpoint: first
 the resume state ``<out stem>.state.safetensors`` (:mod:`.run_state`), then the heads checkpoint ``out``
 (:mod:`.checkpoint`). Both are written atomically and only between steps, so closing the generator
 (Cancel in napari, Ctrl-C in the CLI) leaves the last ones intact. A stop request (``stop``, e.g. the
@@ -51,6 +53,8 @@ from .metrics import dice
 from .normalize import Normalization
 from .progress import Progress, Validation
 from .run_state import check_resumable, check_state_backbone, load_state, save_state, state_path
+
+PAINTED_SCOPE = "painted"  # Validation.scope when the validation samples are scribbles (painted pixels only)
 
 
 @dataclass
@@ -303,6 +307,7 @@ def train(
             else None,
             checkpoints=_Checkpoints(out, state_file, backbone, class_names, normalization, in_channels, num_classes),
             writes=rank == 0,
+            val_scope=PAINTED_SCOPE if any(s.sparse for s in validation) else "labels",
         )
         # different draws per rank and per resumption, reproducible for a given run
         run.next_batch = yield from batch_source(
@@ -343,6 +348,7 @@ class _Run:
     checkpoints: _Checkpoints
     writes: bool
     next_batch: BatchSource | None = None
+    val_scope: str = "labels"
     last_val: float | None = None
     epoch_losses: list[float] = dataclasses.field(default_factory=list)
 
@@ -433,6 +439,8 @@ class _Run:
         metrics = {"epoch": self.settings.epoch_of(self.step), **(metrics or {})}
         if loss is not None:
             metrics["loss"] = loss
+        if self.val_scope == PAINTED_SCOPE:
+            message += " (painted pixels only)"
         return Validation(
             "train",
             self.step,
@@ -441,6 +449,7 @@ class _Run:
             self._with_val(metrics),
             dice=self.last_val,
             loss=loss,
+            scope=self.val_scope,
         )
 
     def end_epoch(self, metrics: dict, message: str) -> Validation:
@@ -456,6 +465,7 @@ class _Run:
                 "loss": epoch_loss,
                 "val_dice": self.last_val,
                 "lr": poly_lr(self.step, self.settings),
+                **({"val_scope": PAINTED_SCOPE} if self.val_scope == PAINTED_SCOPE else {}),
             }
         )
         if self.writes:

@@ -17,7 +17,8 @@ file records no physical size at all (PNG/JPEG, ``.npy``, a TIFF without resolut
 
 Modules: :mod:`.formats` the :class:`Format` record and the registry (found by file ending);
 :mod:`.images` :class:`ImageFile`, :func:`read_image`, :func:`read_labels`, :func:`write_labels`;
-:mod:`.tiff`, :mod:`.png` (PNG, JPEG), :mod:`.nifti`, :mod:`.npy` the built-in formats, registered here;
+:mod:`.tiff`, :mod:`.png` (PNG, JPEG), :mod:`.nifti`, :mod:`.npy` the built-in formats, registered here,
+and :mod:`.omezarr` (OME-Zarr stores, folders; read and written with the optional ``ome-zarr`` extra);
 :mod:`.nnunet` nnU-Net datasets and cases; :mod:`.cases` inputs to cases, output and evaluation names.
 """
 
@@ -52,11 +53,12 @@ from .nnunet import (
     read_nnunet_dataset,
 )
 from .npy import NPY
+from .omezarr import OME_ZARR
 from .png import JPEG, PNG
 from .tiff import TIFF
 
 # The Export widget lists exported formats in this order.
-for _builtin in (TIFF, PNG, JPEG, NIFTI, NPY):
+for _builtin in (TIFF, PNG, JPEG, NIFTI, NPY, OME_ZARR):  # OME-Zarr reads and writes with the ome-zarr extra
     register(_builtin)
 
 __all__ = [

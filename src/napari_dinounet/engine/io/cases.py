@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import InputError
-from .formats import format_of, get_format, is_supported, split_extension, supported
+from .formats import format_of, get_format, is_store, is_supported, split_extension, supported
 from .nnunet import NNUNET_IMAGE_FOLDERS, Case, _channel_names, _some, group_channels, read_dataset_json
 
 PROBABILITIES_SUFFIX = "_probabilities.npy"
@@ -26,7 +26,7 @@ def find_images(inputs: Iterable[str | Path]) -> list[Case]:
     cases: list[Case] = []
     for item in inputs:
         path = Path(item)
-        if path.is_file():
+        if path.is_file() or is_store(path):
             format_of(path)
             cases.append(Case.from_path(path))
         elif path.is_dir():
@@ -52,7 +52,7 @@ def _cases_in_folder(folder: Path) -> list[Case]:
                 "to process its training images"
             )
         return _cases_in_folder(folder / "imagesTs")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and is_supported(p))
+    files = sorted(p for p in folder.iterdir() if (p.is_file() or is_store(p)) and is_supported(p))
     if not files:
         raise InputError(f"{folder}: no images found (supported: {supported()})")
     if folder.name in NNUNET_IMAGE_FOLDERS:

@@ -49,6 +49,8 @@ class Format:
       (:attr:`ImageFile.affine`): a napari layer written to it needs that affine.
     palette_indices: path -> the palette indices of a file stored as indices into a colour table, else None
       (a PASCAL VOC mask as PNG "P" mode): what :func:`~.images.read_labels` takes instead of its colours.
+    directory: an "image" is a folder (an OME-Zarr store), found as one input; its ``write`` is given the
+      target itself and must replace it atomically.
     """
 
     name: str
@@ -63,6 +65,7 @@ class Format:
     labels_as: str | None = None
     world_affine: bool = False
     palette_indices: Callable[[Path], np.ndarray | None] | None = None
+    directory: bool = False
 
     @property
     def extension(self) -> str:
@@ -156,6 +159,12 @@ def format_for(path: str | Path) -> Format:
 def format_of(path: str | Path) -> str:
     """The format name of a file name (:func:`format_for`)."""
     return format_for(path).name
+
+
+def is_store(path: str | Path) -> bool:
+    """A folder that is one image of a ``directory`` format (``x.ome.zarr``), not a folder of images."""
+    fmt = _with_ending(split_extension(path)[1])
+    return fmt is not None and fmt.directory and Path(path).is_dir()
 
 
 def is_supported(path: str | Path) -> bool:

@@ -94,8 +94,8 @@ def read_image(path: str | Path) -> ImageFile:
     """
     path = Path(path)
     fmt = format_for(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file; check the path")
+    if not (path.is_dir() if fmt.directory else path.is_file()):
+        raise InputError(f"{path}: no such {'store' if fmt.directory else 'file'}; check the path")
     try:
         image = fmt.read(path)
     except (InputError, MemoryError):
@@ -185,6 +185,9 @@ def write_labels(path: str | Path, labels, like: ImageFile | None = None) -> Pat
         reason = f"{fmt.title} files cannot hold labels; write them as .tif"
     if reason is not None:
         raise InputError(f"{path.name}: {reason}")
+    if fmt.directory:  # a store folder: its writer replaces it atomically itself
+        fmt.write(path, labels, like)
+        return path
     with atomic_path(path) as tmp:
         fmt.write(tmp, labels, like)
     return path
