@@ -57,9 +57,7 @@ class TickRecorder:
     def longest_gap_outside(self, spans: list[tuple[float, float]]) -> float:
         """The longest gap between ticks that does not overlap any of ``spans`` (start, end)."""
         ticks = np.asarray(self.ticks)
-        gaps = [
-            b - a for a, b in zip(ticks[:-1], ticks[1:]) if not any(a < end and start < b for start, end in spans)
-        ]
+        gaps = [b - a for a, b in zip(ticks[:-1], ticks[1:]) if not any(a < end and start < b for start, end in spans)]
         return float(max(gaps))
 
     @staticmethod

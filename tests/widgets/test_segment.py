@@ -506,3 +506,40 @@ def test_every_control_has_a_tooltip_and_the_dock_is_compact_with_a_help_link(qt
     assert summary == "2 classes (background, nucleus); 1 channel; patch 64; backbone tiny (random weights)"
     widget.model_form.set_heads("/nonexistent/heads.safetensors")
     assert widget.model_form.heads_info.text() == "no such file"
+
+
+def test_segment_the_part_in_view_or_inside_shapes_and_add_uncertainty(qtbot, viewer, heads):
+    image, _ = nuclei_crop()
+    viewer.add_image(image, name="nuclei")
+    widget = ready_widget(viewer, heads)
+    whole = reference_labels(widget, heads, image)
+    viewer.camera.center, viewer.camera.zoom = (40, 30), max(viewer.canvas.size) / 50  # about 50 px in view
+    widget.where_combo.setCurrentText("the part in view")
+    widget.uncertainty_check.setChecked(True)
+    wait_for(qtbot, widget.run())
+    labels = viewer.layers["nuclei labels"].data
+    from napari_dinounet._widgets._preview import visible_region
+
+    (y0, y1), (x0, x1) = visible_region(viewer, viewer.layers["nuclei"], (128, 128))
+    assert y0 <= 40 < y1 and x0 <= 30 < x1 and (y1 - y0) * (x1 - x0) < 128 * 128 / 2
+    np.testing.assert_array_equal(labels[y0:y1, x0:x1], whole[y0:y1, x0:x1])  # as a whole-image run there
+    outside = np.ones((128, 128), bool)
+    outside[y0:y1, x0:x1] = False
+    assert not labels[outside].any()  # nothing written outside the view
+    uncertainty = viewer.layers["nuclei uncertainty"]
+    assert uncertainty.data.dtype == np.float32 and uncertainty.colormap.name == "magma"
+    assert tuple(uncertainty.contrast_limits) == (0.0, 1.0)
+    inside_u = uncertainty.data[y0:y1, x0:x1]
+    assert 0 <= inside_u.min() and inside_u.max() <= 1 and inside_u.max() > 0 and not uncertainty.data[outside].any()
+
+    # inside a Shapes layer's shapes only: the box around them is predicted, the pixels inside are written
+    viewer.add_shapes([np.array([[80, 70], [80, 120], [120, 120], [120, 70]])], shape_type="rectangle", name="roi")
+    widget.where_combo.setCurrentText("roi")
+    widget.keep_check.setChecked(False)
+    wait_for(qtbot, widget.run())
+    labels = viewer.layers["nuclei labels"].data
+    np.testing.assert_array_equal(labels[80:121, 70:121], whole[80:121, 70:121])
+    np.testing.assert_array_equal(labels[y0:y1, x0:x1], whole[y0:y1, x0:x1])  # the earlier run's pixels stay
+    widget.where_combo.setCurrentText("the part in view")
+    viewer.layers.remove("roi")
+    assert widget.where_combo.currentText() == "the part in view"  # a layer change keeps the choice

@@ -9,7 +9,10 @@ next step and writes the heads of that step (the engine's stop request: nothing 
 that name a Python or CLI option are reworded to name the form's control (:func:`gui_wording`). With
 "live preview", the heads being trained predict the visible part of the first pair's image every few
 seconds, within a fifth of the training time (:mod:`..engine.preview`), into ``"<image> preview"``
-(:mod:`._preview`).
+(:mod:`._preview`). With "sparse labels (scribbles)", unpainted pixels (0) are unknown and the value
+chosen as Background label is the background (:mod:`..engine.sparse`); validation then scores the painted
+pixels only, and says so, unless a labels layer with full labels is chosen under "Validate on" (the
+image's "<image> ground truth" is picked when it exists).
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ from ._session import Session, get_session
 from ._settings import persisted
 
 LOADED_HEADS, FRESH_HEADS = "the loaded heads", "fresh heads"
+PAINTED_ONLY = "painted pixels"  # Validate on: the scribbles' own painted pixels (engine.train.PAINTED_SCOPE)
+PAINTED_SCOPE = "painted"  # engine.train.PAINTED_SCOPE, without importing torch when the dock opens
 # Defaults of the form: on a CPU a run of the defaults takes minutes (patch 128: about 0.5 s a step on a
 # 2-core laptop CPU, against 2.5 s at 256; engine.estimate), on CUDA today's (patch 256).
 CPU_DEFAULTS = {"steps": 200, "every": 50, "patch": 128}
@@ -175,11 +180,16 @@ def finetune_job(
     stop: Stop,
     allow_backbone_mismatch: bool = False,
     preview: PreviewTarget | None = None,
+    sparse_background: int | None = None,
+    validation: list[TrainingPair] | None = None,
 ) -> Generator[Progress, None, FineTuneResult]:
     """Worker body: load the backbone and the starting heads, build the samples, train until done or stopped.
 
     preview: the view to preview while training (:func:`..engine.preview.with_previews`: Preview events
     among the training's, within a fifth of the training time); None: no previews.
+    sparse_background: the pairs' labels are scribbles with this background value (None: full labels).
+    validation: pairs with full labels to validate on (None: a share of the training pairs, which for
+    scribbles scores their painted pixels only).
     Runs in a worker thread: no Qt here. ``stop`` set: training ends before its next step and writes the
     heads of the step it reached (the engine's stop request); set before the first step, the run is closed
     and nothing is written. Engine errors are reworded for the form (:func:`gui_wording`).
@@ -198,6 +208,8 @@ def finetune_job(
                 stop,
                 allow_backbone_mismatch,
                 preview,
+                sparse_background,
+                validation,
             )
         )
     except DinoUNetError as err:
@@ -219,6 +231,8 @@ def _finetune_steps(
     stop,
     allow_backbone_mismatch,
     preview,
+    sparse_background,
+    validation,
 ):
     """:func:`finetune_job`'s body."""
     from ..engine.checkpoint import load_heads
@@ -243,15 +257,21 @@ def _finetune_steps(
             "some images have channels (colours or a channel axis) and some do not: train on one kind at a time"
         )
     yield Progress("preparing the images", 0, 1)
-    samples = samples_from_arrays(
-        [pair.image for pair in pairs],
-        [pair.labels for pair in pairs],
-        masks=[pair.mask for pair in pairs],
-        names=[pair.name for pair in pairs],
-        channel_axis=-1 if pairs[0].has_channels else None,
-        normalization=normalization,
-        num_classes=len(class_names) if class_names else None,
-    )
+
+    def samples_of(chosen: list[TrainingPair], **kwargs):
+        return samples_from_arrays(
+            [pair.image for pair in chosen],
+            [pair.labels for pair in chosen],
+            masks=[pair.mask for pair in chosen],
+            names=[pair.name for pair in chosen],
+            channel_axis=-1 if chosen[0].has_channels else None,
+            normalization=normalization,
+            num_classes=len(class_names) if class_names else None,
+            **kwargs,
+        )
+
+    samples = samples_of(pairs, sparse_background=sparse_background)
+    validation_samples = samples_of(validation) if validation else None
     if not samples:
         raise InputError("no pixel counts: the regions that count are empty; draw a region over the corrected part")
     given = check_same_channels(samples)
@@ -271,6 +291,7 @@ def _finetune_steps(
         out=out,
         backbone=backbone,
         settings=settings,
+        validation=validation_samples,
         class_names=class_names,
         normalization=normalization,
         model=model,
@@ -406,6 +427,23 @@ class FineTuneWidget(QWidget):
         self.foreground_check.setToolTip(
             "Train one foreground class from labels where each object has its own value (instance labels)."
         )
+        self.sparse_check = persisted(QCheckBox("sparse labels (scribbles)"), "finetune/sparse", False)
+        self.sparse_check.setToolTip(
+            "The labels are strokes: unpainted pixels (0) are unknown and ignored. Paint each class with its "
+            "value (1, 2, ...) and some background with the Background label value; it becomes the background "
+            "(class 0) of the heads. A few strokes near the objects' edges teach the most."
+        )
+        self.background_spin = persisted(_spin(1, 255, 1), "finetune/background", 2)
+        self.background_spin.setToolTip(
+            "The label value you paint background with in sparse labels (unpainted = unknown, so 0 cannot be "
+            "background). 2 suits one class painted as 1; with more classes take the value after the last."
+        )
+        self.validate_combo = LayerComboBox(napari_viewer, (Labels,), none_text=PAINTED_ONLY)
+        self.validate_combo.setToolTip(
+            "What validation Dice is scored on. 'painted pixels': a share of the strokes, which reads far "
+            "higher than the Dice on whole images. A labels layer with full labels of the first pair's image "
+            "(e.g. '<image> ground truth', picked when it exists) scores on it instead."
+        )
         defaults = CUDA_DEFAULTS if cuda_likely() else CPU_DEFAULTS
         self.steps_spin = persisted(_spin(1, 1_000_000, 10), "finetune/steps", defaults["steps"])
         self.steps_spin.setToolTip("Training steps in all (the estimate below says how long they take).")
@@ -472,6 +510,14 @@ class FineTuneWidget(QWidget):
         form.addRow("Classes", self.classes_edit)
         form.addRow("Stack", self.stack_combo)
         form.addRow(self.foreground_check)
+        sparse_row = QHBoxLayout()
+        sparse_row.addWidget(self.sparse_check)
+        sparse_row.addStretch(1)
+        self.background_label = QLabel("Background label")
+        sparse_row.addWidget(self.background_label)
+        sparse_row.addWidget(self.background_spin)
+        form.addRow(sparse_row)
+        form.addRow("Validate on", self.validate_combo)
         form.addRow("Steps", self.steps_spin)
         form.addRow(self.estimate_label)
         form.addRow(self.preview_check)
@@ -523,12 +569,14 @@ class FineTuneWidget(QWidget):
         self.model_form.device_combo.currentTextChanged.connect(self._update_estimate)
         self.start_combo.currentTextChanged.connect(self._update_classes)
         self.foreground_check.toggled.connect(self._update_classes)
+        self.sparse_check.toggled.connect(self._sparse_changed)
+        self.background_spin.valueChanged.connect(self._update_classes)
         self.session.heads_changed.connect(self._heads_changed)
         self.destroyed.connect(lambda *_: _disconnect(self.session.heads_changed, self._heads_changed))
         self.start_button.clicked.connect(self.start)
         self.stop_button.clicked.connect(self.stop)
         self.add_pair()
-        self._update_classes()
+        self._sparse_changed()
         self._update_estimate()
         self._update_advanced_summary()
 
@@ -607,7 +655,7 @@ class FineTuneWidget(QWidget):
                     "channels, choose 'axis 0' in its Channel axis column"
                 )
             values = plan.select(labels.data)
-            if self.foreground_check.isChecked():
+            if self.foreground_check.isChecked() and not self.sparse_check.isChecked():
                 values = (values > 0).astype(np.uint8)
             mask = plan.select(region_mask(region, plan.labels_shape)) if region is not None else None
             pairs.append(
@@ -629,7 +677,11 @@ class FineTuneWidget(QWidget):
             return [str(name) for name in names]
         from ..engine.data import default_class_names
 
-        largest = int(np.max(labels.data)) if np.size(labels.data) else 0
+        values = np.unique(labels.data) if np.size(labels.data) else np.zeros(1, int)
+        background = self._sparse_background()
+        if background is not None:  # scribbles: the background value is class 0, not a class of its own
+            values = values[values != background]
+        largest = int(values.max()) if values.size else 0
         return default_class_names(max(largest, 1) + 1)
 
     def _class_names(self) -> list[str] | None:
@@ -645,6 +697,43 @@ class FineTuneWidget(QWidget):
         if len(set(typed)) < len(typed):
             raise InputError(f"the Classes field names a class twice ({', '.join(typed)}): give each a new name")
         return typed
+
+    def _sparse_changed(self, *_) -> None:
+        """Scribbles take a background value and a validation choice; instance labels are not scribbles."""
+        sparse = self.sparse_check.isChecked()
+        for control in (self.background_label, self.background_spin, self.validate_combo):
+            control.setEnabled(sparse)
+        self.foreground_check.setEnabled(not sparse)
+        if sparse and self.validate_combo.layer() is None:
+            image = self.rows[0].image.layer() if self.rows else None
+            index = self.validate_combo.findText(f"{image.name} ground truth") if image is not None else -1
+            if index >= 0:
+                self.validate_combo.setCurrentIndex(index)
+        self._update_classes()
+
+    def _sparse_background(self) -> int | None:
+        return self.background_spin.value() if self.sparse_check.isChecked() else None
+
+    def _validation_pairs(self) -> list[TrainingPair] | None:
+        """The full labels to validate on (scribbles only; None: a share of the painted pixels)."""
+        layer = self.validate_combo.layer() if self.sparse_check.isChecked() else None
+        if layer is None:
+            return None
+        row = self.rows[0]
+        image = row.image.layer()
+        plan = plan_run(
+            image,
+            channel_axis=row.channel_axis.currentData(),
+            whole_stack=self.stack_combo.currentText() == WHOLE_STACK,
+            current=viewer_indices(self.viewer, image),
+        )
+        if layer.data.shape != plan.labels_shape:
+            raise InputError(
+                f"the validation labels {layer.name!r} have shape {layer.data.shape} but image {image.name!r} "
+                f"needs {plan.labels_shape}: under Validate on, pick full labels of the first pair's image"
+            )
+        name = f"{image.name} / {layer.name} (validation)"
+        return [TrainingPair(name, plan.image, plan.select(layer.data), None, plan.channel_axis is not None)]
 
     def _show_advanced(self, shown: bool) -> None:
         self._advanced_body.setVisible(shown)
@@ -715,6 +804,7 @@ class FineTuneWidget(QWidget):
             if out.exists():
                 raise InputError(f"{out} already exists: choose another file (or clear 'Save to' for a new name)")
             pairs = self._pairs()
+            validation = self._validation_pairs()
             class_names = None if start_heads is not None else self._class_names()
             options = self._options()
         except DinoUNetError as err:
@@ -735,6 +825,8 @@ class FineTuneWidget(QWidget):
             self._stop,
             allow_backbone_mismatch=bool(getattr(self.session, "allow_backbone_mismatch", False)),
             preview=self.live_preview.target if self.live_preview is not None else None,
+            sparse_background=self._sparse_background(),
+            validation=validation,
         )
         self.plot.clear(options.steps)
         self.plot.setVisible(True)
@@ -780,13 +872,17 @@ class FineTuneWidget(QWidget):
         count = len(metadata.class_names) if metadata is not None else len(class_names or ())
         if not count or row.image.layer() is None:
             return None
-        return LivePreview(self.viewer, row.image.layer(), channel_axis=row.channel_axis.currentData(), num_classes=count)
+        return LivePreview(
+            self.viewer, row.image.layer(), channel_axis=row.channel_axis.currentData(), num_classes=count
+        )
 
     def _progress(self, event: Progress) -> None:
         if isinstance(event, Preview):
             if self.live_preview is not None:
                 self.live_preview.show(event)
         elif isinstance(event, Validation):
+            painted_only = event.scope == PAINTED_SCOPE
+            self.plot.dice_label = "val Dice (painted px)" if painted_only else "val Dice"
             if event.dice is not None:
                 self.plot.add_val_dice(event.done, event.dice)
         elif event.task == "train" and "loss" in event.metrics:  # one training step

@@ -5,8 +5,12 @@ The widget builds the form, plans which part of the layer to read (:mod:`._layer
 labels go to the layer ``"<image> labels"``: created on the first run; later runs write through
 ``Labels.data_setitem`` (:func:`._corrections.write_labels_undoable`), so napari's undo (Ctrl+Z) brings back
 what was there before, and keep the pixels the user corrected since the last run ("keep my corrections",
-on by default; :mod:`._corrections`). The form's visible fields are remembered between sessions (``_settings.persisted``); test-time
-augmentation (4x slower) and Channels (which belong to one image) start afresh in each widget.
+on by default; :mod:`._corrections`). "Where" limits a run to the part in view or to the box around a
+Shapes layer's shapes (only the pixels inside the shapes are written); the engine runs only the tiles that
+overlap it (``Predictor.predict(region=...)``). "uncertainty" adds the layer ``"<image> uncertainty"``
+(normalised entropy, 0 to 1; :mod:`..engine.uncertainty`). The form's visible fields are remembered
+between sessions (``_settings.persisted``); test-time augmentation (4x slower) and Channels (which belong
+to one image) start afresh in each widget.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from napari.layers import Image, Labels
+from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_info
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -35,8 +39,8 @@ from .._layer_metadata import AFFINE_KEY, CLASS_NAMES_KEY, HEADS_KEY
 from ..engine.errors import DinoUNetError, InputError
 from ..engine.progress import Progress
 from ._class_picker import ClassPicker
-from ._corrections import corrections, record_prediction, write_labels_undoable
 from ._classes import class_colors, class_features
+from ._corrections import corrections, record_prediction, write_labels_undoable
 from ._jobs import Job, report_error
 from ._layer_combo import LayerComboBox, fill_channel_axis_choices
 from ._layer_geometry import (
@@ -51,8 +55,12 @@ from ._layer_geometry import (
 )
 from ._llvm_clash import avoid_triton_llvm_clash
 from ._model_form import ModelForm, dock_layout, for_the_widgets, heads_metadata, help_label
+from ._preview import visible_region
 from ._session import Session, get_session
 from ._settings import persisted
+from .finetune import region_mask
+
+EVERYWHERE, IN_VIEW = "everything", "the part in view"
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,7 @@ class SegmentResult:
 
     labels: np.ndarray
     class_names: list[str]
+    uncertainty: np.ndarray | None = None  # float32 in [0, 1], labels' shape (when asked for)
 
 
 def segment_job(
@@ -76,11 +85,15 @@ def segment_job(
     step: float,
     tta: bool,
     allow_backbone_mismatch: bool = False,
+    region: tuple | None = None,
+    uncertainty: bool = False,
 ) -> Generator[Progress, None, SegmentResult]:
     """Worker body: the session's backbone (loaded unless cached) and the heads, then predict.
 
-    patch_size None: the training patch. Runs in a worker thread: no Qt here. The engine's errors reach the
-    widget with their advice in the widget's terms (:func:`._model_form.for_the_widgets`).
+    patch_size None: the training patch. region: ((y0, y1), (x0, x1)) of each plane, or None for all of it.
+    uncertainty: also the normalised entropy of the probabilities (:class:`..engine.uncertainty.Uncertainty`).
+    Runs in a worker thread: no Qt here. The engine's errors reach the widget with their advice in the
+    widget's terms (:func:`._model_form.for_the_widgets`).
     """
     with for_the_widgets():
         return (
@@ -94,15 +107,30 @@ def segment_job(
                 step=step,
                 tta=tta,
                 allow_backbone_mismatch=allow_backbone_mismatch,
+                region=region,
+                uncertainty=uncertainty,
             )
         )
 
 
 def _segment(
-    session, backbone_source, device, heads_path, plan, *, patch_size, step, tta, allow_backbone_mismatch
+    session,
+    backbone_source,
+    device,
+    heads_path,
+    plan,
+    *,
+    patch_size,
+    step,
+    tta,
+    allow_backbone_mismatch,
+    region,
+    uncertainty,
 ) -> Generator[Progress, None, SegmentResult]:
     from ..engine.device import pick_device
+    from ..engine.outputs import Labels as LabelsOutput
     from ..engine.predictor import Predictor
+    from ..engine.uncertainty import Uncertainty
 
     device = pick_device(device)
     backbone = yield from session.backbone_steps(backbone_source, device)  # "loading"/"waiting for" events
@@ -110,10 +138,18 @@ def _segment(
     predictor = Predictor.from_checkpoint(
         heads_path, backbone, device=device, allow_backbone_mismatch=allow_backbone_mismatch
     )
-    (labels,) = yield from predictor.predict(
-        plan.image, channel_axis=plan.channel_axis, slice_axis=plan.slice_axis, step=step, tile=patch_size, mirror=tta
+    outputs = (LabelsOutput(), Uncertainty()) if uncertainty else (LabelsOutput(),)
+    results = yield from predictor.predict(
+        plan.image,
+        channel_axis=plan.channel_axis,
+        slice_axis=plan.slice_axis,
+        step=step,
+        tile=patch_size,
+        mirror=tta,
+        outputs=outputs,
+        region=region,
     )
-    return SegmentResult(plan.place(labels), predictor.class_names)
+    return SegmentResult(plan.place(results[0]), predictor.class_names, plan.place(results[1]) if uncertainty else None)
 
 
 class SegmentWidget(QWidget):
@@ -154,6 +190,17 @@ class SegmentWidget(QWidget):
         self.overlap_spin.setToolTip("How much neighbouring tiles overlap (0.5: half a tile).")
         self.tta_check = QCheckBox("mirror test-time augmentation (4x slower)")  # off in every new session
         self.tta_check.setToolTip("Average the predictions of the image and its mirror images: smoother, 4x slower.")
+        self.where_combo = LayerComboBox(napari_viewer, (Shapes,), none_text=EVERYWHERE, more_texts=(IN_VIEW,))
+        self.where_combo.setToolTip(
+            "Segment everything, only the part of the image in view (quicker on large images), or only inside "
+            "the shapes of a Shapes layer (the box around them is predicted, the pixels inside are written)."
+        )
+        self.uncertainty_check = persisted(QCheckBox("uncertainty"), "segment/uncertainty", False)
+        self.uncertainty_check.setToolTip(
+            "Also add '<image> uncertainty': how unsure the heads are per pixel (normalised entropy of the "
+            "class probabilities: 0 sure, 1 all classes equally likely; with test-time augmentation it also "
+            "counts the mirrors' disagreement). Bright areas are where corrections help most."
+        )
         self.keep_check = persisted(QCheckBox("keep my corrections"), "segment/keep", True)
         self.keep_check.setToolTip(
             "Running again onto '<image> labels' keeps every pixel you changed since the last run (painted, "
@@ -174,8 +221,9 @@ class SegmentWidget(QWidget):
         form.addRow("Channels", _side_by_side(self.channel_axis_combo, self.channels_edit))
         form.addRow("Stack", self.stack_combo)
         form.addRow("Tile, overlap", _side_by_side(self.tile_spin, self.overlap_spin))
+        form.addRow("Where", self.where_combo)
         form.addRow(self.tta_check)
-        form.addRow(self.keep_check)
+        form.addRow(_side_by_side(self.uncertainty_check, self.keep_check))
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
@@ -234,6 +282,7 @@ class SegmentWidget(QWidget):
                 current=viewer_indices(self.viewer, layer),
             )
             check_channel_count(layer, plan, in_channels)
+            region, inside = self._region(layer, plan, channel_axis)
         except DinoUNetError as err:
             report_error(f"Segmentation cannot start: {err}", self.status)  # whole, in the status and a notification
             return None
@@ -247,11 +296,13 @@ class SegmentWidget(QWidget):
             step=1.0 - self.overlap_spin.value(),
             tta=self.tta_check.isChecked(),
             allow_backbone_mismatch=self.session.allow_backbone_mismatch,
+            region=region,
+            uncertainty=self.uncertainty_check.isChecked(),
         )
         self.job = Job(
             gen,
             "Segmentation",
-            on_result=lambda result: self._show_result(layer, plan, heads, result, note),
+            on_result=lambda result: self._show_result(layer, plan, heads, result, note, region, inside),
             on_finished=self._finished,
             status=self.status,  # phase, count and time left; an error's whole message
             on_cancel=self.cancel,  # the activity dock's Cancel does what the widget's does
@@ -264,6 +315,23 @@ class SegmentWidget(QWidget):
     def cancel(self) -> None:
         if self.job is not None:
             self.job.cancel()
+
+    def _region(self, layer: Image, plan: RunPlan, channel_axis: int | None):
+        """Where's choice as (region, inside): the plane region to predict, ((y0, y1), (x0, x1)) or None for
+        all of it, and for shapes the pixels inside them (bool, the labels' shape at ``plan.target``)."""
+        choice, shapes = self.where_combo.currentText(), self.where_combo.layer()
+        if choice == IN_VIEW:
+            return visible_region(self.viewer, layer, plan.labels_shape[-2:], None if layer.rgb else channel_axis), None
+        if shapes is None:
+            return None, None
+        inside = np.asarray(plan.select(region_mask(shapes, plan.labels_shape)))
+        rows, cols = np.nonzero(inside.reshape((-1,) + inside.shape[-2:]).any(axis=0))
+        if not rows.size:
+            raise InputError(
+                f"the Shapes layer {shapes.name!r} has no shape over this image: draw one, or choose another Where"
+            )
+        region = ((int(rows.min()), int(rows.max()) + 1), (int(cols.min()), int(cols.max()) + 1))
+        return region, inside
 
     def _heads_path(self) -> Path:
         heads = self.session.heads_path
@@ -281,19 +349,33 @@ class SegmentWidget(QWidget):
         elif self.job.errored:
             self.status.setText("failed: see the notification")
 
-    def _show_result(self, image: Image, plan: RunPlan, heads: Path, result: SegmentResult, note: str = "") -> None:
-        """Write the result's labels into the image's labels layer (GUI thread), creating it on the first run."""
+    def _show_result(
+        self,
+        image: Image,
+        plan: RunPlan,
+        heads: Path,
+        result: SegmentResult,
+        note: str = "",
+        region: tuple | None = None,
+        inside: np.ndarray | None = None,
+    ) -> None:
+        """Write the result's labels into the image's labels layer (GUI thread), creating it on the first run;
+        with a region, only there (and with shapes, only inside them); the uncertainty into its layer."""
         labels, class_names = result.labels, result.class_names
+        index = result_index(plan, region)
         name = labels_layer_name(image.name)
         existing = self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401 (no .get)
+        outside = None if inside is None else ~inside[(Ellipsis, *index[-2:])]
         kept = 0
         if isinstance(existing, Labels) and existing.data.shape == plan.labels_shape:
-            keep = corrections(existing, plan.target) if self.keep_check.isChecked() else None
-            kept = write_labels_undoable(existing, plan.target, labels, keep=keep)
+            keep = corrections(existing, index) if self.keep_check.isChecked() else None
+            if outside is not None:
+                keep = outside if keep is None else keep | outside
+            kept = write_labels_undoable(existing, index, labels, keep=keep)
             target = existing
         else:
             data = np.zeros(plan.labels_shape, dtype=labels.dtype)
-            data[plan.target] = labels
+            data[index] = labels if outside is None else np.where(outside, 0, labels)
             # a same-named layer of another shape stays; napari gives the new one a unique name
             target = self.viewer.add_labels(
                 data,
@@ -309,11 +391,49 @@ class SegmentWidget(QWidget):
         if AFFINE_KEY in image.metadata:  # a NIfTI image's grid: Export can write these labels back to NIfTI
             target.metadata[AFFINE_KEY] = image.metadata[AFFINE_KEY]
         target.metadata[HEADS_KEY] = str(heads)
+        if result.uncertainty is not None:
+            self._show_uncertainty(image, plan, index, result.uncertainty)
         classes = ", ".join(f"{i} {n}" for i, n in enumerate(class_names))
         if kept:
             note = f"kept {kept} corrected pixels" + (f"; {note}" if note else "")
         self.status.setText(f"{target.name}: {classes}" + (f"; {note}" if note else ""))
         show_info(f"Segmented {image.name} into {target.name!r}")
+
+    def _show_uncertainty(self, image: Image, plan: RunPlan, index: tuple, uncertainty: np.ndarray) -> None:
+        """The uncertainty at ``index`` of ``"<image> uncertainty"`` (float32, 0 to 1; 0 where never predicted)."""
+        name = uncertainty_layer_name(image.name)
+        layer = self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401 (no .get)
+        if isinstance(layer, Image) and layer.data.shape == plan.labels_shape and layer.data.dtype == np.float32:
+            layer.data[index] = uncertainty
+            layer.refresh()
+            return
+        data = np.zeros(plan.labels_shape, dtype=np.float32)
+        data[index] = uncertainty
+        self.viewer.add_image(
+            data,
+            name=name,
+            scale=plan.scale,
+            translate=plan.translate,
+            units=plan.units or None,
+            colormap="magma",
+            contrast_limits=(0.0, 1.0),
+            opacity=0.7,
+            blending="additive",
+        )
+
+
+def uncertainty_layer_name(image_name: str) -> str:
+    return f"{image_name} uncertainty"
+
+
+def result_index(plan: RunPlan, region: tuple | None) -> tuple:
+    """Where a run's result goes in the labels layer: the plane (or stack) at ``plan.target``, and within it
+    the ``region`` ((y0, y1), (x0, x1)) when given."""
+    if region is None:
+        return plan.target
+    (y0, y1), (x0, x1) = region
+    stack = (slice(None),) * len(plan.stack_shape)
+    return (*plan.target, *stack, slice(y0, y1), slice(x0, x1))
 
 
 def _side_by_side(*widgets: QWidget) -> QHBoxLayout:

@@ -77,7 +77,10 @@ class PreviewSchedule:
     previews (counting the next one as long as the last) stays within ``share`` of the training time."""
 
     def __init__(
-        self, share: float | None = None, interval_s: float | None = None, clock: Callable[[], float] = time.perf_counter
+        self,
+        share: float | None = None,
+        interval_s: float | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ):
         self.share = PREVIEW_SHARE if share is None else share
         self.interval_s = PREVIEW_INTERVAL_S if interval_s is None else interval_s
@@ -101,27 +104,31 @@ class PreviewSchedule:
         self.last_end = self.clock()
 
 
-def predict_view(
-    model: torch.nn.Module, view: PreviewView, *, normalization, patch_size: int, margin: int | None = None
-) -> np.ndarray:
+def predict_view(model: torch.nn.Module, view: PreviewView, *, normalization, patch_size: int) -> np.ndarray:
     """The labels (y1 - y0, x1 - x0) of ``model`` on ``view.region``.
 
-    A preview is cheap rather than exact: the region and ``margin`` pixels of context around it (default a
-    quarter of the tile) are predicted in tiles of ``patch_size`` that do not overlap (step 1: a quarter
-    of the tiles of a step-0.5 run), normalised with the statistics of that crop.
+    A preview is cheap rather than exact: only the tiles of ``patch_size`` that overlap the region run,
+    from a grid of tiles that do not overlap (step 1: a quarter of the tiles of a step-0.5 run), with the
+    whole plane's statistics (:func:`.predict.sliding_window`'s ``region``).
     """
-    from .predict import predict
+    from .outputs import Labels
+    from .predict import image_layout, sliding_window
     from .progress import drain
 
-    (y0, y1), (x0, x1) = view.region
-    margin = patch_size // 4 if margin is None else margin
-    height, width = view.plane.shape[:2]
-    top, left = max(0, y0 - margin), max(0, x0 - margin)
-    crop = np.asarray(view.plane[top : min(height, y1 + margin), left : min(width, x1 + margin)])
-    labels = drain(
-        predict(model, crop, patch_size=patch_size, step=1.0, normalization=normalization, channel_axis=view.channel_axis)
+    layout = image_layout(view.plane, view.channel_axis)
+    (labels,) = drain(
+        sliding_window(
+            model,
+            view.plane,
+            layout,
+            (Labels(),),
+            patch_size=patch_size,
+            step=1.0,
+            normalization=normalization,
+            region=view.region,
+        )
     )
-    return labels[y0 - top : y1 - top, x0 - left : x1 - left]
+    return labels
 
 
 def with_previews(
@@ -134,7 +141,8 @@ def with_previews(
     schedule: PreviewSchedule | None = None,
 ) -> Generator[Progress, None, object]:
     """``run``'s events, and a :class:`Preview` of ``target``'s view after a training step when the
-    ``schedule`` (default: :data:`PREVIEW_SHARE` of the training time, every :data:`PREVIEW_INTERVAL_S` at most) allows; returns ``run``'s result.
+    ``schedule`` (default: :data:`PREVIEW_SHARE` of the training time, every :data:`PREVIEW_INTERVAL_S` at
+    most) allows; returns ``run``'s result.
 
     model: the module ``run`` trains in place (e.g. the ``model`` given to :func:`.train.train`).
     normalization, patch_size: how the training normalises its images, and its patch (the preview's tile).
