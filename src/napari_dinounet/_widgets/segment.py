@@ -55,6 +55,7 @@ from ._layer_geometry import (
 )
 from ._llvm_clash import avoid_triton_llvm_clash
 from ._model_form import ModelForm, dock_layout, for_the_widgets, heads_metadata, help_label
+from ._multiscale import LevelPicker
 from ._preview import visible_region
 from ._session import Session, get_session
 from ._settings import persisted
@@ -177,6 +178,7 @@ class SegmentWidget(QWidget):
         self.stack_combo.addItems([CURRENT_SLICE, WHOLE_STACK])
         persisted(self.stack_combo, "segment/stack", CURRENT_SLICE)
         self.stack_combo.setToolTip("For stacks: only the slice on screen, or every slice.")
+        self.level_combo = LevelPicker()  # multiscale layers: the level to segment (_multiscale)
         self.tile_spin = QSpinBox()
         self.tile_spin.setRange(0, 4096)
         self.tile_spin.setSingleStep(32)
@@ -220,6 +222,7 @@ class SegmentWidget(QWidget):
         form.addRow("Image", self.image_combo)
         form.addRow("Channels", _side_by_side(self.channel_axis_combo, self.channels_edit))
         form.addRow("Stack", self.stack_combo)
+        form.addRow("Level", self.level_combo)
         form.addRow("Tile, overlap", _side_by_side(self.tile_spin, self.overlap_spin))
         form.addRow("Where", self.where_combo)
         form.addRow(self.tta_check)
@@ -250,6 +253,7 @@ class SegmentWidget(QWidget):
         layer = self.image_combo.layer()
         fill_channel_axis_choices(self.channel_axis_combo, layer)
         self.stack_combo.setEnabled(layer is not None and layer.ndim > 2)
+        self.level_combo.set_layer(layer, self.tile_spin.value() or None, 1.0 - self.overlap_spin.value())
         self._channel_axis_changed()
 
     def _channel_axis_changed(self, *_) -> None:
@@ -275,7 +279,7 @@ class SegmentWidget(QWidget):
             if channel_axis is None:  # "none": the heads' channel count may say which axis holds channels
                 channel_axis, note = infer_channel_axis(layer, in_channels)
             plan = plan_run(
-                layer,
+                self.level_combo.at_level(layer),
                 channel_axis=channel_axis,
                 channels=parse_channels(self.channels_edit.text()) if self.channels_edit.isEnabled() else None,
                 whole_stack=self.stack_combo.currentText() == WHOLE_STACK,
@@ -321,7 +325,19 @@ class SegmentWidget(QWidget):
         all of it, and for shapes the pixels inside them (bool, the labels' shape at ``plan.target``)."""
         choice, shapes = self.where_combo.currentText(), self.where_combo.layer()
         if choice == IN_VIEW:
-            return visible_region(self.viewer, layer, plan.labels_shape[-2:], None if layer.rgb else channel_axis), None
+            axis = None if layer.rgb else channel_axis
+            level = self.level_combo.at_level(layer)
+            factors = getattr(level, "factors", None)  # a multiscale layer's level: its pixels are this coarser
+            if factors is None:
+                return visible_region(self.viewer, layer, plan.labels_shape[-2:], axis), None
+            rows, cols = [a for a in range(layer.ndim) if a != axis][-2:]
+            fy, fx = factors[rows], factors[cols]
+            height, width = plan.labels_shape[-2:]
+            (y0, y1), (x0, x1) = visible_region(self.viewer, layer, (round(height * fy), round(width * fx)), axis)
+            return (
+                (int(y0 // fy), min(height, int(np.ceil(y1 / fy)))),
+                (int(x0 // fx), min(width, int(np.ceil(x1 / fx)))),
+            ), None
         if shapes is None:
             return None, None
         inside = np.asarray(plan.select(region_mask(shapes, plan.labels_shape)))

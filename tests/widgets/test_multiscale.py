@@ -1,0 +1,59 @@
+"""Segment on a multiscale layer of dask levels: the chosen level only, labels placed on level 0."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _widget_helpers import nuclei_crop, wait_for, write_tiny_heads
+
+da = pytest.importorskip("dask.array")
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    return make_napari_viewer()
+
+
+def test_segment_a_chosen_level_of_a_multiscale_layer(qtbot, viewer, tmp_path):
+    from napari_dinounet._widgets.segment import SegmentWidget
+    from napari_dinounet.engine.predictor import Predictor
+    from napari_dinounet.engine.progress import drain
+
+    image, _ = nuclei_crop()
+    big = np.kron(image, np.ones((2, 2), image.dtype))  # 256 x 256
+    levels = [da.from_array(big, chunks=64), da.from_array(image, chunks=64), da.from_array(image[::2, ::2], chunks=64)]
+    layer = viewer.add_image(levels, multiscale=True, name="slide", scale=(0.5, 0.25), translate=(10.0, -4.0))
+    heads = write_tiny_heads(tmp_path / "heads.safetensors")
+    widget = SegmentWidget(viewer)
+    widget.model_form.set_backbone("random:tiny")
+    widget.model_form.device_combo.setCurrentText("cpu")
+    widget.model_form.set_heads(str(heads))
+    widget.tile_spin.setValue(64)
+    widget.image_combo.set_layer(layer)
+    combo = widget.level_combo
+    assert combo.isEnabled() and combo.count() == 3
+    assert combo.itemText(1).startswith("1: 128 x 128, about") and combo.currentIndex() == 0  # small: level 0 fits
+    combo.setCurrentIndex(1)
+    job = widget.run()
+    wait_for(qtbot, job)
+    assert not job.errored
+
+    labels = viewer.layers["slide labels"]
+    assert labels.data.shape == (128, 128)
+    np.testing.assert_allclose(labels.scale, (1.0, 0.5))  # level 1: each pixel two of level 0
+    np.testing.assert_allclose(labels.translate, (10.0, -4.0))
+    # a point of the image lands on the label pixel that covers it
+    world = layer.data_to_world((100.0, 60.0))
+    assert tuple(np.round(labels.world_to_data(world)).astype(int)) == (50, 30)
+    predictor = Predictor.from_checkpoint(heads, widget.session.backbone("random:tiny", "cpu"))
+    (expected,) = drain(predictor.predict(np.asarray(levels[1]), tile=64))
+    np.testing.assert_array_equal(labels.data, expected)
+
+
+def test_a_single_level_layer_has_no_level_to_choose(viewer):
+    from napari_dinounet._widgets.segment import SegmentWidget
+
+    viewer.add_image(np.zeros((64, 64), np.uint8), name="flat")
+    widget = SegmentWidget(viewer)
+    assert not widget.level_combo.isEnabled() and widget.level_combo.currentText() == "single level"
