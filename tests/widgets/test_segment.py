@@ -530,7 +530,7 @@ def test_segment_the_part_in_view_or_inside_shapes_and_add_uncertainty(qtbot, vi
     assert uncertainty.data.dtype == np.float32 and uncertainty.colormap.name == "magma"
     assert tuple(uncertainty.contrast_limits) == (0.0, 1.0)
     inside_u = uncertainty.data[y0:y1, x0:x1]
-    assert 0 <= inside_u.min() and inside_u.max() <= 1 and inside_u.max() > 0 and not uncertainty.data[outside].any()
+    assert inside_u.min() >= 0 and 0 < inside_u.max() <= 1 and not uncertainty.data[outside].any()
 
     # inside a Shapes layer's shapes only: the box around them is predicted, the pixels inside are written
     viewer.add_shapes([np.array([[80, 70], [80, 120], [120, 120], [120, 70]])], shape_type="rectangle", name="roi")
