@@ -94,53 +94,34 @@ def test_simulated_strokes_stay_within_their_coverage_and_on_their_class():
 # -------------------------------------------------------------------------------------------- training
 
 
-@pytest.fixture(scope="module")
-def backbone():
-    import warnings
+def test_strokes_of_3_percent_train_fresh_heads_to_90_percent_of_full_label_dice(
+    tmp_path, tiny_backbone, nuclei_left_heads
+):
+    """Left half for training, right half for scoring, the same steps. The validation on strokes says it
+    scores the painted pixels only (scope "painted"); the full-label validation set of the full-label run
+    is scored, and reported, as labels."""
+    from _nuclei_training import train_nuclei_heads
 
-    from napari_dinounet.engine.backbone import load_backbone
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return load_backbone("random:tiny")
-
-
-def _train_and_score(samples, validation, out, backbone, steps=30):
-    """Fresh heads trained ``steps`` steps; (validation events, Dice of class 1 on the nuclei right half)."""
-    from napari_dinounet.engine.checkpoint import load_heads
+    from napari_dinounet.engine.checkpoint import load_heads, read_metadata
     from napari_dinounet.engine.metrics import binary_dice
     from napari_dinounet.engine.predictor import Predictor
-    from napari_dinounet.engine.progress import Validation, drain
-    from napari_dinounet.engine.train import TrainSettings, train
+    from napari_dinounet.engine.progress import drain
 
-    settings = TrainSettings(
-        size="tiny", patch_size=64, batch_size=4, epochs=1, iters_per_epoch=steps, val_crops=2, lr=2e-3
-    )
-    events = []
-    drain(train(samples, validation=validation, out=out, backbone=backbone, settings=settings), events.append)
     image, instances = load_nuclei()
-    (labels,) = drain(Predictor(*load_heads(out, backbone)).predict(image[:, 256:], tile=128))
-    return [e for e in events if isinstance(e, Validation)], binary_dice(labels == 1, instances[:, 256:] > 0)
-
-
-def test_strokes_of_3_percent_train_fresh_heads_to_90_percent_of_full_label_dice(tmp_path, backbone):
-    """Left half for training, right half for scoring. The validation on strokes says it scores the
-    painted pixels only (scope "painted"); a full-label validation set given instead is scored as labels."""
-    image, instances = load_nuclei()
-    left = (instances[:, :256] > 0).astype(np.int64)
-    strokes = simulated_scribbles(left, 2, coverage=0.03)
+    truth = instances[:, 256:] > 0
+    strokes = simulated_scribbles((instances[:, :256] > 0).astype(np.int64), 2, coverage=0.03)
     assert (strokes != 0).mean() <= 0.03
-    full = samples_from_arrays([image[:, :256]], [left], num_classes=2)
     sparse_train, sparse_val = split_samples(samples_from_arrays([image[:, :256]], [strokes], sparse_background=2))
-    checked = samples_from_arrays([image[:64, 256:320]], [instances[:64, 256:320] > 0], num_classes=2)
-    full_validations, full_dice = _train_and_score(full, checked, tmp_path / "full.safetensors", backbone)
-    validations, stroke_dice = _train_and_score(sparse_train, sparse_val, tmp_path / "strokes.safetensors", backbone)
+    out = tmp_path / "strokes.safetensors"
+    validations = train_nuclei_heads(sparse_train, out, tiny_backbone, validation=sparse_val)
+    full_predictor, full_validations = nuclei_left_heads
+    (full_labels,) = drain(full_predictor.predict(image[:, 256:], tile=128))
+    (stroke_labels,) = drain(Predictor(*load_heads(out, tiny_backbone)).predict(image[:, 256:], tile=128))
+    full_dice, stroke_dice = binary_dice(full_labels == 1, truth), binary_dice(stroke_labels == 1, truth)
     print(
         f"Dice on the right half: full labels {full_dice:.3f}, strokes ({(strokes != 0).mean():.1%}) {stroke_dice:.3f}"
     )
     assert full_dice > 0.75 and stroke_dice >= 0.9 * full_dice
     assert {v.scope for v in validations} == {"painted"} and "painted pixels only" in validations[-1].message
     assert {v.scope for v in full_validations} == {"labels"} and "painted" not in full_validations[-1].message
-    from napari_dinounet.engine.checkpoint import read_metadata
-
-    assert read_metadata(tmp_path / "strokes.safetensors").training["history"][-1]["val_scope"] == "painted"
+    assert read_metadata(out).training["history"][-1]["val_scope"] == "painted"

@@ -6,6 +6,9 @@ label store ``--out/x.ome.zarr`` with its own pyramid, see ``engine/io/omezarr``
 Each prediction goes to ``--out/<case><input extension>`` (JPEG inputs give PNG), with the input's
 spacing, units and NIfTI header (``io.write_labels``). Stacks are predicted slice by slice along the
 file's slice axis (z: the first axis of TIFF/.npy stacks, the last of NIfTI volumes) or ``--axis``.
+``--uncertainty`` also writes ``<case>_uncertainty.tif`` beside it: float32 in [0, 1], the normalised
+entropy of the class probabilities (:class:`engine.uncertainty.Uncertainty`; with ``--tta`` of the mirrors'
+mean, so it also rises where the mirrors disagree), of the labels' shape.
 """
 
 from __future__ import annotations
@@ -61,6 +64,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also write class probabilities, float32 with classes first, as <case>_probabilities.npy",
     )
     parser.add_argument(
+        "--uncertainty",
+        action="store_true",
+        help="also write per-pixel uncertainty (normalised entropy of the class probabilities; with --tta it "
+        "includes the mirrors' disagreement), float32 in [0, 1], as <case>_uncertainty.tif",
+    )
+    parser.add_argument(
         "--allow-backbone-mismatch",
         action="store_true",
         help="use heads trained with another backbone of the same width (results may be poor)",
@@ -111,6 +120,14 @@ def _some(paths: list[Path], limit: int = 3) -> str:
     return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
 
 
+UNCERTAINTY_SUFFIX = "_uncertainty.tif"
+
+
+def uncertainty_path(labels_path: Path, case_name: str) -> Path:
+    """Where a case's uncertainty map goes beside its labels: ``<case>_uncertainty.tif``."""
+    return Path(labels_path).with_name(case_name + UNCERTAINTY_SUFFIX)
+
+
 def _plan_outputs(cases, out_dir: Path, args: argparse.Namespace) -> list[tuple[object, Path]]:
     """(case, labels path) for every case to predict, checked before any work starts.
 
@@ -136,6 +153,7 @@ def _plan_outputs(cases, out_dir: Path, args: argparse.Namespace) -> list[tuple[
     planned, existing = [], []
     for case, target in zip(cases, targets):
         outputs = [target] + ([probabilities_path(target, case.name)] if args.probabilities else [])
+        outputs += [uncertainty_path(target, case.name)] if getattr(args, "uncertainty", False) else []
         found = [path for path in outputs if path.exists()]
         if found and args.skip_existing and len(found) == len(outputs):
             continue
@@ -190,6 +208,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.outputs import Labels, Probabilities
     from ..engine.predictor import Predictor
     from ..engine.progress import run_with_bar
+    from ..engine.uncertainty import Uncertainty
     from ._common import backbone_source
 
     cases = find_images(args.inputs)
@@ -229,14 +248,16 @@ def run(args: argparse.Namespace) -> int:
                 mirror=args.tta,
                 batch_size=args.batch,
                 force=args.force,  # --tile 0 is refused
-                outputs=[Probabilities() if args.probabilities else Labels()],
+                outputs=[Probabilities() if args.probabilities else Labels()]
+                + ([Uncertainty()] if args.uncertainty else []),
                 slices=slices,
             )
-            (result,) = run_with_bar(job, desc=f"[{number}/{len(planned)}] {case.name}", disable=args.quiet)
+            result, *uncertainty = run_with_bar(job, desc=f"[{number}/{len(planned)}] {case.name}", disable=args.quiet)
         except InputError as err:
             raise InputError(f"{case.name}: {err}") from None
         if one_volume:
             result = _gather_volume(result, layout, slices, args.probabilities)
+            uncertainty = [_gather_volume(u, layout, slices, False) for u in uncertainty]
             if result is None:  # rank 0 writes the volume
                 continue
         labels = result.argmax(axis=0) if args.probabilities else result
@@ -247,4 +268,18 @@ def run(args: argparse.Namespace) -> int:
             with atomic_path(probabilities) as tmp:
                 np.save(tmp, result)
             print(f"{case.name}: {probabilities}")
+        if uncertainty:
+            _write_uncertainty(uncertainty_path(target, case.name), uncertainty[0])
+            print(f"{case.name}: {uncertainty_path(target, case.name)}")
     return 0
+
+
+def _write_uncertainty(path: Path, uncertainty) -> None:
+    """The uncertainty map (*spatial) float32 as a TIFF, atomically."""
+    import numpy as np
+    import tifffile
+
+    from ..engine.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, np.asarray(uncertainty, np.float32))
