@@ -8,8 +8,8 @@ pixels, nuclei 1, background 2) train fresh heads in Fine-tune with *sparse labe
 on the sample's ground truth, while the live preview follows a zoomed-in view
 (``finetune-scribbles.png``, taken mid-training); then Segment adds the uncertainty layer
 (``segment-uncertainty.png``). The backbone is ``random:tiny`` (untrained: the pictures show what the
-widgets do, not what DINOv3 features achieve). Files and settings go to ``$TMPDIR/dinounet-demo``, as
-``tools/screenshots.py`` does.
+widgets do, not what DINOv3 features achieve). Files and settings go to ``$TMPDIR/dinounet-demo/correction-loop``
+(the user's settings and home are left alone).
 """
 
 from __future__ import annotations
@@ -21,7 +21,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from screenshots import ROOT, WINDOW, WORK, dock, settle, wait_for
+from screenshots import ROOT, WINDOW, dock, settle, wait_for
+from screenshots import WORK as DEMO
+
+WORK = DEMO / "correction-loop"  # its own settings: no heads remembered from other runs
 
 
 def save(viewer, path: Path) -> None:
@@ -99,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
     segment = dock(viewer, docks, "Segment")
     segment.image_combo.set_layer(image)
+    segment.tile_spin.setValue(0)  # auto: the heads' training patch
     segment.uncertainty_check.setChecked(True)
     wait_for(segment.run(), "Segmentation", timeout_s=600)
     for layer in (scribbles, viewer.layers["nuclei preview"]):
@@ -106,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     found, wanted = viewer.layers["nuclei labels"].data == 1, np.asarray(truth.data) == 1
     dice = 2 * (found & wanted).sum() / (found.sum() + wanted.sum())
     print(f"Dice of the scribble-trained heads vs the ground truth: {dice:.3f}")
+    viewer.layers["nuclei labels"].contour = 2  # outlines: the uncertainty under them stays readable
     viewer.reset_view()
     viewer.layers.selection.active = viewer.layers["nuclei uncertainty"]
     save(viewer, args.out / "segment-uncertainty.png")

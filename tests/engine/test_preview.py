@@ -24,21 +24,21 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 REGIONS = [(slice(0, 128), slice(0, 128)), (slice(128, 256), slice(0, 128))]
 
 
-def _run(tmp_path, name, backbone, previews: bool):
+def _train_with_previews(tmp_path, backbone):
+    """Six steps on two nuclei crops, a preview of one view after every step (the budget never holds one back)."""
     from _nuclei_training import nuclei_foreground
 
     samples = nuclei_samples(REGIONS)
     settings = TrainSettings(patch_size=64, batch_size=2, epochs=2, iters_per_epoch=3, cache_features=False)
     model = build_model(backbone, settings, 2, in_channels=1)
-    run = train(samples, out=tmp_path / f"{name}.safetensors", backbone=backbone, settings=settings, model=model)
+    run = train(samples, out=tmp_path / "heads.safetensors", backbone=backbone, settings=settings, model=model)
     target = PreviewTarget()
     image, _ = nuclei_foreground()
     view = PreviewView(image[:160, :160], ((40, 120), (30, 100)))
     target.set(view)
-    if previews:  # every step: the budget and the interval never hold a preview back
-        run = with_previews(
-            run, model, target, normalization="zscore", patch_size=64, schedule=PreviewSchedule(share=1e9, interval_s=0)
-        )
+    run = with_previews(
+        run, model, target, normalization="zscore", patch_size=64, schedule=PreviewSchedule(share=1e9, interval_s=0)
+    )
     events = []
     out = drain(run, events.append)
     return out, events, model, view
@@ -48,7 +48,7 @@ def test_previews_come_between_steps_and_leave_the_model_as_training_had_it(tmp_
     from napari_dinounet.engine.backbone import load_backbone
 
     backbone = load_backbone("random:tiny")
-    out, events, model, view = _run(tmp_path, "previewed", backbone, previews=True)
+    out, events, model, view = _train_with_previews(tmp_path, backbone)
     assert out.is_file()
     previews = [e for e in events if isinstance(e, Preview)]
     steps = [e.done for e in events if type(e).__name__ == "Progress" and e.task == "train" and "loss" in e.metrics]
@@ -56,6 +56,7 @@ def test_previews_come_between_steps_and_leave_the_model_as_training_had_it(tmp_
     for preview in previews:
         assert preview.labels.shape == (80, 70) and preview.labels.dtype == np.uint8 and preview.seconds > 0
         assert preview.view is view and set(np.unique(preview.labels)) <= {0, 1}
+        assert preview.message.startswith("epoch") and "loss" not in preview.metrics  # reads as its step, is not one
     assert len({p.labels.tobytes() for p in previews}) > 1  # the heads change as they train
 
     # a preview predicts in eval mode without gradients: the parameters, buffers (batch-norm statistics)

@@ -543,3 +543,48 @@ def test_segment_the_part_in_view_or_inside_shapes_and_add_uncertainty(qtbot, vi
     widget.where_combo.setCurrentText("the part in view")
     viewer.layers.remove("roi")
     assert widget.where_combo.currentText() == "the part in view"  # a layer change keeps the choice
+
+
+def test_correct_here_next_walks_the_ranked_regions_and_feeds_fine_tune(qtbot, viewer, nuclei, heads):
+    from napari_dinounet._widgets.finetune import FineTuneWidget
+    from napari_dinounet.engine.next_regions import next_regions
+
+    widget = ready_widget(viewer, heads)
+    finetune = FineTuneWidget(viewer)
+    widget.uncertainty_check.setChecked(True)
+    assert not widget.next_button.isEnabled()
+    wait_for(qtbot, widget.run())
+    labels = viewer.layers["nuclei labels"]
+    expected = next_regions(viewer.layers["nuclei uncertainty"].data, tile=64, count=10)
+    ranked = viewer.layers["nuclei next"]
+    assert len(ranked.data) == len(expected) >= 2 and list(ranked.features["rank"]) == list(range(1, len(expected) + 1))
+    np.testing.assert_allclose(ranked.features["score"], [r.score for r in expected])
+    assert viewer.layers.selection.active is labels  # the layer to correct stays active
+    assert widget.next_button.isEnabled()
+
+    widget.next_button.click()
+    first = expected[0]
+    centre = np.array([10.0, -4.0]) + np.array([0.5, 0.25]) * np.array(first.centre)  # the layer's geometry
+    np.testing.assert_allclose(viewer.camera.center[-2:], centre)
+    assert "region 1/" in widget.status.text()
+    checked = viewer.layers["nuclei checked"]
+    assert len(checked.data) == 1 and finetune.rows[0].region.currentText() == "nuclei checked"
+    (pair,) = finetune._pairs()  # Fine-tune counts in exactly the region shown
+    (y0, y1), (x0, x1) = first.bounds
+    assert pair.mask[y0:y1, x0:x1].all() and pair.mask.sum() == (y1 - y0) * (x1 - x0)
+    widget.next_button.click()
+    assert len(checked.data) == 2 and "region 2/" in widget.status.text()
+
+    # the user corrects all of region 1; the next run keeps it and no longer ranks it first
+    corrected = labels.data.copy()
+    corrected[y0:y1, x0:x1] = 1 - corrected[y0:y1, x0:x1]
+    labels.data_setitem(np.nonzero(corrected != labels.data), corrected[corrected != labels.data])
+    wait_for(qtbot, widget.run())
+    np.testing.assert_array_equal(labels.data[y0:y1, x0:x1], corrected[y0:y1, x0:x1])
+    regions = [(r.rows, r.cols) for r in next_regions(viewer.layers["nuclei uncertainty"].data, tile=64, count=10)]
+    assert regions[0] == (first.rows, first.cols)  # without the corrections it would still be first
+    new_first = viewer.layers["nuclei next"].features["score"][0]
+    assert (first.rows, first.cols) not in [
+        ((int(s[0][0] + 0.5), int(s[2][0] + 0.5)), (int(s[0][1] + 0.5), int(s[2][1] + 0.5)))
+        for s in viewer.layers["nuclei next"].data
+    ] and new_first <= expected[0].score

@@ -60,6 +60,7 @@ from ._layer_geometry import (
 )
 from ._llvm_clash import avoid_triton_llvm_clash
 from ._model_form import ModelForm, dock_layout, heads_metadata, help_label, widget_advice
+from ._next import checked_layer_name
 from ._preview import LivePreview
 from ._session import Session, get_session
 from ._settings import persisted
@@ -362,11 +363,20 @@ class _PairRow:
         self._guess_labels()
 
     def _guess_labels(self, *_) -> None:
-        """Pick "<image> labels" (what Segment writes) when it exists."""
+        """Pick "<image> labels" (what Segment writes) when it exists, and "<image> checked" (the regions
+        Segment's Next showed for correcting) as the region that counts."""
         image = self.image.layer()
         index = self.labels.findText(labels_layer_name(image.name)) if image is not None else -1
         if index >= 0:
             self.labels.setCurrentIndex(index)
+        self.guess_region()
+
+    def guess_region(self, *_) -> None:
+        """Count in "<image> checked" once it exists, unless another region was chosen."""
+        image = self.image.layer()
+        index = self.region.findText(checked_layer_name(image.name)) if image is not None else -1
+        if index >= 0 and self.region.layer() is None:
+            self.region.setCurrentIndex(index)
 
 
 def region_mask(region, shape: tuple[int, ...]) -> np.ndarray:
@@ -517,7 +527,12 @@ class FineTuneWidget(QWidget):
         sparse_row.addWidget(self.background_label)
         sparse_row.addWidget(self.background_spin)
         form.addRow(sparse_row)
-        form.addRow("Validate on", self.validate_combo)
+        self._validate_row = QWidget()  # shown with sparse labels only: the form stays short without them
+        validate_row = QHBoxLayout(self._validate_row)
+        validate_row.setContentsMargins(0, 0, 0, 0)
+        validate_row.addWidget(QLabel("Validate on"))
+        validate_row.addWidget(self.validate_combo, 1)
+        form.addRow(self._validate_row)
         form.addRow("Steps", self.steps_spin)
         form.addRow(self.estimate_label)
         form.addRow(self.preview_check)
@@ -573,6 +588,8 @@ class FineTuneWidget(QWidget):
         self.background_spin.valueChanged.connect(self._update_classes)
         self.session.heads_changed.connect(self._heads_changed)
         self.destroyed.connect(lambda *_: _disconnect(self.session.heads_changed, self._heads_changed))
+        napari_viewer.layers.events.inserted.connect(self._layer_added)
+        self.destroyed.connect(lambda *_: _disconnect(napari_viewer.layers.events.inserted, self._layer_added))
         self.start_button.clicked.connect(self.start)
         self.stop_button.clicked.connect(self.stop)
         self.add_pair()
@@ -591,6 +608,12 @@ class FineTuneWidget(QWidget):
             self._pairs_grid.addWidget(widget, len(self.rows), column)
         self._update_remove_buttons()
         return row
+
+    def _layer_added(self, *_) -> None:
+        """Segment's Next made "<image> checked": the pairs of that image count it in."""
+        for row in self.rows:
+            row.region.refresh()  # napari may tell this widget before the picker lists the new layer
+            row.guess_region()
 
     def remove_pair(self, row: _PairRow) -> None:
         self.rows.remove(row)
@@ -701,8 +724,9 @@ class FineTuneWidget(QWidget):
     def _sparse_changed(self, *_) -> None:
         """Scribbles take a background value and a validation choice; instance labels are not scribbles."""
         sparse = self.sparse_check.isChecked()
-        for control in (self.background_label, self.background_spin, self.validate_combo):
+        for control in (self.background_label, self.background_spin):
             control.setEnabled(sparse)
+        self._validate_row.setVisible(sparse)
         self.foreground_check.setEnabled(not sparse)
         if sparse and self.validate_combo.layer() is None:
             image = self.rows[0].image.layer() if self.rows else None

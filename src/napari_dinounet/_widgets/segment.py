@@ -8,9 +8,12 @@ what was there before, and keep the pixels the user corrected since the last run
 on by default; :mod:`._corrections`). "Where" limits a run to the part in view or to the box around a
 Shapes layer's shapes (only the pixels inside the shapes are written); the engine runs only the tiles that
 overlap it (``Predictor.predict(region=...)``). "uncertainty" adds the layer ``"<image> uncertainty"``
-(normalised entropy, 0 to 1; :mod:`..engine.uncertainty`). The form's visible fields are remembered
-between sessions (``_settings.persisted``); test-time augmentation (4x slower) and Channels (which belong
-to one image) start afresh in each widget.
+(normalised entropy, 0 to 1; :mod:`..engine.uncertainty`) and ``"<image> next"``, the tiles where
+correcting should pay most, ranked (:mod:`..engine.next_regions`: the uncertainty not yet corrected in
+them); **Next** centres the view on the next one and adds it to ``"<image> checked"``, the Shapes layer
+Fine-tune then takes as the region that counts (the corrected labels are ``"<image> labels"``). The form's
+visible fields are remembered between sessions (``_settings.persisted``); test-time augmentation (4x slower)
+and Channels (which belong to one image) start afresh in each widget.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from ._layer_geometry import (
 from ._llvm_clash import avoid_triton_llvm_clash
 from ._model_form import ModelForm, dock_layout, for_the_widgets, heads_metadata, help_label
 from ._multiscale import LevelPicker
+from ._next import NextRegions
 from ._preview import visible_region
 from ._session import Session, get_session
 from ._settings import persisted
@@ -203,6 +207,12 @@ class SegmentWidget(QWidget):
             "class probabilities: 0 sure, 1 all classes equally likely; with test-time augmentation it also "
             "counts the mirrors' disagreement). Bright areas are where corrections help most."
         )
+        self.next_button = QPushButton("Next")
+        self.next_button.setToolTip(
+            "Centre the view on the next region of '<image> next' (where correcting helps most) and add it to "
+            "'<image> checked': correct the labels there, then Fine-tune counts those regions in."
+        )
+        self.next_button.setEnabled(False)
         self.keep_check = persisted(QCheckBox("keep my corrections"), "segment/keep", True)
         self.keep_check.setToolTip(
             "Running again onto '<image> labels' keeps every pixel you changed since the last run (painted, "
@@ -227,6 +237,8 @@ class SegmentWidget(QWidget):
         form.addRow("Where", self.where_combo)
         form.addRow(self.tta_check)
         form.addRow(_side_by_side(self.uncertainty_check, self.keep_check))
+        self.next_label = QLabel("Correct here next")
+        form.addRow(self.next_label, self.next_button)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
@@ -245,6 +257,8 @@ class SegmentWidget(QWidget):
         self.channel_axis_combo.currentIndexChanged.connect(self._channel_axis_changed)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
+        self.next_button.clicked.connect(self.go_to_next)
+        self._next: NextRegions | None = None
         self._image_changed()
 
     # -- the form ---------------------------------------------------------------------------------------
@@ -408,21 +422,30 @@ class SegmentWidget(QWidget):
             target.metadata[AFFINE_KEY] = image.metadata[AFFINE_KEY]
         target.metadata[HEADS_KEY] = str(heads)
         if result.uncertainty is not None:
-            self._show_uncertainty(image, plan, index, result.uncertainty)
+            uncertainty = self._show_uncertainty(image, plan, index, result.uncertainty)
+            self.viewer.layers.selection.active = target  # the layer to correct, not the new overlays
+            self._next = NextRegions(self.viewer, image, plan, uncertainty, labelled=corrections(target))
+            self.next_button.setEnabled(bool(self._next.regions))
         classes = ", ".join(f"{i} {n}" for i, n in enumerate(class_names))
         if kept:
             note = f"kept {kept} corrected pixels" + (f"; {note}" if note else "")
         self.status.setText(f"{target.name}: {classes}" + (f"; {note}" if note else ""))
         show_info(f"Segmented {image.name} into {target.name!r}")
 
-    def _show_uncertainty(self, image: Image, plan: RunPlan, index: tuple, uncertainty: np.ndarray) -> None:
-        """The uncertainty at ``index`` of ``"<image> uncertainty"`` (float32, 0 to 1; 0 where never predicted)."""
+    def go_to_next(self) -> None:
+        """Centre the view on the next region worth correcting (GUI)."""
+        if self._next is not None:
+            self.status.setText(self._next.go_to_next())
+
+    def _show_uncertainty(self, image: Image, plan: RunPlan, index: tuple, uncertainty: np.ndarray) -> np.ndarray:
+        """The uncertainty at ``index`` of ``"<image> uncertainty"`` (float32, 0 to 1; 0 where never predicted);
+        returns the layer's data."""
         name = uncertainty_layer_name(image.name)
         layer = self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401 (no .get)
         if isinstance(layer, Image) and layer.data.shape == plan.labels_shape and layer.data.dtype == np.float32:
             layer.data[index] = uncertainty
             layer.refresh()
-            return
+            return layer.data
         data = np.zeros(plan.labels_shape, dtype=np.float32)
         data[index] = uncertainty
         self.viewer.add_image(
@@ -436,6 +459,7 @@ class SegmentWidget(QWidget):
             opacity=0.7,
             blending="additive",
         )
+        return data
 
 
 def uncertainty_layer_name(image_name: str) -> str:

@@ -61,8 +61,9 @@ class PreviewTarget:
 
 @dataclass(frozen=True)
 class Preview(Progress):
-    """A prediction of the heads being trained, after ``done`` of ``total`` steps (task ``"train"``, like
-    the training's events, so a progress bar keeps its phase).
+    """A prediction of the heads being trained, after ``done`` of ``total`` steps (task ``"train"``, message
+    and ``eta_s`` of that step's event, so a progress bar and a status line keep their phase; ``metrics``
+    has ``preview_s``, never ``loss``: it is not a step).
 
     labels: (y1 - y0, x1 - x0) class indices of ``view.region``; seconds: what predicting it took.
     """
@@ -168,6 +169,10 @@ def with_previews(
             labels = predict_view(model, view, normalization=normalization, patch_size=patch_size)
             seconds = time.perf_counter() - started
             schedule.record(seconds)
-            yield Preview("train", event.done, event.total, "preview", labels=labels, view=view, seconds=seconds)
+            # the step's message and time left, so a status line reads on as before (no loss: not a step)
+            metrics = {"preview_s": seconds, **({"eta_s": event.metrics["eta_s"]} if "eta_s" in event.metrics else {})}
+            yield Preview(
+                "train", event.done, event.total, event.message, metrics, labels=labels, view=view, seconds=seconds
+            )
     finally:
         run.close()
