@@ -11,6 +11,14 @@ and building the model, i.e. what the passes themselves needed. Time: the median
 after one untimed warm-up pass (oneDNN picks its kernels on the first pass at a new size), and the
 fastest pass (the least disturbed by other work on a shared machine).
 
+Efficiency: in one more process, the inference forward in the default memory layout and in
+channels-last (``DinoUNet.use_channels_last``) and a 2048^3 fp32 GEMM run interleaved, ``--repeats``
+rounds (GEMM, default, channels-last, GEMM, ...), so that all three see the same load on a shared
+machine. Achieved GFLOP/s = the forward's FLOPs (``torch.utils.flop_counter``, a multiply-add counted
+as 2) / its median time; "of GEMM" = that over the GEMM's median GFLOP/s: the fraction of what this
+machine's BLAS reaches at that moment. The largest difference between the two layouts' logits, relative
+to the logits' largest magnitude, is reported too.
+
     .venv/bin/python benchmarks/forward.py            # 256 and 512, 3 timed passes each
     .venv/bin/python benchmarks/forward.py --quick    # 256 only, 1 timed pass
 
@@ -78,6 +86,85 @@ def measure(pixels: int, mode: str, repeats: int) -> dict:
     }
 
 
+GEMM_SIZE = 2048
+GEMM_PER_ROUND = 4  # matmuls per GEMM timing: about as long as a 256x256 forward
+
+
+def gemm_seconds(a, b) -> float:
+    """Seconds for GEMM_PER_ROUND products of the (n, n) matrices a @ b."""
+    start = time.perf_counter()
+    for _ in range(GEMM_PER_ROUND):
+        a @ b
+    return time.perf_counter() - start
+
+
+def forward_flops(model, x) -> int:
+    """FLOPs of one inference forward of ``model`` on ``x`` (a multiply-add counts 2)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(x)
+    return counter.get_total_flops()
+
+
+def measure_efficiency(pixels: int, repeats: int) -> dict:
+    """Achieved GFLOP/s of the inference forward in both memory layouts, and of a GEMM, interleaved."""
+    import copy
+    import warnings
+
+    import torch
+
+    from napari_dinounet.engine.network import build_dinounet
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the random backbone's not-pretrained warning
+        default = build_dinounet(SIZE, projection=PROJECTION, num_classes=CLASSES).eval()
+    layouts = {"default": default, "channels_last": copy.deepcopy(default).use_channels_last()}
+    x = torch.randn(1, 1, pixels, pixels)
+    a, b = torch.randn(GEMM_SIZE, GEMM_SIZE), torch.randn(GEMM_SIZE, GEMM_SIZE)
+    flops = forward_flops(default, x)
+    times: dict[str, list[float]] = {"gemm": [], **{name: [] for name in layouts}}
+    with torch.inference_mode():
+        logits = {name: model(x) for name, model in layouts.items()}  # warm-up; oneDNN picks its kernels
+        gemm_seconds(a, b)
+        for _ in range(repeats):
+            times["gemm"].append(gemm_seconds(a, b))
+            for name, model in layouts.items():
+                start = time.perf_counter()
+                model(x)
+                times[name].append(time.perf_counter() - start)
+    gemm_gflops = GEMM_PER_ROUND * 2 * GEMM_SIZE**3 / statistics.median(times["gemm"]) / 1e9
+    row = {"pixels": pixels, "gflop": flops / 1e9, "gemm_gflops": gemm_gflops, "seconds": times}
+    for name in layouts:
+        achieved = flops / statistics.median(times[name]) / 1e9
+        row[name] = {"gflops": achieved, "of_gemm": achieved / gemm_gflops}
+    reference = logits["default"]
+    row["channels_last_max_relative_difference"] = float(
+        (logits["channels_last"] - reference).abs().max() / reference.abs().max()
+    )
+    row["channels_last_speedup"] = statistics.median(times["default"]) / statistics.median(times["channels_last"])
+    return row
+
+
+def efficiency_table(rows: list[dict]) -> str:
+    lines = [
+        "| input | GFLOP | GEMM GFLOP/s | default GFLOP/s (of GEMM) | channels-last GFLOP/s (of GEMM) | "
+        "speed-up | max rel. difference |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        d, c = r["default"], r["channels_last"]
+        lines.append(
+            f"| {r['pixels']}x{r['pixels']} | {r['gflop']:.1f} | {r['gemm_gflops']:.0f} | "
+            f"{d['gflops']:.0f} ({d['of_gemm']:.0%}) | {c['gflops']:.0f} ({c['of_gemm']:.0%}) | "
+            f"{r['channels_last_speedup']:.2f} | {r['channels_last_max_relative_difference']:.1e} |"
+        )
+    return "\n".join(lines)
+
+
 def run_case(pixels: int, mode: str, repeats: int) -> dict:
     """Run :func:`measure` in a fresh Python process so that its peak memory is its own."""
     return in_fresh_process(__file__, "--case", str(pixels), mode, "--repeats", str(repeats))
@@ -106,7 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.case:
-        print(json.dumps(measure(int(args.case[0]), args.case[1], args.repeats)))
+        pixels, mode = int(args.case[0]), args.case[1]
+        row = measure_efficiency(pixels, args.repeats) if mode == "efficiency" else measure(pixels, mode, args.repeats)
+        print(json.dumps(row))
         return 0
     sizes, repeats = ([256], 1) if args.quick else (args.sizes, args.repeats)
 
@@ -114,9 +203,12 @@ def main(argv: list[str] | None = None) -> int:
 
     load_start = os.getloadavg()[0]
     rows = [run_case(pixels, mode, repeats) for pixels in sizes for mode in MODES]
+    efficiency = [run_case(pixels, "efficiency", repeats) for pixels in sizes]
     load_end = os.getloadavg()[0]
     print(f"Dino U-Net {SIZE.upper()} ({PROJECTION}, random:{SIZE} backbone), batch 1, CPU, {repeats} timed pass(es)")
     print(table(rows))
+    print("\nInference forward against a GEMM in the same process (interleaved, medians):")
+    print(efficiency_table(efficiency))
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
         f"load average {load_start:.1f} at start, {load_end:.1f} at end"
@@ -130,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         "extra = peak minus the peak after imports and model construction",
         "machine": machine(load_start, load_end),
         "results": rows,
+        "efficiency": efficiency,
     }
     write_json(args.json, result)
     return 0

@@ -40,10 +40,12 @@ from qtpy.QtWidgets import (
 
 from .._layer_metadata import AFFINE_KEY, CLASS_NAMES_KEY, HEADS_KEY
 from ..engine.errors import DinoUNetError, InputError
+from ..engine.names import INSTANCES, SEMANTIC
 from ..engine.progress import Progress
 from ._class_picker import ClassPicker
 from ._classes import class_colors, class_features
 from ._corrections import corrections, record_prediction, write_labels_undoable
+from ._instances import show_instances
 from ._jobs import Job, report_error
 from ._layer_combo import LayerComboBox, fill_channel_axis_choices
 from ._layer_geometry import (
@@ -76,6 +78,8 @@ class SegmentResult:
 
     labels: np.ndarray
     class_names: list[str]
+    task: str = SEMANTIC  # INSTANCES: labels are object ids, measured in features (engine/instances.py)
+    features: dict | None = None
     uncertainty: np.ndarray | None = None  # float32 in [0, 1], labels' shape (when asked for)
 
 
@@ -133,6 +137,7 @@ def _segment(
     uncertainty,
 ) -> Generator[Progress, None, SegmentResult]:
     from ..engine.device import pick_device
+    from ..engine.instances import object_features
     from ..engine.outputs import Labels as LabelsOutput
     from ..engine.predictor import Predictor
     from ..engine.uncertainty import Uncertainty
@@ -154,7 +159,23 @@ def _segment(
         outputs=outputs,
         region=region,
     )
-    return SegmentResult(plan.place(results[0]), predictor.class_names, plan.place(results[1]) if uncertainty else None)
+    labels = results[0]
+    task = predictor.metadata.task
+    features = object_features(labels, _crop(plan, region), plan.channel_axis) if task == INSTANCES else None
+    return SegmentResult(
+        plan.place(labels), predictor.class_names, task, features, plan.place(results[1]) if uncertainty else None
+    )
+
+
+def _crop(plan: RunPlan, region: tuple | None):
+    """The planned image inside ``region`` ((y0, y1), (x0, x1)) of its planes (all of it for None)."""
+    if region is None:
+        return plan.image
+    (y0, y1), (x0, x1) = region
+    rows = plan.image.ndim - (3 if plan.channel_axis is not None else 2)
+    index = [slice(None)] * plan.image.ndim
+    index[rows], index[rows + 1] = slice(y0, y1), slice(x0, x1)
+    return plan.image[tuple(index)]
 
 
 class SegmentWidget(QWidget):
@@ -397,7 +418,8 @@ class SegmentWidget(QWidget):
         existing = self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401 (no .get)
         outside = None if inside is None else ~inside[(Ellipsis, *index[-2:])]
         kept = 0
-        if isinstance(existing, Labels) and existing.data.shape == plan.labels_shape:
+        fits = isinstance(existing, Labels) and np.can_cast(np.min_scalar_type(labels.max()), existing.data.dtype)
+        if fits and existing.data.shape == plan.labels_shape:
             keep = corrections(existing, index) if self.keep_check.isChecked() else None
             if outside is not None:
                 keep = outside if keep is None else keep | outside
@@ -413,11 +435,16 @@ class SegmentWidget(QWidget):
                 scale=plan.scale,
                 translate=plan.translate,
                 units=plan.units or None,
-                colormap=class_colors(len(class_names)),  # the colours the sample's ground truth has
+                # the colours the sample's ground truth has; objects: napari's, one per object
+                colormap=None if result.task == INSTANCES else class_colors(len(class_names)),
             )
             record_prediction(target, (), data)
-        target.metadata[CLASS_NAMES_KEY] = class_names
-        target.features = class_features(class_names)  # the class name under the cursor, in the status bar
+        if result.task == INSTANCES:
+            summary = show_instances(self.viewer, target, result.features)
+        else:
+            target.metadata[CLASS_NAMES_KEY] = class_names
+            target.features = class_features(class_names)  # the class name under the cursor, in the status bar
+            summary = ", ".join(f"{i} {n}" for i, n in enumerate(class_names))
         if AFFINE_KEY in image.metadata:  # a NIfTI image's grid: Export can write these labels back to NIfTI
             target.metadata[AFFINE_KEY] = image.metadata[AFFINE_KEY]
         target.metadata[HEADS_KEY] = str(heads)
@@ -426,10 +453,9 @@ class SegmentWidget(QWidget):
             self.viewer.layers.selection.active = target  # the layer to correct, not the new overlays
             self._next = NextRegions(self.viewer, image, plan, uncertainty, labelled=corrections(target))
             self.next_button.setEnabled(bool(self._next.regions))
-        classes = ", ".join(f"{i} {n}" for i, n in enumerate(class_names))
         if kept:
             note = f"kept {kept} corrected pixels" + (f"; {note}" if note else "")
-        self.status.setText(f"{target.name}: {classes}" + (f"; {note}" if note else ""))
+        self.status.setText(f"{target.name}: {summary}" + (f"; {note}" if note else ""))
         show_info(f"Segmented {image.name} into {target.name!r}")
 
     def go_to_next(self) -> None:

@@ -4,6 +4,11 @@ Files are paired by case name (extensions and an nnU-Net ``_0000`` suffix ignore
 the classes present in its prediction or ground truth (or ``--classes``), so a class absent from both
 is left out of that image's scores and of the means. HD95 is in the ground truth's physical units
 when every ground-truth file records a spacing, else in pixels. Empty-mask rules: engine/metrics.py.
+
+``--instances``: both folders hold instance labels (0 background, one id per object); each image gets
+its object counts, matches, precision, recall and F1 at IoU 0.5, the DSB 2018 AP over IoU 0.5:0.95 and
+panoptic quality (engine/instance_metrics.py), next to the Dice of the foreground (every object as one
+class).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import json
 import math
 from pathlib import Path
 
-HELP = "Dice and HD95 per class of predicted label files against ground-truth label files"
+HELP = "Dice and HD95 per class (or instance scores) of predicted label files against ground-truth label files"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="label values to score in every image (default: the non-zero values each image has)",
     )
     parser.add_argument("--pixels", action="store_true", help="HD95 in pixels even when the files record a spacing")
+    parser.add_argument(
+        "--instances",
+        action="store_true",
+        help="the files hold instance labels (one id per object): score objects (F1@0.5, AP@0.5:0.95 as in DSB "
+        "2018, panoptic quality, counts) and the foreground Dice",
+    )
 
 
 def evaluate_folders(pred_dir: Path, gt_dir: Path, classes=None, pixels: bool = False):
@@ -121,16 +132,20 @@ def format_table(results: dict, summary: dict, unit: str, names: dict[int, str])
             row.append(f"{scores['hd95'][c]:.2f}" if c in scores["hd95"] else "-")
         return row
 
-    rows = [[name] + cells(scores) for name, scores in results.items()]
-    rows.append(["mean"] + cells(summary))
-    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    return aligned_table(
+        header, [[name] + cells(scores) for name, scores in results.items()], ["mean"] + cells(summary)
+    )
+
+
+def aligned_table(header: list[str], rows: list[list[str]], last: list[str]) -> str:
+    """Columns aligned (the first to the left, the rest to the right), rules under the header and above ``last``."""
+    widths = [max(len(r[i]) for r in [header, *rows, last]) for i in range(len(header))]
     lines = [
         "  ".join(text.rjust(width) if i else text.ljust(width) for i, (text, width) in enumerate(zip(row, widths)))
-        for row in [header] + rows
+        for row in [header, *rows, last]
     ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    lines.insert(len(lines) - 1, lines[1])
-    return "\n".join(lines)
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([lines[0], rule, *lines[1:-1], rule, lines[-1]])
 
 
 def _json_number(value: float) -> float | None:
@@ -159,7 +174,78 @@ def report_dict(results: dict, summary: dict, unit: str, names: dict[int, str], 
     }
 
 
+# instance scores (engine/instance_metrics.py keys) and their columns, in table order
+INSTANCE_COLUMNS = {
+    "pred_count": "objects",
+    "gt_count": "true",
+    "matched": "matched",
+    "precision": "precision",
+    "recall": "recall",
+    "f1": "F1@0.5",
+    "ap": "AP@.5:.95",
+    "pq": "PQ",
+    "dice": "Dice fg",
+}
+
+
+def evaluate_instance_folders(pred_dir: Path, gt_dir: Path):
+    """Instance scores and the foreground Dice of every matched pair; a progress generator returning
+    ``{case name: scores}`` (:func:`~..engine.instance_metrics.evaluate_instances` plus ``dice``)."""
+    from ..engine.errors import InputError
+    from ..engine.instance_metrics import evaluate_instances
+    from ..engine.io import match_cases, read_labels
+    from ..engine.metrics import binary_dice
+    from ..engine.progress import Progress
+
+    pairs = match_cases(pred_dir, gt_dir)
+    results = {}
+    for done, (name, pred_path, gt_path) in enumerate(pairs):
+        yield Progress("evaluate", done, len(pairs), name)
+        pred, gt = read_labels(pred_path).data, read_labels(gt_path).data
+        try:
+            scores = evaluate_instances(pred, gt)
+        except InputError as err:
+            raise InputError(f"case {name!r} ({pred_path.name} vs {gt_path.name}): {err}") from err
+        results[name] = {**scores, "dice": binary_dice(pred > 0, gt > 0)}
+    yield Progress("evaluate", len(pairs), len(pairs))
+    return results
+
+
+def format_instance_table(results: dict, mean: dict) -> str:
+    """A plain-text table: one row per case and a mean row (counts summed), a column per score."""
+    header = ["case", *INSTANCE_COLUMNS.values()]
+
+    def cells(scores: dict) -> list[str]:
+        return [str(scores[k]) if isinstance(scores[k], int) else f"{scores[k]:.4f}" for k in INSTANCE_COLUMNS]
+
+    return aligned_table(header, [[name, *cells(scores)] for name, scores in results.items()], ["mean", *cells(mean)])
+
+
+def run_instances(args: argparse.Namespace) -> int:
+    from ..engine.atomic import atomic_path
+    from ..engine.errors import InputError
+    from ..engine.instance_metrics import mean_instance_scores
+    from ..engine.progress import run_with_bar
+
+    if args.classes is not None or args.pixels:
+        raise InputError("--classes and --pixels are for class labels; --instances scores objects, not classes")
+    if args.json is not None:
+        check_json_target(args.json)
+    results = run_with_bar(evaluate_instance_folders(args.pred, args.gt))
+    mean = mean_instance_scores(list(results.values()))
+    print(format_instance_table(results, mean))
+    print("mean: scores averaged over images; objects, true and matched summed")
+    if args.json is not None:
+        report = {"pred": str(args.pred), "gt": str(args.gt), "instances": True, "cases": results, "mean": mean}
+        with atomic_path(args.json) as tmp:
+            tmp.write_text(json.dumps(report, indent=2))
+        print(f"scores written to {args.json}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.instances:
+        return run_instances(args)
     from ..engine.atomic import atomic_path
     from ..engine.metrics import mean_scores
     from ..engine.progress import run_with_bar

@@ -63,6 +63,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also write class probabilities, float32 with classes first, as <case>_probabilities.npy",
     )
+    instances = parser.add_argument_group(
+        "instance heads (trained with train --instances): the watershed that turns their maps into objects"
+    )
+    instances.add_argument(
+        "--seed-threshold", type=float, help="interior probability an object's seed needs; default 0.5"
+    )
+    instances.add_argument(
+        "--foreground-threshold", type=float, help="foreground probability an object's pixel needs; default 0.5"
+    )
+    instances.add_argument("--min-size", type=int, help="pixels an object needs (smaller ones are dropped); default 16")
     parser.add_argument(
         "--uncertainty",
         action="store_true",
@@ -168,6 +178,36 @@ def _plan_outputs(cases, out_dir: Path, args: argparse.Namespace) -> list[tuple[
     return planned
 
 
+# InstanceParams field -> its option
+_INSTANCE_OPTIONS = {
+    "seed_threshold": "--seed-threshold",
+    "foreground_threshold": "--foreground-threshold",
+    "min_size": "--min-size",
+}
+
+
+def _outputs(predictor, args: argparse.Namespace, one_volume: bool) -> tuple[list, object]:
+    """(the outputs to predict, a function from their result to the labels to write): class labels, or for
+    instance heads objects (its watershed parameters from the options); with --probabilities, or when
+    several processes share a volume (decoded once rank 0 has every slice), the maps."""
+    from ..engine.errors import InputError
+    from ..engine.instances import INSTANCES, InstanceMapsOutput, InstanceParams, Instances, generate
+    from ..engine.outputs import Labels, Probabilities
+
+    given = {field: getattr(args, field) for field in _INSTANCE_OPTIONS if getattr(args, field) is not None}
+    if predictor.metadata.task != INSTANCES:
+        if given:
+            options = ", ".join(_INSTANCE_OPTIONS[field] for field in given)
+            raise InputError(f"{options}: for instance heads only; {args.heads} holds semantic heads")
+        if args.probabilities:
+            return [Probabilities()], lambda probabilities: probabilities.argmax(axis=0)
+        return [Labels()], lambda labels: labels
+    params = InstanceParams(**given)
+    if args.probabilities or one_volume:
+        return [InstanceMapsOutput()], lambda maps: generate(maps, params)
+    return [Instances(params)], lambda labels: labels
+
+
 def _volume_share(image, layout) -> list[int]:
     """The slices of a lone input this process predicts when several share it (``torchrun -m
     napari_dinounet.predict``): every world-size-th from its rank on; a 2D image is rank 0's alone."""
@@ -197,15 +237,25 @@ def _gather_volume(result, layout, indices: list[int], per_class: bool):
     return result
 
 
+def _gather_result(result, layout, indices: list[int], per_class: bool):
+    """:func:`_gather_volume` for any result (instance maps: their probabilities, classes first)."""
+    from ..engine.instances import InstanceMaps
+
+    if not isinstance(result, InstanceMaps):
+        return _gather_volume(result, layout, indices, per_class)
+    gathered = _gather_volume(result.probabilities, layout, indices, per_class=True)
+    return None if gathered is None else InstanceMaps(gathered, result.slice_dim)
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..engine.atomic import atomic_path
     from ..engine.distributed import rank_and_world_size, share_of
     from ..engine.errors import InputError
+    from ..engine.instances import InstanceMaps
     from ..engine.io import find_images, probabilities_path, read_case, write_labels
     from ..engine.io.omezarr import at_level
-    from ..engine.outputs import Labels, Probabilities
     from ..engine.predictor import Predictor
     from ..engine.progress import run_with_bar
     from ..engine.uncertainty import Uncertainty
@@ -222,6 +272,7 @@ def run(args: argparse.Namespace) -> int:
     predictor = Predictor.from_checkpoint(
         args.heads, backbone_source(args), device=args.device, allow_backbone_mismatch=args.allow_backbone_mismatch
     )
+    outputs, labels_of = _outputs(predictor, args, one_volume)
     for number, (case, target) in enumerate(planned, start=1):
         try:
             image = read_case(case)
@@ -248,25 +299,23 @@ def run(args: argparse.Namespace) -> int:
                 mirror=args.tta,
                 batch_size=args.batch,
                 force=args.force,  # --tile 0 is refused
-                outputs=[Probabilities() if args.probabilities else Labels()]
-                + ([Uncertainty()] if args.uncertainty else []),
+                outputs=outputs + ([Uncertainty()] if args.uncertainty else []),
                 slices=slices,
             )
             result, *uncertainty = run_with_bar(job, desc=f"[{number}/{len(planned)}] {case.name}", disable=args.quiet)
         except InputError as err:
             raise InputError(f"{case.name}: {err}") from None
         if one_volume:
-            result = _gather_volume(result, layout, slices, args.probabilities)
+            result = _gather_result(result, layout, slices, args.probabilities)
             uncertainty = [_gather_volume(u, layout, slices, False) for u in uncertainty]
             if result is None:  # rank 0 writes the volume
                 continue
-        labels = result.argmax(axis=0) if args.probabilities else result
-        write_labels(target, labels, like=image)
+        write_labels(target, labels_of(result), like=image)
         print(f"{case.name}: {target}")
         if args.probabilities:
             probabilities = probabilities_path(target, case.name)
             with atomic_path(probabilities) as tmp:
-                np.save(tmp, result)
+                np.save(tmp, result.probabilities if isinstance(result, InstanceMaps) else result)
             print(f"{case.name}: {probabilities}")
         if uncertainty:
             _write_uncertainty(uncertainty_path(target, case.name), uncertainty[0])

@@ -52,6 +52,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "absent from the label files; default: the label values 0..k present",
     )
     parser.add_argument(
+        "--instances",
+        action="store_true",
+        help="the --labels files hold instance ids (0 background, one id per object): train instance heads "
+        "(background / interior / boundary classes, decoded into objects when predicting); with --sparse: "
+        "0 not painted, --background-label B painted background, other values objects painted whole",
+    )
+    parser.add_argument(
         "--sparse",
         action="store_true",
         help="the --labels are scribbles: 0 = not painted (ignored by the loss), --background-label B = "
@@ -111,6 +118,8 @@ def load_training_data(args: argparse.Namespace, normalization) -> tuple[list, l
             "--sparse is for --images/--labels scribbles; an nnU-Net dataset marks unlabelled pixels "
             "with its 'ignore' label"
         )
+    if getattr(args, "instances", False):  # callers may build args without it
+        return _instance_data(args, normalization)
     if args.dataset:
         if args.classes is not None:
             raise InputError(
@@ -128,6 +137,27 @@ def load_training_data(args: argparse.Namespace, normalization) -> tuple[list, l
         )
         return samples, None if args.classes is None else data.default_class_names(args.classes)
     raise InputError("no training data: pass --dataset NNUNET_DIR, or --images DIR and --labels DIR")
+
+
+def _instance_data(args: argparse.Namespace, normalization) -> tuple[list, list[str]]:
+    """(samples, the instance class names) for ``--instances``: instance ids from --images/--labels."""
+    from ..engine import data
+    from ..engine.errors import InputError
+    from ..engine.instances import INSTANCE_CLASS_NAMES
+
+    if args.dataset or not (args.images and args.labels):
+        raise InputError("--instances trains from --images DIR and --labels DIR (instance id files), not --dataset")
+    if args.classes is not None:
+        raise InputError("--classes does not go with --instances: instance heads have their own 3 classes")
+    samples = data.samples_from_folders(
+        args.images,
+        args.labels,
+        normalization=normalization,
+        num_classes=len(INSTANCE_CLASS_NAMES),
+        sparse_background=getattr(args, "background_label", None),
+        instances=True,
+    )
+    return samples, list(INSTANCE_CLASS_NAMES)
 
 
 def _modified(path) -> int | None:
@@ -162,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..engine.checkpoint import read_metadata
+    from ..engine.names import INSTANCES, SEMANTIC
     from ..engine.normalize import Normalization
     from ..engine.progress import run_with_bar
     from ..engine.train import TrainSettings, state_path, train
@@ -189,6 +220,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         device=args.device,
         stop=stop,
+        task=INSTANCES if args.instances else SEMANTIC,
     )
     try:
         with first_interrupt_stops(stop, rank):

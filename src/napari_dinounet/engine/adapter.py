@@ -220,6 +220,8 @@ class Adapter(nn.Module):
     def __init__(self, embed_dim: int, grad_checkpointing: bool = False):
         super().__init__()
         self.grad_checkpointing = grad_checkpointing
+        # the layout of the output maps (DinoUNet.use_channels_last sets it with the weights' layout)
+        self.memory_format = torch.contiguous_format
         self.spm = SpatialPriorModule(embed_dim)
         self.level_embed = nn.Parameter(torch.empty(3, embed_dim))
         self.extractors = nn.ModuleList(Extractor(embed_dim) for _ in EXTRACTOR_TAPS)
@@ -253,7 +255,7 @@ class Adapter(nn.Module):
         # tensor with a non-canonical batch stride, for which PyTorch's CPU BatchNorm backward returns wrong
         # input gradients whenever the gradient arrives NCHW-contiguous (a loss taken on f1..f4 directly)
         c2, c3, c4 = (
-            part.transpose(1, 2).unflatten(2, shape).contiguous()
+            part.transpose(1, 2).unflatten(2, shape).contiguous(memory_format=self.memory_format)
             for part, shape in zip(c.split([h * w for h, w in query_shapes], dim=1), query_shapes)
         )
         c1 = self.up(c2) + c1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import warnings
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -178,26 +179,58 @@ class Backbone(torch.nn.Module):
         """Number of parameters (works on the meta device too)."""
         return sum(p.numel() for p in self.parameters())
 
-    def features(self, x: torch.Tensor, blocks=None, *, norm: bool = True) -> list[torch.Tensor]:
+    def features(
+        self, x: torch.Tensor, blocks=None, *, norm: bool = True, rope_spacing: tuple[int, int] | None = None
+    ) -> list[torch.Tensor]:
         """Feature maps of the given blocks.
 
         x: (B, 3, H, W) float, normalised, H and W multiples of 16.
         blocks: 0-based block indices (default: ``self.taps``), returned in the order given.
         norm: pass each block output through the final LayerNorm (the spec's taps); False gives raw
         block outputs.
+        rope_spacing: (h, w) patches: space the RoPE positions as in an image of h x w patches (a tile)
+        instead of spreading them over x's own grid. DINOv3 normalises positions to [-1, 1] over the
+        image, so on a window larger than the tile every pair of patches would otherwise sit at another
+        relative phase than in the tile; with the tile's spacing it keeps the tile's (the window only
+        adds context). None, or x's own grid, is the standard embedding.
         Returns one float32 (B, D, H/16, W/16) map per block, prefix (CLS + register) tokens removed.
         Runs without gradients, in bf16 autocast when x is on CUDA.
         """
         blocks = self.taps if blocks is None else tuple(int(b) for b in blocks)
         self._check_input(x, blocks)
         wanted = sorted(set(blocks))
+        grid = (x.shape[-2] // PATCH_SIZE, x.shape[-1] // PATCH_SIZE)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda)
-        with torch.no_grad(), autocast:
+        with torch.no_grad(), autocast, self._rope_spaced(grid, rope_spacing):
             maps = self.vit.forward_intermediates(
                 x, indices=wanted, norm=norm, stop_early=True, output_fmt="NCHW", intermediates_only=True
             )
         by_block = dict(zip(wanted, maps))
         return [by_block[b].float() for b in blocks]
+
+    @contextmanager
+    def _rope_spaced(self, grid: tuple[int, int], spacing: tuple[int, int] | None):
+        """While open, the ViT's RoPE embedding for a grid (h, w) of patches has positions spaced as in
+        ``spacing`` patches: timm's DINOv3 formula ((i + 0.5 + offset) / size mapped to [-1, 1]) with the
+        spacing's size as the divisor, so that ``spacing == grid`` is exactly timm's embedding."""
+        rope = self.vit.rope
+        if spacing is None or tuple(spacing) == tuple(grid):
+            yield
+            return
+        if rope.normalize_coords != "separate" or rope.grid_indexing != "ij":
+            raise InputError(
+                f"rope_spacing needs DINOv3's per-axis RoPE ({rope.normalize_coords!r}, {rope.grid_indexing!r} "
+                "here); run tile by tile instead"
+            )
+        axes = [(torch.arange(0.5, n, dtype=torch.float32) + rope.grid_offset) / d for n, d in zip(grid, spacing)]
+        coords = 2.0 * torch.stack(torch.meshgrid(axes, indexing="ij"), dim=-1) - 1.0
+        sin, cos = rope._get_pos_embed_from_coords(coords.flatten(0, -2))
+        embed = torch.cat([sin, cos], dim=-1)
+        rope.get_embed = lambda shape=None, dtype=None: embed if dtype is None else embed.to(dtype)
+        try:
+            yield
+        finally:
+            del rope.get_embed  # the class's method again
 
     def _check_input(self, x: torch.Tensor, blocks: tuple[int, ...]) -> None:
         check_image_batch(x, "backbone", PATCH_SIZE, channels=3)

@@ -36,6 +36,7 @@ from .. import __version__
 from .atomic import atomic_path
 from .backbone import Backbone
 from .errors import CheckpointError, DinoUNetError
+from .names import INSTANCES, SEMANTIC, TASKS
 from .network import SIZE_MULTIPLE, DinoUNet, DinoUNetConfig
 from .normalize import Normalization
 from .values import is_number
@@ -63,7 +64,9 @@ class HeadsMetadata:
     backbone_num_heads: the backbone the heads were trained with (sha None: random weights; head count
     None: not recorded, as in files written before it was, and then not checked; set when saving);
     library_version: the napari-dinounet that wrote the file (set when saving); training: a summary
-    (settings, history).
+    (settings, history); task: what the classes mean, "semantic" (classes) or "instances" (background,
+    interior, boundary, decoded into objects: :mod:`.instances`); files written before it was recorded
+    are semantic.
 
     Construction runs :meth:`validate`, so a description with a field of the wrong type or range never
     exists: a DinoUNetError names the field.
@@ -80,6 +83,7 @@ class HeadsMetadata:
     backbone_num_heads: int | None = None
     library_version: str = __version__
     training: dict = field(default_factory=dict)
+    task: str = SEMANTIC
 
     def __post_init__(self):
         # JSON gives lists back for tuples; callers may name classes with numbers
@@ -111,6 +115,10 @@ class HeadsMetadata:
             raise DinoUNetError(
                 f"channels={config.channels} in the network config asks for channel {max(config.channels)} but the "
                 f"training images had {self.in_channels} (in_channels)"
+            )
+        if self.task == INSTANCES and config.num_classes != 3:
+            raise DinoUNetError(
+                f"task 'instances' needs 3 classes (background, interior, boundary), not {config.num_classes}"
             )
         try:
             Normalization.from_dict(self.normalization)
@@ -214,6 +222,7 @@ _FIELD_RULES = {
     "backbone_num_heads": (_optional(lambda v: _whole(v, 1)), "null or a whole number >= 1"),
     "library_version": (lambda v: isinstance(v, str), "a version string"),
     "training": (lambda v: isinstance(v, dict), "a JSON object (the training summary)"),
+    "task": (lambda v: v in TASKS, " or ".join(repr(task) for task in TASKS)),
 }
 
 

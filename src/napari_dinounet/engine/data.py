@@ -339,6 +339,7 @@ def _samples_from_files(
     fix: str | None = None,
     ignore: int | None = None,
     sparse_background: int | None = None,
+    instances: bool = False,
 ) -> list[Sample]:
     """Samples from (name, image case, label file) triples: labels are read and checked first (before any
     image, so a wrong label file fails fast), messages naming the label files; then the images one at a
@@ -347,8 +348,11 @@ def _samples_from_files(
     ignore: a label value that marks unlabelled pixels (nnU-Net's "ignore"): they are left out of the
     samples' masks, so the loss skips them, and hold 0 so that no class value >= num_classes remains.
     sparse_background: the label files are scribbles (see :func:`samples_from_arrays`).
+    instances: the label files are instance ids, trained as :func:`.instances.boundary_classes`.
     """
-    labels = [io.read_labels(path).data for _, _, path in pairs]
+    labels = [_label_data(io.read_labels(path), instances, sparse_background) for _, _, path in pairs]
+    if instances and sparse_background is not None:  # instance scribbles became class scribbles
+        from .instances import SCRIBBLE_BACKGROUND as sparse_background
     masks = [None if ignore is None or not np.any(lab == ignore) else lab != ignore for lab in labels]
     labels = [np.where(mask, lab, 0) if mask is not None else lab for lab, mask in zip(labels, masks)]
     labels = [_integer_labels(lab, name) for lab, (name, _, _) in zip(labels, pairs)]
@@ -364,6 +368,19 @@ def _samples_from_files(
         slice_axis = image.layout.slice_dim or 0
         samples += _pair_samples(image.data, lab, mask, name, image.channel_axis, slice_axis, normalization, sparse)
     return samples
+
+
+def _label_data(labels: io.ImageFile, instances: bool, sparse_background: int | None) -> np.ndarray:
+    """A label file's classes: its values, or with ``instances`` the boundary-aware classes of its ids
+    (:func:`.instances.instance_scribbles` for scribbles)."""
+    if not instances:
+        return labels.data
+    from .instances import boundary_classes, instance_scribbles
+
+    slice_axis = labels.layout.slice_dim or 0
+    if sparse_background is not None:
+        return instance_scribbles(labels.data, sparse_background, slice_axis=slice_axis)
+    return boundary_classes(labels.data, slice_axis=slice_axis)
 
 
 def samples_from_nnunet(root, *, normalization: Normalization = DEFAULT_NORMALIZATION) -> tuple[list[Sample], dict]:
@@ -391,6 +408,7 @@ def samples_from_folders(
     normalization: Normalization = DEFAULT_NORMALIZATION,
     num_classes: int | None = None,
     sparse_background: int | None = None,
+    instances: bool = False,
 ) -> list[Sample]:
     """Samples from a folder of images and a folder of label files, paired by file name.
 
@@ -398,7 +416,9 @@ def samples_from_folders(
     the image; a folder named imagesTr groups channel files into cases. Unpaired files are an InputError
     listing them. num_classes: as for :func:`samples_from_arrays` (None: the label values must run 0..k
     without gaps); label problems name the label files. sparse_background: the label files are scribbles,
-    as for :func:`samples_from_arrays`.
+    as for :func:`samples_from_arrays`. instances: the label files hold instance ids (one per object),
+    trained as the 3 classes of :func:`.instances.boundary_classes` (give num_classes 3); with
+    sparse_background, painted objects and background (:func:`.instances.instance_scribbles`).
     """
     cases = io.find_images([images_dir])
     label_paths = {case.name: case.paths[0] for case in io.find_images([labels_dir])}
@@ -419,7 +439,9 @@ def samples_from_folders(
             "; ".join(problems) + " (pairs are matched by file name without extension): "
             "add the missing files or move the extra ones out"
         )
-    return _samples_from_files(pairs, normalization, num_classes, sparse_background=sparse_background)
+    return _samples_from_files(
+        pairs, normalization, num_classes, sparse_background=sparse_background, instances=instances
+    )
 
 
 def default_class_names(num_classes: int) -> list[str]:

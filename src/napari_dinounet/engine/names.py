@@ -1,4 +1,4 @@
-"""The names a user picks from: backbone sizes, projections, devices. No torch here.
+"""The names a user picks from: backbone sizes, projections, devices, tasks. No torch here.
 
 The command line (argparse ``choices``) and the widgets (Qt combo boxes) offer these before torch is
 imported, which takes seconds; the engine's registries use the same names: ``backbone.VARIANTS`` and
@@ -20,3 +20,9 @@ PROJECTIONS = ("fapm", "plain", "compact")
 
 # "auto": CUDA when present, else Apple MPS, else the CPU; "cuda:N" is accepted too, but not offered.
 DEVICES = ("auto", "cuda", "mps", "cpu")
+
+# What heads' classes mean (HeadsMetadata.task): "semantic" classes, or "instances" (background, interior,
+# boundary, decoded into one id per object: engine/instances.py). Files that do not say are semantic.
+SEMANTIC = "semantic"
+INSTANCES = "instances"
+TASKS = (SEMANTIC, INSTANCES)

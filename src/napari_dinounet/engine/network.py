@@ -128,6 +128,23 @@ class DinoUNet(nn.Module):
         self.projection = build_projection(config.projection, config.embed_dim, SKIP_CHANNELS)
         self.upsampling = SkipUpsampling(SKIP_CHANNELS, learnable=self.projection.learnable_upsampling)
         self.decoder = UNetDecoder(config.num_classes, SKIP_CHANNELS, deep_supervision=config.deep_supervision)
+        self.channels_last = False
+
+    def use_channels_last(self, enabled: bool = True) -> DinoUNet:
+        """Run the heads in the channels-last (NHWC) memory layout, or back in the default one; returns self.
+
+        oneDNN's convolutions read and write NHWC directly, so the transposed convolutions and the
+        projection stop copying between layouts (CPU: see benchmarks/forward.py for the speed-up). The
+        logits equal the default layout's up to float rounding (sums in another order, within 1e-5
+        relative); they come back in the default layout. Weights keep their values and names: a heads
+        checkpoint is the same file in either layout.
+        """
+        memory_format = torch.channels_last if enabled else torch.contiguous_format
+        for module in self.heads().values():
+            module.to(memory_format=memory_format)
+        self.adapter.memory_format = memory_format
+        self.channels_last = enabled
+        return self
 
     def heads(self) -> dict[str, nn.Module]:
         """The heads: the trainable modules by name, what a heads checkpoint stores (everything but the backbone)."""
@@ -164,9 +181,11 @@ class DinoUNet(nn.Module):
             return x[:, [0, 1, 0]]
         return x
 
-    def backbone_taps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The four frozen backbone maps (B, D, H/16, W/16) for x as :meth:`forward` takes it."""
-        return self.backbone.features(self.to_three_channels(x), blocks=self.config.taps)
+    def backbone_taps(self, x: torch.Tensor, rope_spacing: tuple[int, int] | None = None) -> list[torch.Tensor]:
+        """The four frozen backbone maps (B, D, H/16, W/16) for x as :meth:`forward` takes it.
+
+        rope_spacing: see :meth:`.backbone.Backbone.features` (a window shared by several tiles)."""
+        return self.backbone.features(self.to_three_channels(x), blocks=self.config.taps, rope_spacing=rope_spacing)
 
     def forward(self, x: torch.Tensor, taps: list[torch.Tensor] | None = None):
         """x (B, C, H, W) -> logits (B, nc, H, W) (a list, full resolution first, with deep supervision).
@@ -182,8 +201,16 @@ class DinoUNet(nn.Module):
             # a feature cache may hold them in lower precision to save memory
             taps = [t.to(x3.dtype) for t in taps]
         h, w = x3.shape[-2:]
+        if self.channels_last:
+            x3 = x3.contiguous(memory_format=torch.channels_last)
+            taps = [t.contiguous(memory_format=torch.channels_last) for t in taps]
         maps = self.adapter(x3, taps)
-        return self.decoder(self.upsampling(self.projection(maps), (h, w)))
+        logits = self.decoder(self.upsampling(self.projection(maps), (h, w)))
+        if not self.channels_last:
+            return logits
+        if isinstance(logits, list):
+            return [t.contiguous() for t in logits]
+        return logits.contiguous()
 
     def _check_taps(self, x3: torch.Tensor, taps: list[torch.Tensor]) -> None:
         b, _, h, w = x3.shape

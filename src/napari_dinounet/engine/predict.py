@@ -176,6 +176,7 @@ def sliding_window(
     force: bool = False,
     slices: Sequence[int] | None = None,
     region: Region | None = None,
+    shared_backbone: bool = False,
 ) -> Generator[Progress, None, tuple]:
     """Run ``model`` over ``image`` (laid out as ``layout``, from :func:`image_layout`) tile by tile and feed
     the blended logit rows to every one of ``outputs``; yields ``Progress(task="predict")`` per tile batch
@@ -234,6 +235,7 @@ def sliding_window(
                 normalization=norm,
                 statistics=stats,
                 blending=Blending.merge([output.blending for output in outputs]),
+                shared_backbone=shared_backbone,
             )
             done = 0
             crop = {} if plan is None else {layout.rows: plan.read_rows, layout.cols: plan.read_cols}
@@ -280,6 +282,7 @@ def predict(
     out=None,
     device: str | torch.device | None = None,
     force: bool = False,
+    shared_backbone: bool = False,
 ) -> Generator[Progress, None, np.ndarray]:
     """Segment ``image`` with a sliding window; yields ``Progress(task="predict")`` per tile batch.
 
@@ -304,6 +307,8 @@ def predict(
     out: a writable array (NumPy, zarr) of the result's shape to fill; it is written only at the very end.
     device: where to run the model (moved there); default: where its parameters are.
     force: run a step that makes more than :data:`~.tiling.MAX_TILE_FACTOR` times the tiles of step 0.5 (``--force``).
+    shared_backbone: a DinoUNet's backbone runs once per window of several tiles, not once per tile (faster for
+        the large backbones; labels close to, not equal to, tile-by-tile ones): see :class:`~.tiling.Tiler`.
 
     Returns labels of the input's spatial shape (its shape without the channel axis), uint8 (uint16
     beyond 256 classes, uint32 beyond 65,536), or the probabilities; ``out`` itself when given. A network
@@ -323,5 +328,6 @@ def predict(
         normalization=normalization,
         device=device,
         force=force,
+        shared_backbone=shared_backbone,
     )
     return result

@@ -20,6 +20,8 @@ from .backbone import Backbone, load_backbone
 from .checkpoint import HeadsMetadata, load_heads, read_metadata
 from .device import pick_device
 from .errors import InputError
+from .instances import Instances
+from .names import INSTANCES
 from .network import DinoUNet
 from .outputs import Labels, Output
 from .predict import Region, image_layout, sliding_window
@@ -75,6 +77,13 @@ class Predictor:
     def class_names(self) -> list[str]:
         return list(self.metadata.class_names)
 
+    def default_output(self) -> Output:
+        """What these heads give by default: class :class:`~.outputs.Labels`, or for instance heads
+        (``metadata.task == "instances"``) instance labels (:class:`~.instances.Instances`, default parameters)."""
+        if self.metadata.task == INSTANCES:
+            return Instances()
+        return Labels()
+
     def check_channels(self, count: int) -> None:
         """An InputError naming the fix unless an image of ``count`` channels is what the heads were trained on
         (not checked when the checkpoint does not say)."""
@@ -100,11 +109,13 @@ class Predictor:
         outputs: Sequence[Output] | None = None,
         slices: Sequence[int] | None = None,
         region: Region | None = None,
+        shared_backbone: bool = False,
     ) -> Generator[Progress, None, tuple]:
         """Segment ``image``: yields ``Progress(task="predict")`` per tile batch and returns one result per
-        output, in the order of ``outputs`` (default ``(Labels(),)``: a 1-tuple of labels).
+        output, in the order of ``outputs`` (default: a 1-tuple of :meth:`default_output`'s labels).
 
-        image, channel_axis, slice_axis, step, batch_size, force: as :func:`~.predict.predict` takes them.
+        image, channel_axis, slice_axis, step, batch_size, force, shared_backbone: as :func:`~.predict.predict`
+        takes them.
         tile: the tile (int or (th, tw)); default the training patch. mirror: mirror test-time augmentation.
         slices: only these slices of a stack (:func:`~.predict.sliding_window`).
         The image's channels (RGBA counts as 3) must be the ``in_channels`` the heads were trained on; the
@@ -115,7 +126,7 @@ class Predictor:
         have the region's shape. Only the whole-image tiles that overlap the region run (with the whole
         image's statistics), so inside it the results equal a whole-image run's, up to float rounding.
         """
-        outputs = (Labels(),) if outputs is None else tuple(outputs)
+        outputs = (self.default_output(),) if outputs is None else tuple(outputs)
         layout = image_layout(image, channel_axis, slice_axis)
         self.check_channels(layout.num_channels)
         return (
@@ -132,5 +143,6 @@ class Predictor:
                 force=force,
                 slices=slices,
                 region=region,
+                shared_backbone=shared_backbone,
             )
         )

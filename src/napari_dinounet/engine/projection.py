@@ -26,9 +26,27 @@ SE_REDUCTION = 16
 LEAKY_SLOPE = 0.01
 
 
+class InstanceNorm(nn.InstanceNorm2d):
+    """``nn.InstanceNorm2d`` that keeps a channels-last input channels-last.
+
+    PyTorch's instance norm copies a channels-last (B, C, H, W) tensor to the default layout and returns it
+    there, which costs a copy at every norm of a channels-last network (and one more at the next conv). Per
+    sample it is a batch norm over (H, W) with batch statistics, which the CPU runs in channels-last
+    directly; the default layout takes PyTorch's instance norm unchanged (the same numbers as before).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous():
+            return super().forward(x)
+        # Welford statistics (var_mean) as accurate as PyTorch's own; one fused pass applies them
+        var, mean = torch.var_mean(x, dim=(2, 3), keepdim=True, correction=0)
+        scale = self.weight.view(1, -1, 1, 1) * torch.rsqrt(var + self.eps)
+        return torch.addcmul(self.bias.view(1, -1, 1, 1) - mean * scale, x, scale)
+
+
 def norm_act(channels: int) -> list[nn.Module]:
     """InstanceNorm (affine, eps 1e-5) + LeakyReLU(0.01): the nnU-Net norm/activation pair."""
-    return [nn.InstanceNorm2d(channels, eps=1e-5, affine=True), nn.LeakyReLU(LEAKY_SLOPE, inplace=True)]
+    return [InstanceNorm(channels, eps=1e-5, affine=True), nn.LeakyReLU(LEAKY_SLOPE, inplace=True)]
 
 
 class SqueezeExcitation(nn.Module):

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from . import normalize
+from .backbone import PATCH_SIZE
 from .errors import DinoUNetError, InputError
 
 DEFAULT_PATCH_SIZE = 512
@@ -46,6 +47,10 @@ MAX_TILE_FACTOR = 10  # more tiles than this times those of step 0.5 need force=
 # InstanceNorm refuses.
 MIN_FITTED_TILE = 64
 MIRRORS = ((), (-1,), (-2,), (-2, -1))  # test-time augmentation: every combination of the two flips
+# The largest side of a window whose backbone features several tiles share (shared-backbone mode): 64 x 64
+# patches, the size of a 1024 x 1024 image, so that the attention (quadratic in the tokens) stays below
+# the MLPs' cost for the large backbones while a 1024 x 1024 image needs one backbone pass.
+SHARED_WINDOW = 1024
 
 
 def gaussian_importance(tile: tuple[int, int], sigma_scale: float = SIGMA_SCALE) -> np.ndarray:
@@ -94,6 +99,21 @@ def fit_tile(tile: tuple[int, int], height: int, width: int) -> tuple[int, int]:
 def grid(height: int, width: int, tile: tuple[int, int], step: float) -> tuple[list[int], list[int]]:
     """Tile row and column offsets for a plane (height, width), padded up to a tile where smaller."""
     return (tile_starts(max(height, tile[0]), tile[0], step), tile_starts(max(width, tile[1]), tile[1], step))
+
+
+def shared_windows(starts: Sequence[int], tile: int, limit: int = SHARED_WINDOW) -> list[tuple[int, int]]:
+    """The window (first, span) of each of the tile ``starts`` (one axis, ascending): consecutive tiles
+    grouped into windows of at most ``max(limit, tile)`` pixels, each tile starting a whole number of
+    backbone patches after its window, so that its features are a slice of the window's. A start off the
+    patch grid (the last tile, flush with the end) opens a window of its own."""
+    groups: list[list[int]] = []
+    for start in starts:
+        first = groups[-1][0] if groups else None
+        if first is not None and (start - first) % PATCH_SIZE == 0 and start + tile - first <= max(limit, tile):
+            groups[-1].append(start)
+        else:
+            groups.append([start])
+    return [(group[0], group[-1] + tile - group[0]) for group in groups for _ in group]
 
 
 def check_tile_count(slices: int, height: int, width: int, tile: tuple[int, int], step: float, force: bool) -> int:
@@ -234,6 +254,17 @@ class Tiler:
     model: maps normalised tiles (B, C, th, tw) to logits (B, nc, th, tw) (deep supervision: a list, the
     first at full resolution); ``normalization`` with its image ``statistics`` (:func:`.normalize.statistics_for`)
     turns raw bands into its input. ``saw_nonfinite`` tells whether any band held NaN or inf (read as 0).
+
+    shared_backbone: run the frozen backbone once per window of up to :data:`SHARED_WINDOW` pixels a side
+    (:func:`shared_windows`; a 1024 x 1024 image is one window) instead of once per tile, and give each
+    tile's heads its slice of the window's features (each mirror image of the window once, with TTA). The
+    model must be a :class:`~.network.DinoUNet` (``backbone_taps`` and ``forward(x, taps)``). Overlapping
+    tiles then stop recomputing the backbone on the same pixels: at step 0.5 a 1024 x 1024 image takes one
+    backbone pass of 4096 tokens instead of nine of 1024. The RoPE positions keep the tile's spacing
+    (``rope_spacing``), so a tile's features differ from its own pass only by the context the window adds;
+    the labels agree with tile-by-tile ones on most pixels, not all (benchmarks/sliding_window.py measures
+    it). A window the size of the tile gives the tile-by-tile numbers. Memory: the features of one row of
+    windows stay cached (4 maps of D x 64 x 64 floats per window and mirror: 64 MiB for ViT-L).
     """
 
     def __init__(
@@ -248,8 +279,15 @@ class Tiler:
         normalization: normalize.Normalization,
         statistics,
         blending: Blending = Blending(),
+        shared_backbone: bool = False,
     ):
+        if shared_backbone and not hasattr(model, "backbone_taps"):
+            raise InputError(
+                f"shared_backbone needs a Dino U-Net (a model with backbone_taps), not a {type(model).__name__}; "
+                "leave shared_backbone off for other models"
+            )
         self.model = model
+        self.shared_backbone = shared_backbone
         self.device = device
         self.tile = tile
         self.step = step
@@ -261,22 +299,51 @@ class Tiler:
         self.importance = torch.from_numpy(gaussian_importance(tile)).to(device)
         self.saw_nonfinite = False
 
-    def _band(self, plane: AxisView, y: int) -> np.ndarray:
-        """Rows ``y`` to ``y + th`` of the plane (C, h, W), normalised to float32; NaN/inf become 0."""
-        raw = plane[:, y : y + self.tile[0]]
+    def _band(self, plane: AxisView, y: int, rows: int | None = None, cols: slice = slice(None)) -> np.ndarray:
+        """Rows ``y`` to ``y + rows`` (default the tile height) and columns ``cols`` of the plane (C, h, w),
+        normalised to float32; NaN/inf become 0."""
+        raw = plane[:, y : y + (rows or self.tile[0]), cols]
         if raw.dtype.kind == "f" and not np.isfinite(raw).all():
             self.saw_nonfinite = True
         return normalize.apply(raw, self.normalization, self.statistics)
 
-    def _forward(self, batch: np.ndarray) -> torch.Tensor:
+    def _window_taps(self, plane: AxisView, window: tuple[int, int, int, int]) -> list[list[torch.Tensor]]:
+        """Backbone maps of a window (y0, x0, height, width) of the plane, zero-padded past its end as tiles
+        are: per mirror, four (1, D, height/16, width/16) maps of the mirrored window."""
+        y0, x0, height, width = window
+        part = self._band(plane, y0, height, slice(x0, x0 + width))
+        image = np.zeros((1, part.shape[0], height, width), np.float32)
+        image[0, :, : part.shape[1], : part.shape[2]] = part
+        x = torch.from_numpy(image).to(self.device)
+        spacing = (self.tile[0] // PATCH_SIZE, self.tile[1] // PATCH_SIZE)
+        return [self.model.backbone_taps(x.flip(dims) if dims else x, rope_spacing=spacing) for dims in self.mirrors]
+
+    def _tile_taps(self, windows: dict, position: tuple[int, int], window: tuple[int, int, int, int]):
+        """Per mirror, the four maps (1, D, th/16, tw/16) of the tile at ``position``: slices of its window's."""
+        (y, x), (y0, x0, height, width) = position, window
+        th, tw = self.tile
+        out = []
+        for dims, taps in zip(self.mirrors, windows[window]):
+            top = height - (y - y0) - th if -2 in dims else y - y0
+            left = width - (x - x0) - tw if -1 in dims else x - x0
+            rows = slice(top // PATCH_SIZE, (top + th) // PATCH_SIZE)
+            cols = slice(left // PATCH_SIZE, (left + tw) // PATCH_SIZE)
+            out.append([t[:, :, rows, cols] for t in taps])
+        return out
+
+    def _forward(self, batch: np.ndarray, taps: list[list[list[torch.Tensor]]] | None = None) -> torch.Tensor:
         """Values (n, p, th, tw) float32 to blend for a batch of tiles (n, C, th, tw): the logits (nc) averaged
         over the mirrors, then, when asked, each mirror's logits (M x nc); a DinoUNetError when any is NaN or
-        infinite."""
+        infinite. taps: per tile, :meth:`_tile_taps` (shared-backbone mode); None runs the whole model."""
         x = torch.from_numpy(batch).to(self.device)
         total, each = None, []
         with torch.no_grad(), autocast(self.device):
-            for dims in self.mirrors:
-                logits = self.model(x.flip(dims) if dims else x)
+            for mirror, dims in enumerate(self.mirrors):
+                tile = x.flip(dims) if dims else x
+                if taps is None:
+                    logits = self.model(tile)
+                else:
+                    logits = self.model(tile, taps=[torch.cat(maps) for maps in zip(*(t[mirror] for t in taps))])
                 if isinstance(logits, (list, tuple)):  # deep supervision: full resolution comes first
                     logits = logits[0]
                 if logits.ndim != 4 or logits.shape[0] != x.shape[0] or logits.shape[2:] != x.shape[2:]:
@@ -317,16 +384,27 @@ class Tiler:
         ys, xs = grid(height, width, self.tile, self.step)
         positions = [(y, x) for y in ys for x in xs]
         open_rows = OpenRows(max(width, tw), self.importance, weights=self.blending.normalized)
+        if self.shared_backbone:
+            row_windows, col_windows = dict(zip(ys, shared_windows(ys, th))), dict(zip(xs, shared_windows(xs, tw)))
+        windows: dict[tuple[int, int, int, int], list] = {}  # the current row of windows' maps
         band_top, band = None, None
         for first in range(0, len(positions), self.batch_size):
             chunk = positions[first : first + self.batch_size]
             batch = np.zeros((len(chunk), channels, th, tw), np.float32)  # zeros: the padding
+            taps = [] if self.shared_backbone else None
             for i, (y, x) in enumerate(chunk):
                 if y != band_top:
                     band_top, band = y, self._band(plane, y)
                 part = band[:, :, x : x + tw]
                 batch[i, :, : part.shape[1], : part.shape[2]] = part
-            values = self._forward(batch)
+                if self.shared_backbone:
+                    (y0, rows), (x0, cols) = row_windows[y], col_windows[x]
+                    window = (y0, x0, rows, cols)
+                    if window not in windows:
+                        windows = {w: maps for w, maps in windows.items() if w[0] == y0}  # rows above are done
+                        windows[window] = self._window_taps(plane, window)
+                    taps.append(self._tile_taps(windows, (y, x), window))
+            values = self._forward(batch, taps)
             rows, final = None, None
             # never yield inside no_grad: the caller's thread would run with gradients off until the generator
             # resumes, and a generator dropped there would leave them off in that (pooled worker) thread

@@ -48,8 +48,10 @@ from .device import pick_device
 from .distributed import broadcast_head_buffers, process_device, rank_and_world_size, wrap_distributed
 from .errors import CheckpointError, DinoUNetError, InputError, OutputError, TrainingError
 from .feature_cache import BatchSource, batch_source
+from .instances import check_task
 from .loss import Loss, Targets, class_targets, dice_ce_loss
 from .metrics import dice
+from .names import SEMANTIC
 from .normalize import Normalization
 from .progress import Progress, Validation
 from .run_state import check_resumable, check_state_backbone, load_state, save_state, state_path
@@ -211,6 +213,7 @@ def train(
     loss: Loss | None = None,
     targets: Targets = class_targets,
     stop: Callable[[], bool] | threading.Event | None = None,
+    task: str = SEMANTIC,
 ) -> Generator[Progress, None, Path]:
     """Train Dino U-Net heads on ``samples``; yields Progress, returns the heads checkpoint path ``out``.
 
@@ -234,6 +237,8 @@ def train(
     history's last entry is that step, a shorter epoch), yields a last event whose message is "stopped at
     step N" and returns ``out``; resuming goes on from there. Asked before the first step, nothing is
     trained and nothing written. Closing the generator instead (Cancel) leaves the files as they were.
+    task: what the checkpoint records its classes to mean (:attr:`.checkpoint.HeadsMetadata.task`):
+    "semantic", or "instances" for labels made by :func:`.instances.boundary_classes`.
 
     Events: ``Progress("train", step, total, metrics={loss, lr, epoch, eta_s[, val_dice]})`` after every
     step (``val_dice``: the last validation's, carried along for displays); a
@@ -265,6 +270,7 @@ def train(
         class_names = list(class_names) if class_names else _default_class_names(samples + validation)
         num_classes = len(class_names)
     check_labels_fit(samples + validation, num_classes)
+    check_task(task, num_classes)
     in_channels = check_same_channels(samples + validation)
 
     state_file = state_path(out)
@@ -305,7 +311,9 @@ def train(
             val_crops=fixed_crops(validation, settings.patch_size, settings.val_crops, seed=settings.seed)
             if validation
             else None,
-            checkpoints=_Checkpoints(out, state_file, backbone, class_names, normalization, in_channels, num_classes),
+            checkpoints=_Checkpoints(
+                out, state_file, backbone, class_names, normalization, in_channels, num_classes, task
+            ),
             writes=rank == 0,
             val_scope=PAINTED_SCOPE if any(s.sparse for s in validation) else "labels",
         )
@@ -627,6 +635,7 @@ class _Checkpoints:
     normalization: Normalization
     in_channels: int
     num_classes: int
+    task: str = SEMANTIC
 
     def write(
         self, model, optimizer: torch.optim.Optimizer, settings: TrainSettings, step: int, history: list[dict]
@@ -651,5 +660,6 @@ class _Checkpoints:
             backbone_variant=self.backbone.variant,
             backbone_sha256=self.backbone.sha256,
             training={"settings": settings.to_dict(), "history": history},
+            task=self.task,
         )
         save_heads(self.out, model, metadata)

@@ -1,0 +1,54 @@
+"""Segment with instance heads in a real viewer (run under ``xvfb-run -a``): object ids, napari's label
+colours, the per-object features table and its dock, the count in the status."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _widget_helpers import nuclei_crop, wait_for
+
+from napari_dinounet.engine.backbone import load_backbone
+from napari_dinounet.engine.checkpoint import save_heads
+from napari_dinounet.engine.instances import INSTANCE_CLASS_NAMES
+
+
+@pytest.fixture
+def instance_heads(tmp_path):
+    """Randomly initialised instance heads for random:tiny (their objects are arbitrary, but objects)."""
+    import dataclasses
+
+    from _random_heads import random_heads
+
+    model, metadata = random_heads(load_backbone("random:tiny"), num_classes=3)
+    metadata = dataclasses.replace(metadata, class_names=list(INSTANCE_CLASS_NAMES), task="instances")
+    return save_heads(tmp_path / "instances.safetensors", model, metadata)
+
+
+def test_segment_with_instance_heads_measures_the_objects(qtbot, make_napari_viewer, instance_heads):
+    from napari_dinounet._widgets.segment import SegmentWidget
+
+    viewer = make_napari_viewer()
+    image, _ = nuclei_crop()
+    viewer.add_image(image, name="nuclei")
+    widget = SegmentWidget(viewer)
+    widget.model_form.set_backbone("random:tiny")
+    widget.model_form.device_combo.setCurrentText("cpu")
+    widget.model_form.set_heads(str(instance_heads))
+    widget.tile_spin.setValue(64)
+    job = widget.run()
+    wait_for(qtbot, job)
+    assert not job.errored
+
+    labels = viewer.layers["nuclei labels"]
+    ids = np.unique(labels.data)
+    assert labels.data.dtype == np.uint16 and np.array_equal(ids, np.arange(ids.size))
+    count = ids.size - 1
+    table = labels.features
+    assert list(table["index"]) == list(range(1, count + 1)) and labels.metadata["object_count"] == count
+    assert list(table["area"]) == np.bincount(labels.data.ravel())[1:].tolist()
+    first = labels.data == 1
+    assert table["mean_intensity"].iloc[0] == pytest.approx(image[first].mean())
+    assert "class_names" not in labels.metadata  # ids are objects, not classes
+    assert f"{count} objects" in widget.status.text()
+    assert any("Features table" in name for name in viewer.window._wrapped_dock_widgets)
+    assert viewer.layers.selection.active is labels
