@@ -138,7 +138,6 @@ def _segment(
 ) -> Generator[Progress, None, SegmentResult]:
     from ..engine.device import pick_device
     from ..engine.instances import object_features
-    from ..engine.outputs import Labels as LabelsOutput
     from ..engine.predictor import Predictor
     from ..engine.uncertainty import Uncertainty
 
@@ -148,7 +147,8 @@ def _segment(
     predictor = Predictor.from_checkpoint(
         heads_path, backbone, device=device, allow_backbone_mismatch=allow_backbone_mismatch
     )
-    outputs = (LabelsOutput(), Uncertainty()) if uncertainty else (LabelsOutput(),)
+    labels_output = predictor.default_output()  # class labels, or object ids for instance heads
+    outputs = (labels_output, Uncertainty()) if uncertainty else (labels_output,)
     results = yield from predictor.predict(
         plan.image,
         channel_axis=plan.channel_axis,
