@@ -195,47 +195,6 @@ def finetune_job(
     heads of the step it reached (the engine's stop request); set before the first step, the run is closed
     and nothing is written. Engine errors are reworded for the form (:func:`gui_wording`).
     """
-    try:
-        return (
-            yield from _finetune_steps(
-                session,
-                backbone_source,
-                device,
-                start_heads,
-                pairs,
-                class_names,
-                out,
-                options,
-                stop,
-                allow_backbone_mismatch,
-                preview,
-                sparse_background,
-                validation,
-            )
-        )
-    except DinoUNetError as err:
-        worded = gui_wording(str(err))
-        if worded == str(err):
-            raise
-        raise type(err)(worded) from err
-
-
-def _finetune_steps(
-    session,
-    backbone_source,
-    device,
-    start_heads,
-    pairs,
-    class_names,
-    out,
-    options,
-    stop,
-    allow_backbone_mismatch,
-    preview,
-    sparse_background,
-    validation,
-):
-    """:func:`finetune_job`'s body."""
     from ..engine.checkpoint import load_heads
     from ..engine.data import check_same_channels, samples_from_arrays
     from ..engine.device import pick_device
@@ -243,82 +202,97 @@ def _finetune_steps(
     from ..engine.preview import with_previews
     from ..engine.train import build_model, train
 
-    device = pick_device(device)
-    backbone = yield from session.backbone_steps(backbone_source, device)  # "loading"/"waiting for" events
-    model, metadata, normalization = None, None, Normalization()
-    if start_heads is not None:
-        yield Progress("loading the heads", 0, 1, str(start_heads))
-        model, metadata = load_heads(
-            start_heads, backbone, allow_backbone_mismatch=allow_backbone_mismatch, device=device
-        )
-        class_names = list(metadata.class_names)
-        normalization = Normalization.from_dict(metadata.normalization)
-    if len({pair.has_channels for pair in pairs}) > 1:
-        raise InputError(
-            "some images have channels (colours or a channel axis) and some do not: train on one kind at a time"
-        )
-    yield Progress("preparing the images", 0, 1)
+    with _in_the_forms_words():
+        device = pick_device(device)
+        backbone = yield from session.backbone_steps(backbone_source, device)  # "loading"/"waiting for" events
+        model, metadata, normalization = None, None, Normalization()
+        if start_heads is not None:
+            yield Progress("loading the heads", 0, 1, str(start_heads))
+            model, metadata = load_heads(
+                start_heads, backbone, allow_backbone_mismatch=allow_backbone_mismatch, device=device
+            )
+            class_names = list(metadata.class_names)
+            normalization = Normalization.from_dict(metadata.normalization)
+        if len({pair.has_channels for pair in pairs}) > 1:
+            raise InputError(
+                "some images have channels (colours or a channel axis) and some do not: train on one kind at a time"
+            )
+        yield Progress("preparing the images", 0, 1)
 
-    def samples_of(chosen: list[TrainingPair], **kwargs):
-        return samples_from_arrays(
-            [pair.image for pair in chosen],
-            [pair.labels for pair in chosen],
-            masks=[pair.mask for pair in chosen],
-            names=[pair.name for pair in chosen],
-            channel_axis=-1 if chosen[0].has_channels else None,
+        def samples_of(chosen: list[TrainingPair], **kwargs):
+            return samples_from_arrays(
+                [pair.image for pair in chosen],
+                [pair.labels for pair in chosen],
+                masks=[pair.mask for pair in chosen],
+                names=[pair.name for pair in chosen],
+                channel_axis=-1 if chosen[0].has_channels else None,
+                normalization=normalization,
+                num_classes=len(class_names) if class_names else None,
+                **kwargs,
+            )
+
+        samples = samples_of(pairs, sparse_background=sparse_background)
+        validation_samples = samples_of(validation) if validation else None
+        if not samples:
+            raise InputError("no pixel counts: the regions that count are empty; draw a region over the corrected part")
+        given = check_same_channels(samples)
+        if metadata is not None and metadata.in_channels and given != metadata.in_channels:
+            # the checkpoint would otherwise record the images' count, and Segment refuse the images it was made for
+            raise InputError(
+                f"the heads were trained on {metadata.in_channels}-channel images but the images give {given} "
+                f"channel{'s' if given != 1 else ''}: set each image's channel axis (the Channel axis column) so that "
+                f"it gives {metadata.in_channels}, or start from fresh heads"
+            )
+        settings = options.settings()
+        if preview is not None and model is None and class_names:
+            # the heads train() would build, built here so that the previews see them train
+            model = build_model(backbone, settings, len(class_names), in_channels=given)
+        run = train(
+            samples,
+            out=out,
+            backbone=backbone,
+            settings=settings,
+            validation=validation_samples,
+            class_names=class_names,
             normalization=normalization,
-            num_classes=len(class_names) if class_names else None,
-            **kwargs,
+            model=model,
+            device=device,
+            stop=lambda: bool(stop),
         )
+        if preview is not None and model is not None:
+            run = with_previews(run, model, preview, normalization=normalization, patch_size=options.patch_size)
+        steps_done = 0
+        try:
+            while True:
+                try:
+                    event = next(run)
+                except StopIteration as end:
+                    written = Path(end.value)
+                    return FineTuneResult(
+                        written if written.is_file() else None,
+                        stopped=steps_done < options.steps,
+                        steps_done=steps_done,
+                    )
+                if event.task == "train" and not isinstance(event, Preview):
+                    steps_done = event.done
+                yield event
+                if stop and steps_done == 0:
+                    break  # nothing trained yet (loading, caching): end at once, nothing to keep
+        finally:
+            run.close()  # after the end a no-op; before the first step it leaves no file
+        return FineTuneResult(None, stopped=True, steps_done=0)
 
-    samples = samples_of(pairs, sparse_background=sparse_background)
-    validation_samples = samples_of(validation) if validation else None
-    if not samples:
-        raise InputError("no pixel counts: the regions that count are empty; draw a region over the corrected part")
-    given = check_same_channels(samples)
-    if metadata is not None and metadata.in_channels and given != metadata.in_channels:
-        # the checkpoint would otherwise record the images' count, and Segment refuse the images it was made for
-        raise InputError(
-            f"the heads were trained on {metadata.in_channels}-channel images but the images give {given} "
-            f"channel{'s' if given != 1 else ''}: set each image's channel axis (the Channel axis column) so that "
-            f"it gives {metadata.in_channels}, or start from fresh heads"
-        )
-    settings = options.settings()
-    if preview is not None and model is None and class_names:
-        # the heads train() would build, built here so that the previews see them train
-        model = build_model(backbone, settings, len(class_names), in_channels=given)
-    run = train(
-        samples,
-        out=out,
-        backbone=backbone,
-        settings=settings,
-        validation=validation_samples,
-        class_names=class_names,
-        normalization=normalization,
-        model=model,
-        device=device,
-        stop=lambda: bool(stop),
-    )
-    if preview is not None and model is not None:
-        run = with_previews(run, model, preview, normalization=normalization, patch_size=options.patch_size)
-    steps_done = 0
+
+@contextlib.contextmanager
+def _in_the_forms_words():
+    """Engine errors whose advice names a Python or CLI option, reworded to name the form's control."""
     try:
-        while True:
-            try:
-                event = next(run)
-            except StopIteration as end:
-                written = Path(end.value)
-                return FineTuneResult(
-                    written if written.is_file() else None, stopped=steps_done < options.steps, steps_done=steps_done
-                )
-            if event.task == "train" and not isinstance(event, Preview):
-                steps_done = event.done
-            yield event
-            if stop and steps_done == 0:
-                break  # nothing trained yet (loading, caching): end at once, nothing to keep
-    finally:
-        run.close()  # after the end a no-op; before the first step it leaves no file
-    return FineTuneResult(None, stopped=True, steps_done=0)
+        yield
+    except DinoUNetError as err:
+        worded = gui_wording(str(err))
+        if worded == str(err):
+            raise
+        raise type(err)(worded) from err
 
 
 def default_checkpoint_path(start_heads: Path | None) -> Path:
