@@ -91,11 +91,17 @@ def main(argv: list[str] | None = None) -> int:
     viewer.camera.center, viewer.camera.zoom = (150, 330), viewer.camera.zoom * 2.2  # the user looks closer
     job = finetune.start()
     deadline = time.monotonic() + 900
-    while not job.done and (finetune.live_preview is None or finetune.live_preview.shown < 2):
+
+    def previewed_step() -> int:  # the step of the latest preview shown (0: none yet)
+        return (
+            viewer.layers["nuclei preview"].metadata.get("preview_step", 0) if "nuclei preview" in viewer.layers else 0
+        )
+
+    while not job.done and previewed_step() < args.steps // 2:  # half-way: the preview has taken shape
         QApplication.processEvents()
         time.sleep(0.02)
         if time.monotonic() > deadline:
-            sys.exit("no preview within 15 minutes")
+            sys.exit("no preview half-way within 15 minutes")
     viewer.layers.selection.active = viewer.layers["nuclei preview"]
     save(viewer, args.out / "finetune-scribbles.png")
     wait_for(job, "Fine-tuning", timeout_s=900)
