@@ -16,6 +16,7 @@ OPTIONAL = {
     "ome_zarr": "the ome-zarr extra: engine/io/omezarr.py imports it inside the functions that need it",
     "zarr": "the ome-zarr extra (and the testing one), imported where OME-Zarr stores are read",
     "dask": "the ome-zarr extra (and the testing one), imported where OME-Zarr stores are read",
+    "bioimageio": "the bioimageio extra: engine/bioimageio.py imports it inside the functions that need it",
 }
 
 

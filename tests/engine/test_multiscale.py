@@ -45,7 +45,7 @@ def test_a_dask_level_is_read_one_band_at_a_time(tmp_path, monkeypatch):
 
     heads = write_tiny_heads(tmp_path / "heads.safetensors", patch_size=TILE)
     predictor = Predictor.from_checkpoint(heads, "random:tiny", device="cpu")
-    width = 1024
+    width = 512
     # statistics read blocks of _BLOCK_ELEMENTS values (16 MB as float32: a 4096-wide band of 1024 rows);
     # here one tile band, so that these small levels show the bound large ones have
     monkeypatch.setattr(normalize, "_BLOCK_ELEMENTS", TILE * width)
@@ -84,3 +84,21 @@ def test_the_default_level_is_the_finest_that_fits_the_budget():
     assert multiscale.default_level(planes, 512, 0.5, budget_s=60, seconds_per_tile=0.02) == 1  # 961: 19 s
     assert multiscale.default_level(planes, 512, 0.5, budget_s=1, seconds_per_tile=1.0) == 3  # none fits: coarsest
     assert multiscale.default_level(planes, 512, 0.5) == 3  # the CPU table, ViT-S: 0.44 s per tile, 21 s
+
+
+def test_the_visible_region_of_a_level_is_predicted_as_the_whole_level_is(tmp_path):
+    from napari_dinounet.engine.predictor import Predictor
+
+    heads = write_tiny_heads(tmp_path / "heads.safetensors", patch_size=TILE)
+    predictor = Predictor.from_checkpoint(heads, "random:tiny", device="cpu")
+    reads: list = []
+    level0_shape, level1 = (512, 768), lazy_level(256, 384, reads)
+    factors = multiscale.level_factors([level0_shape, level1.shape])[1]
+    # what a viewer shows, in level-0 pixels: rows 101.5-300, columns 40-250.2
+    region = multiscale.region_at_level(((101.5, 300.0), (40.0, 250.2)), factors, level1.shape)
+    assert region == ((50, 150), (20, 126))
+    (part,) = drain(predictor.predict(level1, region=region, step=1.0))
+    (whole,) = drain(predictor.predict(np.asarray(level1), step=1.0))
+    np.testing.assert_array_equal(part, whole[50:150, 20:126])
+    with pytest.raises(multiscale.InputError, match="outside the image"):
+        multiscale.region_at_level(((600.0, 700.0), (0.0, 10.0)), factors, level1.shape)

@@ -267,3 +267,35 @@ def test_docked_from_the_layers_segment_menu_in_a_real_viewer(make_napari_viewer
     written = widget.export_labels()
     assert written == tmp_path / "tissue.nii.gz"
     np.testing.assert_allclose(nib.load(written).affine, load_mni152_slices().affine)
+
+
+def test_bioimageio_button_writes_a_package_or_says_what_to_install(qtbot, viewer, tmp_path):
+    import zipfile
+
+    pytest.importorskip("bioimageio.spec", reason='the bioimageio extra: pip install "napari-dinounet[bioimageio]"')
+    from _widget_helpers import nuclei_crop, wait_for, write_tiny_heads
+
+    from napari_dinounet._widgets._session import get_session
+    from napari_dinounet.engine.bioimageio import check_environment
+    from napari_dinounet.engine.errors import InputError
+
+    widget = _widget(qtbot, viewer)
+    widget.zoo_path_edit.setText(str(tmp_path / "model"))
+    assert widget.export_bioimageio() is None and "heads checkpoint" in widget.status_label.text()
+    session = get_session(viewer)
+    session.heads_path = write_tiny_heads(tmp_path / "heads.safetensors")
+    session.backbone_source, session.device = "random:tiny", "cpu"
+    viewer.add_image(nuclei_crop()[0], name="nuclei")
+    widget.zoo_image_combo.refresh()
+    job = widget.export_bioimageio()
+    wait_for(qtbot, job)
+    try:
+        check_environment()
+    except InputError as err:  # this environment's bioimageio cannot build packages: the status says the fix
+        assert job.errored and "pydantic" in str(err) and "pydantic" in widget.status_label.text()
+        assert not (tmp_path / "model.zip").exists()
+        return
+    assert not job.errored, widget.status_label.text()
+    with zipfile.ZipFile(tmp_path / "model.zip") as archive:
+        assert {"weights.pt", "test_input.npy", "cover.png", "LICENSE.md"} <= set(archive.namelist())
+    assert "Wrote the bioimage.io model" in widget.status_label.text()

@@ -52,3 +52,24 @@ def test_segment_with_instance_heads_measures_the_objects(qtbot, make_napari_vie
     assert f"{count} objects" in widget.status.text()
     assert any("Features table" in name for name in viewer.window._wrapped_dock_widgets)
     assert viewer.layers.selection.active is labels
+
+
+def test_finetune_goes_on_training_instance_heads_on_instance_labels(tmp_path, instance_heads):
+    """Fine-tune started from instance heads trains on the corrected instance labels (one id per object,
+    here the crop's 12 nuclei, ids far beyond the 3 classes) and writes instance heads again."""
+    from napari_dinounet._widgets._jobs import Stop
+    from napari_dinounet._widgets._session import Session
+    from napari_dinounet._widgets.finetune import FineTuneOptions, TrainingPair, finetune_job
+    from napari_dinounet.engine.bundled_data import load_nuclei
+    from napari_dinounet.engine.checkpoint import read_metadata
+    from napari_dinounet.engine.progress import drain
+
+    image, ids = (array[:128, :128] for array in load_nuclei())
+    assert ids.max() > 2
+    options = FineTuneOptions(steps=2, every=2, lr=1e-3, patch_size=64, batch_size=2, cache_features=False)
+    out = tmp_path / "tuned.safetensors"
+    pairs = [TrainingPair("crop", image, ids, None, False)]
+    result = drain(finetune_job(Session(), "random:tiny", "cpu", instance_heads, pairs, None, out, options, Stop()))
+    assert result.steps_done == 2 and result.checkpoint == out
+    metadata = read_metadata(out)
+    assert metadata.task == "instances" and metadata.class_names == list(INSTANCE_CLASS_NAMES)

@@ -1,10 +1,13 @@
-"""The Export widget: save a labels layer (TIFF, PNG, NIfTI) and copy the current heads checkpoint.
+"""The Export widget: save a labels layer (TIFF, PNG, NIfTI), copy the current heads checkpoint, and write
+the heads with their backbone as a bioimage.io model package (the ``bioimageio`` extra).
 
 Labels go through the same function as napari's File > Save Layers (:func:`napari_dinounet._writer.write_labels`),
 so both paths give identical files: TIFF with the layer's pixel size, PNG for 2D labels, NIfTI with the
 affine the labels came with. The heads checkpoint in use (``get_session(viewer).heads_path``, set by the
 Segment and Fine-tune widgets) is copied to a chosen file atomically. Every write replaces its target in
-one rename, so a failed export leaves any earlier file as it was. No torch here.
+one rename, so a failed export leaves any earlier file as it was. The bioimage.io package is built in a
+worker (:func:`bioimageio_job`, :mod:`..engine.bioimageio`), from the session's backbone and heads, with test
+tensors cut from the chosen image layer.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from napari.layers import Labels
+from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import (
     QComboBox,
@@ -33,12 +36,29 @@ from .._writer import export_refusals, formats_for, write_labels
 from ..engine.atomic import atomic_path
 from ..engine.errors import CheckpointError, DinoUNetError, InputError
 from ..engine.io import file_name_for, get_format, registered_formats, with_extension
+from ._jobs import Job
 from ._layer_combo import LayerComboBox
 from ._model_form import HEADS_FILTER, dock_layout, help_label, seed_session
 from ._session import get_session
 from ._settings import recall, remember
 
 HEADS_EXTENSION = ".safetensors"
+ZOO_FILTER = "bioimage.io model (*.zip)"
+
+
+def bioimageio_job(session, backbone_source: str, device: str, heads: Path, out: Path, image, channel_axis):
+    """Worker body: the session's backbone (loaded unless cached), the heads, then the package at ``out``."""
+    from ..engine.bioimageio import check_environment, export_package
+    from ..engine.device import pick_device
+    from ..engine.predictor import Predictor
+    from ..engine.progress import Progress
+
+    check_environment()  # before the backbone loads
+    device = pick_device(device)
+    backbone = yield from session.backbone_steps(backbone_source, device)
+    yield Progress("writing the bioimage.io package", 0, 1, str(out))
+    predictor = Predictor.from_checkpoint(heads, backbone, device=device)
+    return export_package(predictor, out, image, channel_axis=channel_axis)
 
 
 def heads_target(source: str | Path | None, target: str | Path) -> Path:
@@ -168,11 +188,30 @@ class ExportWidget(QWidget):
             self.export_heads_button,
         )
 
+        self.zoo_image_combo = LayerComboBox(napari_viewer, (Image,), parent=self)
+        self.zoo_image_combo.setToolTip("An image like the training ones: its middle gives the package's test tensors.")
+        self.zoo_path_edit = QLineEdit()
+        self.zoo_path_edit.setPlaceholderText("model.zip")
+        self.zoo_path_edit.setToolTip("The bioimage.io model package to write (.zip).")
+        self.export_zoo_button = QPushButton("Export for bioimage.io")
+        self.export_zoo_button.setToolTip(
+            "Write the heads in use WITH their backbone (the DINOv3 licence applies to it) as a bioimage.io model "
+            "package: weights, architecture, test tensors, cover, licence and training summary."
+        )
+        self.job: Job | None = None
+        zoo_box = _form_box(
+            "bioimage.io model",
+            ("Test image", self.zoo_image_combo),
+            ("File", _path_row(self.zoo_path_edit, self._browse_zoo, "Choose the package to write.")),
+            self.export_zoo_button,
+        )
+
         self.status_label = QLabel()
         self.status_label.setWordWrap(True)
         layout = dock_layout(self)
         layout.addWidget(labels_box)
         layout.addWidget(heads_box)
+        layout.addWidget(zoo_box)
         layout.addWidget(self.status_label)
         layout.addStretch(1)
         layout.addWidget(help_label())
@@ -183,6 +222,7 @@ class ExportWidget(QWidget):
         self.heads_path_edit.textEdited.connect(self._heads_path_typed)
         self.export_labels_button.clicked.connect(self.export_labels)
         self.export_heads_button.clicked.connect(self.export_heads)
+        self.export_zoo_button.clicked.connect(self.export_bioimageio)
         self._session.heads_changed.connect(self._show_heads)
         self.destroyed.connect(lambda *_: self._session.heads_changed.disconnect(self._show_heads))
 
@@ -316,6 +356,53 @@ class ExportWidget(QWidget):
         if written is None:
             return None
         return self._done(written, f"Saved the heads checkpoint to {written}")
+
+    # -------------------------------------------------------------------------------------- bioimage.io
+
+    def _browse_zoo(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export a bioimage.io model", self.zoo_path_edit.text(), ZOO_FILTER)
+        if path:
+            self.zoo_path_edit.setText(path)
+            self._confirmed_target = Path(path)
+
+    def export_bioimageio(self) -> Job | None:
+        """Start writing the bioimage.io package in a worker; returns the job, or None when the form is not usable."""
+        text = self.zoo_path_edit.text().strip()
+        heads, layer = self._session.heads_path, self.zoo_image_combo.layer()
+        problem = (
+            "no file name for the package; type one or press … to choose it"
+            if not text
+            else "there is no heads checkpoint yet: choose one in Segment, or train one with Fine-tune"
+            if heads is None
+            else "no image layer for the test tensors: open an image like the training ones"
+            if layer is None
+            else None
+        )
+        if problem:
+            return self._fail(f"Export failed: {problem}")
+        target = Path(text).expanduser()
+        target = target if target.suffix.lower() == ".zip" else target.with_name(target.name + ".zip")
+        if not self._may_replace(target):
+            return None
+        data = layer.data[0] if layer.multiscale else layer.data
+        gen = bioimageio_job(
+            self._session,
+            self._session.backbone_source,
+            self._session.device,
+            Path(heads),
+            target,
+            data,
+            data.ndim - 1 if layer.rgb else None,
+        )
+        self.job = Job(
+            gen,
+            "bioimage.io export",
+            on_result=lambda path: self._done(Path(path), f"Wrote the bioimage.io model {path}"),
+            on_finished=lambda: self.export_zoo_button.setEnabled(True),
+            status=self.status_label,
+        )
+        self.export_zoo_button.setEnabled(False)
+        return self.job.start()
 
     # -------------------------------------------------------------------------------------- common
 

@@ -64,6 +64,15 @@ from ._next import checked_layer_name
 from ._preview import LivePreview
 from ._session import Session, get_session
 from ._settings import persisted
+from ._volumes import (
+    LABELLED_SLICES,
+    LABELLED_SLICES_TIP,
+    auto_normalization,
+    fresh_normalization,
+    normalization_combo,
+    only_labelled_slices,
+    show_auto_normalization,
+)
 
 LOADED_HEADS, FRESH_HEADS = "the loaded heads", "fresh heads"
 PAINTED_ONLY = "painted pixels"  # Validate on: the scribbles' own painted pixels (engine.train.PAINTED_SCOPE)
@@ -136,6 +145,7 @@ class FineTuneOptions:
     patch_size: int
     batch_size: int
     cache_features: bool
+    normalization: str = "zscore"  # of fresh heads (_volumes.fresh_normalization)
 
     @property
     def checkpoints(self) -> int:
@@ -198,6 +208,8 @@ def finetune_job(
     from ..engine.checkpoint import load_heads
     from ..engine.data import check_same_channels, samples_from_arrays
     from ..engine.device import pick_device
+    from ..engine.instances import instance_samples
+    from ..engine.names import INSTANCES, SEMANTIC
     from ..engine.normalize import Normalization
     from ..engine.preview import with_previews
     from ..engine.train import build_model, train
@@ -205,7 +217,8 @@ def finetune_job(
     with _in_the_forms_words():
         device = pick_device(device)
         backbone = yield from session.backbone_steps(backbone_source, device)  # "loading"/"waiting for" events
-        model, metadata, normalization = None, None, Normalization()
+        model, metadata = None, None
+        normalization = fresh_normalization(options.normalization, pairs) if start_heads is None else None
         if start_heads is not None:
             yield Progress("loading the heads", 0, 1, str(start_heads))
             model, metadata = load_heads(
@@ -218,17 +231,20 @@ def finetune_job(
                 "some images have channels (colours or a channel axis) and some do not: train on one kind at a time"
             )
         yield Progress("preparing the images", 0, 1)
+        task = metadata.task if metadata is not None else SEMANTIC
 
         def samples_of(chosen: list[TrainingPair], **kwargs):
+            images, labels = [pair.image for pair in chosen], [pair.labels for pair in chosen]
+            arrays = {
+                "masks": [pair.mask for pair in chosen],
+                "names": [pair.name for pair in chosen],
+                "channel_axis": -1 if chosen[0].has_channels else None,
+                "normalization": normalization,
+            }
+            if task == INSTANCES:  # instance heads go on learning from (corrected) instance labels, one id per object
+                return instance_samples(images, labels, **arrays, **kwargs)
             return samples_from_arrays(
-                [pair.image for pair in chosen],
-                [pair.labels for pair in chosen],
-                masks=[pair.mask for pair in chosen],
-                names=[pair.name for pair in chosen],
-                channel_axis=-1 if chosen[0].has_channels else None,
-                normalization=normalization,
-                num_classes=len(class_names) if class_names else None,
-                **kwargs,
+                images, labels, num_classes=len(class_names) if class_names else None, **arrays, **kwargs
             )
 
         samples = samples_of(pairs, sparse_background=sparse_background)
@@ -258,6 +274,7 @@ def finetune_job(
             model=model,
             device=device,
             stop=lambda: bool(stop),
+            task=task,
         )
         if preview is not None and model is not None:
             run = with_previews(run, model, preview, normalization=normalization, patch_size=options.patch_size)
@@ -405,8 +422,11 @@ class FineTuneWidget(QWidget):
         self.add_pair_button.clicked.connect(self.add_pair)
 
         self.stack_combo = QComboBox()
-        self.stack_combo.addItems([CURRENT_SLICE, WHOLE_STACK])
-        self.stack_combo.setToolTip("For stacks: learn from the slice on screen only, or from every slice.")
+        self.stack_combo.addItems([CURRENT_SLICE, WHOLE_STACK, LABELLED_SLICES])
+        self.stack_combo.setToolTip(
+            f"For stacks: learn from the slice on screen only, or from every slice; {LABELLED_SLICES_TIP}."
+        )
+        self.normalization_combo = normalization_combo()
         self.foreground_check = QCheckBox("any label value is foreground (instance labels)")
         self.foreground_check.setToolTip(
             "Train one foreground class from labels where each object has its own value (instance labels)."
@@ -493,6 +513,7 @@ class FineTuneWidget(QWidget):
         form.addRow("Start from", self.start_combo)
         form.addRow("Classes", self.classes_edit)
         form.addRow("Stack", self.stack_combo)
+        form.addRow("Normalisation", self.normalization_combo)
         form.addRow(self.foreground_check)
         sparse_row = QHBoxLayout()
         sparse_row.addWidget(self.sparse_check)
@@ -567,7 +588,8 @@ class FineTuneWidget(QWidget):
         self.start_button.clicked.connect(self.start)
         self.stop_button.clicked.connect(self.stop)
         self.add_pair()
-        self._sparse_changed()
+        self._show_auto_normalization()
+        self._sparse_changed()  # (it updates the classes)
         self._update_estimate()
         self._update_advanced_summary()
 
@@ -577,6 +599,7 @@ class FineTuneWidget(QWidget):
         row = _PairRow(self.viewer)
         row.remove.clicked.connect(lambda: self.remove_pair(row))
         row.labels.currentIndexChanged.connect(self._update_classes)
+        row.image.currentIndexChanged.connect(self._show_auto_normalization)
         self.rows.append(row)
         for column, widget in enumerate(row.widgets()):
             self._pairs_grid.addWidget(widget, len(self.rows), column)
@@ -588,6 +611,9 @@ class FineTuneWidget(QWidget):
         for row in self.rows:
             row.region.refresh()  # napari may tell this widget before the picker lists the new layer
             row.guess_region()
+
+    def _show_auto_normalization(self, *_) -> None:
+        show_auto_normalization(self.normalization_combo, [row.image.layer() for row in self.rows if row.image.layer()])
 
     def remove_pair(self, row: _PairRow) -> None:
         self.rows.remove(row)
@@ -615,11 +641,14 @@ class FineTuneWidget(QWidget):
             patch_size=self.patch_spin.value(),
             batch_size=self.batch_spin.value(),
             cache_features=self.cache_check.isChecked(),
+            normalization=auto_normalization(
+                self.normalization_combo.currentText(), [row.image.layer() for row in self.rows if row.image.layer()]
+            )[0],  # "auto (ct)" resolves again here, the layers may have changed since
         )
 
     def _pairs(self) -> list[TrainingPair]:
         """The chosen pairs as arrays (read here, in the GUI thread; the worker gets only arrays)."""
-        whole = self.stack_combo.currentText() == WHOLE_STACK
+        whole = self.stack_combo.currentText() in (WHOLE_STACK, LABELLED_SLICES)
         pairs, seen = [], set()
         for row in self.rows:
             image, labels, region = row.image.layer(), row.labels.layer(), row.region.layer()
@@ -655,6 +684,8 @@ class FineTuneWidget(QWidget):
             if self.foreground_check.isChecked() and not self.sparse_check.isChecked():
                 values = (values > 0).astype(np.uint8)
             mask = plan.select(region_mask(region, plan.labels_shape)) if region is not None else None
+            if self.stack_combo.currentText() == LABELLED_SLICES:
+                mask = only_labelled_slices(values, mask)
             pairs.append(
                 TrainingPair(f"{image.name} / {labels.name}", plan.image, values, mask, plan.channel_axis is not None)
             )
@@ -840,7 +871,8 @@ class FineTuneWidget(QWidget):
         )
         self.start_button.setEnabled(False)
         self.stop_button.setEnabled(True)
-        self.status.setText(f"training; checkpoints go to {out}")
+        scheme = "the start heads'" if start_heads is not None else options.normalization
+        self.status.setText(f"training ({scheme} normalisation); checkpoints go to {out}")
         return self.job.start()
 
     def stop(self) -> None:

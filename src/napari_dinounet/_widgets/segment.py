@@ -65,6 +65,7 @@ from ._next import NextRegions
 from ._preview import visible_region
 from ._session import Session, get_session
 from ._settings import persisted
+from ._volumes import WHOLE_VOLUME, WHOLE_VOLUME_TIP, planes_for, predict_volume
 from .finetune import region_mask
 
 EVERYWHERE, IN_VIEW = "everything", "the part in view"
@@ -94,12 +95,14 @@ def segment_job(
     step: float,
     tta: bool,
     allow_backbone_mismatch: bool = False,
+    planes: tuple[int, ...] | None = None,
     region: tuple | None = None,
     uncertainty: bool = False,
 ) -> Generator[Progress, None, SegmentResult]:
     """Worker body: the session's backbone (loaded unless cached) and the heads, then predict.
 
-    patch_size None: the training patch. region: ((y0, y1), (x0, x1)) of each plane, or None for all of it.
+    patch_size None: the training patch. planes: predict a whole volume along these planes and fuse them
+    (:func:`._volumes.predict_volume`). region: ((y0, y1), (x0, x1)) of each plane, or None for all of it.
     uncertainty: also the normalised entropy of the probabilities (:class:`..engine.uncertainty.Uncertainty`).
     Runs in a worker thread: no Qt here. The engine's errors reach the widget with their advice in the
     widget's terms (:func:`._model_form.for_the_widgets`).
@@ -116,6 +119,7 @@ def segment_job(
                 step=step,
                 tta=tta,
                 allow_backbone_mismatch=allow_backbone_mismatch,
+                planes=planes,
                 region=region,
                 uncertainty=uncertainty,
             )
@@ -133,6 +137,7 @@ def _segment(
     step,
     tta,
     allow_backbone_mismatch,
+    planes,
     region,
     uncertainty,
 ) -> Generator[Progress, None, SegmentResult]:
@@ -147,6 +152,9 @@ def _segment(
     predictor = Predictor.from_checkpoint(
         heads_path, backbone, device=device, allow_backbone_mismatch=allow_backbone_mismatch
     )
+    if planes:
+        labels = yield from predict_volume(predictor, plan, planes, step=step, tile=patch_size, mirror=tta)
+        return SegmentResult(labels, predictor.class_names)
     labels_output = predictor.default_output()  # class labels, or object ids for instance heads
     outputs = (labels_output, Uncertainty()) if uncertainty else (labels_output,)
     results = yield from predictor.predict(
@@ -200,9 +208,9 @@ class SegmentWidget(QWidget):
         self.channels_edit.setPlaceholderText("all, in order (e.g. 0,2)")
         self.channels_edit.setToolTip("Which channels feed the model, in the order it was trained with.")
         self.stack_combo = QComboBox()
-        self.stack_combo.addItems([CURRENT_SLICE, WHOLE_STACK])
+        self.stack_combo.addItems([CURRENT_SLICE, WHOLE_STACK, WHOLE_VOLUME])
         persisted(self.stack_combo, "segment/stack", CURRENT_SLICE)
-        self.stack_combo.setToolTip("For stacks: only the slice on screen, or every slice.")
+        self.stack_combo.setToolTip(f"For stacks: only the slice on screen, or every slice; {WHOLE_VOLUME_TIP}.")
         self.level_combo = LevelPicker()  # multiscale layers: the level to segment (_multiscale)
         self.tile_spin = QSpinBox()
         self.tile_spin.setRange(0, 4096)
@@ -317,11 +325,18 @@ class SegmentWidget(QWidget):
                 self.level_combo.at_level(layer),
                 channel_axis=channel_axis,
                 channels=parse_channels(self.channels_edit.text()) if self.channels_edit.isEnabled() else None,
-                whole_stack=self.stack_combo.currentText() == WHOLE_STACK,
+                whole_stack=self.stack_combo.currentText() in (WHOLE_STACK, WHOLE_VOLUME),
                 current=viewer_indices(self.viewer, layer),
             )
             check_channel_count(layer, plan, in_channels)
             region, inside = self._region(layer, plan, channel_axis)
+            if planes_for(self.stack_combo.currentText()) and (
+                region is not None or self.uncertainty_check.isChecked()
+            ):
+                raise InputError(
+                    f"{WHOLE_VOLUME!r} predicts every plane and fuses them, for all of the volume and without "
+                    "uncertainty: choose Where 'everything' and untick uncertainty, or another Stack choice"
+                )
         except DinoUNetError as err:
             report_error(f"Segmentation cannot start: {err}", self.status)  # whole, in the status and a notification
             return None
@@ -335,6 +350,7 @@ class SegmentWidget(QWidget):
             step=1.0 - self.overlap_spin.value(),
             tta=self.tta_check.isChecked(),
             allow_backbone_mismatch=self.session.allow_backbone_mismatch,
+            planes=planes_for(self.stack_combo.currentText()),
             region=region,
             uncertainty=self.uncertainty_check.isChecked(),
         )

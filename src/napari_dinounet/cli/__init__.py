@@ -20,7 +20,7 @@ import warnings
 from .. import __version__
 from ._common import signal_handler
 
-COMMANDS = ("info", "summary", "predict", "evaluate", "train", "demo")
+COMMANDS = ("info", "summary", "predict", "evaluate", "train", "demo", "export-bioimageio")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,9 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         try:
-            module = importlib.import_module(f"{__name__}.{name}")
+            module = importlib.import_module(f"{__name__}.{name.replace('-', '_')}")
         except ModuleNotFoundError as err:
-            if err.name != f"{__name__}.{name}":
+            if err.name != f"{__name__}.{name.replace('-', '_')}":
                 raise
             continue  # a command whose module is not written yet
         command = sub.add_parser(name, help=module.HELP, description=module.HELP)

@@ -73,3 +73,20 @@ def default_level(
         if estimated_seconds([plane], tile, step, per_tile) <= budget_s:
             return index
     return len(plane_shapes) - 1
+
+
+def region_at_level(
+    box: Sequence[tuple[float, float]], factors: Sequence[float], shape: Sequence[int]
+) -> tuple[tuple[int, int], ...]:
+    """A box in level-0 pixel coordinates (per axis (low, high), e.g. what the viewer shows) as the
+    half-open pixel ranges of a level with these ``factors`` and ``shape`` that cover it, clipped to the
+    level: the ``region`` to pass to :meth:`~.predictor.Predictor.predict`. InputError when the box misses
+    the level."""
+    ranges = []
+    for (low, high), factor, size in zip(box, factors, shape):
+        start = max(0, int(low // factor))
+        stop = min(size, int(-(-high // factor)))
+        if stop <= start:
+            raise InputError(f"the region {tuple(box)} lies outside the image: pan to the image, then run again")
+        ranges.append((start, stop))
+    return tuple(ranges)
