@@ -476,7 +476,7 @@ class FineTuneWidget(QWidget):
             "Compute the backbone's features of 64 fixed crops once before training, so steps skip the "
             "backbone; augmentation is then only mirroring and intensity."
         )
-        self.preview_check = persisted(QCheckBox("live preview of the part in view"), "finetune/preview", True)
+        self.preview_check = persisted(QCheckBox("live preview"), "finetune/preview", True)
         self.preview_check.setToolTip(
             "While training, the heads predict the visible part of the first pair's image (the slice on "
             "screen) into the layer '<image> preview' every few seconds, taking at most a fifth of the "
@@ -512,7 +512,10 @@ class FineTuneWidget(QWidget):
         form = QFormLayout()
         form.addRow("Start from", self.start_combo)
         form.addRow("Classes", self.classes_edit)
-        form.addRow("Stack", self.stack_combo)
+        stack_row = QHBoxLayout()  # the preview beside Stack: one row fewer, the three docks fit a laptop
+        stack_row.addWidget(self.stack_combo, 1)
+        stack_row.addWidget(self.preview_check)
+        form.addRow("Stack", stack_row)
         form.addRow("Normalisation", self.normalization_combo)
         form.addRow(self.foreground_check)
         sparse_row = QHBoxLayout()
@@ -530,7 +533,6 @@ class FineTuneWidget(QWidget):
         form.addRow(self._validate_row)
         form.addRow("Steps", self.steps_spin)
         form.addRow(self.estimate_label)
-        form.addRow(self.preview_check)
         out_row = QHBoxLayout()
         out_row.addWidget(self.out_edit)
         out_row.addWidget(out_button)
