@@ -41,6 +41,7 @@ from qtpy.QtWidgets import (
 
 from .._layer_metadata import CLASS_NAMES_KEY
 from ..engine.errors import DinoUNetError, InputError
+from ..engine.names import INSTANCE_CLASS_NAMES, INSTANCES, SEMANTIC
 from ..engine.progress import Progress, Validation
 from ._jobs import Job, Stop, report_error
 from ._layer_combo import LayerComboBox, fill_channel_axis_choices
@@ -178,12 +179,14 @@ def finetune_job(
     options: FineTuneOptions,
     stop: Stop,
     allow_backbone_mismatch: bool = False,
+    task: str = SEMANTIC,
 ) -> Generator[Progress, None, FineTuneResult]:
     """Worker body: load the backbone and the starting heads, build the samples, train until done or stopped.
 
     Runs in a worker thread: no Qt here. ``stop`` set: training ends before its next step and writes the
     heads of the step it reached (the engine's stop request); set before the first step, the run is closed
-    and nothing is written. Engine errors are reworded for the form (:func:`gui_wording`).
+    and nothing is written. Engine errors are reworded for the form (:func:`gui_wording`). task: what fresh
+    heads learn (``names.INSTANCES``: the labels are object ids); start heads keep their own.
     """
     try:
         return (
@@ -198,6 +201,7 @@ def finetune_job(
                 options,
                 stop,
                 allow_backbone_mismatch,
+                task,
             )
         )
     except DinoUNetError as err:
@@ -208,14 +212,14 @@ def finetune_job(
 
 
 def _finetune_steps(
-    session, backbone_source, device, start_heads, pairs, class_names, out, options, stop, allow_backbone_mismatch
+    session, backbone_source, device, start_heads, pairs, class_names, out, options, stop, allow_backbone_mismatch, task
 ):
     """:func:`finetune_job`'s body."""
     from ..engine.checkpoint import load_heads
     from ..engine.data import check_same_channels, samples_from_arrays
     from ..engine.device import pick_device
     from ..engine.instances import instance_samples
-    from ..engine.names import INSTANCES, SEMANTIC
+    from ..engine.names import INSTANCES
     from ..engine.normalize import Normalization
     from ..engine.train import train
 
@@ -235,7 +239,7 @@ def _finetune_steps(
             "some images have channels (colours or a channel axis) and some do not: train on one kind at a time"
         )
     yield Progress("preparing the images", 0, 1)
-    task = metadata.task if metadata is not None else SEMANTIC
+    task = metadata.task if metadata is not None else task
     arrays = {
         "masks": [pair.mask for pair in pairs],
         "names": [pair.name for pair in pairs],
@@ -398,6 +402,11 @@ class FineTuneWidget(QWidget):
         self.foreground_check.setToolTip(
             "Train one foreground class from labels where each object has its own value (instance labels)."
         )
+        self.objects_check = QCheckBox("each label value is one object (fresh instance heads)")
+        self.objects_check.setToolTip(
+            "Train instance heads from labels where each object has its own value: Segment then gives each object "
+            "its own label, counted and measured (classes background / interior / boundary)."
+        )
         defaults = CUDA_DEFAULTS if cuda_likely() else CPU_DEFAULTS
         self.steps_spin = persisted(_spin(1, 1_000_000, 10), "finetune/steps", defaults["steps"])
         self.steps_spin.setToolTip("Training steps in all (the estimate below says how long they take).")
@@ -459,6 +468,7 @@ class FineTuneWidget(QWidget):
         form.addRow("Stack", self.stack_combo)
         form.addRow("Normalisation", self.normalization_combo)
         form.addRow(self.foreground_check)
+        form.addRow(self.objects_check)
         form.addRow("Steps", self.steps_spin)
         form.addRow(self.estimate_label)
         out_row = QHBoxLayout()
@@ -509,6 +519,7 @@ class FineTuneWidget(QWidget):
         self.model_form.device_combo.currentTextChanged.connect(self._update_estimate)
         self.start_combo.currentTextChanged.connect(self._update_classes)
         self.foreground_check.toggled.connect(self._update_classes)
+        self.objects_check.toggled.connect(self._update_classes)
         self.session.heads_changed.connect(self._heads_changed)
         self.destroyed.connect(lambda *_: _disconnect(self.session.heads_changed, self._heads_changed))
         self.start_button.clicked.connect(self.start)
@@ -610,6 +621,8 @@ class FineTuneWidget(QWidget):
         """Fresh heads' class names when the Classes field is empty: background/foreground for instance
         labels, the first labels layer's metadata class names, else background, class 1, ... up to its
         largest value; None without a labels layer."""
+        if self._instance_heads():
+            return list(INSTANCE_CLASS_NAMES)
         if self.foreground_check.isChecked():
             return ["background", "foreground"]
         labels = self.rows[0].labels.layer() if self.rows else None
@@ -623,10 +636,14 @@ class FineTuneWidget(QWidget):
         largest = int(np.max(labels.data)) if np.size(labels.data) else 0
         return default_class_names(max(largest, 1) + 1)
 
+    def _instance_heads(self) -> bool:
+        """Whether fresh heads are to be instance heads (the labels are object ids)."""
+        return self.objects_check.isChecked() and self.start_combo.currentText() == FRESH_HEADS
+
     def _class_names(self) -> list[str] | None:
         """Class names for fresh heads: the Classes field's, else the automatic ones."""
         typed = [name.strip() for name in self.classes_edit.text().split(",") if name.strip()]
-        if not typed:
+        if not typed or self._instance_heads():
             return self._automatic_class_names()
         if len(typed) < 2:
             raise InputError(
@@ -652,7 +669,11 @@ class FineTuneWidget(QWidget):
     def _update_classes(self, *_) -> None:
         """The Classes field is for fresh heads; its placeholder shows the names an empty field gives."""
         fresh = self.start_combo.currentText() == FRESH_HEADS
-        self.classes_edit.setEnabled(fresh)
+        self.classes_edit.setEnabled(fresh and not self.objects_check.isChecked())
+        self.objects_check.setEnabled(fresh)  # start heads keep their own task
+        self.foreground_check.setEnabled(not self._instance_heads())  # object ids must stay apart
+        if self._instance_heads():
+            self.foreground_check.setChecked(False)
         automatic = self._automatic_class_names() if fresh else None
         self.classes_edit.setPlaceholderText(
             ", ".join(automatic) if automatic else ("the start heads' classes" if not fresh else "background, class 1")
@@ -724,6 +745,7 @@ class FineTuneWidget(QWidget):
             options,
             self._stop,
             allow_backbone_mismatch=bool(getattr(self.session, "allow_backbone_mismatch", False)),
+            task=INSTANCES if self._instance_heads() else SEMANTIC,
         )
         self.plot.clear(options.steps)
         self.plot.setVisible(True)
