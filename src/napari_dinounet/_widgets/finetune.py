@@ -63,6 +63,7 @@ from ._volumes import (
     fresh_normalization,
     normalization_combo,
     only_labelled_slices,
+    show_auto_normalization,
 )
 
 LOADED_HEADS, FRESH_HEADS = "the loaded heads", "fresh heads"
@@ -525,6 +526,7 @@ class FineTuneWidget(QWidget):
         self.start_button.clicked.connect(self.start)
         self.stop_button.clicked.connect(self.stop)
         self.add_pair()
+        self._show_auto_normalization()
         self._update_classes()
         self._update_estimate()
         self._update_advanced_summary()
@@ -535,11 +537,15 @@ class FineTuneWidget(QWidget):
         row = _PairRow(self.viewer)
         row.remove.clicked.connect(lambda: self.remove_pair(row))
         row.labels.currentIndexChanged.connect(self._update_classes)
+        row.image.currentIndexChanged.connect(self._show_auto_normalization)
         self.rows.append(row)
         for column, widget in enumerate(row.widgets()):
             self._pairs_grid.addWidget(widget, len(self.rows), column)
         self._update_remove_buttons()
         return row
+
+    def _show_auto_normalization(self, *_) -> None:
+        show_auto_normalization(self.normalization_combo, [row.image.layer() for row in self.rows if row.image.layer()])
 
     def remove_pair(self, row: _PairRow) -> None:
         self.rows.remove(row)
@@ -569,7 +575,7 @@ class FineTuneWidget(QWidget):
             cache_features=self.cache_check.isChecked(),
             normalization=auto_normalization(
                 self.normalization_combo.currentText(), [row.image.layer() for row in self.rows if row.image.layer()]
-            )[0],
+            )[0],  # "auto (ct)" resolves again here, the layers may have changed since
         )
 
     def _pairs(self) -> list[TrainingPair]:
