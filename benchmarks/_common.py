@@ -9,8 +9,10 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 
@@ -50,6 +52,31 @@ def machine(load_start: float, load_end: float, **extra) -> dict:
         "load_average_start": load_start,
         "load_average_end": load_end,
     }
+
+
+GEMM_SIZE = 2048
+GEMM_PER_ROUND = 4  # matmuls per GEMM timing: about as long as a 256x256 forward of S
+
+
+def gemm_operands():
+    """Two random (GEMM_SIZE, GEMM_SIZE) fp32 matrices for :func:`gemm_seconds`."""
+    import torch
+
+    return torch.randn(GEMM_SIZE, GEMM_SIZE), torch.randn(GEMM_SIZE, GEMM_SIZE)
+
+
+def gemm_seconds(a, b) -> float:
+    """Seconds for GEMM_PER_ROUND products a @ b: the BLAS speed of this moment, timed between the passes
+    of a benchmark so that both see the same load."""
+    start = time.perf_counter()
+    for _ in range(GEMM_PER_ROUND):
+        a @ b
+    return time.perf_counter() - start
+
+
+def gemm_gflops(seconds: list[float]) -> float:
+    """GFLOP/s of the GEMM from its timings (median)."""
+    return GEMM_PER_ROUND * 2 * GEMM_SIZE**3 / statistics.median(seconds) / 1e9
 
 
 def write_json(path: Path, result: dict) -> None:

@@ -36,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import in_fresh_process, machine, peak_rss_mib, write_json
+from _common import gemm_gflops, gemm_operands, gemm_seconds, in_fresh_process, machine, peak_rss_mib, write_json
 
 SIZE = "s"
 PROJECTION = "fapm"
@@ -86,18 +86,6 @@ def measure(pixels: int, mode: str, repeats: int) -> dict:
     }
 
 
-GEMM_SIZE = 2048
-GEMM_PER_ROUND = 4  # matmuls per GEMM timing: about as long as a 256x256 forward
-
-
-def gemm_seconds(a, b) -> float:
-    """Seconds for GEMM_PER_ROUND products of the (n, n) matrices a @ b."""
-    start = time.perf_counter()
-    for _ in range(GEMM_PER_ROUND):
-        a @ b
-    return time.perf_counter() - start
-
-
 def forward_flops(model, x) -> int:
     """FLOPs of one inference forward of ``model`` on ``x`` (a multiply-add counts 2)."""
     import torch
@@ -124,7 +112,7 @@ def measure_efficiency(pixels: int, repeats: int) -> dict:
         default = build_dinounet(SIZE, projection=PROJECTION, num_classes=CLASSES).eval()
     layouts = {"default": default, "channels_last": copy.deepcopy(default).use_channels_last()}
     x = torch.randn(1, 1, pixels, pixels)
-    a, b = torch.randn(GEMM_SIZE, GEMM_SIZE), torch.randn(GEMM_SIZE, GEMM_SIZE)
+    a, b = gemm_operands()
     flops = forward_flops(default, x)
     times: dict[str, list[float]] = {"gemm": [], **{name: [] for name in layouts}}
     with torch.inference_mode():
@@ -136,11 +124,12 @@ def measure_efficiency(pixels: int, repeats: int) -> dict:
                 start = time.perf_counter()
                 model(x)
                 times[name].append(time.perf_counter() - start)
-    gemm_gflops = GEMM_PER_ROUND * 2 * GEMM_SIZE**3 / statistics.median(times["gemm"]) / 1e9
-    row = {"pixels": pixels, "gflop": flops / 1e9, "gemm_gflops": gemm_gflops, "seconds": times}
+    gemm = gemm_gflops(times["gemm"])
+    row = {"pixels": pixels, "threads": torch.get_num_threads(), "gflop": flops / 1e9, "gemm_gflops": gemm}
+    row["seconds"] = times
     for name in layouts:
         achieved = flops / statistics.median(times[name]) / 1e9
-        row[name] = {"gflops": achieved, "of_gemm": achieved / gemm_gflops}
+        row[name] = {"gflops": achieved, "of_gemm": achieved / gemm}
     reference = logits["default"]
     row["channels_last_max_relative_difference"] = float(
         (logits["channels_last"] - reference).abs().max() / reference.abs().max()
@@ -188,7 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512], help="input sizes (multiples of 32)")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per case (default 3)")
     parser.add_argument("--quick", action="store_true", help="256 only, one timed pass")
+    parser.add_argument(
+        "--threads", type=int, help="torch threads of the efficiency runs (OMP_NUM_THREADS; default torch's own)"
+    )
     parser.add_argument("--json", type=Path, default=RESULTS, help=f"where to write the results (default {RESULTS})")
+    parser.add_argument("--efficiency-only", action="store_true", help="only the GFLOP/s against a GEMM")
     parser.add_argument("--case", nargs=2, metavar=("PIXELS", "MODE"), help=argparse.SUPPRESS)  # worker process
     args = parser.parse_args(argv)
 
@@ -202,11 +195,16 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     load_start = os.getloadavg()[0]
-    rows = [run_case(pixels, mode, repeats) for pixels in sizes for mode in MODES]
-    efficiency = [run_case(pixels, "efficiency", repeats) for pixels in sizes]
+    rows = [] if args.efficiency_only else [run_case(pixels, mode, repeats) for pixels in sizes for mode in MODES]
+    threads = {"OMP_NUM_THREADS": str(args.threads)} if args.threads else None
+    efficiency = [
+        in_fresh_process(__file__, "--case", str(pixels), "efficiency", "--repeats", str(repeats), env=threads)
+        for pixels in sizes
+    ]
     load_end = os.getloadavg()[0]
     print(f"Dino U-Net {SIZE.upper()} ({PROJECTION}, random:{SIZE} backbone), batch 1, CPU, {repeats} timed pass(es)")
-    print(table(rows))
+    if rows:
+        print(table(rows))
     print("\nInference forward against a GEMM in the same process (interleaved, medians):")
     print(efficiency_table(efficiency))
     print(

@@ -12,11 +12,23 @@ minus the baseline (glibc's mmap threshold is fixed at 1 MiB there, so freed arr
 Time: both run ``--repeats`` times interleaved in one more process, so that both see the same load on a
 shared machine; the best time counts. The labels of both are compared pixel by pixel.
 
+With a Dino U-Net (``--network dinounet-<size>``, random backbone of that size: timing does not depend
+on the weights) a third run, "shared", is ours in shared-backbone mode (``shared_backbone=True``: the
+backbone once per window of up to 1024 px, each tile's heads from its slice); its labels are compared
+with ours tile by tile and with MONAI's. ``--no-memory`` skips the memory processes (the large backbones
+take minutes per run on a CPU); the labels then come from the timing process. A random backbone's
+blocks barely mix the tokens (layer scales 1e-5, small q/k weights: each patch's features are nearly
+its own, which no window changes, so the labels would agree trivially); ``--mixing`` sets the layer
+scales to 1 and multiplies the q/k/v weights by 4 (the test_shared_backbone backbone), so that every
+token attends across the window, as trained DINOv3 does, and the agreement means something.
+
     .venv/bin/python benchmarks/sliding_window.py                    # 1024 and 2048, small conv net
     .venv/bin/python benchmarks/sliding_window.py --sizes 4096 --repeats 1 \
         --json benchmarks/results/sliding_window_4096.json
     .venv/bin/python benchmarks/sliding_window.py --network dinounet-tiny --sizes 1024 \
         --json benchmarks/results/sliding_window_dinounet_tiny.json
+    .venv/bin/python benchmarks/sliding_window.py --network dinounet-l --sizes 1024 --repeats 1 --no-memory \
+        --json benchmarks/results/sliding_window_dinounet_l.json
 
 Writes a Markdown table to stdout and JSON to benchmarks/results/sliding_window.json (or --json).
 """
@@ -41,8 +53,12 @@ CLASSES = 2
 RESULTS = Path(__file__).parent / "results" / "sliding_window.json"
 
 
+NETWORKS = ("conv", "dinounet-tiny", "dinounet-s", "dinounet-b", "dinounet-l")
+
+
 def build_network(name: str):
-    """The network both sliding windows run: a small conv net, or Dino U-Net on the random tiny backbone."""
+    """The network both sliding windows run: a small conv net, or Dino U-Net on a random backbone (mixing
+    the tokens when MIXING is set in the environment: see the module docstring)."""
     import torch
 
     torch.manual_seed(0)
@@ -58,7 +74,15 @@ def build_network(name: str):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the random backbone's warning
-        return build_dinounet("tiny", num_classes=CLASSES).eval()
+        model = build_dinounet(name.removeprefix("dinounet-"), num_classes=CLASSES).eval()
+    if os.environ.get("MIXING"):
+        with torch.no_grad():
+            for parameter_name, parameter in model.backbone.vit.named_parameters():
+                if ".gamma_" in parameter_name:
+                    parameter.fill_(1.0)
+                elif parameter_name.endswith("qkv.weight"):
+                    parameter.mul_(4.0)
+    return model
 
 
 def make_image(size: int):
@@ -105,11 +129,15 @@ def rss_mb() -> float:
     return _status_mb("VmRSS") or peak_rss_mb()
 
 
-def run_ours(model, image):
+def run_ours(model, image, shared_backbone: bool = False):
     from napari_dinounet.engine.predict import predict
     from napari_dinounet.engine.progress import drain
 
-    return drain(predict(model, image, patch_size=TILE, step=0.5, batch_size=BATCH))
+    return drain(predict(model, image, patch_size=TILE, step=0.5, batch_size=BATCH, shared_backbone=shared_backbone))
+
+
+def run_shared(model, image):
+    return run_ours(model, image, shared_backbone=True)
 
 
 def run_monai(model, image):
@@ -135,8 +163,9 @@ def setup(network: str, size: int):
 
     model = build_network(network)
     image = make_image(size)
-    for run in RUNS.values():
-        run(model, make_image(TILE))
+    for impl in runs_for(network):
+        if impl != "shared":  # its heads are warm from ours; its window's backbone is not (a cost it keeps)
+            RUNS[impl](model, make_image(TILE))
     return model, image
 
 
@@ -157,22 +186,31 @@ def memory_worker(impl: str, size: int, network: str, labels_out: Path) -> dict:
     }
 
 
-def timing_worker(size: int, network: str, repeats: int) -> dict:
-    """Seconds per run of both implementations, interleaved in one process (ours first in even rounds,
-    MONAI first in odd ones) so that both see the same load on a shared machine."""
+def timing_worker(size: int, network: str, repeats: int, labels_dir: Path) -> dict:
+    """Seconds per run of every implementation, interleaved in one process (in turn first and last over
+    the rounds) so that all see the same load on a shared machine; each one's last labels are saved in
+    ``labels_dir`` as <impl>.npy."""
+    import numpy as np
     import torch
 
     model, image = setup(network, size)
-    times: dict[str, list[float]] = {impl: [] for impl in RUNS}
+    impls = runs_for(network)
+    times: dict[str, list[float]] = {impl: [] for impl in impls}
     for round_ in range(repeats):
-        for impl in sorted(RUNS, reverse=bool(round_ % 2)):
+        for impl in sorted(impls, reverse=bool(round_ % 2)):
             start = time.perf_counter()
-            RUNS[impl](model, image)
+            labels = RUNS[impl](model, image)
             times[impl].append(time.perf_counter() - start)
+            np.save(labels_dir / f"{impl}.npy", labels)
     return {"times": times, "torch_threads": torch.get_num_threads()}
 
 
-RUNS = {"ours": run_ours, "monai": run_monai}
+RUNS = {"ours": run_ours, "monai": run_monai, "shared": run_shared}
+
+
+def runs_for(network: str) -> list[str]:
+    """The implementations compared for ``network``: shared-backbone mode needs a Dino U-Net."""
+    return [impl for impl in RUNS if impl != "shared" or network.startswith("dinounet")]
 
 
 # glibc's malloc keeps freed blocks below its (self-raising) mmap threshold in the process, where they
@@ -180,42 +218,60 @@ RUNS = {"ours": run_ours, "monai": run_monai}
 MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
 
 
-def measure(size: int, network: str, repeats: int, tmp: Path) -> dict:
-    """One table row: time ratio (interleaved, best of ``repeats``), peak memory (fresh process each), agreement."""
+def measure(size: int, network: str, repeats: int, tmp: Path, memory: bool = True) -> dict:
+    """One table row: time ratios (interleaved, best of ``repeats``), peak memory (fresh process each,
+    unless not ``memory``), label agreement."""
     import numpy as np
 
+    impls = runs_for(network)
     row = {"size": size, "network": network, "tile": TILE, "step": 0.5, "batch": BATCH}
-    for impl in RUNS:
-        labels_out = str(tmp / f"{impl}.npy")
-        row[impl] = in_fresh_process(
-            __file__, "--worker", "memory", impl, str(size), network, labels_out, env=MEMORY_ENV
-        )
-    timing = in_fresh_process(__file__, "--worker", "timing", str(size), network, str(repeats))
-    for impl in RUNS:
-        row[impl].update(seconds=min(timing["times"][impl]), all_seconds=timing["times"][impl])
+    labels = {}
+    if memory:
+        for impl in impls:
+            labels[impl] = tmp / f"memory-{impl}.npy"
+            row[impl] = in_fresh_process(
+                __file__, "--worker", "memory", impl, str(size), network, str(labels[impl]), env=MEMORY_ENV
+            )
+    timing = in_fresh_process(__file__, "--worker", "timing", str(size), network, str(repeats), str(tmp))
+    for impl in impls:
+        labels.setdefault(impl, tmp / f"{impl}.npy")
+        row.setdefault(impl, {}).update(seconds=min(timing["times"][impl]), all_seconds=timing["times"][impl])
     row["torch_threads"] = timing["torch_threads"]
-    row["labels_agree"] = float(np.mean(np.load(tmp / "ours.npy") == np.load(tmp / "monai.npy")))
+    loaded = {impl: np.load(path) for impl, path in labels.items()}
+    row["labels_agree"] = float(np.mean(loaded["ours"] == loaded["monai"]))
+    # agreement means little when one class covers nearly everything
+    row["class_fractions"] = (np.bincount(loaded["ours"].ravel(), minlength=CLASSES) / loaded["ours"].size).tolist()
     row["time_ratio"] = row["ours"]["seconds"] / row["monai"]["seconds"]
-    row["peak_ratio"] = row["ours"]["peak_rss_mb"] / row["monai"]["peak_rss_mb"]
+    if memory:
+        row["peak_ratio"] = row["ours"]["peak_rss_mb"] / row["monai"]["peak_rss_mb"]
+    if "shared" in impls:
+        row["shared_labels_agree_with_ours"] = float(np.mean(loaded["shared"] == loaded["ours"]))
+        row["shared_labels_agree_with_monai"] = float(np.mean(loaded["shared"] == loaded["monai"]))
+        row["shared_speedup_over_monai"] = row["monai"]["seconds"] / row["shared"]["seconds"]
+        row["shared_speedup_over_ours"] = row["ours"]["seconds"] / row["shared"]["seconds"]
     return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048])
-    parser.add_argument("--network", choices=("conv", "dinounet-tiny"), default="conv")
+    parser.add_argument("--network", choices=NETWORKS, default="conv")
+    parser.add_argument("--no-memory", action="store_true", help="time and compare labels only (no memory runs)")
+    parser.add_argument("--mixing", action="store_true", help="a backbone whose tokens attend across the window")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each implementation; the best counts")
     parser.add_argument("--json", type=Path, default=RESULTS)
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.mixing:
+        os.environ["MIXING"] = "1"  # the worker processes inherit it
     if args.worker:
         kind, *rest = args.worker
         if kind == "memory":
             impl, size, network, labels_out = rest
             result = memory_worker(impl, int(size), network, Path(labels_out))
         else:
-            size, network, repeats = rest
-            result = timing_worker(int(size), network, int(repeats))
+            size, network, repeats, labels_dir = rest
+            result = timing_worker(int(size), network, int(repeats), Path(labels_dir))
         print(json.dumps(result))
         return
 
@@ -228,35 +284,41 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
-            rows.append(measure(size, args.network, args.repeats, Path(tmp)))
+            rows.append(measure(size, args.network, args.repeats, Path(tmp), memory=not args.no_memory))
             print(json.dumps(rows[-1]), file=sys.stderr)
     machine["load_after"] = os.getloadavg()
     import monai
     import torch
 
     machine.update(torch=torch.__version__, monai=monai.__version__)
-    report = {"machine": machine, "rows": rows}
+    report = {"machine": machine, "mixing_backbone": bool(os.environ.get("MIXING")), "rows": rows}
     print(table(report))
     write_json(args.json, report)
 
 
 def table(report: dict) -> str:
     lines = [
-        "| image | network | impl | time (s) | peak RSS (MB) | extra over baseline (MB) | ours/MONAI time "
-        "| ours/MONAI peak | labels agree |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| image | network | impl | time (s) | peak RSS (MB) | extra over baseline (MB) | time / MONAI's "
+        "| peak / MONAI's | labels agree with MONAI | labels agree with ours |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["rows"]:
-        for impl in RUNS:
+        monai = row["monai"]
+        for impl in (impl for impl in RUNS if impl in row):
             r = row[impl]
-            ratios = (
-                f"{row['time_ratio']:.2f} | {row['peak_ratio']:.2f} | {row['labels_agree']:.4%}"
-                if impl == "ours"
-                else " | | "
-            )
+            peak = f"{r['peak_rss_mb']:.0f} | {r['extra_rss_mb']:.0f}" if "peak_rss_mb" in r else "- | -"
+            ratios = " | | | "
+            if impl == "ours":
+                peak_ratio = f"{row['peak_ratio']:.2f}" if "peak_ratio" in row else "-"
+                ratios = f"{row['time_ratio']:.2f} | {peak_ratio} | {row['labels_agree']:.4%} | "
+            elif impl == "shared":
+                peak_ratio = f"{r['peak_rss_mb'] / monai['peak_rss_mb']:.2f}" if "peak_rss_mb" in r else "-"
+                ratios = (
+                    f"{r['seconds'] / monai['seconds']:.2f} | {peak_ratio} | "
+                    f"{row['shared_labels_agree_with_monai']:.4%} | {row['shared_labels_agree_with_ours']:.4%}"
+                )
             lines.append(
-                f"| {row['size']}x{row['size']} | {row['network']} | {impl} | {r['seconds']:.2f} | "
-                f"{r['peak_rss_mb']:.0f} | {r['extra_rss_mb']:.0f} | {ratios} |"
+                f"| {row['size']}x{row['size']} | {row['network']} | {impl} | {r['seconds']:.2f} | {peak} | {ratios} |"
             )
     m = report["machine"]
     lines.append(

@@ -19,6 +19,11 @@ the feature cache).
     .venv/bin/python benchmarks/train_step.py --quick   # 256 only, 2 timed steps
     .venv/bin/python benchmarks/train_step.py --size l --sizes 256 --json /tmp/l.json   # another size
 
+Efficiency: in one more process per patch size, the network's forward + backward with cached features
+(train mode, batch 2, a mean-of-logits loss; the FLOPs of a step but for the optimiser and the data) and
+a 2048^3 fp32 GEMM run interleaved ``--steps`` times; achieved GFLOP/s (``torch.utils.flop_counter``) and
+its fraction of the GEMM's, both medians.
+
 Prints a Markdown table and writes JSON to benchmarks/results/train_step.json (or --json), with the
 machine's 1-minute load average at the start and end. Cases run with OMP_WAIT_POLICY=PASSIVE unless set
 otherwise, as ``dinounet train`` does.
@@ -35,7 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import in_fresh_process, machine, peak_rss_mib, write_json
+from _common import gemm_gflops, gemm_operands, gemm_seconds, in_fresh_process, machine, peak_rss_mib, write_json
 
 PROJECTION = "fapm"
 BATCH = 2
@@ -43,8 +48,8 @@ CACHE_CROPS = 4
 RESULTS = Path(__file__).parent / "results" / "train_step.json"
 
 
-def measure(size: str, pixels: int, cached: bool, steps: int) -> dict:
-    """Train ``steps`` + 1 steps at pixels x pixels in this process; return step times and memory."""
+def measure(size: str, pixels: int, cached: bool, steps: int, device: str = "cpu", batch: int = BATCH) -> dict:
+    """Train ``steps`` + 1 steps at pixels x pixels on ``device`` in this process; return step times and memory."""
     import warnings
 
     import torch
@@ -61,7 +66,7 @@ def measure(size: str, pixels: int, cached: bool, steps: int) -> dict:
     settings = TrainSettings(
         projection=PROJECTION,
         patch_size=pixels,
-        batch_size=BATCH,
+        batch_size=batch,
         epochs=1,
         iters_per_epoch=steps + 1,
         cache_features=cached,
@@ -82,7 +87,7 @@ def measure(size: str, pixels: int, cached: bool, steps: int) -> dict:
             backbone=backbone,
             settings=settings,
             model=model,
-            device="cpu",
+            device=device,
         )
         start = time.perf_counter()
         for event in run:
@@ -102,6 +107,51 @@ def measure(size: str, pixels: int, cached: bool, steps: int) -> dict:
         "peak_rss_mib": round(peak, 1),
         "extra_rss_mib": round(peak - before, 1),
         "model_rss_mib": round(before, 1),
+    }
+
+
+def measure_efficiency(size: str, pixels: int, repeats: int) -> dict:
+    """Achieved GFLOP/s of forward + backward with cached features, against a GEMM, interleaved."""
+    import warnings
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from napari_dinounet.engine.network import build_dinounet
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the random backbone's not-pretrained warning
+        model = build_dinounet(size, projection=PROJECTION, num_classes=2).train()
+    x = torch.randn(BATCH, 1, pixels, pixels)
+    taps = model.backbone_taps(x)
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        model(x, taps=taps).mean().backward()
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    a, b = gemm_operands()
+    gemm_seconds(a, b)
+    times: dict[str, list[float]] = {"gemm": [], "step": []}
+    for _ in range(repeats):
+        times["gemm"].append(gemm_seconds(a, b))
+        start = time.perf_counter()
+        step()
+        times["step"].append(time.perf_counter() - start)
+    gemm = gemm_gflops(times["gemm"])
+    achieved = counter.get_total_flops() / statistics.median(times["step"]) / 1e9
+    return {
+        "size": size,
+        "pixels": pixels,
+        "threads": torch.get_num_threads(),
+        "gflop": counter.get_total_flops() / 1e9,
+        "gemm_gflops": gemm,
+        "gflops": achieved,
+        "of_gemm": achieved / gemm,
+        "seconds": times,
     }
 
 
@@ -131,12 +181,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512], help="patch sizes (multiples of 32)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per case, after one warm-up (default 5)")
     parser.add_argument("--quick", action="store_true", help="256 only, 2 timed steps")
+    parser.add_argument(
+        "--threads", type=int, help="torch threads of the efficiency runs (OMP_NUM_THREADS; default torch's own)"
+    )
     parser.add_argument("--json", type=Path, default=RESULTS, help=f"where to write the results (default {RESULTS})")
+    parser.add_argument("--efficiency-only", action="store_true", help="only the GFLOP/s against a GEMM")
     parser.add_argument("--case", nargs=3, metavar=("SIZE", "PIXELS", "CACHED"), help=argparse.SUPPRESS)  # worker
     args = parser.parse_args(argv)
 
     if args.case:
-        print(json.dumps(measure(args.case[0], int(args.case[1]), bool(int(args.case[2])), args.steps)))
+        size, pixels, cached = args.case[0], int(args.case[1]), args.case[2]
+        if cached == "efficiency":
+            print(json.dumps(measure_efficiency(size, pixels, args.steps)))
+        else:
+            print(json.dumps(measure(size, pixels, bool(int(cached)), args.steps)))
         return 0
     sizes, steps = ([256], 2) if args.quick else (args.sizes, args.steps)
     # as `dinounet train` does: idle OpenMP threads sleep (spinning ones ruin a shared machine; cli/train.py)
@@ -145,20 +203,35 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     load_start = os.getloadavg()[0]
-    rows = [run_case(args.size, pixels, cached, steps) for pixels in sizes for cached in (False, True)]
+    rows = (
+        []
+        if args.efficiency_only
+        else [run_case(args.size, pixels, cached, steps) for pixels in sizes for cached in (False, True)]
+    )
+    threads = {"OMP_NUM_THREADS": str(args.threads)} if args.threads else None
+    efficiency = [
+        in_fresh_process(__file__, "--case", args.size, str(pixels), "efficiency", "--steps", str(steps), env=threads)
+        for pixels in sizes
+    ]
     load_end = os.getloadavg()[0]
     print(
         f"Dino U-Net {args.size.upper()} ({PROJECTION}, random:{args.size} backbone) training step, "
         f"batch {BATCH}, CPU, {steps} timed step(s)"
     )
-    print(table(rows))
-    for pixels in sizes:
+    if rows:
+        print(table(rows))
+    for pixels in sizes if rows else ():
         plain, cached = (
             next(r for r in rows if r["pixels"] == pixels and r["cached_features"] == c) for c in (False, True)
         )
         print(
             f"{pixels}x{pixels}: speed-up from cached features (median step without / with): "
             f"{plain['seconds_median'] / cached['seconds_median']:.2f}"
+        )
+    for e in efficiency:
+        print(
+            f"{e['pixels']}x{e['pixels']} forward+backward with cached features: {e['gflop']:.1f} GFLOP, "
+            f"{e['gflops']:.0f} GFLOP/s = {e['of_gemm']:.0%} of the GEMM's {e['gemm_gflops']:.0f} GFLOP/s"
         )
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
@@ -174,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         "extra = peak minus the peak after imports, data and model construction",
         "machine": machine(load_start, load_end, omp_wait_policy=os.environ["OMP_WAIT_POLICY"]),
         "results": rows,
+        "efficiency": efficiency,
     }
     write_json(args.json, result)
     return 0

@@ -51,7 +51,7 @@ def test_widgets_writer_samples_and_menu():
     assert set(reader.filename_patterns) == {"*.nii", "*.nii.gz"}
     assert names[reader.command] == "napari_dinounet._reader:get_reader"
 
-    assert {sample.key for sample in manifest.contributions.sample_data} == {"nuclei", "mni152"}
+    assert {sample.key for sample in manifest.contributions.sample_data} == {"nuclei", "mni152", "mni152_volume"}
     menu = manifest.contributions.menus["napari/layers/segment"]
     widget_commands = {widget.command for widget in manifest.contributions.widgets}
     assert {item.command for item in menu} == widget_commands
@@ -87,12 +87,12 @@ manifest = pm.get_manifest("napari-dinounet")
 npe2.PluginManifest.from_file({str(MANIFEST)!r})
 import napari_dinounet, napari_dinounet._widgets, napari_dinounet._writer, napari_dinounet._sample_data
 import napari_dinounet._reader
-from napari_dinounet._sample_data import mni152_sample, nuclei_sample
-layers = nuclei_sample() + mni152_sample()
+from napari_dinounet._sample_data import mni152_sample, mni152_volume_sample, nuclei_sample
+layers = nuclei_sample() + mni152_sample() + mni152_volume_sample()
 heavy = sorted(name for name in ("torch", "timm", "torchvision") if name in sys.modules)
 print(json.dumps({{"layers": len(layers), "heavy": heavy}}))
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report == {"layers": 4, "heavy": []}
+    assert report == {"layers": 6, "heavy": []}

@@ -10,7 +10,13 @@ maximum, neither GM nor WM). Each slice is an axial view with anterior at the to
 on the left (neurological convention); the affine in the file maps (slice, row, column) indices of the
 stack to MNI millimetres, so NIfTI exports land back in template space.
 
+With ``--volume`` it writes ``volume_2mm.npz`` instead: the whole brain (cropped to its bounding box)
+on a 2 mm grid, the same axes as the slices (axial slices stacked along the first axis). The image is the
+mean of each 2 x 2 x 2 block of the T1, and the labels are derived from the block means of the T1 and the
+GM/WM probabilities (the same rules at 2 mm), not subsampled from the 1 mm labels.
+
 Usage: .venv/bin/python tools/make_mni152_sample.py /path/to/mni152 [--first-slice 82] [--slices 20]
+       .venv/bin/python tools/make_mni152_sample.py /path/to/mni152 --volume
 """
 
 from __future__ import annotations
@@ -59,12 +65,56 @@ def stack_affine(volume_affine: np.ndarray, ny: int, first: int, rows: slice, co
     return volume_affine @ index_to_voxel
 
 
+def block_mean(volume: np.ndarray, factor: int) -> np.ndarray:
+    """(Z, Y, X) -> its mean over factor^3 blocks (float64); trailing voxels that fill no block are dropped."""
+    z, y, x = (n // factor for n in volume.shape)
+    blocks = volume[: z * factor, : y * factor, : x * factor].astype(np.float64)
+    return blocks.reshape(z, factor, y, factor, x, factor).mean(axis=(1, 3, 5))
+
+
+def write_volume(t1, gm, wm, affine: np.ndarray, out: Path, factor: int = 2) -> Path:
+    """The whole brain, cropped with a margin, averaged over factor^3 blocks, as ``volume_2mm.npz``."""
+    everything = (slice(None), slice(None))
+    full = [to_axial_stack(v, 0, t1.shape[2], *everything) for v in (t1, gm, wm)]
+    brain = full[0] > 0
+    box = []
+    for axis, length in enumerate(brain.shape):
+        hits = np.flatnonzero(brain.any(axis=tuple(a for a in range(3) if a != axis)))
+        start = max(hits[0] - MARGIN, 0)
+        size = min(-(-(hits[-1] + 1 + MARGIN - start) // factor) * factor, length // factor * factor)
+        start = min(start, length - size)  # whole blocks inside the volume
+        box.append(slice(start, start + size))
+    t1_2, gm_2, wm_2 = (block_mean(v[tuple(box)], factor) for v in full)
+    image = np.round(t1_2).astype(np.uint8)
+    labels = derive_labels(t1_2, gm_2, wm_2)
+    # stack index (z, row, col) -> 1 mm stack voxel: the centre of block j is voxel factor*j + (factor-1)/2
+    to_fine = np.diag([factor, factor, factor, 1.0]).astype(np.float64)
+    to_fine[:3, 3] = [s.start + (factor - 1) / 2 for s in box]
+    fine_affine = stack_affine(affine, t1.shape[1], 0, slice(0, None), slice(0, None))
+    target = out / "volume_2mm.npz"
+    np.savez_compressed(
+        target,
+        image=image,
+        labels=labels,
+        spacing=np.full(3, float(factor)),
+        affine=fine_affine @ to_fine,
+        class_names=np.array(CLASS_NAMES),
+    )
+    counts = np.bincount(labels.ravel(), minlength=len(CLASS_NAMES))
+    print(
+        f"wrote {target} ({target.stat().st_size / 1024:.0f} KiB): image {image.shape} {image.dtype}, "
+        f"voxels per class {dict(zip(CLASS_NAMES, counts.tolist()))}"
+    )
+    return target
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("input", type=Path, help="folder with t1.nii.gz, gm.nii.gz, wm.nii.gz")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--first-slice", type=int, default=82, help="first axial voxel index (z)")
     parser.add_argument("--slices", type=int, default=20)
+    parser.add_argument("--volume", action="store_true", help="write the whole brain at 2 mm (volume_2mm.npz)")
     args = parser.parse_args(argv)
 
     t1, affine = _load(args.input, "t1")
@@ -74,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("t1, gm and wm must share one grid")
     if not np.allclose(np.abs(np.diag(affine)[:3]), 1.0) or nib.aff2axcodes(affine) != ("R", "A", "S"):
         raise SystemExit(f"expected a 1 mm RAS grid, got axes {nib.aff2axcodes(affine)} and affine\n{affine}")
+    if args.volume:
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_volume(t1, gm, wm, affine, args.out)
+        return 0
     labels = derive_labels(t1, gm, wm)
 
     everything = (slice(None), slice(None))

@@ -84,6 +84,34 @@ def shoot(viewer, path: Path) -> None:
     print(f"wrote {path} ({path.stat().st_size // 1024} KiB)")
 
 
+def start_viewer(work: Path):
+    """A napari viewer of the window size, with napari's and the plugin's settings in ``work`` (the user's are
+    neither read nor changed) and torch imported first (torch after a QApplication can crash on some
+    platforms)."""
+    os.environ["NAPARI_CONFIG"] = str(work / "napari-settings.yaml")
+    os.environ["NAPARI_DINOUNET_SETTINGS_DIR"] = str(work)
+    import torch
+
+    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    import napari
+
+    viewer = napari.Viewer(title="napari-dinounet")
+    viewer.window.resize(*WINDOW)
+    return viewer
+
+
+def fresh_finetune(viewer, docks: dict, image, labels):
+    """The Fine-tune dock, set to train fresh heads on ``random:tiny`` from the ``image`` and ``labels`` layers."""
+    from napari_dinounet._widgets.finetune import FRESH_HEADS
+
+    finetune = dock(viewer, docks, "Fine-tune")
+    finetune.model_form.backbone_edit.setText("random:tiny")
+    finetune.start_combo.setCurrentText(FRESH_HEADS)
+    finetune.rows[0].image.set_layer(image)
+    finetune.rows[0].labels.set_layer(labels)
+    return finetune
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
@@ -98,28 +126,12 @@ def main(argv: list[str] | None = None) -> int:
         (work / name).unlink(missing_ok=True)  # earlier runs' files
     for old in work.glob("*nuclei-heads*"):  # the checkpoint and its resume state: Fine-tune never overwrites them
         old.unlink()
-    # napari's and the plugin's settings in the work folder: the user's are neither read nor changed
-    os.environ["NAPARI_CONFIG"] = str(work / "napari-settings.yaml")
-    os.environ["NAPARI_DINOUNET_SETTINGS_DIR"] = str(work)
-
-    import torch  # before Qt starts (torch after a QApplication can crash on some platforms)
-
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
-    import napari
-
-    from napari_dinounet._widgets.finetune import FRESH_HEADS
-
-    viewer = napari.Viewer(title="napari-dinounet")
-    viewer.window.resize(*WINDOW)
+    viewer = start_viewer(work)
     viewer.open_sample("napari-dinounet", "nuclei")
     image, truth = viewer.layers["nuclei"], viewer.layers["nuclei ground truth"]
     docks: dict = {}
 
-    finetune = dock(viewer, docks, "Fine-tune")
-    finetune.model_form.backbone_edit.setText("random:tiny")
-    finetune.start_combo.setCurrentText(FRESH_HEADS)
-    finetune.rows[0].image.set_layer(image)
-    finetune.rows[0].labels.set_layer(truth)
+    finetune = fresh_finetune(viewer, docks, image, truth)
     finetune.steps_spin.setValue(args.steps)
     finetune.every_spin.setValue(max(1, args.steps // 3))
     finetune.patch_spin.setValue(128)

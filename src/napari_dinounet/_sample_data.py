@@ -1,4 +1,5 @@
-"""napari sample data: the DSB 2018 nuclei and a stack of MNI152 MRI slices, each with its labels.
+"""napari sample data: the DSB 2018 nuclei, a stack of MNI152 MRI slices and the whole MNI152 brain at 2 mm,
+each with its labels.
 
 Every layer carries its pixel spacing as ``scale``; labels layers carry ``metadata["class_names"]``
 (index = label value), a ``features`` table of the same names (napari shows the class under the cursor)
@@ -16,7 +17,7 @@ import numpy as np
 
 from napari_dinounet._layer_metadata import AFFINE_KEY, CLASS_NAMES_KEY
 from napari_dinounet._widgets._classes import class_colors, class_features
-from napari_dinounet.engine.bundled_data import load_mni152_slices, load_nuclei
+from napari_dinounet.engine.bundled_data import MNI152Slices, load_mni152_slices, load_mni152_volume, load_nuclei
 
 NUCLEI_CLASSES = ("background", "nuclei")
 NUCLEI_COLORS = class_colors(len(NUCLEI_CLASSES))
@@ -50,13 +51,21 @@ def nuclei_sample() -> list[tuple]:
 
 def mni152_sample() -> list[tuple]:
     """MNI152 T1: 20 axial slices (20, 188, 151) uint8, 1 mm, with grey/white-matter labels uint8."""
-    sample = load_mni152_slices()
+    return _mni152_layers(load_mni152_slices(), "MNI152 T1")
+
+
+def mni152_volume_sample() -> list[tuple]:
+    """The whole MNI152 brain: T1 (80, 95, 77) uint8 on a 2 mm grid (scale 2 mm), with its tissue labels."""
+    return _mni152_layers(load_mni152_volume(), "MNI152 brain 2 mm")
+
+
+def _mni152_layers(sample: MNI152Slices, name: str) -> list[tuple]:
     affine = sample.affine.tolist()
     return [
         (
             sample.image,
             {
-                "name": "MNI152 T1",
+                "name": name,
                 "colormap": "gray",
                 "scale": sample.spacing,
                 "units": "mm",
@@ -67,7 +76,7 @@ def mni152_sample() -> list[tuple]:
         (
             sample.labels,
             {
-                "name": "MNI152 T1 ground truth",
+                "name": f"{name} ground truth",
                 "scale": sample.spacing,
                 "units": "mm",
                 "colormap": class_colors(len(sample.class_names)),

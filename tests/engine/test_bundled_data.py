@@ -10,8 +10,8 @@ import npe2
 import numpy as np
 import pytest
 
-from napari_dinounet._sample_data import mni152_sample, nuclei_sample
-from napari_dinounet.engine.bundled_data import load_mni152_slices, load_nuclei
+from napari_dinounet._sample_data import mni152_sample, mni152_volume_sample, nuclei_sample
+from napari_dinounet.engine.bundled_data import load_mni152_slices, load_mni152_volume, load_nuclei
 
 TOOL = Path(__file__).parents[2] / "tools" / "make_mni152_sample.py"
 
@@ -64,6 +64,30 @@ def test_mni152_affine_is_1mm_rigid_and_starts_at_z10():
     # slice 0 lies at MNI z = +10 mm, each further slice 1 mm higher
     assert affine[2] @ [0, 0, 0, 1] == pytest.approx(10.0)
     assert affine[2] @ [19, 5, 7, 1] == pytest.approx(29.0)
+
+
+def test_mni152_volume_is_the_whole_brain_at_2mm_in_the_slices_frame():
+    layers = _by_type(mni152_volume_sample())
+    image, image_meta = layers["image"]
+    labels, labels_meta = layers["labels"]
+    assert image.shape == labels.shape == (80, 95, 77) and image.dtype == labels.dtype == np.uint8
+    assert image_meta["scale"] == labels_meta["scale"] == (2.0, 2.0, 2.0)
+    assert labels_meta["metadata"]["class_names"] == ["background", "grey matter", "white matter", "other brain"]
+    volume, slices = load_mni152_volume(), load_mni152_slices()
+    counts = np.bincount(volume.labels.ravel(), minlength=4)
+    assert (counts[1:] > 10_000).all()  # grey matter, white matter and other brain in bulk
+    rotation = volume.affine[:3, :3]
+    np.testing.assert_allclose(rotation @ rotation.T, 4.0 * np.eye(3))  # 2 mm voxels, same axes as the slices
+    np.testing.assert_allclose(rotation, 2.0 * slices.affine[:3, :3])
+    # a 2 mm voxel holds the mean of the 1 mm voxels it covers: compare with the slices sample where both exist
+    to_volume = np.linalg.inv(volume.affine) @ slices.affine
+    grid = np.stack(np.meshgrid(*map(np.arange, slices.image.shape), indexing="ij"), -1).reshape(-1, 3)
+    index = np.rint(np.c_[grid, np.ones(len(grid))] @ to_volume.T)[:, :3].astype(int)
+    means = np.bincount(np.ravel_multi_index(index.T, volume.image.shape), slices.image.ravel(), volume.image.size)
+    counts = np.bincount(np.ravel_multi_index(index.T, volume.image.shape), minlength=volume.image.size)
+    full = counts == 8  # 2 mm voxels whose eight 1 mm voxels all lie in the slices sample
+    assert full.sum() > 10_000
+    np.testing.assert_allclose(volume.image.ravel()[full], means[full] / 8, atol=0.51)
 
 
 def _load_tool():

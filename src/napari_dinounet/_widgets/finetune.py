@@ -41,6 +41,7 @@ from qtpy.QtWidgets import (
 
 from .._layer_metadata import CLASS_NAMES_KEY
 from ..engine.errors import DinoUNetError, InputError
+from ..engine.names import INSTANCE_CLASS_NAMES, INSTANCES, SEMANTIC
 from ..engine.progress import Progress, Validation
 from ._jobs import Job, Stop, report_error
 from ._layer_combo import LayerComboBox, fill_channel_axis_choices
@@ -55,6 +56,15 @@ from ._llvm_clash import avoid_triton_llvm_clash
 from ._model_form import ModelForm, dock_layout, help_label, widget_advice
 from ._session import Session, get_session
 from ._settings import persisted
+from ._volumes import (
+    LABELLED_SLICES,
+    LABELLED_SLICES_TIP,
+    auto_normalization,
+    fresh_normalization,
+    normalization_combo,
+    only_labelled_slices,
+    show_auto_normalization,
+)
 
 LOADED_HEADS, FRESH_HEADS = "the loaded heads", "fresh heads"
 # Defaults of the form: on a CPU a run of the defaults takes minutes (patch 128: about 0.5 s a step on a
@@ -125,6 +135,7 @@ class FineTuneOptions:
     patch_size: int
     batch_size: int
     cache_features: bool
+    normalization: str = "zscore"  # of fresh heads (_volumes.fresh_normalization)
 
     @property
     def checkpoints(self) -> int:
@@ -169,12 +180,14 @@ def finetune_job(
     options: FineTuneOptions,
     stop: Stop,
     allow_backbone_mismatch: bool = False,
+    task: str = SEMANTIC,
 ) -> Generator[Progress, None, FineTuneResult]:
     """Worker body: load the backbone and the starting heads, build the samples, train until done or stopped.
 
     Runs in a worker thread: no Qt here. ``stop`` set: training ends before its next step and writes the
     heads of the step it reached (the engine's stop request); set before the first step, the run is closed
-    and nothing is written. Engine errors are reworded for the form (:func:`gui_wording`).
+    and nothing is written. Engine errors are reworded for the form (:func:`gui_wording`). task: what fresh
+    heads learn (``names.INSTANCES``: the labels are object ids); start heads keep their own.
     """
     try:
         return (
@@ -189,6 +202,7 @@ def finetune_job(
                 options,
                 stop,
                 allow_backbone_mismatch,
+                task,
             )
         )
     except DinoUNetError as err:
@@ -199,20 +213,21 @@ def finetune_job(
 
 
 def _finetune_steps(
-    session, backbone_source, device, start_heads, pairs, class_names, out, options, stop, allow_backbone_mismatch
+    session, backbone_source, device, start_heads, pairs, class_names, out, options, stop, allow_backbone_mismatch, task
 ):
     """:func:`finetune_job`'s body."""
     from ..engine.checkpoint import load_heads
     from ..engine.data import check_same_channels, samples_from_arrays
     from ..engine.device import pick_device
     from ..engine.instances import instance_samples
-    from ..engine.names import INSTANCES, SEMANTIC
+    from ..engine.names import INSTANCES
     from ..engine.normalize import Normalization
     from ..engine.train import train
 
     device = pick_device(device)
     backbone = yield from session.backbone_steps(backbone_source, device)  # "loading"/"waiting for" events
-    model, metadata, normalization = None, None, Normalization()
+    model, metadata = None, None
+    normalization = fresh_normalization(options.normalization, pairs) if start_heads is None else None
     if start_heads is not None:
         yield Progress("loading the heads", 0, 1, str(start_heads))
         model, metadata = load_heads(
@@ -225,7 +240,7 @@ def _finetune_steps(
             "some images have channels (colours or a channel axis) and some do not: train on one kind at a time"
         )
     yield Progress("preparing the images", 0, 1)
-    task = metadata.task if metadata is not None else SEMANTIC
+    task = metadata.task if metadata is not None else task
     arrays = {
         "masks": [pair.mask for pair in pairs],
         "names": [pair.name for pair in pairs],
@@ -379,11 +394,19 @@ class FineTuneWidget(QWidget):
         self.add_pair_button.clicked.connect(self.add_pair)
 
         self.stack_combo = QComboBox()
-        self.stack_combo.addItems([CURRENT_SLICE, WHOLE_STACK])
-        self.stack_combo.setToolTip("For stacks: learn from the slice on screen only, or from every slice.")
+        self.stack_combo.addItems([CURRENT_SLICE, WHOLE_STACK, LABELLED_SLICES])
+        self.stack_combo.setToolTip(
+            f"For stacks: learn from the slice on screen only, or from every slice; {LABELLED_SLICES_TIP}."
+        )
+        self.normalization_combo = normalization_combo()
         self.foreground_check = QCheckBox("any label value is foreground (instance labels)")
         self.foreground_check.setToolTip(
             "Train one foreground class from labels where each object has its own value (instance labels)."
+        )
+        self.objects_check = QCheckBox("each label value is one object (fresh instance heads)")
+        self.objects_check.setToolTip(
+            "Train instance heads from labels where each object has its own value: Segment then gives each object "
+            "its own label, counted and measured (classes background / interior / boundary)."
         )
         defaults = CUDA_DEFAULTS if cuda_likely() else CPU_DEFAULTS
         self.steps_spin = persisted(_spin(1, 1_000_000, 10), "finetune/steps", defaults["steps"])
@@ -444,7 +467,9 @@ class FineTuneWidget(QWidget):
         form.addRow("Start from", self.start_combo)
         form.addRow("Classes", self.classes_edit)
         form.addRow("Stack", self.stack_combo)
+        form.addRow("Normalisation", self.normalization_combo)
         form.addRow(self.foreground_check)
+        form.addRow(self.objects_check)
         form.addRow("Steps", self.steps_spin)
         form.addRow(self.estimate_label)
         out_row = QHBoxLayout()
@@ -495,11 +520,13 @@ class FineTuneWidget(QWidget):
         self.model_form.device_combo.currentTextChanged.connect(self._update_estimate)
         self.start_combo.currentTextChanged.connect(self._update_classes)
         self.foreground_check.toggled.connect(self._update_classes)
+        self.objects_check.toggled.connect(self._update_classes)
         self.session.heads_changed.connect(self._heads_changed)
         self.destroyed.connect(lambda *_: _disconnect(self.session.heads_changed, self._heads_changed))
         self.start_button.clicked.connect(self.start)
         self.stop_button.clicked.connect(self.stop)
         self.add_pair()
+        self._show_auto_normalization()
         self._update_classes()
         self._update_estimate()
         self._update_advanced_summary()
@@ -510,11 +537,15 @@ class FineTuneWidget(QWidget):
         row = _PairRow(self.viewer)
         row.remove.clicked.connect(lambda: self.remove_pair(row))
         row.labels.currentIndexChanged.connect(self._update_classes)
+        row.image.currentIndexChanged.connect(self._show_auto_normalization)
         self.rows.append(row)
         for column, widget in enumerate(row.widgets()):
             self._pairs_grid.addWidget(widget, len(self.rows), column)
         self._update_remove_buttons()
         return row
+
+    def _show_auto_normalization(self, *_) -> None:
+        show_auto_normalization(self.normalization_combo, [row.image.layer() for row in self.rows if row.image.layer()])
 
     def remove_pair(self, row: _PairRow) -> None:
         self.rows.remove(row)
@@ -542,11 +573,14 @@ class FineTuneWidget(QWidget):
             patch_size=self.patch_spin.value(),
             batch_size=self.batch_spin.value(),
             cache_features=self.cache_check.isChecked(),
+            normalization=auto_normalization(
+                self.normalization_combo.currentText(), [row.image.layer() for row in self.rows if row.image.layer()]
+            )[0],  # "auto (ct)" resolves again here, the layers may have changed since
         )
 
     def _pairs(self) -> list[TrainingPair]:
         """The chosen pairs as arrays (read here, in the GUI thread; the worker gets only arrays)."""
-        whole = self.stack_combo.currentText() == WHOLE_STACK
+        whole = self.stack_combo.currentText() in (WHOLE_STACK, LABELLED_SLICES)
         pairs, seen = [], set()
         for row in self.rows:
             image, labels, region = row.image.layer(), row.labels.layer(), row.region.layer()
@@ -582,6 +616,8 @@ class FineTuneWidget(QWidget):
             if self.foreground_check.isChecked():
                 values = (values > 0).astype(np.uint8)
             mask = plan.select(region_mask(region, plan.labels_shape)) if region is not None else None
+            if self.stack_combo.currentText() == LABELLED_SLICES:
+                mask = only_labelled_slices(values, mask)
             pairs.append(
                 TrainingPair(f"{image.name} / {labels.name}", plan.image, values, mask, plan.channel_axis is not None)
             )
@@ -591,6 +627,8 @@ class FineTuneWidget(QWidget):
         """Fresh heads' class names when the Classes field is empty: background/foreground for instance
         labels, the first labels layer's metadata class names, else background, class 1, ... up to its
         largest value; None without a labels layer."""
+        if self._instance_heads():
+            return list(INSTANCE_CLASS_NAMES)
         if self.foreground_check.isChecked():
             return ["background", "foreground"]
         labels = self.rows[0].labels.layer() if self.rows else None
@@ -604,10 +642,14 @@ class FineTuneWidget(QWidget):
         largest = int(np.max(labels.data)) if np.size(labels.data) else 0
         return default_class_names(max(largest, 1) + 1)
 
+    def _instance_heads(self) -> bool:
+        """Whether fresh heads are to be instance heads (the labels are object ids)."""
+        return self.objects_check.isChecked() and self.start_combo.currentText() == FRESH_HEADS
+
     def _class_names(self) -> list[str] | None:
         """Class names for fresh heads: the Classes field's, else the automatic ones."""
         typed = [name.strip() for name in self.classes_edit.text().split(",") if name.strip()]
-        if not typed:
+        if not typed or self._instance_heads():
             return self._automatic_class_names()
         if len(typed) < 2:
             raise InputError(
@@ -633,7 +675,11 @@ class FineTuneWidget(QWidget):
     def _update_classes(self, *_) -> None:
         """The Classes field is for fresh heads; its placeholder shows the names an empty field gives."""
         fresh = self.start_combo.currentText() == FRESH_HEADS
-        self.classes_edit.setEnabled(fresh)
+        self.classes_edit.setEnabled(fresh and not self.objects_check.isChecked())
+        self.objects_check.setEnabled(fresh)  # start heads keep their own task
+        self.foreground_check.setEnabled(not self._instance_heads())  # object ids must stay apart
+        if self._instance_heads():
+            self.foreground_check.setChecked(False)
         automatic = self._automatic_class_names() if fresh else None
         self.classes_edit.setPlaceholderText(
             ", ".join(automatic) if automatic else ("the start heads' classes" if not fresh else "background, class 1")
@@ -705,6 +751,7 @@ class FineTuneWidget(QWidget):
             options,
             self._stop,
             allow_backbone_mismatch=bool(getattr(self.session, "allow_backbone_mismatch", False)),
+            task=INSTANCES if self._instance_heads() else SEMANTIC,
         )
         self.plot.clear(options.steps)
         self.plot.setVisible(True)
@@ -720,7 +767,8 @@ class FineTuneWidget(QWidget):
         )
         self.start_button.setEnabled(False)
         self.stop_button.setEnabled(True)
-        self.status.setText(f"training; checkpoints go to {out}")
+        scheme = "the start heads'" if start_heads is not None else options.normalization
+        self.status.setText(f"training ({scheme} normalisation); checkpoints go to {out}")
         return self.job.start()
 
     def stop(self) -> None:

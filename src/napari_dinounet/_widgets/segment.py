@@ -54,6 +54,7 @@ from ._model_form import ModelForm, dock_layout, for_the_widgets, heads_metadata
 from ._multiscale import LevelPicker
 from ._session import Session, get_session
 from ._settings import persisted
+from ._volumes import WHOLE_VOLUME, WHOLE_VOLUME_TIP, planes_for, predict_volume
 
 
 @dataclass(frozen=True)
@@ -79,10 +80,12 @@ def segment_job(
     step: float,
     tta: bool,
     allow_backbone_mismatch: bool = False,
+    planes: tuple[int, ...] | None = None,
 ) -> Generator[Progress, None, SegmentResult]:
     """Worker body: the session's backbone (loaded unless cached) and the heads, then predict.
 
-    patch_size None: the training patch. Runs in a worker thread: no Qt here. The engine's errors reach the
+    patch_size None: the training patch. planes: predict a whole volume along these planes and fuse them
+    (:func:`._volumes.predict_volume`). Runs in a worker thread: no Qt here. The engine's errors reach the
     widget with their advice in the widget's terms (:func:`._model_form.for_the_widgets`).
     """
     with for_the_widgets():
@@ -97,12 +100,13 @@ def segment_job(
                 step=step,
                 tta=tta,
                 allow_backbone_mismatch=allow_backbone_mismatch,
+                planes=planes,
             )
         )
 
 
 def _segment(
-    session, backbone_source, device, heads_path, plan, *, patch_size, step, tta, allow_backbone_mismatch
+    session, backbone_source, device, heads_path, plan, *, patch_size, step, tta, allow_backbone_mismatch, planes
 ) -> Generator[Progress, None, SegmentResult]:
     from ..engine.device import pick_device
     from ..engine.instances import object_features
@@ -114,6 +118,9 @@ def _segment(
     predictor = Predictor.from_checkpoint(
         heads_path, backbone, device=device, allow_backbone_mismatch=allow_backbone_mismatch
     )
+    if planes:
+        labels = yield from predict_volume(predictor, plan, planes, step=step, tile=patch_size, mirror=tta)
+        return SegmentResult(labels, predictor.class_names)
     (labels,) = yield from predictor.predict(
         plan.image, channel_axis=plan.channel_axis, slice_axis=plan.slice_axis, step=step, tile=patch_size, mirror=tta
     )
@@ -144,9 +151,9 @@ class SegmentWidget(QWidget):
         self.channels_edit.setPlaceholderText("all, in order (e.g. 0,2)")
         self.channels_edit.setToolTip("Which channels feed the model, in the order it was trained with.")
         self.stack_combo = QComboBox()
-        self.stack_combo.addItems([CURRENT_SLICE, WHOLE_STACK])
+        self.stack_combo.addItems([CURRENT_SLICE, WHOLE_STACK, WHOLE_VOLUME])
         persisted(self.stack_combo, "segment/stack", CURRENT_SLICE)
-        self.stack_combo.setToolTip("For stacks: only the slice on screen, or every slice.")
+        self.stack_combo.setToolTip(f"For stacks: only the slice on screen, or every slice; {WHOLE_VOLUME_TIP}.")
         self.level_combo = LevelPicker()  # multiscale layers: the level to segment (_multiscale)
         self.tile_spin = QSpinBox()
         self.tile_spin.setRange(0, 4096)
@@ -232,7 +239,7 @@ class SegmentWidget(QWidget):
                 self.level_combo.at_level(layer),
                 channel_axis=channel_axis,
                 channels=parse_channels(self.channels_edit.text()) if self.channels_edit.isEnabled() else None,
-                whole_stack=self.stack_combo.currentText() == WHOLE_STACK,
+                whole_stack=self.stack_combo.currentText() in (WHOLE_STACK, WHOLE_VOLUME),
                 current=viewer_indices(self.viewer, layer),
             )
             check_channel_count(layer, plan, in_channels)
@@ -249,6 +256,7 @@ class SegmentWidget(QWidget):
             step=1.0 - self.overlap_spin.value(),
             tta=self.tta_check.isChecked(),
             allow_backbone_mismatch=self.session.allow_backbone_mismatch,
+            planes=planes_for(self.stack_combo.currentText()),
         )
         self.job = Job(
             gen,

@@ -5,10 +5,11 @@ OME-Zarr stores (``x.ome.zarr``: the ``--level`` chosen, read band by band; labe
 label store ``--out/x.ome.zarr`` with its own pyramid, see ``engine/io/omezarr``).
 Each prediction goes to ``--out/<case><input extension>`` (JPEG inputs give PNG), with the input's
 spacing, units and NIfTI header (``io.write_labels``). Stacks are predicted slice by slice along the
-file's slice axis (z: the first axis of TIFF/.npy stacks, the last of NIfTI volumes) or ``--axis``.
-``--uncertainty`` also writes ``<case>_uncertainty.tif`` beside it: float32 in [0, 1], the normalised
-entropy of the class probabilities (:class:`engine.uncertainty.Uncertainty`; with ``--tta`` of the mirrors'
-mean, so it also rises where the mirrors disagree), of the labels' shape.
+file's slice axis (z: the first axis of TIFF/.npy stacks, the last of NIfTI volumes) or ``--axis``;
+with ``--planes`` along several planes, their class probabilities fused into one labels volume
+(engine/volume.py). ``--uncertainty`` also writes ``<case>_uncertainty.tif`` beside it: float32 in [0, 1],
+the normalised entropy of the class probabilities (:class:`engine.uncertainty.Uncertainty`; with ``--tta`` of
+the mirrors' mean, so it also rises where the mirrors disagree), of the labels' shape.
 """
 
 from __future__ import annotations
@@ -49,6 +50,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="N",
         help="for 3D images: the spatial axis (channels not counted) to cut 2D slices along; default: the file's z",
+    )
+    parser.add_argument(
+        "--planes",
+        metavar="PLANES",
+        help="for 3D images: predict along these planes and fuse their class probabilities (mean): 'all', names "
+        "(axial,coronal,sagittal: z, y, x of the file) or spatial axes (0,2); planes resampled in-plane to the "
+        "finest voxel spacing and back",
+    )
+    parser.add_argument(
+        "--plane-weights",
+        metavar="W",
+        help="with --planes: one weight per plane, comma-separated in the order of the axes (e.g. 1,1,2): a "
+        "weighted mean of the probabilities; default equal weights",
     )
     parser.add_argument(
         "--channel-axis",
@@ -185,6 +199,46 @@ def _plan_outputs(cases, out_dir: Path, args: argparse.Namespace) -> list[tuple[
     return planned
 
 
+def _tiling_options(args: argparse.Namespace) -> dict:
+    """The sliding-window options of Predictor.predict from the command line (``--tile 0`` is refused there)."""
+    return {"step": args.step, "tile": args.tile, "mirror": args.tta, "batch_size": args.batch, "force": args.force}
+
+
+def _volume_job(predictor, image, args: argparse.Namespace, one_volume: bool):
+    """The tri-planar prediction of a 3D file (:func:`~..engine.volume.predict_planes`), returning a 1-tuple
+    like Predictor.predict: probabilities (nc, *spatial) with --probabilities, else labels."""
+    from ..engine.errors import InputError
+    from ..engine.volume import parse_planes, predict_planes
+
+    if one_volume:
+        raise InputError("--planes predicts a lone volume in one process: run it without torchrun")
+    if args.uncertainty:  # instance heads: predict_planes refuses them
+        raise InputError("--planes fuses the planes' class probabilities: --uncertainty is for one slice axis")
+    layout = image.layout
+    if layout.slice is None:
+        raise InputError("--planes is for 3D volumes and this image is 2D: predict it without --planes")
+    if args.axis is not None:
+        raise InputError("--axis picks one slice axis and --planes several: give one of them")
+    try:
+        weights = None if args.plane_weights is None else [float(w) for w in args.plane_weights.split(",")]
+    except ValueError:
+        raise InputError(
+            f"--plane-weights {args.plane_weights}: give numbers separated by commas, e.g. 1,1,2"
+        ) from None
+    job = predict_planes(
+        predictor,
+        image.data,
+        spacing=image.spacing,
+        planes=parse_planes(args.planes, z_axis=layout.slice_dim),
+        weights=weights,
+        channel_axis=layout.channel,
+        probabilities=args.probabilities,
+        **_tiling_options(args),
+    )
+    result = yield from job
+    return (result[1],) if args.probabilities else (result,)
+
+
 # InstanceParams field -> its option
 _INSTANCE_OPTIONS = {
     "seed_threshold": "--seed-threshold",
@@ -301,19 +355,18 @@ def run(args: argparse.Namespace) -> int:
             image = _with_channel_axis(image, args.channel_axis)
         try:  # the errors about this image name it
             layout = _layout(image, args.axis)
-            slices = _volume_share(image, layout) if one_volume else None
-            job = predictor.predict(
-                image.data,
-                channel_axis=layout.channel,
-                slice_axis=layout.slice_dim,
-                step=args.step,
-                tile=args.tile,
-                mirror=args.tta,
-                batch_size=args.batch,
-                force=args.force,  # --tile 0 is refused
-                outputs=outputs + ([Uncertainty()] if args.uncertainty else []),
-                slices=slices,
-            )
+            if args.planes:
+                job = _volume_job(predictor, image, args, one_volume)
+            else:
+                slices = _volume_share(image, layout) if one_volume else None
+                job = predictor.predict(
+                    image.data,
+                    channel_axis=layout.channel,
+                    slice_axis=layout.slice_dim,
+                    **_tiling_options(args),
+                    outputs=outputs + ([Uncertainty()] if args.uncertainty else []),
+                    slices=slices,
+                )
             result, *uncertainty = run_with_bar(job, desc=f"[{number}/{len(planned)}] {case.name}", disable=args.quiet)
         except InputError as err:
             raise InputError(f"{case.name}: {err}") from None

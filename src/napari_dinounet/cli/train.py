@@ -91,8 +91,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--normalization",
         default="zscore",
-        choices=("zscore", "rgb"),
-        help="intensity normalisation, stored in the checkpoint; default zscore",
+        choices=("zscore", "rgb", "ct"),
+        help="intensity normalisation, stored in the checkpoint; default zscore. ct: nnU-Net's CT scheme, clip "
+        "to the 0.5-99.5 percentiles of the labelled foreground of the training images, then z-score with "
+        "its mean and std (fitted on the training data, single-channel images)",
+    )
+    parser.add_argument(
+        "--planes",
+        metavar="PLANES",
+        help="for 3D training images: cut 2D slices along these planes instead of the file's z only: 'all', "
+        "names (axial,coronal,sagittal; z, y, x of the file) or spatial axes (0,2); each plane is resampled "
+        "in-plane to the finest voxel spacing; the heads record the planes and spacing",
     )
     parser.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps or cpu; default auto")
     parser.add_argument("--resume", action="store_true", help="continue the run that wrote --out")
@@ -100,14 +109,67 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def load_training_data(args: argparse.Namespace, normalization) -> tuple[list, list[str] | None]:
-    """(samples, class names or None) from --dataset (names from dataset.json, by value) or --images/--labels
-    (with --classes N: N unnamed classes; without: None, the classes are the label values present)."""
+def _training_pairs(args: argparse.Namespace) -> list[tuple]:
+    """(image case, label file) of every training pair of --dataset or --images/--labels, checked."""
     from ..engine import data, io
     from ..engine.errors import InputError
 
     if args.dataset and (args.images or args.labels):
         raise InputError("give either --dataset or --images with --labels, not both")
+    if args.dataset:
+        return io.read_nnunet_dataset(args.dataset).training
+    if args.images and args.labels:
+        return [(case, labels) for _, case, labels in data.folder_pairs(args.images, args.labels)]
+    raise InputError("no training data: pass --dataset NNUNET_DIR, or --images DIR and --labels DIR")
+
+
+def training_normalization(args: argparse.Namespace):
+    """The Normalization of --normalization; ``ct`` fitted on the training pairs (one image at a time)."""
+    from ..engine import io
+    from ..engine.errors import InputError
+    from ..engine.normalize import Normalization, fit_ct
+
+    if args.normalization != "ct":
+        return Normalization(args.normalization)
+    pairs = _training_pairs(args)
+
+    def images():
+        for case, _ in pairs:
+            image = io.read_case(case)
+            if image.channel_axis is not None:
+                raise InputError(
+                    f"{case.name}: --normalization ct is for single-channel images (CT), this one has channels"
+                )
+            yield image.data
+
+    return fit_ct(images(), (io.read_labels(path).data for _, path in pairs))
+
+
+def volume_record(args: argparse.Namespace) -> tuple[tuple[float, ...] | None, tuple[int, ...] | None]:
+    """(spacing, planes) for the heads of a --planes run: the planes as spatial axes of the training files
+    (names read with the first file's z axis), the spacing when every label file records the same one."""
+    from ..engine import io
+    from ..engine.volume import parse_planes
+
+    if not args.planes:
+        return None, None
+    labels = [io.read_labels(path) for _, path in _training_pairs(args)]
+    volumes = [lab for lab in labels if lab.data.ndim == 3]
+    z_axis = volumes[0].layout.slice_dim if volumes else 0
+    spacings = {lab.spacing for lab in volumes}
+    return (spacings.pop() if len(spacings) == 1 else None), parse_planes(args.planes, z_axis=z_axis)
+
+
+def load_training_data(args: argparse.Namespace, normalization) -> tuple[list, list[str] | None]:
+    """(samples, class names or None) from --dataset (names from dataset.json, by value) or --images/--labels
+    (with --classes N: N unnamed classes; without: None, the classes are the label values present);
+    3D images cut along --planes when given."""
+    from ..engine import data, io
+    from ..engine.errors import InputError
+
+    if args.dataset and (args.images or args.labels):
+        raise InputError("give either --dataset or --images with --labels, not both")
+    planes = getattr(args, "planes", None)
     sparse, background = getattr(args, "sparse", False), getattr(args, "background_label", None)
     if sparse != (background is not None):
         raise InputError(
@@ -125,7 +187,7 @@ def load_training_data(args: argparse.Namespace, normalization) -> tuple[list, l
             raise InputError(
                 "--classes is for --images/--labels: an nnU-Net dataset's classes are the labels in its dataset.json"
             )
-        samples, info = data.samples_from_nnunet(args.dataset, normalization=normalization)
+        samples, info = data.samples_from_nnunet(args.dataset, normalization=normalization, planes=planes)
         return samples, io.class_names(info)
     if args.images and args.labels:
         samples = data.samples_from_folders(
@@ -134,6 +196,7 @@ def load_training_data(args: argparse.Namespace, normalization) -> tuple[list, l
             normalization=normalization,
             num_classes=args.classes,
             sparse_background=background,
+            planes=planes,
         )
         return samples, None if args.classes is None else data.default_class_names(args.classes)
     raise InputError("no training data: pass --dataset NNUNET_DIR, or --images DIR and --labels DIR")
@@ -193,18 +256,18 @@ def run(args: argparse.Namespace) -> int:
 
     from ..engine.checkpoint import read_metadata
     from ..engine.names import INSTANCES, SEMANTIC
-    from ..engine.normalize import Normalization
     from ..engine.progress import run_with_bar
     from ..engine.train import TrainSettings, state_path, train
 
     settings = TrainSettings(**{field: getattr(args, opt) for opt, field in _SETTINGS.items() if hasattr(args, opt)})
-    normalization = Normalization(args.normalization)
     source = backbone_source(args)
     if not str(args.out).endswith(".safetensors"):
         print(
             f"note: {args.out} does not end in .safetensors, the format heads checkpoints are written in",
             file=sys.stderr,
         )
+    normalization = training_normalization(args)
+    spacing, planes = volume_record(args)
     samples, class_names = load_training_data(args, normalization)
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     state_before, out_before = _modified(state_path(args.out)), _modified(args.out)
@@ -221,6 +284,8 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         stop=stop,
         task=INSTANCES if args.instances else SEMANTIC,
+        spacing=spacing,
+        planes=planes,
     )
     try:
         with first_interrupt_stops(stop, rank):

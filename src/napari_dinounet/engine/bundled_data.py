@@ -46,13 +46,33 @@ class MNI152Slices:
     class_names: tuple[str, ...]
 
 
-def load_mni152_slices() -> MNI152Slices:
-    """The bundled MNI152 sample (derived by ``tools/make_mni152_sample.py``)."""
-    with resources.as_file(_data_file("mni152", "slices.npz")) as path, np.load(path, allow_pickle=False) as npz:
-        return MNI152Slices(
+@dataclass(frozen=True)
+class MNI152Volume(MNI152Slices):
+    """The whole MNI152 brain on a 2 mm grid, the same fields as :class:`MNI152Slices`.
+
+    image: (80, 95, 77) uint8 T1 (the mean of each 2 x 2 x 2 block of the 1 mm template), axial slices
+    stacked along the first axis as in the slices sample; labels: same shape, derived at 2 mm from the
+    block means of the T1 and the GM/WM probabilities; spacing: (2.0, 2.0, 2.0) mm; affine: (slice, row,
+    column, 1) -> MNI millimetres (RAS).
+    """
+
+
+def _load_mni152(file_name: str, kind: type[MNI152Slices]) -> MNI152Slices:
+    with resources.as_file(_data_file("mni152", file_name)) as path, np.load(path, allow_pickle=False) as npz:
+        return kind(
             image=npz["image"],
             labels=npz["labels"],
             spacing=tuple(float(s) for s in npz["spacing"]),
             affine=npz["affine"],
             class_names=tuple(str(name) for name in npz["class_names"]),
         )
+
+
+def load_mni152_slices() -> MNI152Slices:
+    """The bundled MNI152 sample (derived by ``tools/make_mni152_sample.py``)."""
+    return _load_mni152("slices.npz", MNI152Slices)
+
+
+def load_mni152_volume() -> MNI152Volume:
+    """The bundled whole-brain MNI152 volume at 2 mm (``tools/make_mni152_sample.py --volume``)."""
+    return _load_mni152("volume_2mm.npz", MNI152Volume)

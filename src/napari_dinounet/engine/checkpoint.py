@@ -60,7 +60,9 @@ class HeadsMetadata:
     config: :meth:`DinoUNetConfig.to_dict` of the network; class_names: one per class, background first;
     in_channels: channels of the training images before the channel map (None: unknown);
     normalization: :meth:`Normalization.to_dict`; patch_size: the training patch, int or (h, w);
-    spacing: pixel spacing (y, x) of the training images if known; backbone_variant, backbone_sha256,
+    spacing: pixel spacing (y, x) of the training images if known, or the voxel spacing (3 numbers) of
+    the volumes tri-planar heads were trained on; planes: for those, the spatial axes the training slices
+    were cut along (:mod:`.volume`; None: 2D images or one slice axis); backbone_variant, backbone_sha256,
     backbone_num_heads: the backbone the heads were trained with (sha None: random weights; head count
     None: not recorded, as in files written before it was, and then not checked; set when saving);
     library_version: the napari-dinounet that wrote the file (set when saving); training: a summary
@@ -78,6 +80,7 @@ class HeadsMetadata:
     normalization: dict = field(default_factory=lambda: {"scheme": "zscore"})
     patch_size: int | tuple[int, int] | None = None
     spacing: tuple[float, ...] | None = None
+    planes: tuple[int, ...] | None = None
     backbone_variant: str | None = None
     backbone_sha256: str | None = None
     backbone_num_heads: int | None = None
@@ -93,6 +96,8 @@ class HeadsMetadata:
             self.patch_size = tuple(self.patch_size)
         if isinstance(self.spacing, list):
             self.spacing = tuple(self.spacing)
+        if isinstance(self.planes, list):
+            self.planes = tuple(self.planes)
         self.validate()
 
     def validate(self) -> None:
@@ -217,6 +222,14 @@ _FIELD_RULES = {
         f"null, a multiple of {SIZE_MULTIPLE} from {SIZE_MULTIPLE} to {MAX_PATCH_SIZE}, or two of them",
     ),
     "spacing": (_optional(_spacing), "null or 1 to 3 positive finite numbers"),
+    "planes": (
+        _optional(
+            lambda v: (
+                isinstance(v, tuple) and 1 <= len(v) <= 3 and len(set(v)) == len(v) and all(_whole(p, 0, 2) for p in v)
+            )
+        ),
+        "null or 1 to 3 different spatial axes 0-2",
+    ),
     "backbone_variant": (_optional(lambda v: isinstance(v, str)), "null or a variant name"),
     "backbone_sha256": (_optional(_sha256), "null or 64 lowercase hex digits"),
     "backbone_num_heads": (_optional(lambda v: _whole(v, 1)), "null or a whole number >= 1"),

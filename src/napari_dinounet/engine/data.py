@@ -340,6 +340,7 @@ def _samples_from_files(
     ignore: int | None = None,
     sparse_background: int | None = None,
     instances: bool = False,
+    planes=None,
 ) -> list[Sample]:
     """Samples from (name, image case, label file) triples: labels are read and checked first (before any
     image, so a wrong label file fails fast), messages naming the label files; then the images one at a
@@ -358,14 +359,32 @@ def _samples_from_files(
     labels = [_integer_labels(lab, name) for lab, (name, _, _) in zip(labels, pairs)]
     label_names = [str(path) for _, _, path in pairs]
     sparse = sparse_background is not None
+    if sparse and planes is not None:
+        raise InputError("scribbles (sparse labels) are cut along one slice axis: leave out the planes")
     if sparse:
         labels, masks, painted_classes = _scribble_labels(labels, masks, sparse_background, label_names)
         num_classes = painted_classes if num_classes is None else num_classes
     labels = _checked_labels(labels, label_names, num_classes, fix)
+    classes = num_classes if num_classes is not None else 1 + max(int(lab.max(initial=0)) for lab in labels)
     samples = []
     for (name, case, _), lab, mask in zip(pairs, labels, masks):
         image = io.read_case(case)
         slice_axis = image.layout.slice_dim or 0
+        if planes is not None and lab.ndim == 3:
+            from .volume import parse_planes, volume_samples  # volume builds on this module
+
+            samples += volume_samples(
+                image.data,
+                lab,
+                spacing=image.spacing,
+                planes=parse_planes(planes, z_axis=image.layout.slice_dim),
+                mask=mask,
+                channel_axis=image.channel_axis,
+                normalization=normalization,
+                num_classes=classes,
+                name=name,
+            )
+            continue
         samples += _pair_samples(image.data, lab, mask, name, image.channel_axis, slice_axis, normalization, sparse)
     return samples
 
@@ -383,43 +402,32 @@ def _label_data(labels: io.ImageFile, instances: bool, sparse_background: int | 
     return boundary_classes(labels.data, slice_axis=slice_axis)
 
 
-def samples_from_nnunet(root, *, normalization: Normalization = DEFAULT_NORMALIZATION) -> tuple[list[Sample], dict]:
+def samples_from_nnunet(
+    root, *, normalization: Normalization = DEFAULT_NORMALIZATION, planes=None
+) -> tuple[list[Sample], dict]:
     """Samples from an nnU-Net raw dataset's imagesTr/labelsTr (one group per case), and its dataset.json.
 
     The classes are dataset.json's ``labels`` (:func:`.io.class_names`: values 0..k); a label file holding
     any other value is an InputError naming it. Pixels of the "ignore" label, if dataset.json has one,
     are left out of the loss (the samples' masks). 3D cases are cut into 2D slices across their slice axis
-    (NIfTI: the last); slices holding only "ignore" are left out.
+    (NIfTI: the last); slices holding only "ignore" are left out. planes: for 3D cases, the planes to cut
+    them along instead (:func:`.volume.parse_planes`: "all", "axial,coronal", axes; names read with the
+    file's own z axis), each resampled in-plane to the case's finest spacing (:func:`.volume.volume_samples`).
     """
     dataset = io.read_nnunet_dataset(root)
     num_classes = len(io.class_names(dataset.info))
     pairs = [(case.name, case, label_path) for case, label_path in dataset.training]
     fix = "add the missing classes to dataset.json's labels, or correct the label files"
-    samples = _samples_from_files(pairs, normalization, num_classes, fix, ignore=dataset.labels.get(io.IGNORE_LABEL))
+    ignore = dataset.labels.get(io.IGNORE_LABEL)
+    samples = _samples_from_files(pairs, normalization, num_classes, fix, ignore=ignore, planes=planes)
     if not samples:
         raise InputError(f"{dataset.root}: every labelled pixel is '{io.IGNORE_LABEL}': label some pixels with classes")
     return samples, dataset.info
 
 
-def samples_from_folders(
-    images_dir,
-    labels_dir,
-    *,
-    normalization: Normalization = DEFAULT_NORMALIZATION,
-    num_classes: int | None = None,
-    sparse_background: int | None = None,
-    instances: bool = False,
-) -> list[Sample]:
-    """Samples from a folder of images and a folder of label files, paired by file name.
-
-    Names ignore the extension (``a.tif`` pairs with ``a.png``) and an nnU-Net ``_0000`` channel suffix on
-    the image; a folder named imagesTr groups channel files into cases. Unpaired files are an InputError
-    listing them. num_classes: as for :func:`samples_from_arrays` (None: the label values must run 0..k
-    without gaps); label problems name the label files. sparse_background: the label files are scribbles,
-    as for :func:`samples_from_arrays`. instances: the label files hold instance ids (one per object),
-    trained as the 3 classes of :func:`.instances.boundary_classes` (give num_classes 3); with
-    sparse_background, painted objects and background (:func:`.instances.instance_scribbles`).
-    """
+def folder_pairs(images_dir, labels_dir) -> list[tuple[str, io.Case, Path]]:
+    """(name, image case, label file) for a folder of images and a folder of label files, paired by file
+    name as :func:`samples_from_folders` pairs them; unpaired files are an InputError listing them."""
     cases = io.find_images([images_dir])
     label_paths = {case.name: case.paths[0] for case in io.find_images([labels_dir])}
     pairs, unpaired = [], []
@@ -439,8 +447,33 @@ def samples_from_folders(
             "; ".join(problems) + " (pairs are matched by file name without extension): "
             "add the missing files or move the extra ones out"
         )
+    return pairs
+
+
+def samples_from_folders(
+    images_dir,
+    labels_dir,
+    *,
+    normalization: Normalization = DEFAULT_NORMALIZATION,
+    num_classes: int | None = None,
+    sparse_background: int | None = None,
+    instances: bool = False,
+    planes=None,
+) -> list[Sample]:
+    """Samples from a folder of images and a folder of label files, paired by file name.
+
+    Names ignore the extension (``a.tif`` pairs with ``a.png``) and an nnU-Net ``_0000`` channel suffix on
+    the image; a folder named imagesTr groups channel files into cases. Unpaired files are an InputError
+    listing them. num_classes: as for :func:`samples_from_arrays` (None: the label values must run 0..k
+    without gaps); label problems name the label files. sparse_background: the label files are scribbles,
+    as for :func:`samples_from_arrays`. instances: the label files hold instance ids (one per object),
+    trained as the 3 classes of :func:`.instances.boundary_classes` (give num_classes 3); with
+    sparse_background, painted objects and background (:func:`.instances.instance_scribbles`). planes: as
+    for :func:`samples_from_nnunet`.
+    """
+    pairs = folder_pairs(images_dir, labels_dir)
     return _samples_from_files(
-        pairs, normalization, num_classes, sparse_background=sparse_background, instances=instances
+        pairs, normalization, num_classes, sparse_background=sparse_background, instances=instances, planes=planes
     )
 
 

@@ -214,6 +214,8 @@ def train(
     targets: Targets = class_targets,
     stop: Callable[[], bool] | threading.Event | None = None,
     task: str = SEMANTIC,
+    spacing: Sequence[float] | None = None,
+    planes: Sequence[int] | None = None,
 ) -> Generator[Progress, None, Path]:
     """Train Dino U-Net heads on ``samples``; yields Progress, returns the heads checkpoint path ``out``.
 
@@ -239,6 +241,8 @@ def train(
     trained and nothing written. Closing the generator instead (Cancel) leaves the files as they were.
     task: what the checkpoint records its classes to mean (:attr:`.checkpoint.HeadsMetadata.task`):
     "semantic", or "instances" for labels made by :func:`.instances.boundary_classes`.
+    spacing, planes: recorded in the heads (``HeadsMetadata.spacing``/``planes``) for samples cut from
+    volumes (:func:`.volume.volume_samples`): the voxel spacing and the planes (spatial axes) trained on.
 
     Events: ``Progress("train", step, total, metrics={loss, lr, epoch, eta_s[, val_dice]})`` after every
     step (``val_dice``: the last validation's, carried along for displays); a
@@ -312,7 +316,16 @@ def train(
             if validation
             else None,
             checkpoints=_Checkpoints(
-                out, state_file, backbone, class_names, normalization, in_channels, num_classes, task
+                out,
+                state_file,
+                backbone,
+                class_names,
+                normalization,
+                in_channels,
+                num_classes,
+                task,
+                spacing,
+                planes,
             ),
             writes=rank == 0,
             val_scope=PAINTED_SCOPE if any(s.sparse for s in validation) else "labels",
@@ -636,6 +649,8 @@ class _Checkpoints:
     in_channels: int
     num_classes: int
     task: str = SEMANTIC
+    spacing: Sequence[float] | None = None
+    planes: Sequence[int] | None = None
 
     def write(
         self, model, optimizer: torch.optim.Optimizer, settings: TrainSettings, step: int, history: list[dict]
@@ -657,6 +672,8 @@ class _Checkpoints:
             in_channels=self.in_channels,
             normalization=self.normalization.to_dict(),
             patch_size=settings.patch_size,
+            spacing=None if self.spacing is None else tuple(float(v) for v in self.spacing),
+            planes=None if self.planes is None else tuple(int(p) for p in self.planes),
             backbone_variant=self.backbone.variant,
             backbone_sha256=self.backbone.sha256,
             training={"settings": settings.to_dict(), "history": history},
