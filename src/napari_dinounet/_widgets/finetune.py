@@ -47,6 +47,7 @@ from qtpy.QtWidgets import (
 
 from .._layer_metadata import CLASS_NAMES_KEY
 from ..engine.errors import DinoUNetError, InputError
+from ..engine.names import INSTANCE_CLASS_NAMES, INSTANCES, SEMANTIC
 from ..engine.preview import Preview, PreviewTarget
 from ..engine.progress import Progress, Validation
 from ._jobs import Job, Stop, report_error
@@ -193,6 +194,7 @@ def finetune_job(
     preview: PreviewTarget | None = None,
     sparse_background: int | None = None,
     validation: list[TrainingPair] | None = None,
+    task: str = SEMANTIC,
 ) -> Generator[Progress, None, FineTuneResult]:
     """Worker body: load the backbone and the starting heads, build the samples, train until done or stopped.
 
@@ -203,13 +205,14 @@ def finetune_job(
     scribbles scores their painted pixels only).
     Runs in a worker thread: no Qt here. ``stop`` set: training ends before its next step and writes the
     heads of the step it reached (the engine's stop request); set before the first step, the run is closed
-    and nothing is written. Engine errors are reworded for the form (:func:`gui_wording`).
+    and nothing is written. Engine errors are reworded for the form (:func:`gui_wording`). task: what fresh
+    heads learn (``names.INSTANCES``: the labels are object ids); start heads keep their own.
     """
     from ..engine.checkpoint import load_heads
     from ..engine.data import check_same_channels, samples_from_arrays
     from ..engine.device import pick_device
     from ..engine.instances import instance_samples
-    from ..engine.names import INSTANCES, SEMANTIC
+    from ..engine.names import INSTANCES
     from ..engine.normalize import Normalization
     from ..engine.preview import with_previews
     from ..engine.train import build_model, train
@@ -231,7 +234,7 @@ def finetune_job(
                 "some images have channels (colours or a channel axis) and some do not: train on one kind at a time"
             )
         yield Progress("preparing the images", 0, 1)
-        task = metadata.task if metadata is not None else SEMANTIC
+        task = metadata.task if metadata is not None else task
 
         def samples_of(chosen: list[TrainingPair], **kwargs):
             images, labels = [pair.image for pair in chosen], [pair.labels for pair in chosen]
@@ -448,6 +451,11 @@ class FineTuneWidget(QWidget):
             "higher than the Dice on whole images. A labels layer with full labels of the first pair's image "
             "(e.g. '<image> ground truth', picked when it exists) scores on it instead."
         )
+        self.objects_check = QCheckBox("each label value is one object (fresh instance heads)")
+        self.objects_check.setToolTip(
+            "Train instance heads from labels where each object has its own value: Segment then gives each object "
+            "its own label, counted and measured (classes background / interior / boundary)."
+        )
         defaults = CUDA_DEFAULTS if cuda_likely() else CPU_DEFAULTS
         self.steps_spin = persisted(_spin(1, 1_000_000, 10), "finetune/steps", defaults["steps"])
         self.steps_spin.setToolTip("Training steps in all (the estimate below says how long they take).")
@@ -531,6 +539,7 @@ class FineTuneWidget(QWidget):
         validate_row.addWidget(QLabel("Validate on"))
         validate_row.addWidget(self.validate_combo, 1)
         form.addRow(self._validate_row)
+        form.addRow(self.objects_check)
         form.addRow("Steps", self.steps_spin)
         form.addRow(self.estimate_label)
         out_row = QHBoxLayout()
@@ -583,6 +592,7 @@ class FineTuneWidget(QWidget):
         self.foreground_check.toggled.connect(self._update_classes)
         self.sparse_check.toggled.connect(self._sparse_changed)
         self.background_spin.valueChanged.connect(self._update_classes)
+        self.objects_check.toggled.connect(self._update_classes)
         self.session.heads_changed.connect(self._heads_changed)
         self.destroyed.connect(lambda *_: _disconnect(self.session.heads_changed, self._heads_changed))
         napari_viewer.layers.events.inserted.connect(self._layer_added)
@@ -697,6 +707,8 @@ class FineTuneWidget(QWidget):
         """Fresh heads' class names when the Classes field is empty: background/foreground for instance
         labels, the first labels layer's metadata class names, else background, class 1, ... up to its
         largest value; None without a labels layer."""
+        if self._instance_heads():
+            return list(INSTANCE_CLASS_NAMES)
         if self.foreground_check.isChecked():
             return ["background", "foreground"]
         labels = self.rows[0].labels.layer() if self.rows else None
@@ -714,10 +726,14 @@ class FineTuneWidget(QWidget):
         largest = int(values.max()) if values.size else 0
         return default_class_names(max(largest, 1) + 1)
 
+    def _instance_heads(self) -> bool:
+        """Whether fresh heads are to be instance heads (the labels are object ids)."""
+        return self.objects_check.isChecked() and self.start_combo.currentText() == FRESH_HEADS
+
     def _class_names(self) -> list[str] | None:
         """Class names for fresh heads: the Classes field's, else the automatic ones."""
         typed = [name.strip() for name in self.classes_edit.text().split(",") if name.strip()]
-        if not typed:
+        if not typed or self._instance_heads():
             return self._automatic_class_names()
         if len(typed) < 2:
             raise InputError(
@@ -781,7 +797,11 @@ class FineTuneWidget(QWidget):
     def _update_classes(self, *_) -> None:
         """The Classes field is for fresh heads; its placeholder shows the names an empty field gives."""
         fresh = self.start_combo.currentText() == FRESH_HEADS
-        self.classes_edit.setEnabled(fresh)
+        self.classes_edit.setEnabled(fresh and not self.objects_check.isChecked())
+        self.objects_check.setEnabled(fresh)  # start heads keep their own task
+        self.foreground_check.setEnabled(not self._instance_heads())  # object ids must stay apart
+        if self._instance_heads():
+            self.foreground_check.setChecked(False)
         automatic = self._automatic_class_names() if fresh else None
         self.classes_edit.setPlaceholderText(
             ", ".join(automatic) if automatic else ("the start heads' classes" if not fresh else "background, class 1")
@@ -858,6 +878,7 @@ class FineTuneWidget(QWidget):
             preview=self.live_preview.target if self.live_preview is not None else None,
             sparse_background=self._sparse_background(),
             validation=validation,
+            task=INSTANCES if self._instance_heads() else SEMANTIC,
         )
         self.plot.clear(options.steps)
         self.plot.setVisible(True)
