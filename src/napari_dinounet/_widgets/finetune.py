@@ -434,7 +434,7 @@ class FineTuneWidget(QWidget):
         self.foreground_check.setToolTip(
             "Train one foreground class from labels where each object has its own value (instance labels)."
         )
-        self.sparse_check = persisted(QCheckBox("sparse labels (scribbles)"), "finetune/sparse", False)
+        self.sparse_check = persisted(QCheckBox("scribbles"), "finetune/sparse", False)
         self.sparse_check.setToolTip(
             "The labels are strokes: unpainted pixels (0) are unknown and ignored. Paint each class with its "
             "value (1, 2, ...) and some background with the Background label value; it becomes the background "
@@ -526,10 +526,11 @@ class FineTuneWidget(QWidget):
         form.addRow("Stack", stack_row)
         form.addRow("Normalisation", self.normalization_combo)
         form.addRow(self.foreground_check)
-        sparse_row = QHBoxLayout()
-        sparse_row.addWidget(self.sparse_check)
+        sparse_row = QHBoxLayout()  # with the instance-heads option: one row fewer, the docks fit a laptop
+        sparse_row.addWidget(self.objects_check)
         sparse_row.addStretch(1)
-        self.background_label = QLabel("Background label")
+        sparse_row.addWidget(self.sparse_check)
+        self.background_label = QLabel("background")
         sparse_row.addWidget(self.background_label)
         sparse_row.addWidget(self.background_spin)
         form.addRow(sparse_row)
@@ -539,7 +540,6 @@ class FineTuneWidget(QWidget):
         validate_row.addWidget(QLabel("Validate on"))
         validate_row.addWidget(self.validate_combo, 1)
         form.addRow(self._validate_row)
-        form.addRow(self.objects_check)
         form.addRow("Steps", self.steps_spin)
         form.addRow(self.estimate_label)
         out_row = QHBoxLayout()
@@ -750,7 +750,6 @@ class FineTuneWidget(QWidget):
         for control in (self.background_label, self.background_spin):
             control.setEnabled(sparse)
         self._validate_row.setVisible(sparse)
-        self.foreground_check.setEnabled(not sparse)
         if sparse and self.validate_combo.layer() is None:
             image = self.rows[0].image.layer() if self.rows else None
             index = self.validate_combo.findText(f"{image.name} ground truth") if image is not None else -1
@@ -799,7 +798,8 @@ class FineTuneWidget(QWidget):
         fresh = self.start_combo.currentText() == FRESH_HEADS
         self.classes_edit.setEnabled(fresh and not self.objects_check.isChecked())
         self.objects_check.setEnabled(fresh)  # start heads keep their own task
-        self.foreground_check.setEnabled(not self._instance_heads())  # object ids must stay apart
+        # object ids must stay apart; scribbles keep their values
+        self.foreground_check.setEnabled(not self._instance_heads() and not self.sparse_check.isChecked())
         if self._instance_heads():
             self.foreground_check.setChecked(False)
         automatic = self._automatic_class_names() if fresh else None
