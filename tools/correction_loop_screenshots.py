@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit("no display: run under Xvfb")
     args.out.mkdir(parents=True, exist_ok=True)
     WORK.mkdir(parents=True, exist_ok=True)
-    for old in WORK.glob("*scribble-heads*"):
-        old.unlink()
+    for old in [*WORK.glob("*scribble-heads*"), WORK / "napari-dinounet.ini", WORK / "napari-settings.yaml"]:
+        old.unlink(missing_ok=True)  # an earlier run's heads and remembered fields
     os.environ["NAPARI_CONFIG"] = str(WORK / "napari-settings.yaml")
     os.environ["NAPARI_DINOUNET_SETTINGS_DIR"] = str(WORK)
 
