@@ -10,14 +10,15 @@ in ``m`` tiles, chosen
 
   (a) guided: the best tiles of :func:`engine.next_regions.next_regions` on the current heads' uncertainty
       (:class:`engine.uncertainty.Uncertainty`) of the training image, already revealed pixels left out;
-  (b) random: tiles drawn uniformly among those not yet fully revealed (same seed every run),
+  (b) random: tiles drawn uniformly among those not yet fully revealed,
 
 and the heads are fine-tuned ``K`` steps from the previous round's (sparse labels: strokes + revealed tiles;
 learning rate 1e-3, the fresh heads' 4e-3). Guided uncertainty is predicted with mirror TTA.
 After every round the Dice (mean over the foreground classes) on the scoring part is recorded against the
 share of training pixels labelled. A full-label run (every training pixel labelled, the same total steps)
-gives the reference Dice. Goal (issue 12): the guided curve reaches 95 % of the full-label Dice with at
-most half the labelled pixels random needs.
+gives the reference Dice. Curves are the mean of ``--seeds`` runs (strokes, heads, patches and random
+tiles differ by seed; both strategies of a seed start from the same round 0). Goal (issue 12): the
+guided curve reaches 95 % of the full-label Dice with at most half the labelled pixels random needs.
 
 Backbone ``random:tiny`` (no DINOv3 weights on this machine): absolute Dice values are far below a real
 backbone's; the comparison between the curves is the point. Writes a table to stdout, JSON to
@@ -95,12 +96,13 @@ class User:
         self.task, self.backbone, self.args, self.workdir = task, backbone, args, workdir
         self.painted = np.stack(
             [
-                simulated_scribbles(truth, BACKGROUND, coverage=args.stroke_coverage, seed=seed + z)
+                simulated_scribbles(truth, BACKGROUND, coverage=args.stroke_coverage, seed=100 * seed + z)
                 for z, truth in enumerate(task.train_truth)
             ]
         )
         self.model = None
         self.round = 0
+        self.seed = seed
 
     @property
     def labelled_fraction(self) -> float:
@@ -122,7 +124,13 @@ class User:
         # fresh heads learn at lr, fine-tuning goes on at the lower fine_lr (restarting at lr each round undid rounds)
         lr = self.args.lr if self.model is None else self.args.fine_lr
         settings = TrainSettings(
-            size="tiny", patch_size=64, batch_size=4, epochs=1, iters_per_epoch=steps, lr=lr, seed=self.round
+            size="tiny",
+            patch_size=64,
+            batch_size=4,
+            epochs=1,
+            iters_per_epoch=steps,
+            lr=lr,
+            seed=1000 * self.seed + self.round,
         )
         out = self.workdir / f"round{self.round}.safetensors"
         drain(train(samples, validation=[], out=out, backbone=self.backbone, settings=settings, model=self.model))
@@ -172,14 +180,17 @@ def random_regions(user: User, tile: int, count: int, rng: np.random.Generator):
     return [candidates[i] for i in picked]
 
 
-def run_curve(task: Task, strategy: str, backbone, args, workdir: Path) -> list[dict]:
-    """The rounds of one strategy: [{round, labelled_fraction, dice, seconds}], round 0 = strokes only."""
+def run_curve(task: Task, strategy: str, backbone, args, workdir: Path, seed: int) -> list[dict]:
+    """The rounds of one strategy: [{round, labelled_fraction, dice, seconds}], round 0 = strokes only.
+    ``seed`` picks the strokes, the fresh heads, the patches and the random tiles; both strategies of one
+    seed start from the same round 0."""
     import torch
 
-    torch.manual_seed(0)  # the same fresh heads for both strategies: round 0 is the same run
-    user = User(task, backbone, args, workdir / strategy, seed=0)
-    (workdir / strategy).mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(1)
+    torch.manual_seed(seed)
+    workdir = workdir / f"{strategy}{seed}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    user = User(task, backbone, args, workdir, seed=seed)
+    rng = np.random.default_rng(seed + 1)
     started = time.perf_counter()
     user.train(args.first_steps)
     curve = [{"round": 0, "labelled_fraction": user.labelled_fraction, "dice": user.score()}]
@@ -192,12 +203,25 @@ def run_curve(task: Task, strategy: str, backbone, args, workdir: Path) -> list[
         user.train(args.steps)
         curve.append({"round": number, "labelled_fraction": user.labelled_fraction, "dice": user.score()})
         print(
-            f"  {task.name} {strategy} round {number}: {curve[-1]['labelled_fraction']:.2%} labelled, "
+            f"  {task.name} {strategy} seed {seed} round {number}: {curve[-1]['labelled_fraction']:.2%} labelled, "
             f"Dice {curve[-1]['dice']:.3f}",
             flush=True,
         )
     curve[-1]["seconds"] = time.perf_counter() - started
     return curve
+
+
+def mean_curve(curves: list[list[dict]]) -> list[dict]:
+    """The seeds' curves averaged round by round (labelled fraction and Dice)."""
+    return [
+        {
+            "round": points[0]["round"],
+            "labelled_fraction": float(np.mean([p["labelled_fraction"] for p in points])),
+            "dice": float(np.mean([p["dice"] for p in points])),
+            "dice_per_seed": [p["dice"] for p in points],
+        }
+        for points in zip(*curves)
+    ]
 
 
 def full_label_dice(task: Task, backbone, args, workdir: Path) -> float:
@@ -249,12 +273,14 @@ def plot(results: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer rounds and steps (a smoke run)")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and steps, one seed (a smoke run)")
+    parser.add_argument("--seeds", type=int, help="independent runs averaged per curve; default 2 (--quick: 1)")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads; 1: on a shared machine more threads made steps slower"
     )
     args = parser.parse_args()
     args.rounds, args.steps, args.first_steps = (3, 10, 30) if args.quick else (5, 15, 40)
+    args.seeds = args.seeds or (1 if args.quick else 2)
     args.tile, args.regions, args.lr, args.fine_lr, args.stroke_coverage = 32, 4, 4e-3, 1e-3, 0.01
 
     import tempfile
@@ -273,7 +299,7 @@ def main() -> None:
     results = {
         "settings": {
             k: getattr(args, k)
-            for k in ("rounds", "steps", "first_steps", "tile", "regions", "lr", "fine_lr", "stroke_coverage")
+            for k in ("rounds", "steps", "first_steps", "tile", "regions", "lr", "fine_lr", "stroke_coverage", "seeds")
         },
         "tasks": {},
     }
@@ -283,7 +309,11 @@ def main() -> None:
             workdir = Path(tmp) / task.name
             print(f"{task.name}: train {task.train_image.shape}, score {task.test_image.shape}", flush=True)
             full = full_label_dice(task, backbone, args, workdir)
-            curves = {strategy: run_curve(task, strategy, backbone, args, workdir) for strategy in ("guided", "random")}
+            per_seed = {
+                strategy: [run_curve(task, strategy, backbone, args, workdir, seed) for seed in range(args.seeds)]
+                for strategy in ("guided", "random")
+            }
+            curves = {strategy: mean_curve(runs) for strategy, runs in per_seed.items()}
             target = 0.95 * full
             reach = {strategy: pixels_to_reach(curve, target) for strategy, curve in curves.items()}
             met = reach["guided"] is not None and (reach["random"] is None or reach["guided"] <= 0.5 * reach["random"])
@@ -291,6 +321,7 @@ def main() -> None:
                 "full_label_dice": full,
                 "target_dice": target,
                 "curves": curves,
+                "curves_per_seed": per_seed,
                 "labelled_fraction_to_reach_target": reach,
                 "goal_met": met,
             }

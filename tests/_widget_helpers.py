@@ -37,10 +37,11 @@ def nuclei_crop() -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_tiny_heads(
-    path: Path, *, patch_size: int = 64, in_channels: int = 1, class_names=("background", "nucleus")
+    path: Path, *, patch_size: int = 64, in_channels: int = 1, class_names=("background", "nucleus"), seed: int = 0
 ) -> Path:
-    """A heads checkpoint for the random:tiny backbone (randomly initialised heads), written with save_heads."""
-    torch.manual_seed(0)
+    """A heads checkpoint for the random:tiny backbone (heads randomly initialised from ``seed``), written with
+    save_heads."""
+    torch.manual_seed(seed)
     model = build_dinounet("tiny", num_classes=len(class_names), backbone=load_backbone("random:tiny"))
     metadata = HeadsMetadata(
         config=model.config.to_dict(),

@@ -25,7 +25,9 @@ def _no_configured_backbone(monkeypatch):
 
 
 def test_short_demo_beats_otsu_and_writes_its_files(tmp_path, capsys):
-    # 80 steps instead of the demo's 200 (measured: Dice 0.917 against Otsu's 0.868; 200 steps give 0.925)
+    # 80 steps instead of the demo's 200. Measured 2026-12-02 on the shared 2-core machine, five runs at this
+    # commit and at the session start alike: Dice 0.888-0.893 against Otsu's 0.868 (CPU training is not
+    # bit-reproducible here), so a margin of 0.02 failed one run in five; 0.01 keeps the claim and the headroom
     assert main(["demo", "--out", str(tmp_path), "--epochs", "2", "--iters-per-epoch", "40", "--quiet"]) == 0
     out, err = capsys.readouterr()
     assert "RANDOMLY INITIALISED" in err  # no weights configured: the loud warning
@@ -33,7 +35,7 @@ def test_short_demo_beats_otsu_and_writes_its_files(tmp_path, capsys):
     results = json.loads((tmp_path / "demo_results.json").read_text())
     ours, otsu = results["test_half"]["dinounet"], results["test_half"]["otsu"]
     assert otsu["dice"] == pytest.approx(0.868, abs=0.001)  # the baseline is deterministic
-    assert ours["dice"] > otsu["dice"] + 0.02, results["test_half"]
+    assert ours["dice"] > otsu["dice"] + 0.01, results["test_half"]
     # HD95 after 80 steps varied between runs (2.8 to 5.0 px, against Otsu's 5.0; the full demo: 2.2)
     assert ours["hd95"] is not None and ours["hd95"] <= 8.0
     assert results["backbone"] == "random:tiny" and results["pretrained"] is False

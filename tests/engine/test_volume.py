@@ -149,6 +149,9 @@ def test_weighted_fusion_and_anisotropic_planes_come_back_to_the_volume_grid():
         drain(volume.predict_planes(predictor, image, weights=(1, 1)))
     with pytest.raises(InputError, match="not a volume"):
         drain(volume.predict_planes(predictor, image[0]))
+    predictor.metadata.task = "instances"
+    with pytest.raises(InputError, match="instances heads cannot be fused"):
+        drain(volume.predict_planes(predictor, image))
 
 
 def test_fusion_memory_is_one_running_sum_on_a_256_cube():

@@ -488,3 +488,84 @@ def test_engine_advice_is_reworded_to_the_forms_controls(tmp_path):
     assert gui_wording("Lower the learning rate (--lr) and start again") == (
         "Lower the learning rate (Learning rate, under Advanced) and start again"
     )
+
+
+def test_live_preview_follows_the_camera_and_updates_while_training(qtbot, viewer, tmp_path, monkeypatch):
+    from napari_dinounet.engine import preview as preview_module
+    from napari_dinounet.engine.preview import Preview
+
+    monkeypatch.setattr(preview_module, "PREVIEW_INTERVAL_S", 0.0)  # a preview after every step: the test is short
+    monkeypatch.setattr(preview_module, "PREVIEW_SHARE", 1e9)
+    viewer.camera.center = (30, 40)
+    viewer.camera.zoom = max(viewer.canvas.size) / 40  # about 40 pixels of the 128 across the canvas's long side
+    widget = ready_widget(viewer, tmp_path, steps=8, every=4)
+    assert widget.preview_check.isChecked()  # on by default
+    previews = []
+
+    def watch(event):
+        if isinstance(event, Preview):
+            previews.append(event)
+            if len(previews) == 3:
+                viewer.camera.center = (90, 90)  # the user pans while it trains
+
+    job = widget.start()
+    job.worker.yielded.connect(watch)
+    wait_for(qtbot, job)
+    assert not job.errored
+    assert [p.done for p in previews] == list(range(1, 8)) and widget.live_preview.shown == 7
+
+    (y0, y1), (x0, x1) = first = previews[0].view.region
+    height, width = viewer.canvas.size
+    zoom = viewer.camera.zoom
+    assert y0 <= 30 < y1 and x0 <= 40 < x1  # around the camera's centre
+    assert abs((y1 - y0) - min(128, height / zoom)) <= 2 and abs((x1 - x0) - min(128, width / zoom)) <= 2
+    (y0, y1), (x0, x1) = last = previews[-1].view.region
+    assert last != first and y0 <= 90 < y1 and x0 <= 90 < x1  # it followed the camera
+
+    layer = viewer.layers["nuclei preview"]  # the latest preview, zero outside its region
+    assert layer.data.shape == (128, 128) and layer.metadata["preview_step"] == 7
+    expected = np.zeros((128, 128), np.uint8)
+    expected[y0:y1, x0:x1] = previews[-1].labels
+    np.testing.assert_array_equal(layer.data, expected)
+    assert 0 < layer.opacity < 1
+
+
+def test_scribbles_train_fresh_heads_and_validation_says_what_it_scored(qtbot, viewer, tmp_path):
+    from napari_dinounet.engine.progress import Validation
+    from napari_dinounet.engine.sparse import simulated_scribbles
+
+    truth = viewer.layers["nuclei labels"].data
+    viewer.layers["nuclei labels"].name = "nuclei ground truth"
+    strokes = simulated_scribbles(truth, background=2, coverage=0.03).astype(np.uint8)
+    assert 0 < (strokes > 0).mean() <= 0.03 and set(np.unique(strokes)) == {0, 1, 2}
+    scribbles = viewer.add_labels(strokes, name="strokes")
+    widget = ready_widget(viewer, tmp_path, steps=8, every=4)
+    widget.preview_check.setChecked(False)  # (tested on its own)
+    widget.cache_check.setChecked(False)  # a few steps: caching 64 crops would take longer than they do
+    widget.rows[0].labels.set_layer(scribbles)
+    assert not widget.background_spin.isEnabled() and widget.validate_combo.currentText() == "painted pixels"
+    widget.sparse_check.setChecked(True)
+    assert widget.background_spin.isEnabled() and widget.background_spin.value() == 2  # the default
+    assert not widget.foreground_check.isEnabled()
+    assert widget.validate_combo.currentText() == "nuclei ground truth"  # full labels, when they exist
+    assert widget.classes_edit.placeholderText() == "background, class 1"  # 2 is the background, not a class
+
+    validations = []
+    job = widget.start()
+    job.worker.yielded.connect(lambda e: validations.append(e) if isinstance(e, Validation) else None)
+    wait_for(qtbot, job)
+    assert not job.errored, widget.status.text()
+    out = tmp_path / "tuned.safetensors"
+    assert read_metadata(out).class_names == ["background", "class 1"]  # two classes from strokes 1 and 2
+    assert [v.scope for v in validations] == ["labels"] * 3 and widget.plot.dice_label == "val Dice"
+
+    # validated on a share of the strokes instead: the plot says the Dice is on painted pixels only
+    widget.validate_combo.setCurrentText("painted pixels")
+    widget.out_edit.setText(str(tmp_path / "painted.safetensors"))
+    widget.steps_spin.setValue(2)
+    validations.clear()
+    job = widget.start()
+    job.worker.yielded.connect(lambda e: validations.append(e) if isinstance(e, Validation) else None)
+    wait_for(qtbot, job)
+    assert not job.errored, widget.status.text()
+    assert {v.scope for v in validations} == {"painted"} and widget.plot.dice_label == "val Dice (painted px)"

@@ -73,3 +73,33 @@ def test_finetune_goes_on_training_instance_heads_on_instance_labels(tmp_path, i
     assert result.steps_done == 2 and result.checkpoint == out
     metadata = read_metadata(out)
     assert metadata.task == "instances" and metadata.class_names == list(INSTANCE_CLASS_NAMES)
+
+
+def test_finetune_trains_fresh_instance_heads_when_each_value_is_an_object(make_napari_viewer, tmp_path):
+    from napari_dinounet._widgets._jobs import Stop
+    from napari_dinounet._widgets._session import Session
+    from napari_dinounet._widgets.finetune import FineTuneOptions, FineTuneWidget, TrainingPair, finetune_job
+    from napari_dinounet.engine.bundled_data import load_nuclei
+    from napari_dinounet.engine.checkpoint import read_metadata
+    from napari_dinounet.engine.names import INSTANCES
+    from napari_dinounet.engine.progress import drain
+
+    image, ids = (array[:128, :128] for array in load_nuclei())
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="nuclei")
+    viewer.add_labels(ids, name="nuclei objects")
+    widget = FineTuneWidget(viewer)
+    widget.foreground_check.setChecked(True)
+    widget.objects_check.setChecked(True)  # object ids must stay apart: "any value is foreground" goes off
+    assert not widget.foreground_check.isChecked() and not widget.foreground_check.isEnabled()
+    assert not widget.classes_edit.isEnabled() and widget._class_names() == list(INSTANCE_CLASS_NAMES)
+    assert widget.classes_edit.placeholderText() == "background, interior, boundary"
+    (pair,) = widget._pairs()
+    np.testing.assert_array_equal(pair.labels, ids)  # the ids as they are, not merged into one class
+
+    options = FineTuneOptions(steps=1, every=1, lr=1e-3, patch_size=64, batch_size=2, cache_features=False)
+    out = tmp_path / "fresh.safetensors"
+    pairs = [TrainingPair("crop", image, ids, None, False)]
+    names = list(INSTANCE_CLASS_NAMES)
+    drain(finetune_job(Session(), "random:tiny", "cpu", None, pairs, names, out, options, Stop(), task=INSTANCES))
+    assert read_metadata(out).task == "instances"

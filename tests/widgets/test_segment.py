@@ -161,13 +161,28 @@ def test_segment_writes_labels_with_geometry_and_undo(qtbot, viewer, nuclei, hea
     first = labels.data.copy()
     np.testing.assert_array_equal(first, reference_labels(widget, heads, nuclei.data))
 
-    # the user paints over part of it, then runs again: the run is one undoable edit
-    painted = first.copy()
-    painted[:20, :20] = 1 - painted[:20, :20]
-    labels.data_setitem(np.nonzero(painted != first), painted[painted != first])
+    # the user paints over part of it (the brush's own function), then runs again with other heads
+    labels.selected_label, labels.brush_size = 1, 9
+    labels.paint((100, 100), 1)
+    labels.paint((10, 120), 0)
+    painted = labels.data.copy()
+    edited = painted != first
+    assert edited.sum() > 20
+    other = write_tiny_heads(heads.parent / "other-heads.safetensors", seed=1)
+    widget.model_form.set_heads(str(other))
+    expected = reference_labels(widget, other, nuclei.data)
+    assert (expected != first).sum() > 500  # the other heads change much more than the corrections
     wait_for(qtbot, widget.run())
     assert viewer.layers["nuclei labels"] is labels and len(viewer.layers) == 2
-    np.testing.assert_array_equal(labels.data, first)
+    np.testing.assert_array_equal(labels.data, np.where(edited, painted, expected))  # corrections kept
+    assert f"kept {int((edited & (expected != painted)).sum())} corrected pixels" in widget.status.text()
+    labels.undo()  # the run is one undoable edit
+    np.testing.assert_array_equal(labels.data, painted)
+
+    # the option off: the run replaces everything, still one undoable edit
+    widget.keep_check.setChecked(False)
+    wait_for(qtbot, widget.run())
+    np.testing.assert_array_equal(labels.data, expected)
     labels.undo()
     np.testing.assert_array_equal(labels.data, painted)
 
@@ -491,3 +506,85 @@ def test_every_control_has_a_tooltip_and_the_dock_is_compact_with_a_help_link(qt
     assert summary == "2 classes (background, nucleus); 1 channel; patch 64; backbone tiny (random weights)"
     widget.model_form.set_heads("/nonexistent/heads.safetensors")
     assert widget.model_form.heads_info.text() == "no such file"
+
+
+def test_segment_the_part_in_view_or_inside_shapes_and_add_uncertainty(qtbot, viewer, heads):
+    image, _ = nuclei_crop()
+    viewer.add_image(image, name="nuclei")
+    widget = ready_widget(viewer, heads)
+    whole = reference_labels(widget, heads, image)
+    viewer.camera.center, viewer.camera.zoom = (40, 30), max(viewer.canvas.size) / 50  # about 50 px in view
+    widget.where_combo.setCurrentText("the part in view")
+    widget.uncertainty_check.setChecked(True)
+    wait_for(qtbot, widget.run())
+    labels = viewer.layers["nuclei labels"].data
+    from napari_dinounet._widgets._preview import visible_region
+
+    (y0, y1), (x0, x1) = visible_region(viewer, viewer.layers["nuclei"], (128, 128))
+    assert y0 <= 40 < y1 and x0 <= 30 < x1 and (y1 - y0) * (x1 - x0) < 128 * 128 / 2
+    np.testing.assert_array_equal(labels[y0:y1, x0:x1], whole[y0:y1, x0:x1])  # as a whole-image run there
+    outside = np.ones((128, 128), bool)
+    outside[y0:y1, x0:x1] = False
+    assert not labels[outside].any()  # nothing written outside the view
+    uncertainty = viewer.layers["nuclei uncertainty"]
+    assert uncertainty.data.dtype == np.float32 and uncertainty.colormap.name == "magma"
+    assert tuple(uncertainty.contrast_limits) == (0.0, 1.0)
+    inside_u = uncertainty.data[y0:y1, x0:x1]
+    assert inside_u.min() >= 0 and 0 < inside_u.max() <= 1 and not uncertainty.data[outside].any()
+
+    # inside a Shapes layer's shapes only: the box around them is predicted, the pixels inside are written
+    viewer.add_shapes([np.array([[80, 70], [80, 120], [120, 120], [120, 70]])], shape_type="rectangle", name="roi")
+    widget.where_combo.setCurrentText("roi")
+    widget.keep_check.setChecked(False)
+    wait_for(qtbot, widget.run())
+    labels = viewer.layers["nuclei labels"].data
+    np.testing.assert_array_equal(labels[80:121, 70:121], whole[80:121, 70:121])
+    np.testing.assert_array_equal(labels[y0:y1, x0:x1], whole[y0:y1, x0:x1])  # the earlier run's pixels stay
+    widget.where_combo.setCurrentText("the part in view")
+    viewer.layers.remove("roi")
+    assert widget.where_combo.currentText() == "the part in view"  # a layer change keeps the choice
+
+
+def test_correct_here_next_walks_the_ranked_regions_and_feeds_fine_tune(qtbot, viewer, nuclei, heads):
+    from napari_dinounet._widgets.finetune import FineTuneWidget
+    from napari_dinounet.engine.next_regions import next_regions
+
+    widget = ready_widget(viewer, heads)
+    finetune = FineTuneWidget(viewer)
+    widget.uncertainty_check.setChecked(True)
+    assert not widget.next_button.isEnabled()
+    wait_for(qtbot, widget.run())
+    labels = viewer.layers["nuclei labels"]
+    expected = next_regions(viewer.layers["nuclei uncertainty"].data, tile=64, count=10)
+    ranked = viewer.layers["nuclei next"]
+    assert len(ranked.data) == len(expected) >= 2 and list(ranked.features["rank"]) == list(range(1, len(expected) + 1))
+    np.testing.assert_allclose(ranked.features["score"], [r.score for r in expected])
+    assert viewer.layers.selection.active is labels  # the layer to correct stays active
+    assert widget.next_button.isEnabled()
+
+    widget.next_button.click()
+    first = expected[0]
+    centre = np.array([10.0, -4.0]) + np.array([0.5, 0.25]) * np.array(first.centre)  # the layer's geometry
+    np.testing.assert_allclose(viewer.camera.center[-2:], centre)
+    assert "region 1/" in widget.status.text()
+    checked = viewer.layers["nuclei checked"]
+    assert len(checked.data) == 1 and finetune.rows[0].region.currentText() == "nuclei checked"
+    (pair,) = finetune._pairs()  # Fine-tune counts in exactly the region shown
+    (y0, y1), (x0, x1) = first.bounds
+    assert pair.mask[y0:y1, x0:x1].all() and pair.mask.sum() == (y1 - y0) * (x1 - x0)
+    widget.next_button.click()
+    assert len(checked.data) == 2 and "region 2/" in widget.status.text()
+
+    # the user corrects all of region 1; the next run keeps it and no longer ranks it first
+    corrected = labels.data.copy()
+    corrected[y0:y1, x0:x1] = 1 - corrected[y0:y1, x0:x1]
+    labels.data_setitem(np.nonzero(corrected != labels.data), corrected[corrected != labels.data])
+    wait_for(qtbot, widget.run())
+    np.testing.assert_array_equal(labels.data[y0:y1, x0:x1], corrected[y0:y1, x0:x1])
+    regions = [(r.rows, r.cols) for r in next_regions(viewer.layers["nuclei uncertainty"].data, tile=64, count=10)]
+    assert regions[0] == (first.rows, first.cols)  # without the corrections it would still be first
+    new_first = viewer.layers["nuclei next"].features["score"][0]
+    assert (first.rows, first.cols) not in [
+        ((int(s[0][0] + 0.5), int(s[2][0] + 0.5)), (int(s[0][1] + 0.5), int(s[2][1] + 0.5)))
+        for s in viewer.layers["nuclei next"].data
+    ] and new_first <= expected[0].score

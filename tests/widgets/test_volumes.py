@@ -89,7 +89,7 @@ def test_fine_tune_on_a_few_labelled_slices_of_a_ct_volume(qtbot, make_napari_vi
     widget.patch_spin.setValue(64)
     widget.out_edit.setText(str(tmp_path / "ct.safetensors"))
     widget.stack_combo.setCurrentText(_volumes.LABELLED_SLICES)
-    assert widget.normalization_combo.currentText() == "auto"
+    assert widget.normalization_combo.currentText() == "auto (ct)"  # what auto resolves to, shown
 
     (pair,) = widget._pairs()
     counted = np.flatnonzero(pair.mask.any(axis=(1, 2)))
@@ -106,3 +106,6 @@ def test_fine_tune_on_a_few_labelled_slices_of_a_ct_volume(qtbot, make_napari_vi
 
     widget.normalization_combo.setCurrentText("zscore")  # shown and changeable
     assert widget._options().normalization == "zscore"
+    viewer.add_image(brain.image[:8], name="mri")  # not NIfTI: auto is zscore for it
+    widget.rows[0].image.set_layer(viewer.layers["mri"])
+    assert widget.normalization_combo.itemText(0) == "auto (zscore)"

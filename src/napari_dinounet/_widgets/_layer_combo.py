@@ -8,18 +8,25 @@ from ._layer_geometry import channel_axis_choices
 
 
 class LayerComboBox(QComboBox):
-    """Lists the viewer's layers of ``layer_types`` by name; ``none_text`` adds a first "no layer" entry.
+    """Lists the viewer's layers of ``layer_types`` by name; ``none_text`` adds a first "no layer" entry, and
+    ``more_texts`` more such entries after it (choices that are not a layer, e.g. "the part in view").
 
-    The choice survives list changes as long as its layer stays in the viewer.
+    The choice survives list changes as long as its layer stays in the viewer (an entry without a layer, as
+    long as its text is listed).
     """
 
     def __init__(
-        self, viewer, layer_types: tuple[type, ...], none_text: str | None = None, parent: QWidget | None = None
+        self,
+        viewer,
+        layer_types: tuple[type, ...],
+        none_text: str | None = None,
+        parent: QWidget | None = None,
+        more_texts: tuple[str, ...] = (),
     ) -> None:
         super().__init__(parent)
         self._viewer = viewer
         self._layer_types = layer_types
-        self._none_text = none_text
+        self._none_texts = ((none_text,) if none_text is not None else ()) + tuple(more_texts)
         self._shown: list = []  # the layer behind each item (None for the "no layer" item)
         self.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
         self.setMinimumContentsLength(12)
@@ -42,20 +49,22 @@ class LayerComboBox(QComboBox):
             self.setCurrentIndex(self._shown.index(layer))
 
     def refresh(self, *_) -> None:
-        current = self.layer()
+        current, current_text = self.layer(), self.currentText()
         self.blockSignals(True)
         self.clear()
-        self._shown = [None] if self._none_text is not None else []
+        self._shown = [None] * len(self._none_texts)
         self._shown += [
             layer
             for layer in reversed(self._viewer.layers)  # top layer first, as in the list
             if isinstance(layer, self._layer_types)
         ]
-        for layer in self._shown:
-            self.addItem(self._none_text if layer is None else layer.name)
+        for index, layer in enumerate(self._shown):
+            self.addItem(self._none_texts[index] if layer is None else layer.name)
         self.blockSignals(False)
         if current is not None and current in self._shown:
             self.set_layer(current)
+        elif current is None and current_text in self._none_texts:
+            self.setCurrentIndex(self._none_texts.index(current_text))
         else:
             self.setCurrentIndex(0 if self.count() else -1)
             self.currentIndexChanged.emit(self.currentIndex())

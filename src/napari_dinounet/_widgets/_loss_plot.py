@@ -24,6 +24,7 @@ class LossPlot(QWidget):
         self.loss: list[tuple[int, float]] = []
         self.val_dice: list[tuple[int, float]] = []
         self.total_steps = 1
+        self.dice_label = "val Dice"  # "val Dice (painted px)" when scored on scribbles' painted pixels only
         self.setMinimumHeight(140)
         self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
 
@@ -60,13 +61,14 @@ class LossPlot(QWidget):
             legend.append((LOSS_COLOR, f"loss {self.loss[-1][1]:.4f}"))
             self._curve(painter, area, self.loss, top_loss, LOSS_COLOR)
         if self.val_dice:
-            legend.append((DICE_COLOR, f"val Dice {self.val_dice[-1][1]:.3f}"))
+            legend.append((DICE_COLOR, f"{self.dice_label} {self.val_dice[-1][1]:.3f}"))
             self._curve(painter, area, self.val_dice, 1.0, DICE_COLOR, dots=True)
         x = area.left()
         for color, text in legend:
             painter.setPen(QPen(color, 1))
-            painter.drawText(QRectF(x, 0, 150, 16), Qt.AlignLeft | Qt.AlignVCenter, text)
-            x += 150
+            width = painter.fontMetrics().horizontalAdvance(text) + 16
+            painter.drawText(QRectF(x, 0, width, 16), Qt.AlignLeft | Qt.AlignVCenter, text)
+            x += max(150, width)
         painter.end()
 
     def _curve(self, painter: QPainter, area: QRectF, points, top: float, color: QColor, dots: bool = False) -> None:

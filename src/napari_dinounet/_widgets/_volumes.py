@@ -116,10 +116,11 @@ def normalization_combo():
 
 def auto_normalization(choice: str, layers) -> tuple[str, str]:
     """(scheme, why) for a Normalisation choice and the training image layers: a chosen scheme as it is,
-    ``auto`` from the first layer (:func:`suggested_normalization`, NIfTI known from its affine metadata)."""
+    ``auto`` (the field's first item, shown as "auto (<scheme>)") from the first layer
+    (:func:`suggested_normalization`, NIfTI known from its affine metadata)."""
     from .._layer_metadata import AFFINE_KEY
 
-    if choice != AUTO:
+    if not choice.startswith(AUTO):
         return choice, "chosen"
     layer = next(iter(layers), None)
     if layer is None:
@@ -128,6 +129,11 @@ def auto_normalization(choice: str, layers) -> tuple[str, str]:
         return "rgb", "auto: a colour image"
     scheme = suggested_normalization(layer.data, nifti=AFFINE_KEY in layer.metadata)
     return scheme, "auto: NIfTI with CT intensities" if scheme == "ct" else "auto"
+
+
+def show_auto_normalization(combo, layers) -> None:
+    """Write what "auto" resolves to for these image layers into the field's first item: "auto (ct)"."""
+    combo.setItemText(0, f"{AUTO} ({auto_normalization(AUTO, layers)[0]})")
 
 
 def fresh_normalization(scheme: str, pairs):

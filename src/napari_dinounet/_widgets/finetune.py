@@ -6,7 +6,13 @@ run ends hands the new checkpoint to the session, so Segment uses it at once. St
 next step and writes the heads of that step (the engine's stop request: nothing trained is lost); Cancel
 (the activity dock's) is the same Stop. The form shows an estimate of the run's duration on a CPU
 (:mod:`..engine.estimate`) and starts, on a CPU, from defaults that take minutes there. Engine messages
-that name a Python or CLI option are reworded to name the form's control (:func:`gui_wording`).
+that name a Python or CLI option are reworded to name the form's control (:func:`gui_wording`). With
+"live preview", the heads being trained predict the visible part of the first pair's image every few
+seconds, within a fifth of the training time (:mod:`..engine.preview`), into ``"<image> preview"``
+(:mod:`._preview`). With "sparse labels (scribbles)", unpainted pixels (0) are unknown and the value
+chosen as Background label is the background (:mod:`..engine.sparse`); validation then scores the painted
+pixels only, and says so, unless a labels layer with full labels is chosen under "Validate on" (the
+image's "<image> ground truth" is picked when it exists).
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ from qtpy.QtWidgets import (
 
 from .._layer_metadata import CLASS_NAMES_KEY
 from ..engine.errors import DinoUNetError, InputError
+from ..engine.names import INSTANCE_CLASS_NAMES, INSTANCES, SEMANTIC
+from ..engine.preview import Preview, PreviewTarget
 from ..engine.progress import Progress, Validation
 from ._jobs import Job, Stop, report_error
 from ._layer_combo import LayerComboBox, fill_channel_axis_choices
@@ -52,7 +60,9 @@ from ._layer_geometry import (
     viewer_indices,
 )
 from ._llvm_clash import avoid_triton_llvm_clash
-from ._model_form import ModelForm, dock_layout, help_label, widget_advice
+from ._model_form import ModelForm, dock_layout, heads_metadata, help_label, widget_advice
+from ._next import checked_layer_name
+from ._preview import LivePreview
 from ._session import Session, get_session
 from ._settings import persisted
 from ._volumes import (
@@ -62,9 +72,12 @@ from ._volumes import (
     fresh_normalization,
     normalization_combo,
     only_labelled_slices,
+    show_auto_normalization,
 )
 
 LOADED_HEADS, FRESH_HEADS = "the loaded heads", "fresh heads"
+PAINTED_ONLY = "painted pixels"  # Validate on: the scribbles' own painted pixels (engine.train.PAINTED_SCOPE)
+PAINTED_SCOPE = "painted"  # engine.train.PAINTED_SCOPE, without importing torch when the dock opens
 # Defaults of the form: on a CPU a run of the defaults takes minutes (patch 128: about 0.5 s a step on a
 # 2-core laptop CPU, against 2.5 s at 256; engine.estimate), on CUDA today's (patch 256).
 CPU_DEFAULTS = {"steps": 200, "every": 50, "patch": 128}
@@ -178,115 +191,128 @@ def finetune_job(
     options: FineTuneOptions,
     stop: Stop,
     allow_backbone_mismatch: bool = False,
+    preview: PreviewTarget | None = None,
+    sparse_background: int | None = None,
+    validation: list[TrainingPair] | None = None,
+    task: str = SEMANTIC,
 ) -> Generator[Progress, None, FineTuneResult]:
     """Worker body: load the backbone and the starting heads, build the samples, train until done or stopped.
 
+    preview: the view to preview while training (:func:`..engine.preview.with_previews`: Preview events
+    among the training's, within a fifth of the training time); None: no previews.
+    sparse_background: the pairs' labels are scribbles with this background value (None: full labels).
+    validation: pairs with full labels to validate on (None: a share of the training pairs, which for
+    scribbles scores their painted pixels only).
     Runs in a worker thread: no Qt here. ``stop`` set: training ends before its next step and writes the
     heads of the step it reached (the engine's stop request); set before the first step, the run is closed
-    and nothing is written. Engine errors are reworded for the form (:func:`gui_wording`).
+    and nothing is written. Engine errors are reworded for the form (:func:`gui_wording`). task: what fresh
+    heads learn (``names.INSTANCES``: the labels are object ids); start heads keep their own.
     """
-    try:
-        return (
-            yield from _finetune_steps(
-                session,
-                backbone_source,
-                device,
-                start_heads,
-                pairs,
-                class_names,
-                out,
-                options,
-                stop,
-                allow_backbone_mismatch,
+    from ..engine.checkpoint import load_heads
+    from ..engine.data import check_same_channels, samples_from_arrays
+    from ..engine.device import pick_device
+    from ..engine.instances import instance_samples
+    from ..engine.names import INSTANCES
+    from ..engine.normalize import Normalization
+    from ..engine.preview import with_previews
+    from ..engine.train import build_model, train
+
+    with _in_the_forms_words():
+        device = pick_device(device)
+        backbone = yield from session.backbone_steps(backbone_source, device)  # "loading"/"waiting for" events
+        model, metadata = None, None
+        normalization = fresh_normalization(options.normalization, pairs) if start_heads is None else None
+        if start_heads is not None:
+            yield Progress("loading the heads", 0, 1, str(start_heads))
+            model, metadata = load_heads(
+                start_heads, backbone, allow_backbone_mismatch=allow_backbone_mismatch, device=device
             )
+            class_names = list(metadata.class_names)
+            normalization = Normalization.from_dict(metadata.normalization)
+        if len({pair.has_channels for pair in pairs}) > 1:
+            raise InputError(
+                "some images have channels (colours or a channel axis) and some do not: train on one kind at a time"
+            )
+        yield Progress("preparing the images", 0, 1)
+        task = metadata.task if metadata is not None else task
+
+        def samples_of(chosen: list[TrainingPair], **kwargs):
+            images, labels = [pair.image for pair in chosen], [pair.labels for pair in chosen]
+            arrays = {
+                "masks": [pair.mask for pair in chosen],
+                "names": [pair.name for pair in chosen],
+                "channel_axis": -1 if chosen[0].has_channels else None,
+                "normalization": normalization,
+            }
+            if task == INSTANCES:  # instance heads go on learning from (corrected) instance labels, one id per object
+                return instance_samples(images, labels, **arrays, **kwargs)
+            return samples_from_arrays(
+                images, labels, num_classes=len(class_names) if class_names else None, **arrays, **kwargs
+            )
+
+        samples = samples_of(pairs, sparse_background=sparse_background)
+        validation_samples = samples_of(validation) if validation else None
+        if not samples:
+            raise InputError("no pixel counts: the regions that count are empty; draw a region over the corrected part")
+        given = check_same_channels(samples)
+        if metadata is not None and metadata.in_channels and given != metadata.in_channels:
+            # the checkpoint would otherwise record the images' count, and Segment refuse the images it was made for
+            raise InputError(
+                f"the heads were trained on {metadata.in_channels}-channel images but the images give {given} "
+                f"channel{'s' if given != 1 else ''}: set each image's channel axis (the Channel axis column) so that "
+                f"it gives {metadata.in_channels}, or start from fresh heads"
+            )
+        settings = options.settings()
+        if preview is not None and model is None and class_names:
+            # the heads train() would build, built here so that the previews see them train
+            model = build_model(backbone, settings, len(class_names), in_channels=given)
+        run = train(
+            samples,
+            out=out,
+            backbone=backbone,
+            settings=settings,
+            validation=validation_samples,
+            class_names=class_names,
+            normalization=normalization,
+            model=model,
+            device=device,
+            stop=lambda: bool(stop),
+            task=task,
         )
+        if preview is not None and model is not None:
+            run = with_previews(run, model, preview, normalization=normalization, patch_size=options.patch_size)
+        steps_done = 0
+        try:
+            while True:
+                try:
+                    event = next(run)
+                except StopIteration as end:
+                    written = Path(end.value)
+                    return FineTuneResult(
+                        written if written.is_file() else None,
+                        stopped=steps_done < options.steps,
+                        steps_done=steps_done,
+                    )
+                if event.task == "train" and not isinstance(event, Preview):
+                    steps_done = event.done
+                yield event
+                if stop and steps_done == 0:
+                    break  # nothing trained yet (loading, caching): end at once, nothing to keep
+        finally:
+            run.close()  # after the end a no-op; before the first step it leaves no file
+        return FineTuneResult(None, stopped=True, steps_done=0)
+
+
+@contextlib.contextmanager
+def _in_the_forms_words():
+    """Engine errors whose advice names a Python or CLI option, reworded to name the form's control."""
+    try:
+        yield
     except DinoUNetError as err:
         worded = gui_wording(str(err))
         if worded == str(err):
             raise
         raise type(err)(worded) from err
-
-
-def _finetune_steps(
-    session, backbone_source, device, start_heads, pairs, class_names, out, options, stop, allow_backbone_mismatch
-):
-    """:func:`finetune_job`'s body."""
-    from ..engine.checkpoint import load_heads
-    from ..engine.data import check_same_channels, samples_from_arrays
-    from ..engine.device import pick_device
-    from ..engine.instances import instance_samples
-    from ..engine.names import INSTANCES, SEMANTIC
-    from ..engine.normalize import Normalization
-    from ..engine.train import train
-
-    device = pick_device(device)
-    backbone = yield from session.backbone_steps(backbone_source, device)  # "loading"/"waiting for" events
-    model, metadata = None, None
-    normalization = fresh_normalization(options.normalization, pairs) if start_heads is None else None
-    if start_heads is not None:
-        yield Progress("loading the heads", 0, 1, str(start_heads))
-        model, metadata = load_heads(
-            start_heads, backbone, allow_backbone_mismatch=allow_backbone_mismatch, device=device
-        )
-        class_names = list(metadata.class_names)
-        normalization = Normalization.from_dict(metadata.normalization)
-    if len({pair.has_channels for pair in pairs}) > 1:
-        raise InputError(
-            "some images have channels (colours or a channel axis) and some do not: train on one kind at a time"
-        )
-    yield Progress("preparing the images", 0, 1)
-    task = metadata.task if metadata is not None else SEMANTIC
-    arrays = {
-        "masks": [pair.mask for pair in pairs],
-        "names": [pair.name for pair in pairs],
-        "channel_axis": -1 if pairs[0].has_channels else None,
-        "normalization": normalization,
-    }
-    images, labels = [pair.image for pair in pairs], [pair.labels for pair in pairs]
-    if task == INSTANCES:  # instance heads go on learning from (corrected) instance labels, one id per object
-        samples = instance_samples(images, labels, **arrays)
-    else:
-        samples = samples_from_arrays(images, labels, num_classes=len(class_names) if class_names else None, **arrays)
-    if not samples:
-        raise InputError("no pixel counts: the regions that count are empty; draw a region over the corrected part")
-    given = check_same_channels(samples)
-    if metadata is not None and metadata.in_channels and given != metadata.in_channels:
-        # the checkpoint would otherwise record the images' count, and Segment refuse the images it was made for
-        raise InputError(
-            f"the heads were trained on {metadata.in_channels}-channel images but the images give {given} "
-            f"channel{'s' if given != 1 else ''}: set each image's channel axis (the Channel axis column) so that "
-            f"it gives {metadata.in_channels}, or start from fresh heads"
-        )
-    run = train(
-        samples,
-        out=out,
-        backbone=backbone,
-        settings=options.settings(),
-        class_names=class_names,
-        normalization=normalization,
-        model=model,
-        device=device,
-        stop=lambda: bool(stop),
-        task=task,
-    )
-    steps_done = 0
-    try:
-        while True:
-            try:
-                event = next(run)
-            except StopIteration as end:
-                written = Path(end.value)
-                return FineTuneResult(
-                    written if written.is_file() else None, stopped=steps_done < options.steps, steps_done=steps_done
-                )
-            if event.task == "train":
-                steps_done = event.done
-            yield event
-            if stop and steps_done == 0:
-                break  # nothing trained yet (loading, caching): end at once, nothing to keep
-    finally:
-        run.close()  # after the end a no-op; before the first step it leaves no file
-    return FineTuneResult(None, stopped=True, steps_done=0)
 
 
 def default_checkpoint_path(start_heads: Path | None) -> Path:
@@ -331,11 +357,20 @@ class _PairRow:
         self._guess_labels()
 
     def _guess_labels(self, *_) -> None:
-        """Pick "<image> labels" (what Segment writes) when it exists."""
+        """Pick "<image> labels" (what Segment writes) when it exists, and "<image> checked" (the regions
+        Segment's Next showed for correcting) as the region that counts."""
         image = self.image.layer()
         index = self.labels.findText(labels_layer_name(image.name)) if image is not None else -1
         if index >= 0:
             self.labels.setCurrentIndex(index)
+        self.guess_region()
+
+    def guess_region(self, *_) -> None:
+        """Count in "<image> checked" once it exists, unless another region was chosen."""
+        image = self.image.layer()
+        index = self.region.findText(checked_layer_name(image.name)) if image is not None else -1
+        if index >= 0 and self.region.layer() is None:
+            self.region.setCurrentIndex(index)
 
 
 def region_mask(region, shape: tuple[int, ...]) -> np.ndarray:
@@ -366,6 +401,7 @@ class FineTuneWidget(QWidget):
         self.session = get_session(napari_viewer)
         self.job: Job | None = None
         self._stop: Stop | None = None
+        self.live_preview: LivePreview | None = None
         self.rows: list[_PairRow] = []
 
         self.model_form = ModelForm(self.session, heads_label="Start heads")
@@ -398,6 +434,28 @@ class FineTuneWidget(QWidget):
         self.foreground_check.setToolTip(
             "Train one foreground class from labels where each object has its own value (instance labels)."
         )
+        self.sparse_check = persisted(QCheckBox("scribbles"), "finetune/sparse", False)
+        self.sparse_check.setToolTip(
+            "The labels are strokes: unpainted pixels (0) are unknown and ignored. Paint each class with its "
+            "value (1, 2, ...) and some background with the Background label value; it becomes the background "
+            "(class 0) of the heads. A few strokes near the objects' edges teach the most."
+        )
+        self.background_spin = persisted(_spin(1, 255, 1), "finetune/background", 2)
+        self.background_spin.setToolTip(
+            "The label value you paint background with in sparse labels (unpainted = unknown, so 0 cannot be "
+            "background). 2 suits one class painted as 1; with more classes take the value after the last."
+        )
+        self.validate_combo = LayerComboBox(napari_viewer, (Labels,), none_text=PAINTED_ONLY)
+        self.validate_combo.setToolTip(
+            "What validation Dice is scored on. 'painted pixels': a share of the strokes, which reads far "
+            "higher than the Dice on whole images. A labels layer with full labels of the first pair's image "
+            "(e.g. '<image> ground truth', picked when it exists) scores on it instead."
+        )
+        self.objects_check = QCheckBox("each label value is one object (fresh instance heads)")
+        self.objects_check.setToolTip(
+            "Train instance heads from labels where each object has its own value: Segment then gives each object "
+            "its own label, counted and measured (classes background / interior / boundary)."
+        )
         defaults = CUDA_DEFAULTS if cuda_likely() else CPU_DEFAULTS
         self.steps_spin = persisted(_spin(1, 1_000_000, 10), "finetune/steps", defaults["steps"])
         self.steps_spin.setToolTip("Training steps in all (the estimate below says how long they take).")
@@ -425,6 +483,12 @@ class FineTuneWidget(QWidget):
         self.cache_check.setToolTip(
             "Compute the backbone's features of 64 fixed crops once before training, so steps skip the "
             "backbone; augmentation is then only mirroring and intensity."
+        )
+        self.preview_check = persisted(QCheckBox("live preview"), "finetune/preview", True)
+        self.preview_check.setToolTip(
+            "While training, the heads predict the visible part of the first pair's image (the slice on "
+            "screen) into the layer '<image> preview' every few seconds, taking at most a fifth of the "
+            "training time."
         )
         self.out_edit = QLineEdit()
         self.out_edit.setPlaceholderText("automatic: beside the start heads")
@@ -456,9 +520,26 @@ class FineTuneWidget(QWidget):
         form = QFormLayout()
         form.addRow("Start from", self.start_combo)
         form.addRow("Classes", self.classes_edit)
-        form.addRow("Stack", self.stack_combo)
+        stack_row = QHBoxLayout()  # the preview beside Stack: one row fewer, the three docks fit a laptop
+        stack_row.addWidget(self.stack_combo, 1)
+        stack_row.addWidget(self.preview_check)
+        form.addRow("Stack", stack_row)
         form.addRow("Normalisation", self.normalization_combo)
         form.addRow(self.foreground_check)
+        sparse_row = QHBoxLayout()  # with the instance-heads option: one row fewer, the docks fit a laptop
+        sparse_row.addWidget(self.objects_check)
+        sparse_row.addStretch(1)
+        sparse_row.addWidget(self.sparse_check)
+        self.background_label = QLabel("background")
+        sparse_row.addWidget(self.background_label)
+        sparse_row.addWidget(self.background_spin)
+        form.addRow(sparse_row)
+        self._validate_row = QWidget()  # shown with sparse labels only: the form stays short without them
+        validate_row = QHBoxLayout(self._validate_row)
+        validate_row.setContentsMargins(0, 0, 0, 0)
+        validate_row.addWidget(QLabel("Validate on"))
+        validate_row.addWidget(self.validate_combo, 1)
+        form.addRow(self._validate_row)
         form.addRow("Steps", self.steps_spin)
         form.addRow(self.estimate_label)
         out_row = QHBoxLayout()
@@ -509,12 +590,18 @@ class FineTuneWidget(QWidget):
         self.model_form.device_combo.currentTextChanged.connect(self._update_estimate)
         self.start_combo.currentTextChanged.connect(self._update_classes)
         self.foreground_check.toggled.connect(self._update_classes)
+        self.sparse_check.toggled.connect(self._sparse_changed)
+        self.background_spin.valueChanged.connect(self._update_classes)
+        self.objects_check.toggled.connect(self._update_classes)
         self.session.heads_changed.connect(self._heads_changed)
         self.destroyed.connect(lambda *_: _disconnect(self.session.heads_changed, self._heads_changed))
+        napari_viewer.layers.events.inserted.connect(self._layer_added)
+        self.destroyed.connect(lambda *_: _disconnect(napari_viewer.layers.events.inserted, self._layer_added))
         self.start_button.clicked.connect(self.start)
         self.stop_button.clicked.connect(self.stop)
         self.add_pair()
-        self._update_classes()
+        self._show_auto_normalization()
+        self._sparse_changed()  # (it updates the classes)
         self._update_estimate()
         self._update_advanced_summary()
 
@@ -524,11 +611,21 @@ class FineTuneWidget(QWidget):
         row = _PairRow(self.viewer)
         row.remove.clicked.connect(lambda: self.remove_pair(row))
         row.labels.currentIndexChanged.connect(self._update_classes)
+        row.image.currentIndexChanged.connect(self._show_auto_normalization)
         self.rows.append(row)
         for column, widget in enumerate(row.widgets()):
             self._pairs_grid.addWidget(widget, len(self.rows), column)
         self._update_remove_buttons()
         return row
+
+    def _layer_added(self, *_) -> None:
+        """Segment's Next made "<image> checked": the pairs of that image count it in."""
+        for row in self.rows:
+            row.region.refresh()  # napari may tell this widget before the picker lists the new layer
+            row.guess_region()
+
+    def _show_auto_normalization(self, *_) -> None:
+        show_auto_normalization(self.normalization_combo, [row.image.layer() for row in self.rows if row.image.layer()])
 
     def remove_pair(self, row: _PairRow) -> None:
         self.rows.remove(row)
@@ -558,7 +655,7 @@ class FineTuneWidget(QWidget):
             cache_features=self.cache_check.isChecked(),
             normalization=auto_normalization(
                 self.normalization_combo.currentText(), [row.image.layer() for row in self.rows if row.image.layer()]
-            )[0],
+            )[0],  # "auto (ct)" resolves again here, the layers may have changed since
         )
 
     def _pairs(self) -> list[TrainingPair]:
@@ -596,7 +693,7 @@ class FineTuneWidget(QWidget):
                     "channels, choose 'axis 0' in its Channel axis column"
                 )
             values = plan.select(labels.data)
-            if self.foreground_check.isChecked():
+            if self.foreground_check.isChecked() and not self.sparse_check.isChecked():
                 values = (values > 0).astype(np.uint8)
             mask = plan.select(region_mask(region, plan.labels_shape)) if region is not None else None
             if self.stack_combo.currentText() == LABELLED_SLICES:
@@ -610,6 +707,8 @@ class FineTuneWidget(QWidget):
         """Fresh heads' class names when the Classes field is empty: background/foreground for instance
         labels, the first labels layer's metadata class names, else background, class 1, ... up to its
         largest value; None without a labels layer."""
+        if self._instance_heads():
+            return list(INSTANCE_CLASS_NAMES)
         if self.foreground_check.isChecked():
             return ["background", "foreground"]
         labels = self.rows[0].labels.layer() if self.rows else None
@@ -620,13 +719,21 @@ class FineTuneWidget(QWidget):
             return [str(name) for name in names]
         from ..engine.data import default_class_names
 
-        largest = int(np.max(labels.data)) if np.size(labels.data) else 0
+        values = np.unique(labels.data) if np.size(labels.data) else np.zeros(1, int)
+        background = self._sparse_background()
+        if background is not None:  # scribbles: the background value is class 0, not a class of its own
+            values = values[values != background]
+        largest = int(values.max()) if values.size else 0
         return default_class_names(max(largest, 1) + 1)
+
+    def _instance_heads(self) -> bool:
+        """Whether fresh heads are to be instance heads (the labels are object ids)."""
+        return self.objects_check.isChecked() and self.start_combo.currentText() == FRESH_HEADS
 
     def _class_names(self) -> list[str] | None:
         """Class names for fresh heads: the Classes field's, else the automatic ones."""
         typed = [name.strip() for name in self.classes_edit.text().split(",") if name.strip()]
-        if not typed:
+        if not typed or self._instance_heads():
             return self._automatic_class_names()
         if len(typed) < 2:
             raise InputError(
@@ -636,6 +743,43 @@ class FineTuneWidget(QWidget):
         if len(set(typed)) < len(typed):
             raise InputError(f"the Classes field names a class twice ({', '.join(typed)}): give each a new name")
         return typed
+
+    def _sparse_changed(self, *_) -> None:
+        """Scribbles take a background value and a validation choice; instance labels are not scribbles."""
+        sparse = self.sparse_check.isChecked()
+        for control in (self.background_label, self.background_spin):
+            control.setEnabled(sparse)
+        self._validate_row.setVisible(sparse)
+        if sparse and self.validate_combo.layer() is None:
+            image = self.rows[0].image.layer() if self.rows else None
+            index = self.validate_combo.findText(f"{image.name} ground truth") if image is not None else -1
+            if index >= 0:
+                self.validate_combo.setCurrentIndex(index)
+        self._update_classes()
+
+    def _sparse_background(self) -> int | None:
+        return self.background_spin.value() if self.sparse_check.isChecked() else None
+
+    def _validation_pairs(self) -> list[TrainingPair] | None:
+        """The full labels to validate on (scribbles only; None: a share of the painted pixels)."""
+        layer = self.validate_combo.layer() if self.sparse_check.isChecked() else None
+        if layer is None:
+            return None
+        row = self.rows[0]
+        image = row.image.layer()
+        plan = plan_run(
+            image,
+            channel_axis=row.channel_axis.currentData(),
+            whole_stack=self.stack_combo.currentText() == WHOLE_STACK,
+            current=viewer_indices(self.viewer, image),
+        )
+        if layer.data.shape != plan.labels_shape:
+            raise InputError(
+                f"the validation labels {layer.name!r} have shape {layer.data.shape} but image {image.name!r} "
+                f"needs {plan.labels_shape}: under Validate on, pick full labels of the first pair's image"
+            )
+        name = f"{image.name} / {layer.name} (validation)"
+        return [TrainingPair(name, plan.image, plan.select(layer.data), None, plan.channel_axis is not None)]
 
     def _show_advanced(self, shown: bool) -> None:
         self._advanced_body.setVisible(shown)
@@ -652,7 +796,12 @@ class FineTuneWidget(QWidget):
     def _update_classes(self, *_) -> None:
         """The Classes field is for fresh heads; its placeholder shows the names an empty field gives."""
         fresh = self.start_combo.currentText() == FRESH_HEADS
-        self.classes_edit.setEnabled(fresh)
+        self.classes_edit.setEnabled(fresh and not self.objects_check.isChecked())
+        self.objects_check.setEnabled(fresh)  # start heads keep their own task
+        # object ids must stay apart; scribbles keep their values
+        self.foreground_check.setEnabled(not self._instance_heads() and not self.sparse_check.isChecked())
+        if self._instance_heads():
+            self.foreground_check.setChecked(False)
         automatic = self._automatic_class_names() if fresh else None
         self.classes_edit.setPlaceholderText(
             ", ".join(automatic) if automatic else ("the start heads' classes" if not fresh else "background, class 1")
@@ -706,6 +855,7 @@ class FineTuneWidget(QWidget):
             if out.exists():
                 raise InputError(f"{out} already exists: choose another file (or clear 'Save to' for a new name)")
             pairs = self._pairs()
+            validation = self._validation_pairs()
             class_names = None if start_heads is not None else self._class_names()
             options = self._options()
         except DinoUNetError as err:
@@ -713,6 +863,7 @@ class FineTuneWidget(QWidget):
             return None
         out.parent.mkdir(parents=True, exist_ok=True)
         self._stop = Stop()
+        self.live_preview = self._live_preview(start_heads, class_names) if self.preview_check.isChecked() else None
         gen = finetune_job(
             self.session,
             self.session.backbone_source,
@@ -724,6 +875,10 @@ class FineTuneWidget(QWidget):
             options,
             self._stop,
             allow_backbone_mismatch=bool(getattr(self.session, "allow_backbone_mismatch", False)),
+            preview=self.live_preview.target if self.live_preview is not None else None,
+            sparse_background=self._sparse_background(),
+            validation=validation,
+            task=INSTANCES if self._instance_heads() else SEMANTIC,
         )
         self.plot.clear(options.steps)
         self.plot.setVisible(True)
@@ -763,8 +918,24 @@ class FineTuneWidget(QWidget):
             )
         return heads
 
+    def _live_preview(self, start_heads: Path | None, class_names: list[str] | None) -> LivePreview | None:
+        """Previews of the first pair's image (None when the class count is not known yet)."""
+        row = self.rows[0]
+        metadata = heads_metadata(start_heads) if start_heads is not None else None
+        count = len(metadata.class_names) if metadata is not None else len(class_names or ())
+        if not count or row.image.layer() is None:
+            return None
+        return LivePreview(
+            self.viewer, row.image.layer(), channel_axis=row.channel_axis.currentData(), num_classes=count
+        )
+
     def _progress(self, event: Progress) -> None:
-        if isinstance(event, Validation):
+        if isinstance(event, Preview):
+            if self.live_preview is not None:
+                self.live_preview.show(event)
+        elif isinstance(event, Validation):
+            painted_only = event.scope == PAINTED_SCOPE
+            self.plot.dice_label = "val Dice (painted px)" if painted_only else "val Dice"
             if event.dice is not None:
                 self.plot.add_val_dice(event.done, event.dice)
         elif event.task == "train" and "loss" in event.metrics:  # one training step
@@ -787,6 +958,8 @@ class FineTuneWidget(QWidget):
     def _finished(self) -> None:
         self.start_button.setEnabled(True)
         self.stop_button.setEnabled(False)
+        if self.live_preview is not None:
+            self.live_preview.close()
         if self.job.cancelled and not self.job.errored:
             self.status.setText("cancelled: the heads in use did not change")
 

@@ -3,9 +3,17 @@
 The widget builds the form, plans which part of the layer to read (:mod:`._layer_geometry`), starts
 :func:`segment_job` in a worker (:mod:`._jobs`) and writes the :class:`SegmentResult` it returns. The
 labels go to the layer ``"<image> labels"``: created on the first run; later runs write through
-``Labels.data_setitem`` (:func:`write_labels_undoable`), so napari's undo (Ctrl+Z) brings back what was
-there before. The form's visible fields are remembered between sessions (``_settings.persisted``); test-time
-augmentation (4x slower) and Channels (which belong to one image) start afresh in each widget.
+``Labels.data_setitem`` (:func:`._corrections.write_labels_undoable`), so napari's undo (Ctrl+Z) brings back
+what was there before, and keep the pixels the user corrected since the last run ("keep my corrections",
+on by default; :mod:`._corrections`). "Where" limits a run to the part in view or to the box around a
+Shapes layer's shapes (only the pixels inside the shapes are written); the engine runs only the tiles that
+overlap it (``Predictor.predict(region=...)``). "uncertainty" adds the layer ``"<image> uncertainty"``
+(normalised entropy, 0 to 1; :mod:`..engine.uncertainty`) and ``"<image> next"``, the tiles where
+correcting should pay most, ranked (:mod:`..engine.next_regions`: the uncertainty not yet corrected in
+them); **Next** centres the view on the next one and adds it to ``"<image> checked"``, the Shapes layer
+Fine-tune then takes as the region that counts (the corrected labels are ``"<image> labels"``). The form's
+visible fields are remembered between sessions (``_settings.persisted``); test-time augmentation (4x slower)
+and Channels (which belong to one image) start afresh in each widget.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from napari.layers import Image, Labels
+from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_info
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -36,6 +44,7 @@ from ..engine.names import INSTANCES, SEMANTIC
 from ..engine.progress import Progress
 from ._class_picker import ClassPicker
 from ._classes import class_colors, class_features
+from ._corrections import corrections, record_prediction, write_labels_undoable
 from ._instances import show_instances
 from ._jobs import Job, report_error
 from ._layer_combo import LayerComboBox, fill_channel_axis_choices
@@ -52,9 +61,14 @@ from ._layer_geometry import (
 from ._llvm_clash import avoid_triton_llvm_clash
 from ._model_form import ModelForm, dock_layout, for_the_widgets, heads_metadata, help_label
 from ._multiscale import LevelPicker
+from ._next import NextRegions
+from ._preview import visible_region
 from ._session import Session, get_session
 from ._settings import persisted
 from ._volumes import WHOLE_VOLUME, WHOLE_VOLUME_TIP, planes_for, predict_volume
+from .finetune import region_mask
+
+EVERYWHERE, IN_VIEW = "everything", "the part in view"
 
 
 @dataclass(frozen=True)
@@ -67,6 +81,7 @@ class SegmentResult:
     class_names: list[str]
     task: str = SEMANTIC  # INSTANCES: labels are object ids, measured in features (engine/instances.py)
     features: dict | None = None
+    uncertainty: np.ndarray | None = None  # float32 in [0, 1], labels' shape (when asked for)
 
 
 def segment_job(
@@ -81,12 +96,16 @@ def segment_job(
     tta: bool,
     allow_backbone_mismatch: bool = False,
     planes: tuple[int, ...] | None = None,
+    region: tuple | None = None,
+    uncertainty: bool = False,
 ) -> Generator[Progress, None, SegmentResult]:
     """Worker body: the session's backbone (loaded unless cached) and the heads, then predict.
 
     patch_size None: the training patch. planes: predict a whole volume along these planes and fuse them
-    (:func:`._volumes.predict_volume`). Runs in a worker thread: no Qt here. The engine's errors reach the
-    widget with their advice in the widget's terms (:func:`._model_form.for_the_widgets`).
+    (:func:`._volumes.predict_volume`). region: ((y0, y1), (x0, x1)) of each plane, or None for all of it.
+    uncertainty: also the normalised entropy of the probabilities (:class:`..engine.uncertainty.Uncertainty`).
+    Runs in a worker thread: no Qt here. The engine's errors reach the widget with their advice in the
+    widget's terms (:func:`._model_form.for_the_widgets`).
     """
     with for_the_widgets():
         return (
@@ -101,16 +120,31 @@ def segment_job(
                 tta=tta,
                 allow_backbone_mismatch=allow_backbone_mismatch,
                 planes=planes,
+                region=region,
+                uncertainty=uncertainty,
             )
         )
 
 
 def _segment(
-    session, backbone_source, device, heads_path, plan, *, patch_size, step, tta, allow_backbone_mismatch, planes
+    session,
+    backbone_source,
+    device,
+    heads_path,
+    plan,
+    *,
+    patch_size,
+    step,
+    tta,
+    allow_backbone_mismatch,
+    planes,
+    region,
+    uncertainty,
 ) -> Generator[Progress, None, SegmentResult]:
     from ..engine.device import pick_device
     from ..engine.instances import object_features
     from ..engine.predictor import Predictor
+    from ..engine.uncertainty import Uncertainty
 
     device = pick_device(device)
     backbone = yield from session.backbone_steps(backbone_source, device)  # "loading"/"waiting for" events
@@ -121,12 +155,35 @@ def _segment(
     if planes:
         labels = yield from predict_volume(predictor, plan, planes, step=step, tile=patch_size, mirror=tta)
         return SegmentResult(labels, predictor.class_names)
-    (labels,) = yield from predictor.predict(
-        plan.image, channel_axis=plan.channel_axis, slice_axis=plan.slice_axis, step=step, tile=patch_size, mirror=tta
+    labels_output = predictor.default_output()  # class labels, or object ids for instance heads
+    outputs = (labels_output, Uncertainty()) if uncertainty else (labels_output,)
+    results = yield from predictor.predict(
+        plan.image,
+        channel_axis=plan.channel_axis,
+        slice_axis=plan.slice_axis,
+        step=step,
+        tile=patch_size,
+        mirror=tta,
+        outputs=outputs,
+        region=region,
     )
+    labels = results[0]
     task = predictor.metadata.task
-    features = object_features(labels, plan.image, plan.channel_axis) if task == INSTANCES else None
-    return SegmentResult(plan.place(labels), predictor.class_names, task, features)
+    features = object_features(labels, _crop(plan, region), plan.channel_axis) if task == INSTANCES else None
+    return SegmentResult(
+        plan.place(labels), predictor.class_names, task, features, plan.place(results[1]) if uncertainty else None
+    )
+
+
+def _crop(plan: RunPlan, region: tuple | None):
+    """The planned image inside ``region`` ((y0, y1), (x0, x1)) of its planes (all of it for None)."""
+    if region is None:
+        return plan.image
+    (y0, y1), (x0, x1) = region
+    rows = plan.image.ndim - (3 if plan.channel_axis is not None else 2)
+    index = [slice(None)] * plan.image.ndim
+    index[rows], index[rows + 1] = slice(y0, y1), slice(x0, x1)
+    return plan.image[tuple(index)]
 
 
 class SegmentWidget(QWidget):
@@ -168,6 +225,29 @@ class SegmentWidget(QWidget):
         self.overlap_spin.setToolTip("How much neighbouring tiles overlap (0.5: half a tile).")
         self.tta_check = QCheckBox("mirror test-time augmentation (4x slower)")  # off in every new session
         self.tta_check.setToolTip("Average the predictions of the image and its mirror images: smoother, 4x slower.")
+        self.where_combo = LayerComboBox(napari_viewer, (Shapes,), none_text=EVERYWHERE, more_texts=(IN_VIEW,))
+        self.where_combo.setToolTip(
+            "Segment everything, only the part of the image in view (quicker on large images), or only inside "
+            "the shapes of a Shapes layer (the box around them is predicted, the pixels inside are written)."
+        )
+        self.uncertainty_check = persisted(QCheckBox("uncertainty"), "segment/uncertainty", False)
+        self.uncertainty_check.setToolTip(
+            "Also add '<image> uncertainty': how unsure the heads are per pixel (normalised entropy of the "
+            "class probabilities: 0 sure, 1 all classes equally likely; with test-time augmentation it also "
+            "counts the mirrors' disagreement). Bright areas are where corrections help most."
+        )
+        self.next_button = QPushButton("Next")
+        self.next_button.setToolTip(
+            "Centre the view on the next region of '<image> next' (where correcting helps most) and add it to "
+            "'<image> checked': correct the labels there, then Fine-tune counts those regions in."
+        )
+        self.next_button.setEnabled(False)
+        self.keep_check = persisted(QCheckBox("keep my corrections"), "segment/keep", True)
+        self.keep_check.setToolTip(
+            "Running again onto '<image> labels' keeps every pixel you changed since the last run (painted, "
+            "filled or erased) and writes the new prediction everywhere else. Untick to replace them all "
+            "(Ctrl+Z still brings them back)."
+        )
 
         self.run_button = QPushButton("Run")
         self.run_button.setToolTip("Segment the chosen image with the heads above into the layer '<image> labels'.")
@@ -183,7 +263,11 @@ class SegmentWidget(QWidget):
         form.addRow("Stack", self.stack_combo)
         form.addRow("Level", self.level_combo)
         form.addRow("Tile, overlap", _side_by_side(self.tile_spin, self.overlap_spin))
+        form.addRow("Where", self.where_combo)
         form.addRow(self.tta_check)
+        form.addRow(_side_by_side(self.uncertainty_check, self.keep_check))
+        self.next_label = QLabel("Correct here next")
+        form.addRow(self.next_label, self.next_button)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
@@ -202,6 +286,8 @@ class SegmentWidget(QWidget):
         self.channel_axis_combo.currentIndexChanged.connect(self._channel_axis_changed)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
+        self.next_button.clicked.connect(self.go_to_next)
+        self._next: NextRegions | None = None
         self._image_changed()
 
     # -- the form ---------------------------------------------------------------------------------------
@@ -243,6 +329,14 @@ class SegmentWidget(QWidget):
                 current=viewer_indices(self.viewer, layer),
             )
             check_channel_count(layer, plan, in_channels)
+            region, inside = self._region(layer, plan, channel_axis)
+            if planes_for(self.stack_combo.currentText()) and (
+                region is not None or self.uncertainty_check.isChecked()
+            ):
+                raise InputError(
+                    f"{WHOLE_VOLUME!r} predicts every plane and fuses them, for all of the volume and without "
+                    "uncertainty: choose Where 'everything' and untick uncertainty, or another Stack choice"
+                )
         except DinoUNetError as err:
             report_error(f"Segmentation cannot start: {err}", self.status)  # whole, in the status and a notification
             return None
@@ -257,11 +351,13 @@ class SegmentWidget(QWidget):
             tta=self.tta_check.isChecked(),
             allow_backbone_mismatch=self.session.allow_backbone_mismatch,
             planes=planes_for(self.stack_combo.currentText()),
+            region=region,
+            uncertainty=self.uncertainty_check.isChecked(),
         )
         self.job = Job(
             gen,
             "Segmentation",
-            on_result=lambda result: self._show_result(layer, plan, heads, result, note),
+            on_result=lambda result: self._show_result(layer, plan, heads, result, note, region, inside),
             on_finished=self._finished,
             status=self.status,  # phase, count and time left; an error's whole message
             on_cancel=self.cancel,  # the activity dock's Cancel does what the widget's does
@@ -274,6 +370,35 @@ class SegmentWidget(QWidget):
     def cancel(self) -> None:
         if self.job is not None:
             self.job.cancel()
+
+    def _region(self, layer: Image, plan: RunPlan, channel_axis: int | None):
+        """Where's choice as (region, inside): the plane region to predict, ((y0, y1), (x0, x1)) or None for
+        all of it, and for shapes the pixels inside them (bool, the labels' shape at ``plan.target``)."""
+        choice, shapes = self.where_combo.currentText(), self.where_combo.layer()
+        if choice == IN_VIEW:
+            axis = None if layer.rgb else channel_axis
+            level = self.level_combo.at_level(layer)
+            factors = getattr(level, "factors", None)  # a multiscale layer's level: its pixels are this coarser
+            if factors is None:
+                return visible_region(self.viewer, layer, plan.labels_shape[-2:], axis), None
+            rows, cols = [a for a in range(layer.ndim) if a != axis][-2:]
+            fy, fx = factors[rows], factors[cols]
+            height, width = plan.labels_shape[-2:]
+            (y0, y1), (x0, x1) = visible_region(self.viewer, layer, (round(height * fy), round(width * fx)), axis)
+            return (
+                (int(y0 // fy), min(height, int(np.ceil(y1 / fy)))),
+                (int(x0 // fx), min(width, int(np.ceil(x1 / fx)))),
+            ), None
+        if shapes is None:
+            return None, None
+        inside = np.asarray(plan.select(region_mask(shapes, plan.labels_shape)))
+        rows, cols = np.nonzero(inside.reshape((-1,) + inside.shape[-2:]).any(axis=0))
+        if not rows.size:
+            raise InputError(
+                f"the Shapes layer {shapes.name!r} has no shape over this image: draw one, or choose another Where"
+            )
+        region = ((int(rows.min()), int(rows.max()) + 1), (int(cols.min()), int(cols.max()) + 1))
+        return region, inside
 
     def _heads_path(self) -> Path:
         heads = self.session.heads_path
@@ -291,18 +416,34 @@ class SegmentWidget(QWidget):
         elif self.job.errored:
             self.status.setText("failed: see the notification")
 
-    def _show_result(self, image: Image, plan: RunPlan, heads: Path, result: SegmentResult, note: str = "") -> None:
-        """Write the result's labels into the image's labels layer (GUI thread), creating it on the first run."""
+    def _show_result(
+        self,
+        image: Image,
+        plan: RunPlan,
+        heads: Path,
+        result: SegmentResult,
+        note: str = "",
+        region: tuple | None = None,
+        inside: np.ndarray | None = None,
+    ) -> None:
+        """Write the result's labels into the image's labels layer (GUI thread), creating it on the first run;
+        with a region, only there (and with shapes, only inside them); the uncertainty into its layer."""
         labels, class_names = result.labels, result.class_names
+        index = result_index(plan, region)
         name = labels_layer_name(image.name)
         existing = self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401 (no .get)
+        outside = None if inside is None else ~inside[(Ellipsis, *index[-2:])]
+        kept = 0
         fits = isinstance(existing, Labels) and np.can_cast(np.min_scalar_type(labels.max()), existing.data.dtype)
         if fits and existing.data.shape == plan.labels_shape:
-            write_labels_undoable(existing, plan.target, labels)
+            keep = corrections(existing, index) if self.keep_check.isChecked() else None
+            if outside is not None:
+                keep = outside if keep is None else keep | outside
+            kept = write_labels_undoable(existing, index, labels, keep=keep)
             target = existing
         else:
             data = np.zeros(plan.labels_shape, dtype=labels.dtype)
-            data[plan.target] = labels
+            data[index] = labels if outside is None else np.where(outside, 0, labels)
             # a same-named layer of another shape stays; napari gives the new one a unique name
             target = self.viewer.add_labels(
                 data,
@@ -313,6 +454,7 @@ class SegmentWidget(QWidget):
                 # the colours the sample's ground truth has; objects: napari's, one per object
                 colormap=None if result.task == INSTANCES else class_colors(len(class_names)),
             )
+            record_prediction(target, (), data)
         if result.task == INSTANCES:
             summary = show_instances(self.viewer, target, result.features)
         else:
@@ -322,8 +464,58 @@ class SegmentWidget(QWidget):
         if AFFINE_KEY in image.metadata:  # a NIfTI image's grid: Export can write these labels back to NIfTI
             target.metadata[AFFINE_KEY] = image.metadata[AFFINE_KEY]
         target.metadata[HEADS_KEY] = str(heads)
+        if result.uncertainty is not None:
+            uncertainty = self._show_uncertainty(image, plan, index, result.uncertainty)
+            self.viewer.layers.selection.active = target  # the layer to correct, not the new overlays
+            self._next = NextRegions(self.viewer, image, plan, uncertainty, labelled=corrections(target))
+            self.next_button.setEnabled(bool(self._next.regions))
+        if kept:
+            note = f"kept {kept} corrected pixels" + (f"; {note}" if note else "")
         self.status.setText(f"{target.name}: {summary}" + (f"; {note}" if note else ""))
         show_info(f"Segmented {image.name} into {target.name!r}")
+
+    def go_to_next(self) -> None:
+        """Centre the view on the next region worth correcting (GUI)."""
+        if self._next is not None:
+            self.status.setText(self._next.go_to_next())
+
+    def _show_uncertainty(self, image: Image, plan: RunPlan, index: tuple, uncertainty: np.ndarray) -> np.ndarray:
+        """The uncertainty at ``index`` of ``"<image> uncertainty"`` (float32, 0 to 1; 0 where never predicted);
+        returns the layer's data."""
+        name = uncertainty_layer_name(image.name)
+        layer = self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401 (no .get)
+        if isinstance(layer, Image) and layer.data.shape == plan.labels_shape and layer.data.dtype == np.float32:
+            layer.data[index] = uncertainty
+            layer.refresh()
+            return layer.data
+        data = np.zeros(plan.labels_shape, dtype=np.float32)
+        data[index] = uncertainty
+        self.viewer.add_image(
+            data,
+            name=name,
+            scale=plan.scale,
+            translate=plan.translate,
+            units=plan.units or None,
+            colormap="magma",
+            contrast_limits=(0.0, 1.0),
+            opacity=0.7,
+            blending="additive",
+        )
+        return data
+
+
+def uncertainty_layer_name(image_name: str) -> str:
+    return f"{image_name} uncertainty"
+
+
+def result_index(plan: RunPlan, region: tuple | None) -> tuple:
+    """Where a run's result goes in the labels layer: the plane (or stack) at ``plan.target``, and within it
+    the ``region`` ((y0, y1), (x0, x1)) when given."""
+    if region is None:
+        return plan.target
+    (y0, y1), (x0, x1) = region
+    stack = (slice(None),) * len(plan.stack_shape)
+    return (*plan.target, *stack, slice(y0, y1), slice(x0, x1))
 
 
 def _side_by_side(*widgets: QWidget) -> QHBoxLayout:
@@ -362,14 +554,3 @@ def check_channel_count(layer, plan: RunPlan, in_channels: int | None) -> None:
         f"{trained} but {have} channels of {layer.name!r} were chosen: type {in_channels} channel numbers in "
         f"Channels (e.g. {example}), or choose another Channel axis"
     )
-
-
-def write_labels_undoable(layer: Labels, target: tuple[int, ...], labels: np.ndarray) -> None:
-    """Write ``labels`` at ``layer.data[target]`` as one undoable edit (only the pixels that change)."""
-    region = np.asarray(layer.data[target])
-    labels = labels.astype(layer.data.dtype, copy=False)
-    changed = np.nonzero(region != labels)
-    if not changed[0].size:
-        return
-    leading = tuple(np.full(changed[0].size, index) for index in target)
-    layer.data_setitem(leading + changed, labels[changed])

@@ -208,15 +208,12 @@ def _volume_job(predictor, image, args: argparse.Namespace, one_volume: bool):
     """The tri-planar prediction of a 3D file (:func:`~..engine.volume.predict_planes`), returning a 1-tuple
     like Predictor.predict: probabilities (nc, *spatial) with --probabilities, else labels."""
     from ..engine.errors import InputError
-    from ..engine.names import INSTANCES
     from ..engine.volume import parse_planes, predict_planes
 
     if one_volume:
         raise InputError("--planes predicts a lone volume in one process: run it without torchrun")
-    if predictor.metadata.task == INSTANCES or args.uncertainty:
-        raise InputError(
-            "--planes fuses class probabilities of semantic heads: not with instance heads or --uncertainty"
-        )
+    if args.uncertainty:  # instance heads: predict_planes refuses them
+        raise InputError("--planes fuses the planes' class probabilities: --uncertainty is for one slice axis")
     layout = image.layout
     if layout.slice is None:
         raise InputError("--planes is for 3D volumes and this image is 2D: predict it without --planes")

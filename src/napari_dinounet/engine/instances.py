@@ -29,11 +29,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InputError
-from .names import INSTANCES, TASKS
+from .names import INSTANCE_CLASS_NAMES, INSTANCES, TASKS
 from .outputs import Output, Probabilities
 from .values import is_number
 
-INSTANCE_CLASS_NAMES = ("background", "interior", "boundary")
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
 DEFAULT_BOUNDARY_WIDTH = 2
 # the background value of the class scribbles instance scribbles become (not a class value: 0, 1, 2 are)

@@ -26,3 +26,4 @@ DEVICES = ("auto", "cuda", "mps", "cpu")
 SEMANTIC = "semantic"
 INSTANCES = "instances"
 TASKS = (SEMANTIC, INSTANCES)
+INSTANCE_CLASS_NAMES = ("background", "interior", "boundary")  # the classes of instance heads

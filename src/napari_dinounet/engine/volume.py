@@ -32,6 +32,7 @@ from scipy import ndimage
 from .data import DEFAULT_NORMALIZATION, Sample, samples_from_arrays
 from .errors import InputError
 from .layout import layout_for_labels
+from .names import SEMANTIC
 from .normalize import Normalization
 from .outputs import argmax_classes, label_dtype
 from .predict import image_layout
@@ -286,6 +287,11 @@ def predict_planes(
     (= of the weighted mean). Memory: the image, one resampled copy of it at a time (none when the voxels
     are isotropic), the sum (nc x the voxels x 4 bytes) and one slice of probabilities.
     """
+    if predictor.metadata.task != SEMANTIC:  # boundary classes fused voxel by voxel are no objects
+        raise InputError(
+            f"{predictor.metadata.task} heads cannot be fused over planes: tri-planar prediction takes semantic "
+            "heads; predict instance heads slice by slice"
+        )
     planes = parse_planes(planes)
     weights = _plane_weights(planes, weights)
     layout = image_layout(image, channel_axis)
