@@ -109,3 +109,47 @@ def test_fine_tune_on_a_few_labelled_slices_of_a_ct_volume(qtbot, make_napari_vi
     viewer.add_image(brain.image[:8], name="mri")  # not NIfTI: auto is zscore for it
     widget.rows[0].image.set_layer(viewer.layers["mri"])
     assert widget.normalization_combo.itemText(0) == "auto (zscore)"
+
+
+def test_fine_tune_on_three_planes_of_an_anisotropic_volume(qtbot, make_napari_viewer, tmp_path):
+    """Stack 'whole volume (3 planes)' in Fine-tune: the pair is cut along z, y and x at the layer's voxel
+    size, and the heads record the planes and that spacing; a 2D layer gets an error naming the fix."""
+    from napari_dinounet._widgets.finetune import FRESH_HEADS, FineTuneWidget
+    from napari_dinounet.engine.checkpoint import read_metadata
+    from napari_dinounet.engine.volume import volume_samples
+
+    viewer = make_napari_viewer()
+    brain = load_mni152_volume()
+    image = brain.image[24:56:2, 20:68, 16:56]  # (16, 48, 40): every second slice, so 4 mm by 2 mm by 2 mm
+    labels = brain.labels[24:56:2, 20:68, 16:56]
+    viewer.add_image(image, name="mri", scale=(4.0, 2.0, 2.0))
+    viewer.add_labels(labels, name="mri labels", scale=(4.0, 2.0, 2.0))
+    widget = FineTuneWidget(viewer)
+    widget.model_form.set_backbone("random:tiny")
+    widget.model_form.device_combo.setCurrentText("cpu")
+    widget.start_combo.setCurrentText(FRESH_HEADS)
+    widget.steps_spin.setValue(2)
+    widget.every_spin.setValue(2)
+    widget.patch_spin.setValue(32)
+    widget.out_edit.setText(str(tmp_path / "planes.safetensors"))
+    widget.stack_combo.setCurrentText(_volumes.WHOLE_VOLUME)
+
+    (pair,) = widget._pairs()
+    assert pair.planes == (0, 1, 2) and pair.spacing == (4.0, 2.0, 2.0)
+    samples = volume_samples(pair.image, pair.labels, spacing=pair.spacing, planes=pair.planes)
+    # z slices keep (48, 40); y and x slices are resampled to 2 mm along z: 16 slices of 4 mm -> 32 rows
+    assert sorted({sample.shape for sample in samples}) == [(32, 40), (32, 48), (48, 40)]
+    assert len(samples) == 16 + 48 + 40
+    job = widget.start()
+    wait_for(qtbot, job)
+    assert not job.errored
+    metadata = read_metadata(tmp_path / "planes.safetensors")
+    assert tuple(metadata.planes) == (0, 1, 2)
+    assert tuple(metadata.spacing) == (4.0, 2.0, 2.0)
+
+    viewer.add_image(image[0], name="one slice")
+    viewer.add_labels(labels[0], name="one slice labels")
+    widget.rows[0].image.set_layer(viewer.layers["one slice"])
+    widget.rows[0].labels.set_layer(viewer.layers["one slice labels"])
+    with pytest.raises(InputError, match=r"needs a 3D \(Z, Y, X\) image"):
+        widget._pairs()

@@ -4,7 +4,10 @@ its normalisation choice; the work itself is :mod:`..engine.volume` and :mod:`..
 - Segment: the Stack choice :data:`WHOLE_VOLUME` predicts a (Z, Y, X) layer along all three planes,
   resampled to its finest voxel size (the layer's scale), and fuses the class probabilities into one labels
   volume (:func:`predict_volume`).
-- Fine-tune: the Stack choice :data:`LABELLED_SLICES` trains on the slices of a stack that carry labels
+- Fine-tune: the Stack choice :data:`WHOLE_VOLUME` trains on 2D slices of a (Z, Y, X) pair cut along all
+  three planes, each resampled in-plane to the finest voxel size of the layer's scale
+  (:func:`..engine.volume.volume_samples`); the heads record the planes and the spacing. The Stack choice
+  :data:`LABELLED_SLICES` trains on the slices of a stack that carry labels
   (the others are unknown, not background: :func:`only_labelled_slices`), no Shapes region needed; the
   Normalisation field (:func:`normalization_combo`) is "auto" unless changed, which resolves to ``ct`` for a
   NIfTI layer with CT-range intensities (:func:`auto_normalization`) and is shown in the status;
@@ -33,6 +36,10 @@ NORMALIZATIONS = (AUTO, "zscore", "ct", "rgb")
 WHOLE_VOLUME_TIP = (
     "whole volume (3 planes): predict a (Z, Y, X) layer along z, y and x, each plane resampled to the finest "
     "voxel size of the layer's scale, and fuse their class probabilities (mean) into one labels volume"
+)
+TRAIN_VOLUME_TIP = (
+    "whole volume (3 planes): learn from slices of a (Z, Y, X) image and its 3D labels cut along z, y and x, "
+    "each plane resampled to the finest voxel size of the layer's scale (the heads record planes and spacing)"
 )
 # Hounsfield units: air is -1000, so a CT volume reaches far below any MRI or microscopy intensity
 CT_MINIMUM_BELOW = -500

@@ -68,6 +68,8 @@ from ._settings import persisted
 from ._volumes import (
     LABELLED_SLICES,
     LABELLED_SLICES_TIP,
+    TRAIN_VOLUME_TIP,
+    WHOLE_VOLUME,
     auto_normalization,
     fresh_normalization,
     normalization_combo,
@@ -129,13 +131,17 @@ def gui_wording(message: str) -> str:
 @dataclass(frozen=True)
 class TrainingPair:
     """One training image as the engine takes it: image (Y, X[, C]) or a stack (N, Y, X[, C]), labels and
-    an optional mask (nonzero = counts) of the image's spatial shape."""
+    an optional mask (nonzero = counts) of the image's spatial shape. planes: a (Z, Y, X) volume to cut
+    along these spatial axes (:func:`..engine.volume.volume_samples`), with its voxel ``spacing``; None:
+    the image's own slices."""
 
     name: str
     image: object
     labels: np.ndarray
     mask: np.ndarray | None
     has_channels: bool
+    planes: tuple[int, ...] | None = None
+    spacing: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -216,6 +222,7 @@ def finetune_job(
     from ..engine.normalize import Normalization
     from ..engine.preview import with_previews
     from ..engine.train import build_model, train
+    from ..engine.volume import volume_samples
 
     with _in_the_forms_words():
         device = pick_device(device)
@@ -237,6 +244,8 @@ def finetune_job(
         task = metadata.task if metadata is not None else task
 
         def samples_of(chosen: list[TrainingPair], **kwargs):
+            if chosen[0].planes is not None:
+                return volumes_of(chosen, **kwargs)
             images, labels = [pair.image for pair in chosen], [pair.labels for pair in chosen]
             arrays = {
                 "masks": [pair.mask for pair in chosen],
@@ -249,6 +258,28 @@ def finetune_job(
             return samples_from_arrays(
                 images, labels, num_classes=len(class_names) if class_names else None, **arrays, **kwargs
             )
+
+        def volumes_of(chosen: list[TrainingPair], sparse_background: int | None = None):
+            if task == INSTANCES or sparse_background is not None:
+                raise InputError(
+                    f"{WHOLE_VOLUME} trains on full semantic labels: for scribbles or object ids choose "
+                    f"'whole stack' or '{LABELLED_SLICES}'"
+                )
+            return [
+                sample
+                for pair in chosen
+                for sample in volume_samples(
+                    pair.image,
+                    pair.labels,
+                    spacing=pair.spacing,
+                    planes=pair.planes,
+                    mask=pair.mask,
+                    channel_axis=-1 if pair.has_channels else None,
+                    normalization=normalization,
+                    num_classes=len(class_names) if class_names else None,
+                    name=pair.name,
+                )
+            ]
 
         samples = samples_of(pairs, sparse_background=sparse_background)
         validation_samples = samples_of(validation) if validation else None
@@ -278,6 +309,8 @@ def finetune_job(
             device=device,
             stop=lambda: bool(stop),
             task=task,
+            spacing=pairs[0].spacing,
+            planes=pairs[0].planes,
         )
         if preview is not None and model is not None:
             run = with_previews(run, model, preview, normalization=normalization, patch_size=options.patch_size)
@@ -425,9 +458,10 @@ class FineTuneWidget(QWidget):
         self.add_pair_button.clicked.connect(self.add_pair)
 
         self.stack_combo = QComboBox()
-        self.stack_combo.addItems([CURRENT_SLICE, WHOLE_STACK, LABELLED_SLICES])
+        self.stack_combo.addItems([CURRENT_SLICE, WHOLE_STACK, LABELLED_SLICES, WHOLE_VOLUME])
         self.stack_combo.setToolTip(
-            f"For stacks: learn from the slice on screen only, or from every slice; {LABELLED_SLICES_TIP}."
+            f"For stacks: learn from the slice on screen only, or from every slice; {LABELLED_SLICES_TIP}; "
+            f"{TRAIN_VOLUME_TIP}."
         )
         self.normalization_combo = normalization_combo()
         self.foreground_check = QCheckBox("any label value is foreground (instance labels)")
@@ -660,7 +694,8 @@ class FineTuneWidget(QWidget):
 
     def _pairs(self) -> list[TrainingPair]:
         """The chosen pairs as arrays (read here, in the GUI thread; the worker gets only arrays)."""
-        whole = self.stack_combo.currentText() in (WHOLE_STACK, LABELLED_SLICES)
+        whole = self.stack_combo.currentText() in (WHOLE_STACK, LABELLED_SLICES, WHOLE_VOLUME)
+        volume = self.stack_combo.currentText() == WHOLE_VOLUME
         pairs, seen = [], set()
         for row in self.rows:
             image, labels, region = row.image.layer(), row.labels.layer(), row.region.layer()
@@ -698,8 +733,28 @@ class FineTuneWidget(QWidget):
             mask = plan.select(region_mask(region, plan.labels_shape)) if region is not None else None
             if self.stack_combo.currentText() == LABELLED_SLICES:
                 mask = only_labelled_slices(values, mask)
+            planes, spacing = None, None
+            if volume:
+                if len(plan.labels_shape) != 3:
+                    raise InputError(
+                        f"{WHOLE_VOLUME} needs a 3D (Z, Y, X) image and labels; {image.name!r} gives labels of "
+                        f"shape {plan.labels_shape}: choose 'whole stack' or 'current slice'"
+                    )
+                planes, spacing = (0, 1, 2), tuple(plan.scale)
             pairs.append(
-                TrainingPair(f"{image.name} / {labels.name}", plan.image, values, mask, plan.channel_axis is not None)
+                TrainingPair(
+                    f"{image.name} / {labels.name}",
+                    plan.image,
+                    values,
+                    mask,
+                    plan.channel_axis is not None,
+                    planes,
+                    spacing,
+                )
+            )
+        if len({(pair.planes, pair.spacing) for pair in pairs}) > 1:
+            raise InputError(
+                f"{WHOLE_VOLUME}: the volumes have different voxel sizes (layer scales): train on one at a time"
             )
         return pairs
 
