@@ -67,10 +67,25 @@ def test_labelled_slices_and_the_ct_suggestion():
     assert _volumes.suggested_normalization(load_mni152_volume().image, nifti=True) == "zscore"  # MRI
 
 
+def _two_step_fresh_finetune(viewer, out, *, patch: int, stack: str):
+    """A Fine-tune widget set for two steps of fresh random:tiny heads on the CPU, writing ``out``."""
+    from napari_dinounet._widgets.finetune import FRESH_HEADS, FineTuneWidget
+
+    widget = FineTuneWidget(viewer)
+    widget.model_form.set_backbone("random:tiny")
+    widget.model_form.device_combo.setCurrentText("cpu")
+    widget.start_combo.setCurrentText(FRESH_HEADS)
+    widget.steps_spin.setValue(2)
+    widget.every_spin.setValue(2)
+    widget.patch_spin.setValue(patch)
+    widget.out_edit.setText(str(out))
+    widget.stack_combo.setCurrentText(stack)
+    return widget
+
+
 def test_fine_tune_on_a_few_labelled_slices_of_a_ct_volume(qtbot, make_napari_viewer, tmp_path):
     """Labels on two slices of a NIfTI-like CT stack: only those slices train, no region needed, and the
     normalisation resolves to ct (fitted on the labelled voxels), stored in the heads."""
-    from napari_dinounet._widgets.finetune import FRESH_HEADS, FineTuneWidget
     from napari_dinounet.engine.checkpoint import read_metadata
 
     viewer = make_napari_viewer()
@@ -80,15 +95,7 @@ def test_fine_tune_on_a_few_labelled_slices_of_a_ct_volume(qtbot, make_napari_vi
     drawn[[2, 5]] = brain.labels[30:38, 20:84, 10:74][[2, 5]]  # two slices labelled, the rest left at 0
     viewer.add_image(ct, name="ct", metadata={"affine": np.eye(4).tolist()})  # as the NIfTI reader adds it
     viewer.add_labels(drawn, name="ct labels")
-    widget = FineTuneWidget(viewer)
-    widget.model_form.set_backbone("random:tiny")
-    widget.model_form.device_combo.setCurrentText("cpu")
-    widget.start_combo.setCurrentText(FRESH_HEADS)
-    widget.steps_spin.setValue(2)
-    widget.every_spin.setValue(2)
-    widget.patch_spin.setValue(64)
-    widget.out_edit.setText(str(tmp_path / "ct.safetensors"))
-    widget.stack_combo.setCurrentText(_volumes.LABELLED_SLICES)
+    widget = _two_step_fresh_finetune(viewer, tmp_path / "ct.safetensors", patch=64, stack=_volumes.LABELLED_SLICES)
     assert widget.normalization_combo.currentText() == "auto (ct)"  # what auto resolves to, shown
 
     (pair,) = widget._pairs()
@@ -114,7 +121,6 @@ def test_fine_tune_on_a_few_labelled_slices_of_a_ct_volume(qtbot, make_napari_vi
 def test_fine_tune_on_three_planes_of_an_anisotropic_volume(qtbot, make_napari_viewer, tmp_path):
     """Stack 'whole volume (3 planes)' in Fine-tune: the pair is cut along z, y and x at the layer's voxel
     size, and the heads record the planes and that spacing; a 2D layer gets an error naming the fix."""
-    from napari_dinounet._widgets.finetune import FRESH_HEADS, FineTuneWidget
     from napari_dinounet.engine.checkpoint import read_metadata
     from napari_dinounet.engine.volume import volume_samples
 
@@ -124,15 +130,7 @@ def test_fine_tune_on_three_planes_of_an_anisotropic_volume(qtbot, make_napari_v
     labels = brain.labels[24:56:2, 20:68, 16:56]
     viewer.add_image(image, name="mri", scale=(4.0, 2.0, 2.0))
     viewer.add_labels(labels, name="mri labels", scale=(4.0, 2.0, 2.0))
-    widget = FineTuneWidget(viewer)
-    widget.model_form.set_backbone("random:tiny")
-    widget.model_form.device_combo.setCurrentText("cpu")
-    widget.start_combo.setCurrentText(FRESH_HEADS)
-    widget.steps_spin.setValue(2)
-    widget.every_spin.setValue(2)
-    widget.patch_spin.setValue(32)
-    widget.out_edit.setText(str(tmp_path / "planes.safetensors"))
-    widget.stack_combo.setCurrentText(_volumes.WHOLE_VOLUME)
+    widget = _two_step_fresh_finetune(viewer, tmp_path / "planes.safetensors", patch=32, stack=_volumes.WHOLE_VOLUME)
 
     (pair,) = widget._pairs()
     assert pair.planes == (0, 1, 2) and pair.spacing == (4.0, 2.0, 2.0)
