@@ -82,7 +82,7 @@ def test_instance_options_are_refused_where_they_do_not_apply(instance_folders, 
     assert "--instances scores objects" in capsys.readouterr().err
 
 
-def test_train_instances_from_scribbles(instance_folders, tmp_path):
+def test_train_instances_from_scribbles(instance_folders, tmp_path, capsys):
     """Sparse instance labels on disk: a few nuclei painted whole and a background stroke (value 1)."""
     from napari_dinounet.engine.checkpoint import read_metadata
 
@@ -99,3 +99,8 @@ def test_train_instances_from_scribbles(instance_folders, tmp_path):
     command = ["train", *TINY, "--instances", "--images", str(images), "--labels", str(scribbles), *sparse]
     assert main([*command, "--out", str(heads)]) == 0
     assert read_metadata(heads).task == "instances"
+    # a background value painted nowhere: the message names the user's value, before any training
+    wrong = [*command[: -len(sparse)], "--sparse", "--background-label", "9", "--epochs", "1", "--iters-per-epoch", "1"]
+    assert main([*wrong, "--out", str(tmp_path / "never.safetensors")]) == 2
+    assert "background label 9 is painted nowhere" in capsys.readouterr().err
+    assert not (tmp_path / "never.safetensors").exists()

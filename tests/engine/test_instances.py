@@ -89,6 +89,9 @@ def test_sparse_instance_labels_train_the_painted_pixels_only():
     np.testing.assert_array_equal(sample.mask, scribbles > 0)  # the loss sees the painted pixels only
     assert sample.labels[31, 10] == BACKGROUND and sample.labels[10, 14] == BOUNDARY
     assert sample.labels[10, 10] == INTERIOR and sample.labels[10, 20] == INTERIOR
+    # the error names the user's background value, not the class value it becomes inside
+    with pytest.raises(InputError, match="background label 7 is painted nowhere in nuclei: paint"):
+        instance_samples([image], [scribbles], sparse_background=7, names=["nuclei"])
 
 
 def touching_objects(shape=(96, 160)) -> tuple[np.ndarray, np.ndarray]:

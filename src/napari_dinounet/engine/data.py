@@ -351,7 +351,12 @@ def _samples_from_files(
     sparse_background: the label files are scribbles (see :func:`samples_from_arrays`).
     instances: the label files are instance ids, trained as :func:`.instances.boundary_classes`.
     """
-    labels = [_label_data(io.read_labels(path), instances, sparse_background) for _, _, path in pairs]
+    files = [io.read_labels(path) for _, _, path in pairs]
+    if instances and sparse_background is not None:
+        from .instances import check_painted_background
+
+        check_painted_background([file.data for file in files], sparse_background, [str(p) for _, _, p in pairs])
+    labels = [_label_data(file, instances, sparse_background) for file in files]
     if instances and sparse_background is not None:  # instance scribbles became class scribbles
         from .instances import SCRIBBLE_BACKGROUND as sparse_background
     masks = [None if ignore is None or not np.any(lab == ignore) else lab != ignore for lab in labels]

@@ -242,6 +242,21 @@ def instance_scribbles(
     return np.where(painted_background, SCRIBBLE_BACKGROUND, classes).astype(np.uint8)
 
 
+def check_painted_background(id_maps, background, names) -> int:
+    """``background`` as an int, or an InputError naming the user's value: it must be a positive whole
+    number painted somewhere in the instance scribbles ``id_maps`` (one name each). Checked before
+    :func:`instance_scribbles`, after which B reads as :data:`SCRIBBLE_BACKGROUND`."""
+    from .sparse import check_background
+
+    background = check_background(background)
+    if not any((np.asarray(ids) == background).any() for ids in id_maps):
+        raise InputError(
+            f"background label {background} is painted nowhere in {', '.join(list(names)[:5])}: paint some "
+            f"background strokes with label {background}, or give the label you painted background with"
+        )
+    return background
+
+
 def instance_samples(
     images,
     instances,
@@ -266,7 +281,9 @@ def instance_samples(
     if sparse_background is None:
         targets = [boundary_classes(ids, width=width, slice_axis=slice_axis) for ids in id_maps]
     else:
-        targets = [instance_scribbles(ids, sparse_background, width=width, slice_axis=slice_axis) for ids in id_maps]
+        names = options.get("names") or [f"image{i}" for i in range(len(id_maps))]
+        background = check_painted_background(id_maps, sparse_background, names)
+        targets = [instance_scribbles(ids, background, width=width, slice_axis=slice_axis) for ids in id_maps]
     return samples_from_arrays(
         images,
         targets,
