@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             "volume": {"shape": list(sample.image.shape), "spacing_mm": list(sample.spacing), "classes": names},
             "train_slab": list(train_image.shape),
             "test_slab": list(test_image.shape),
-            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "settings": {k: v for k, v in vars(args).items() if k != "out"},  # where it went is no setting
             "training": training,
             "modes": rows,
             "best_single_axis": best_single,
