@@ -34,13 +34,13 @@ def _entropy(probabilities: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def normalized_entropy(probabilities, axis: int = 0) -> np.ndarray:
-    """Entropy of class probabilities along ``axis`` over log(nc), float32 in [0, 1]: (nc, ...) -> (...).
-    One class (nc = 1) carries no uncertainty: zeros."""
-    probabilities = torch.as_tensor(np.asarray(probabilities, np.float32))
+    """Entropy of class probabilities (an array or a tensor on any device) along ``axis`` over log(nc),
+    float32 in [0, 1]: (nc, ...) -> (...). One class (nc = 1) carries no uncertainty: zeros."""
+    probabilities = torch.as_tensor(probabilities, dtype=torch.float32)
     classes = probabilities.shape[axis]
     if classes < 2:
         return np.zeros(probabilities.shape[:axis] + probabilities.shape[axis + 1 :], np.float32)
-    return (_entropy(probabilities, axis) / math.log(classes)).clamp(0, 1).numpy()
+    return (_entropy(probabilities, axis) / math.log(classes)).clamp(0, 1).cpu().numpy()
 
 
 def _mirror_probabilities(logits: LogitRows) -> torch.Tensor:
@@ -56,11 +56,7 @@ class Uncertainty(ArrayOutput):
     blending = Blending(per_mirror=True)
 
     def block(self, logits: LogitRows) -> np.ndarray:
-        probabilities = _mirror_probabilities(logits).mean(dim=0)  # (nc, h, W)
-        classes = probabilities.shape[0]
-        if classes < 2:
-            return np.zeros(probabilities.shape[1:], np.float32)
-        return (_entropy(probabilities, 0) / math.log(classes)).clamp(0, 1).cpu().numpy()
+        return normalized_entropy(_mirror_probabilities(logits).mean(dim=0))  # of (nc, h, W)
 
 
 class MirrorDisagreement(ArrayOutput):
