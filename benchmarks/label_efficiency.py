@@ -81,9 +81,9 @@ def mni_task(train_slices, test_slices) -> Task:
 
 
 def mean_dice(predicted: np.ndarray, truth: np.ndarray, num_classes: int) -> float:
-    from napari_dinounet.engine.metrics import binary_dice
+    from napari_dinounet.engine.metrics import dice
 
-    return float(np.mean([binary_dice(predicted == c, truth == c) for c in range(1, num_classes)]))
+    return float(np.mean(list(dice(predicted, truth, range(1, num_classes)).values())))
 
 
 class User:
