@@ -204,27 +204,34 @@ def _tiling_options(args: argparse.Namespace) -> dict:
     return {"step": args.step, "tile": args.tile, "mirror": args.tta, "batch_size": args.batch, "force": args.force}
 
 
-def _volume_job(predictor, image, args: argparse.Namespace, one_volume: bool):
-    """The tri-planar prediction of a 3D file (:func:`~..engine.volume.predict_planes`), returning a 1-tuple
-    like Predictor.predict: probabilities (nc, *spatial) with --probabilities, else labels."""
+def _plane_weights(args: argparse.Namespace, one_volume: bool) -> list[float] | None:
+    """--plane-weights as numbers (None: equal), once the options that go with --planes are checked: run
+    before the backbone loads, so a wrong combination costs nothing."""
     from ..engine.errors import InputError
-    from ..engine.volume import parse_planes, predict_planes
 
     if one_volume:
         raise InputError("--planes predicts a lone volume in one process: run it without torchrun")
     if args.uncertainty:  # instance heads: predict_planes refuses them
         raise InputError("--planes fuses the planes' class probabilities: --uncertainty is for one slice axis")
-    layout = image.layout
-    if layout.slice is None:
-        raise InputError("--planes is for 3D volumes and this image is 2D: predict it without --planes")
     if args.axis is not None:
         raise InputError("--axis picks one slice axis and --planes several: give one of them")
     try:
-        weights = None if args.plane_weights is None else [float(w) for w in args.plane_weights.split(",")]
+        return None if args.plane_weights is None else [float(w) for w in args.plane_weights.split(",")]
     except ValueError:
         raise InputError(
             f"--plane-weights {args.plane_weights}: give numbers separated by commas, e.g. 1,1,2"
         ) from None
+
+
+def _volume_job(predictor, image, args: argparse.Namespace, weights: list[float] | None):
+    """The tri-planar prediction of a 3D file (:func:`~..engine.volume.predict_planes`), returning a 1-tuple
+    like Predictor.predict: probabilities (nc, *spatial) with --probabilities, else labels."""
+    from ..engine.errors import InputError
+    from ..engine.volume import parse_planes, predict_planes
+
+    layout = image.layout
+    if layout.slice is None:
+        raise InputError("--planes is for 3D volumes and this image is 2D: predict it without --planes")
     job = predict_planes(
         predictor,
         image.data,
@@ -330,6 +337,7 @@ def run(args: argparse.Namespace) -> int:
     # several processes (torchrun): a share of the files each, or of the slices of a lone volume
     one_volume = rank_and_world_size()[1] > 1 and len(planned) == 1
     planned = planned if one_volume else share_of(planned)
+    plane_weights = _plane_weights(args, one_volume) if args.planes else None
     if args.model is not None:
         from ..engine.bioimageio import load_package
 
@@ -356,7 +364,7 @@ def run(args: argparse.Namespace) -> int:
         try:  # the errors about this image name it
             layout = _layout(image, args.axis)
             if args.planes:
-                job = _volume_job(predictor, image, args, one_volume)
+                job = _volume_job(predictor, image, args, plane_weights)
             else:
                 slices = _volume_share(image, layout) if one_volume else None
                 job = predictor.predict(
