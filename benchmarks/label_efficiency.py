@@ -37,6 +37,7 @@ the curves is the point. Writes a table to stdout, JSON to benchmarks/results/la
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -296,10 +297,20 @@ def plot(results: dict, path: Path) -> None:
     for axis, (name, task) in zip(axes[0], tasks.items()):
         for strategy, style in (("guided", "o-"), ("random", "s--")):
             curve = task["curves"][strategy]
-            axis.plot([100 * p["labelled_fraction"] for p in curve], [p["dice"] for p in curve], style, label=strategy)
+            shares = [100 * p["labelled_fraction"] for p in curve]
+            (line,) = axis.plot(shares, [p["dice"] for p in curve], style, label=f"{strategy} (mean of seeds)")
+            low, high = ([f(p["dice_per_seed"]) for p in curve] for f in (min, max))
+            axis.fill_between(shares, low, high, color=line.get_color(), alpha=0.15, lw=0)
+            reached = task["labelled_fraction_to_reach_target"][strategy]
+            if reached is not None:
+                axis.axvline(100 * reached, color=line.get_color(), lw=1, ls=":")
         axis.axhline(task["full_label_dice"], color="grey", lw=1, label="full labels")
         axis.axhline(0.95 * task["full_label_dice"], color="grey", lw=1, ls=":", label="95 % of full labels")
-        axis.set(title=f"{name}: Dice vs labelled pixels", xlabel="training pixels labelled (%)", ylabel="Dice")
+        axis.set(
+            title=f"{name}: Dice vs labelled pixels (band: seeds' range)",
+            xlabel="training pixels labelled (%)",
+            ylabel="Dice",
+        )
         axis.legend(loc="lower right")
         axis.grid(alpha=0.3)
     figure.tight_layout()
@@ -310,6 +321,7 @@ def plot(results: dict, path: Path) -> None:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds and steps, one seed (a smoke run)")
+    parser.add_argument("--replot", action="store_true", help="only redraw the PNG from the JSON already written")
     parser.add_argument("--seeds", type=int, help=f"independent runs averaged per curve (default {DEFAULTS['seeds']})")
     parser.add_argument("--rounds", type=int, help=f"reveal rounds after the strokes (default {DEFAULTS['rounds']})")
     parser.add_argument("--steps", type=int, help=f"fine-tune steps per round (default {DEFAULTS['steps']})")
@@ -368,6 +380,9 @@ def _job(job: tuple, args: argparse.Namespace):
 
 def main() -> None:
     args = parse_args()
+    if args.replot:
+        plot(json.loads((RESULTS / f"{args.stem}.json").read_text()), RESULTS / f"{args.stem}.png")
+        return
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
