@@ -15,7 +15,7 @@ Then, for each of 12 rounds, the ground truth is revealed in 4 squares of 16 x 1
   (b) random: squares of the same grid drawn uniformly among those not yet fully labelled,
 
 and the heads are fine-tuned 10 steps from the previous round's (sparse labels: strokes + revealed
-squares; learning rate 3e-4 with the usual polynomial decay). Both strategies get the same strokes, the
+squares; learning rate 1e-3 with the usual polynomial decay). Both strategies get the same strokes, the
 same training and the same seeds; the scoring part is never used for choosing. After every round the
 Dice (mean over the foreground classes, no TTA) on the scoring part is recorded against the share of
 training pixels labelled. A full-label run (every training pixel labelled, fresh heads, the same 160
@@ -59,7 +59,7 @@ DEFAULTS = {
     "regions": 4,
     "gap": 1,
     "stroke_coverage": 0.004,
-    "fine_lr": 3e-4,
+    "fine_lr": 1e-3,
     "seeds": 3,
 }
 STRATEGIES = ("guided", "random")
