@@ -118,7 +118,7 @@ def train_heads(network: str, steps: int, heads_out: Path) -> dict:
     against background) and save them to ``heads_out``; returns the loss of the first and last ten steps.
 
     The crops: 256 x 256 at offsets 0, 128 and 256 per axis, each in its four mirror images (36), their
-    backbone taps computed once. Not a timing: it runs at low priority, so that it leaves the CPU to others."""
+    backbone taps computed once."""
     import numpy as np
     import torch
 
@@ -126,7 +126,6 @@ def train_heads(network: str, steps: int, heads_out: Path) -> dict:
     from napari_dinounet.engine.bundled_data import load_nuclei
     from napari_dinounet.engine.loss import dice_ce_loss
 
-    os.nice(15)
     model = build_network(network)
     image, instances = load_nuclei()
     norm = normalize.Normalization("zscore")
@@ -427,6 +426,7 @@ def main() -> None:
     if args.worker:
         kind, *rest = args.worker
         if kind == "train":
+            os.nice(15)  # not a timing: leave the CPU to the measurements of others
             network, steps, heads_out = rest
             result = train_heads(network, int(steps), Path(heads_out))
         elif kind == "memory":
