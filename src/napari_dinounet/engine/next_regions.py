@@ -4,8 +4,9 @@ From an uncertainty map (:mod:`.uncertainty`, values in [0, 1]) and, optionally,
 (painted strokes, corrected regions), :func:`next_regions` scores square tiles by the uncertainty still
 unlabelled in them: the sum over the tile's unlabelled pixels of their uncertainty, over the tile's full
 area (so a half-labelled tile counts half, and a labelled one not at all), and returns the best ones,
-most worth correcting first. :func:`object_regions` is the same for objects (instance labels: one id per
-object) instead of tiles; :func:`shapes_data` turns either into napari Shapes rectangles.
+most worth correcting first, spread out (``gap``). :func:`object_regions` is the same
+for objects (instance labels: one id per object) instead of tiles; :func:`shapes_data` turns either into
+napari Shapes rectangles.
 
 Shapes: uncertainty and labelled are (H, W) for an image or (Z, H, W) for a stack (ranked over all its
 slices; each region lies in one slice). Pure NumPy.
@@ -68,27 +69,42 @@ def _as_stack(uncertainty, labelled) -> tuple[np.ndarray, np.ndarray, bool]:
     return (remaining[None] if flat else remaining), (labelled[None] if flat else labelled), flat
 
 
-def next_regions(uncertainty, *, tile: int = 64, count: int = 10, labelled=None) -> list[NextRegion]:
+def next_regions(uncertainty, *, tile: int = 64, count: int = 10, labelled=None, gap: int = 1) -> list[NextRegion]:
     """The ``count`` tiles most worth correcting, best first (ties: raster order).
 
     uncertainty: (H, W) or (Z, H, W) floats in [0, 1]. labelled: bool of the same shape, the pixels already
     labelled (they add nothing). Tiles are ``tile`` x ``tile`` pixels on a grid from the top-left corner
     (the last row and column of tiles cut at the image's edge); a tile's score is the sum of its unlabelled
     pixels' uncertainty over ``tile * tile``. Tiles scoring 0 (nothing uncertain left) are never returned.
+    gap: spread before rank: a tile within ``gap`` tiles (rows and columns, diagonals too) of a better
+    tile already picked in its slice is moved behind every tile that is not, so that the first suggestions
+    spread over the image instead of crowding one uncertain spot (whose neighbours mostly hold the same
+    mistake, and which the next round re-ranks anyway); the moved tiles follow in their own order, so a
+    small image still gets ``count`` suggestions. 0: plain ranking.
     """
-    if tile < 1 or count < 0:
-        raise InputError(f"tile={tile} must be at least 1 pixel and count={count} not negative")
+    if tile < 1 or count < 0 or gap < 0:
+        raise InputError(f"tile={tile} must be at least 1 pixel, count={count} and gap={gap} not negative")
     remaining, _, flat = _as_stack(uncertainty, labelled)
     depth, height, width = remaining.shape
     rows, cols = -(-height // tile), -(-width // tile)
     padded = np.zeros((depth, rows * tile, cols * tile), np.float64)
     padded[:, :height, :width] = remaining
     scores = padded.reshape(depth, rows, tile, cols, tile).sum(axis=(2, 4)).ravel() / (tile * tile)
-    order = np.argsort(-scores, kind="stable")[:count]
-    regions = []
+    order = np.argsort(-scores, kind="stable")
+    order = order[scores[order] > 0]
+    spread, crowded = [], []
+    taken = np.zeros((depth, rows, cols), bool)  # the picked tiles and their ``gap`` neighbours
     for index in order:
-        if scores[index] <= 0:
+        if len(spread) == count:
             break
+        z, row, col = np.unravel_index(index, (depth, rows, cols))
+        if taken[z, row, col]:
+            crowded.append(index)
+            continue
+        taken[z, max(row - gap, 0) : row + gap + 1, max(col - gap, 0) : col + gap + 1] = True
+        spread.append(index)
+    regions = []
+    for index in (spread + crowded)[:count]:
         z, row, col = np.unravel_index(index, (depth, rows, cols))
         regions.append(
             NextRegion(
