@@ -5,14 +5,17 @@ The image is lazy: six dask levels (16384^2 down to 512^2, uint16) computed chun
 (bright squares on a ramp), never stored whole, as napari-ome-zarr's levels are read from disk chunk by chunk.
 Each level is segmented in a fresh process (its peak RSS is its own) by ``Predictor.predict`` with heads for
 ``random:tiny`` (tile 512, step 0.5, batch 4, one torch thread): the statistics pass over the whole level,
-then tiles. A full level 0 is 3969 tiles, hours on this shared 2-core CPU, so each run stops after
-``--tiles`` tiles (closing the generator, as Cancel does) and the level's time is EXTRAPOLATED:
-statistics time + (time per tile measured) x (the level's tiles). Peak RSS is measured over that part plus,
-for stopped runs, the labels not yet written (1 byte per pixel; np.empty's untouched pages are not resident);
-rows marked "extrapolated" say so. The visible region is a 1024 x 1024 crop of level 0 (a screen's worth),
-segmented whole. Prints a table; writes benchmarks/results/multiscale.json.
+then tiles. Levels of at most ``--max-complete`` tiles (default 1000: levels 1-5) run to the end and their
+time is measured. Level 0 is 3969 tiles, about 1.5 hours on one core of this 2-core CPU, so it runs
+``--tiles`` tiles (default 126: two full band rows of tiles, so the peak covers a band being dropped and the
+next one read) and stops (closing the generator, as Cancel does); its time is EXTRAPOLATED: statistics
+time + (time per tile measured) x (its tiles), and its peak adds the labels not yet written (1 byte per pixel;
+np.empty's untouched pages are not resident); rows marked "*" say so. The visible region is a 1024 x 1024
+crop of level 0 (a screen's worth), segmented whole. ``statistics_s`` is the first batch's time less the
+per-tile time of the rest: what the extrapolation needs; on whole levels it is only a rough split. Prints a
+table; writes benchmarks/results/multiscale.json.
 
-    PYTHONPATH=src OMP_WAIT_POLICY=PASSIVE python benchmarks/multiscale.py [--tiles 8]
+    PYTHONPATH=src OMP_WAIT_POLICY=PASSIVE python benchmarks/multiscale.py [--tiles 126] [--max-complete 1000]
 """
 
 from __future__ import annotations
@@ -54,7 +57,15 @@ def lazy_levels():
     return [level(k) for k in range(LEVELS)]
 
 
+def tile_count(side: int) -> int:
+    """Tiles of a square level of ``side`` pixels at tile TILE, step 0.5 (as the tiler lays them)."""
+    per_axis = 1 if side <= TILE else -(-(side - TILE) // (TILE // 2)) + 1
+    return per_axis**2
+
+
 def worker(heads: str, level: int, max_tiles: int, region: bool) -> dict:
+    """Segment ``level`` (or the visible region of level 0): the whole of it when ``max_tiles`` is 0, else
+    until ``max_tiles`` tiles have run."""
     import numpy as np
     import torch
 
@@ -72,7 +83,7 @@ def worker(heads: str, level: int, max_tiles: int, region: bool) -> dict:
     first = next(gen)  # the statistics pass and the first tile batch
     after_first, first_tiles, done, labels = time.perf_counter(), first.done, first.done, None
     try:
-        while region or done < max_tiles or done == tiles_total:
+        while max_tiles == 0 or done < max_tiles:
             done = next(gen).done
     except StopIteration as stop:
         (labels,) = stop.value
@@ -100,7 +111,8 @@ def worker(heads: str, level: int, max_tiles: int, region: bool) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiles", type=int, default=8, help="tiles run per level before extrapolating (>= 2 batches)")
+    parser.add_argument("--tiles", type=int, default=126, help="tiles run on a level too big to run whole")
+    parser.add_argument("--max-complete", type=int, default=1000, help="levels of at most this many tiles run whole")
     parser.add_argument("--worker", nargs=4, metavar=("HEADS", "LEVEL", "TILES", "REGION"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -116,7 +128,8 @@ def main() -> None:
         heads = str(write_tiny_heads(Path(folder) / "heads.safetensors", patch_size=TILE))
         rows = []
         for level in reversed(range(LEVELS)):
-            rows.append(in_fresh_process(__file__, "--worker", heads, str(level), str(args.tiles), "0", env=env))
+            tiles = 0 if tile_count(SIDE >> level) <= args.max_complete else args.tiles  # 0: the whole level
+            rows.append(in_fresh_process(__file__, "--worker", heads, str(level), str(tiles), "0", env=env))
             print(rows[-1], flush=True)
         visible = in_fresh_process(__file__, "--worker", heads, "0", "0", "1", env=env)
     print(f"\n{'level':>5} {'shape':>13} {'tiles':>6} {'time':>10} {'s/tile':>7} {'peak MiB':>9} {'level MiB':>9}")
