@@ -58,9 +58,10 @@ def lazy_levels():
 
 
 def tile_count(side: int) -> int:
-    """Tiles of a square level of ``side`` pixels at tile TILE, step 0.5 (as the tiler lays them)."""
-    per_axis = 1 if side <= TILE else -(-(side - TILE) // (TILE // 2)) + 1
-    return per_axis**2
+    """Tiles of a square level of ``side`` pixels at tile TILE, step 0.5, as the tiler lays them."""
+    from napari_dinounet.engine.tiling import tile_starts
+
+    return len(tile_starts(side, TILE, 0.5)) ** 2
 
 
 def worker(heads: str, level: int, max_tiles: int, region: bool) -> dict:
