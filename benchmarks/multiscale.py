@@ -114,6 +114,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiles", type=int, default=126, help="tiles run on a level too big to run whole")
     parser.add_argument("--max-complete", type=int, default=1000, help="levels of at most this many tiles run whole")
+    parser.add_argument(
+        "--levels", type=int, nargs="+", default=list(range(LEVELS)),
+        help="levels to run; the other levels' rows are kept from the existing results file",
+    )
     parser.add_argument("--worker", nargs=4, metavar=("HEADS", "LEVEL", "TILES", "REGION"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -123,15 +127,22 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
     from _widget_helpers import write_tiny_heads
 
+    out = Path(__file__).parent / "results" / "multiscale.json"
+    kept = []  # rows of levels not run now, as an earlier run measured them (each row keeps its own machine)
+    if set(args.levels) != set(range(LEVELS)) and out.exists():
+        earlier = json.loads(out.read_text())
+        kept = [dict(row, machine=row.get("machine", earlier["machine"])) for row in earlier["levels"]]
+        kept = [row for row in kept if row["level"] not in args.levels]
     load_start = os.getloadavg()[0]
     env = {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "PYTHONWARNINGS": "ignore"}
     with tempfile.TemporaryDirectory() as folder:
         heads = str(write_tiny_heads(Path(folder) / "heads.safetensors", patch_size=TILE))
         rows = []
-        for level in reversed(range(LEVELS)):
+        for level in sorted(args.levels, reverse=True):
             tiles = 0 if tile_count(SIDE >> level) <= args.max_complete else args.tiles  # 0: the whole level
             rows.append(in_fresh_process(__file__, "--worker", heads, str(level), str(tiles), "0", env=env))
             print(rows[-1], flush=True)
+        rows += kept
         visible = in_fresh_process(__file__, "--worker", heads, "0", "0", "1", env=env)
     print(f"\n{'level':>5} {'shape':>13} {'tiles':>6} {'time':>10} {'s/tile':>7} {'peak MiB':>9} {'level MiB':>9}")
     for row in sorted(rows, key=lambda r: r["level"]):
@@ -154,7 +165,7 @@ def main() -> None:
         "visible_region_level0": visible,
         "machine": machine(load_start, os.getloadavg()[0]),
     }
-    write_json(Path(__file__).parent / "results" / "multiscale.json", result)
+    write_json(out, result)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import threading
 import numpy as np
 import pytest
 from _widget_helpers import collect_errors, wait_for, write_tiny_heads
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from napari_dinounet._widgets import _jobs
@@ -177,7 +178,7 @@ def test_dock_cancel_drops_the_result(qtbot, viewer, owner):
     paced.release(3)
     bar = dock_bar(viewer, job)
     qtbot.waitUntil(lambda: bar.qt_progress_bar.value() == 3, timeout=10_000)
-    qtbot.mouseClick(bar.cancel_button, 1)  # Qt.LeftButton
+    qtbot.mouseClick(bar.cancel_button, Qt.MouseButton.LeftButton)  # the enum: PyQt6 refuses a plain int
     paced.release(STEPS)  # the worker ends at its next event; had it gone on, it would return "done"
     wait_for(qtbot, job, timeout_ms=10_000)
     assert owner.cancels == 1 and job.cancelled and owner.results == [] and paced.closed
