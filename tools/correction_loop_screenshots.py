@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     import napari
     from qtpy.QtWidgets import QApplication
 
+    from napari_dinounet._widgets._layer_geometry import camera
     from napari_dinounet._widgets.finetune import FRESH_HEADS
     from napari_dinounet.engine.sparse import simulated_scribbles
 
@@ -88,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     finetune.batch_spin.setValue(2)
     finetune.out_edit.setText(str(WORK / "scribble-heads.safetensors"))
     settle(0.3)
-    viewer.camera.center, viewer.camera.zoom = (150, 330), viewer.camera.zoom * 2.2  # the user looks closer
+    view = camera(viewer)
+    view.center, view.zoom = (150, 330), view.zoom * 2.2  # the user looks closer
     job = finetune.start()
     deadline = time.monotonic() + 900
 

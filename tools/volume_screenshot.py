@@ -78,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
 
     viewer.window._qt_window.resizeDocks([docks["Segment"][0]], [DOCK_WIDTH], Qt.Horizontal)
     viewer.reset_view()
-    viewer.camera.angles = (75.0, -25.0, -100.0)  # from the left, a little from above and behind
+    from napari_dinounet._widgets._layer_geometry import camera
+
+    camera(viewer).angles = (75.0, -25.0, -100.0)  # from the left, a little from above and behind
     settle(1.0)
     path = args.out / "volume_3d.png"
     pixels = viewer.screenshot(canvas_only=False, flash=False)

@@ -15,7 +15,7 @@ from _widget_helpers import (
 )
 
 from napari_dinounet._widgets import finetune as finetune_module
-from napari_dinounet._widgets._layer_geometry import WHOLE_STACK
+from napari_dinounet._widgets._layer_geometry import WHOLE_STACK, camera
 from napari_dinounet._widgets.finetune import (
     FRESH_HEADS,
     LOADED_HEADS,
@@ -496,8 +496,8 @@ def test_live_preview_follows_the_camera_and_updates_while_training(qtbot, viewe
 
     monkeypatch.setattr(preview_module, "PREVIEW_INTERVAL_S", 0.0)  # a preview after every step: the test is short
     monkeypatch.setattr(preview_module, "PREVIEW_SHARE", 1e9)
-    viewer.camera.center = (30, 40)
-    viewer.camera.zoom = max(viewer.canvas.size) / 40  # about 40 pixels of the 128 across the canvas's long side
+    camera(viewer).center = (30, 40)
+    camera(viewer).zoom = max(viewer.canvas.size) / 40  # about 40 pixels of the 128 across the canvas's long side
     widget = ready_widget(viewer, tmp_path, steps=8, every=4)
     assert widget.preview_check.isChecked()  # on by default
     previews = []
@@ -506,7 +506,7 @@ def test_live_preview_follows_the_camera_and_updates_while_training(qtbot, viewe
         if isinstance(event, Preview):
             previews.append(event)
             if len(previews) == 3:
-                viewer.camera.center = (90, 90)  # the user pans while it trains
+                camera(viewer).center = (90, 90)  # the user pans while it trains
 
     job = widget.start()
     job.worker.yielded.connect(watch)
@@ -516,7 +516,7 @@ def test_live_preview_follows_the_camera_and_updates_while_training(qtbot, viewe
 
     (y0, y1), (x0, x1) = first = previews[0].view.region
     height, width = viewer.canvas.size
-    zoom = viewer.camera.zoom
+    zoom = camera(viewer).zoom
     assert y0 <= 30 < y1 and x0 <= 40 < x1  # around the camera's centre
     assert abs((y1 - y0) - min(128, height / zoom)) <= 2 and abs((x1 - x0) - min(128, width / zoom)) <= 2
     (y0, y1), (x0, x1) = last = previews[-1].view.region

@@ -16,6 +16,8 @@ from _widget_helpers import wait_for, write_tiny_heads
 from napari._qt.widgets.qt_progress_bar import QtLabeledProgressBar
 from qtpy.QtCore import QTimer
 
+from napari_dinounet._widgets._layer_geometry import camera
+
 MAX_GAP_S = 0.2
 
 
@@ -145,7 +147,7 @@ def test_gui_responsive_while_fine_tuning(qtbot, viewer, tmp_path, monkeypatch):
     widget.cache_check.setChecked(False)
     widget.out_edit.setText(str(tmp_path / "tuned.safetensors"))
     assert widget.preview_check.isChecked()
-    viewer.camera.center, viewer.camera.zoom = (200, 300), max(viewer.canvas.size) / 160  # zoomed in on a part
+    camera(viewer).center, camera(viewer).zoom = (200, 300), max(viewer.canvas.size) / 160  # zoomed in on a part
     layer_added = []  # when napari's add_labels made the preview layer (its own GL set-up: not ours to shorten)
     preview_layer = LivePreview._layer
 

@@ -19,6 +19,7 @@ from _widget_helpers import (
 from napari.utils import progress
 
 from napari_dinounet._widgets import _jobs
+from napari_dinounet._widgets._layer_geometry import camera
 from napari_dinounet.engine.errors import InputError
 
 # -- the session the widgets share ----------------------------------------------------------------------------
@@ -513,7 +514,7 @@ def test_segment_the_part_in_view_or_inside_shapes_and_add_uncertainty(qtbot, vi
     viewer.add_image(image, name="nuclei")
     widget = ready_widget(viewer, heads)
     whole = reference_labels(widget, heads, image)
-    viewer.camera.center, viewer.camera.zoom = (40, 30), max(viewer.canvas.size) / 50  # about 50 px in view
+    camera(viewer).center, camera(viewer).zoom = (40, 30), max(viewer.canvas.size) / 50  # about 50 px in view
     widget.where_combo.setCurrentText("the part in view")
     widget.uncertainty_check.setChecked(True)
     wait_for(qtbot, widget.run())
@@ -565,7 +566,7 @@ def test_correct_here_next_walks_the_ranked_regions_and_feeds_fine_tune(qtbot, v
     widget.next_button.click()
     first = expected[0]
     centre = np.array([10.0, -4.0]) + np.array([0.5, 0.25]) * np.array(first.centre)  # the layer's geometry
-    np.testing.assert_allclose(viewer.camera.center[-2:], centre)
+    np.testing.assert_allclose(camera(viewer).center[-2:], centre)
     assert "region 1/" in widget.status.text()
     checked = viewer.layers["nuclei checked"]
     assert len(checked.data) == 1 and finetune.rows[0].region.currentText() == "nuclei checked"

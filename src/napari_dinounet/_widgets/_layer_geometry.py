@@ -78,6 +78,13 @@ def labels_layer_name(image_name: str) -> str:
     return f"{image_name} labels"
 
 
+def camera(viewer):
+    """The viewer's camera: ``viewer.scene.camera`` from napari 0.9 on (where ``viewer.camera`` is deprecated),
+    ``viewer.camera`` before it."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if hasattr(scene, "camera") else viewer.camera
+
+
 def viewer_indices(viewer, layer) -> tuple[int, ...]:
     """The layer's data indices (one per layer axis) of the plane the viewer shows."""
     point = np.asarray(viewer.dims.point, dtype=float)[-layer.ndim :]

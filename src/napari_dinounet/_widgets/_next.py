@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..engine.next_regions import NextRegion, next_regions, shapes_data
-from ._layer_geometry import RunPlan
+from ._layer_geometry import RunPlan, camera
 
 TILE = 64  # pixels: a region a user corrects in a minute or so
 COUNT = 10
@@ -93,9 +93,10 @@ class NextRegions:
         offset = self.viewer.dims.ndim - len(self.plan.labels_shape)  # the viewer's axes before the labels'
         for axis, value in enumerate(world[:-2]):
             self.viewer.dims.set_point(offset + axis, value)
-        self.viewer.camera.center = tuple(world[-2:])
+        view = camera(self.viewer)
+        view.center = tuple(world[-2:])
         extent = max(region.rows[1] - region.rows[0], region.cols[1] - region.cols[0]) * float(scale[-1])
-        self.viewer.camera.zoom = 0.5 * min(self.viewer.canvas.size) / extent
+        view.zoom = 0.5 * min(self.viewer.canvas.size) / extent
         self._mark_checked(region)
         (y0, y1), (x0, x1) = region.bounds
         where = f"slice {index} " if index else ""

@@ -16,7 +16,7 @@ from napari.layers import Image, Labels
 from ..engine.errors import DinoUNetError
 from ..engine.preview import Preview, PreviewTarget, PreviewView, Region
 from ._classes import class_colors
-from ._layer_geometry import RunPlan, plan_run, viewer_indices
+from ._layer_geometry import RunPlan, camera, plan_run, viewer_indices
 
 PREVIEW_OPACITY = 0.6
 
@@ -36,10 +36,10 @@ def visible_region(viewer, layer: Image, plane_shape: tuple[int, int], channel_a
     if viewer.dims.ndisplay != 2 or list(viewer.dims.displayed) != [rows + offset, cols + offset]:
         return whole
     canvas = np.asarray(viewer.canvas.size, dtype=float)  # (height, width) in screen pixels
-    zoom = float(viewer.camera.zoom)
+    zoom = float(camera(viewer).zoom)
     if zoom <= 0 or not canvas.all():
         return whole
-    center = np.asarray(viewer.camera.center[-2:], dtype=float)
+    center = np.asarray(camera(viewer).center[-2:], dtype=float)
     corners = []
     for sign in (-1, 1):
         world = np.asarray(viewer.dims.point, dtype=float)[offset:]
@@ -63,7 +63,8 @@ class LivePreview:
         self.target = PreviewTarget()
         self.shown = 0  # previews written into the layer
         self._plans: dict[tuple, RunPlan] = {}
-        self._events = (viewer.camera.events.center, viewer.camera.events.zoom, viewer.dims.events.current_step)
+        view = camera(viewer)
+        self._events = (view.events.center, view.events.zoom, viewer.dims.events.current_step)
         for event in self._events:
             event.connect(self.follow)
         self.follow()
