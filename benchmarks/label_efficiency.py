@@ -62,7 +62,8 @@ DEFAULTS = {
     "fine_lr": 1e-3,
     "seeds": 3,
 }
-STRATEGIES = ("guided", "random")
+STRATEGIES = ("guided", "random")  # the comparison the goal is about; --strategies can add "disagreement"
+GUIDED = {"guided": "uncertainty", "disagreement": "disagreement"}  # guided strategy -> the map it ranks
 QUICK = {"rounds": 3, "steps": 10, "first_steps": 30, "seeds": 1}
 BACKGROUND = 255  # the value background is painted with in the simulated scribbles (becomes class 0)
 
@@ -179,13 +180,17 @@ class User:
             self.painted[z, rows, cols] = np.where(truth == 0, BACKGROUND, truth)
 
 
-def guided_regions(user: User, tile: int, count: int, gap: int):
+def guided_regions(user: User, tile: int, count: int, gap: int, measure: str = "uncertainty"):
+    """The first ``count`` of next_regions on the current heads' map of the training image: ``measure``
+    "uncertainty" (the normalised entropy, what Segment's "next" layer ranks by) or "disagreement" (the
+    mirrors' disagreement alone, :class:`MirrorDisagreement`)."""
     from napari_dinounet.engine.next_regions import next_regions
     from napari_dinounet.engine.progress import drain
-    from napari_dinounet.engine.uncertainty import Uncertainty
+    from napari_dinounet.engine.uncertainty import MirrorDisagreement, Uncertainty
 
     # with mirror TTA: the entropy of the mirrors' mean also rises where they disagree (a better error detector)
-    job = user.predictor().predict(user.task.train_image, tile=128, mirror=True, outputs=(Uncertainty(),))
+    output = Uncertainty() if measure == "uncertainty" else MirrorDisagreement()
+    job = user.predictor().predict(user.task.train_image, tile=128, mirror=True, outputs=(output,))
     (uncertainty,) = drain(job)
     return next_regions(uncertainty, tile=tile, count=count, labelled=user.painted != 0, gap=gap)
 
@@ -216,8 +221,8 @@ def run_curve(task: Task, strategy: str, backbone, args, workdir: Path, seed: in
     user.train(args.first_steps)
     curve = [{"round": 0, "labelled_fraction": user.labelled_fraction, "dice": user.score()}]
     for number in range(1, args.rounds + 1):
-        if strategy == "guided":
-            regions = guided_regions(user, args.tile, args.regions, args.gap)
+        if strategy in GUIDED:
+            regions = guided_regions(user, args.tile, args.regions, args.gap, GUIDED[strategy])
         else:
             regions = random_regions(user, args.tile, args.regions, rng)
         user.reveal(regions)
@@ -278,12 +283,13 @@ def pixels_to_reach(curve: list[dict], target: float) -> float | None:
     return None
 
 
-def ratio(reach: dict) -> float | None:
-    """Guided's labelled fraction to reach the target over random's (the goal: at most 0.5); None when
-    either never reaches it (guided never: the goal is not met; random never: no finite ratio)."""
-    if reach["guided"] is None or reach["random"] is None:
+def ratio(reach: dict, strategy: str = "guided") -> float | None:
+    """``strategy``'s labelled fraction to reach the target over random's (the goal, for guided: at most
+    0.5); None when either never reaches it (guided never: the goal is not met; random never: no finite
+    ratio)."""
+    if reach[strategy] is None or reach["random"] is None:
         return None
-    return reach["guided"] / reach["random"]
+    return reach[strategy] / reach["random"]
 
 
 def plot(results: dict, path: Path) -> None:
@@ -295,8 +301,8 @@ def plot(results: dict, path: Path) -> None:
     tasks = results["tasks"]
     figure, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
     for axis, (name, task) in zip(axes[0], tasks.items()):
-        for strategy, style in (("guided", "o-"), ("random", "s--")):
-            curve = task["curves"][strategy]
+        for strategy, curve in task["curves"].items():
+            style = {"guided": "o-", "random": "s--"}.get(strategy, "^-.")
             shares = [100 * p["labelled_fraction"] for p in curve]
             (line,) = axis.plot(shares, [p["dice"] for p in curve], style, label=f"{strategy} (mean of seeds)")
             low, high = ([f(p["dice_per_seed"]) for p in curve] for f in (min, max))
@@ -335,6 +341,11 @@ def parse_args() -> argparse.Namespace:
         help=f"share of pixels the strokes cover (default {DEFAULTS['stroke_coverage']})",
     )
     parser.add_argument("--fine-lr", type=float, help=f"fine-tune learning rate (default {DEFAULTS['fine_lr']})")
+    parser.add_argument(
+        "--strategies",
+        default=",".join(STRATEGIES),
+        help=f"comma-separated, of {', '.join([*GUIDED, 'random'])} (default {','.join(STRATEGIES)})",
+    )
     parser.add_argument("--tasks", default="nuclei,mni152", help="comma-separated: nuclei, mni152 (default both)")
     parser.add_argument("--stem", help="results file name without suffix (default label_efficiency[_quick])")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes, each running whole curves (default 2)")
@@ -390,17 +401,19 @@ def main() -> None:
     for name in names:
         task = TASKS[name]()
         print(f"{name}: train {task.train_image.shape}, score {task.test_image.shape}", flush=True)
+    strategies = args.strategies.split(",")
     jobs = [("full", name) for name in names] + [
-        (strategy, name, seed) for name in names for strategy in STRATEGIES for seed in range(args.seeds)
+        (strategy, name, seed) for name in names for strategy in strategies for seed in range(args.seeds)
     ]
     load_start = os.getloadavg()[0]
     started = time.perf_counter()
     with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
         done = dict(zip(jobs, pool.map(_job, jobs, [args] * len(jobs))))
-    results = {"settings": {k: getattr(args, k) for k in (*DEFAULTS, "lr", "jobs", "threads")}, "tasks": {}}
+    settings = {k: getattr(args, k) for k in (*DEFAULTS, "lr", "jobs", "threads", "strategies")}
+    results = {"settings": settings, "tasks": {}}
     for name in names:
         full = done[("full", name)]
-        per_seed = {strategy: [done[(strategy, name, seed)] for seed in range(args.seeds)] for strategy in STRATEGIES}
+        per_seed = {strategy: [done[(strategy, name, seed)] for seed in range(args.seeds)] for strategy in strategies}
         curves = {strategy: mean_curve(runs) for strategy, runs in per_seed.items()}
         target = 0.95 * full
         reach = {strategy: pixels_to_reach(curve, target) for strategy, curve in curves.items()}
@@ -408,18 +421,24 @@ def main() -> None:
             {strategy: pixels_to_reach(per_seed[strategy][seed], target) for strategy in per_seed}
             for seed in range(args.seeds)
         ]
-        met = reach["guided"] is not None and (reach["random"] is None or reach["guided"] <= 0.5 * reach["random"])
         results["tasks"][name] = {
             "full_label_dice": full,
             "target_dice": target,
             "curves": curves,
             "curves_per_seed": per_seed,
             "labelled_fraction_to_reach_target": reach,
-            "guided_over_random": ratio(reach),
             "labelled_fraction_to_reach_target_per_seed": reach_per_seed,
-            "guided_over_random_per_seed": [ratio(r) for r in reach_per_seed],
-            "goal_met": met,
         }
+        if "random" in reach:  # each guided strategy against random, for the mean curves and per seed
+            for strategy in (s for s in strategies if s in GUIDED):
+                key = "guided" if strategy == "guided" else strategy
+                results["tasks"][name][f"{key}_over_random"] = ratio(reach, strategy)
+                results["tasks"][name][f"{key}_over_random_per_seed"] = [ratio(r, strategy) for r in reach_per_seed]
+            if "guided" in reach:
+                met = reach["guided"] is not None and (
+                    reach["random"] is None or reach["guided"] <= 0.5 * reach["random"]
+                )
+                results["tasks"][name]["goal_met"] = met
     results["seconds"] = time.perf_counter() - started
     results["machine"] = machine(load_start, os.getloadavg()[0], backbone="random:tiny")
     report(results)
@@ -431,32 +450,44 @@ def _percent(value: float | None) -> str:
     return "never" if value is None else f"{100 * value:.2f} %"
 
 
+def _ratio_text(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _dice_with_seeds(point: dict) -> str:
+    return f"{point['dice']:.3f} ({min(point['dice_per_seed']):.3f}-{max(point['dice_per_seed']):.3f})"
+
+
 def report(results: dict) -> None:
     """The table: mean curves (with the seeds' lowest and highest Dice), then per task the labelled share
     each strategy needs to reach the target, for the mean curves and for each seed."""
-    header = f"{'guided %':>9} {'guided Dice (seeds)':>26} {'random %':>9} {'random Dice (seeds)':>26}"
+    strategies = list(next(iter(results["tasks"].values()))["curves"])
+    header = " ".join(f"{strategy + ' %':>15} {strategy + ' Dice (seeds)':>30}" for strategy in strategies)
     print(f"\n{'task':8} {'round':>5} {header}")
     for name, task in results["tasks"].items():
-        for g, r in zip(task["curves"]["guided"], task["curves"]["random"]):
-            shown = [f"{p['dice']:.3f} ({min(p['dice_per_seed']):.3f}-{max(p['dice_per_seed']):.3f})" for p in (g, r)]
-            print(
-                f"{name:8} {g['round']:5d} {100 * g['labelled_fraction']:9.2f} {shown[0]:>26} "
-                f"{100 * r['labelled_fraction']:9.2f} {shown[1]:>26}"
-            )
+        for points in zip(*task["curves"].values()):
+            shown = " ".join(f"{100 * p['labelled_fraction']:15.2f} {_dice_with_seeds(p):>30}" for p in points)
+            print(f"{name:8} {points[0]['round']:5d} {shown}")
     for name, task in results["tasks"].items():
-        reach, ratio_shown = task["labelled_fraction_to_reach_target"], task["guided_over_random"]
+        reach = task["labelled_fraction_to_reach_target"]
+        reached = ", ".join(f"{strategy} {_percent(share)}" for strategy, share in reach.items())
+        ratios = ", ".join(
+            f"{key.removesuffix('_over_random')} / random {_ratio_text(value)}"
+            for key, value in task.items()
+            if key.endswith("_over_random")
+        )
         print(
             f"{name}: full labels Dice {task['full_label_dice']:.3f}; 95 % of it ({task['target_dice']:.3f}) reached "
-            f"with guided {_percent(reach['guided'])}, random {_percent(reach['random'])} labelled "
-            f"(guided / random {'-' if ratio_shown is None else f'{ratio_shown:.2f}'}); goal met: {task['goal_met']}"
+            f"with {reached} labelled ({ratios}); goal met: {task.get('goal_met', '-')}"
         )
-        for seed, (each, share) in enumerate(
-            zip(task["labelled_fraction_to_reach_target_per_seed"], task["guided_over_random_per_seed"])
-        ):
-            print(
-                f"  seed {seed}: guided {_percent(each['guided'])}, random {_percent(each['random'])} "
-                f"(guided / random {'-' if share is None else f'{share:.2f}'})"
+        for seed, each in enumerate(task["labelled_fraction_to_reach_target_per_seed"]):
+            per_seed = ", ".join(
+                f"{key.removesuffix('_over_random_per_seed')} / random {_ratio_text(value[seed])}"
+                for key, value in task.items()
+                if key.endswith("_over_random_per_seed")
             )
+            reached = ", ".join(f"{strategy} {_percent(share)}" for strategy, share in each.items())
+            print(f"  seed {seed}: {reached} ({per_seed})")
     print(f"total {results['seconds']:.0f} s")
 
 
