@@ -18,11 +18,13 @@ the feature cache).
     .venv/bin/python benchmarks/train_step.py           # 256 and 512, 5 timed steps per case
     .venv/bin/python benchmarks/train_step.py --quick   # 256 only, 2 timed steps
     .venv/bin/python benchmarks/train_step.py --size l --sizes 256 --json /tmp/l.json   # another size
+    .venv/bin/python benchmarks/train_step.py --efficiency-only --against ../old-checkout   # before/after
 
 Efficiency: in one more process per patch size, the network's forward + backward with cached features
 (train mode, batch 2, a mean-of-logits loss; the FLOPs of a step but for the optimiser and the data) and
 a 2048^3 fp32 GEMM run interleaved ``--steps`` times; achieved GFLOP/s (``torch.utils.flop_counter``) and
-its fraction of the GEMM's, both medians.
+its fraction of the GEMM's, both medians. ``--against DIR`` measures another checkout's engine (its
+``src/`` first on the path) the same way, in processes alternating with this one's: a before/after.
 
 Prints a Markdown table and writes JSON to benchmarks/results/train_step.json (or --json), with the
 machine's 1-minute load average at the start and end. Cases run with OMP_WAIT_POLICY=PASSIVE unless set
@@ -186,6 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, default=RESULTS, help=f"where to write the results (default {RESULTS})")
     parser.add_argument("--efficiency-only", action="store_true", help="only the GFLOP/s against a GEMM")
+    parser.add_argument(
+        "--against",
+        type=Path,
+        help="another checkout of this repository (before/after): its engine's efficiency is measured too, "
+        "in processes alternating with this one's, two of each per patch size",
+    )
     parser.add_argument("--case", nargs=3, metavar=("SIZE", "PIXELS", "CACHED"), help=argparse.SUPPRESS)  # worker
     args = parser.parse_args(argv)
 
@@ -208,11 +216,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.efficiency_only
         else [run_case(args.size, pixels, cached, steps) for pixels in sizes for cached in (False, True)]
     )
-    threads = {"OMP_NUM_THREADS": str(args.threads)} if args.threads else None
-    efficiency = [
-        in_fresh_process(__file__, "--case", args.size, str(pixels), "efficiency", "--steps", str(steps), env=threads)
-        for pixels in sizes
-    ]
+    threads = {"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}
+
+    def efficiency_case(pixels: int, source: Path | None = None) -> dict:
+        env = {**threads, "PYTHONPATH": str(source.resolve() / "src")} if source else threads
+        case = ("--case", args.size, str(pixels), "efficiency", "--steps", str(steps))
+        return {**in_fresh_process(__file__, *case, env=env or None), "engine": str(source) if source else "this"}
+
+    if args.against:  # A B A B per size, so that both see the same load
+        efficiency = [
+            efficiency_case(pixels, source) for pixels in sizes for _ in range(2) for source in (args.against, None)
+        ]
+    else:
+        efficiency = [efficiency_case(pixels) for pixels in sizes]
     load_end = os.getloadavg()[0]
     print(
         f"Dino U-Net {args.size.upper()} ({PROJECTION}, random:{args.size} backbone) training step, "
@@ -230,9 +246,16 @@ def main(argv: list[str] | None = None) -> int:
         )
     for e in efficiency:
         print(
-            f"{e['pixels']}x{e['pixels']} forward+backward with cached features: {e['gflop']:.1f} GFLOP, "
-            f"{e['gflops']:.0f} GFLOP/s = {e['of_gemm']:.0%} of the GEMM's {e['gemm_gflops']:.0f} GFLOP/s"
+            f"{e['pixels']}x{e['pixels']} forward+backward with cached features ({e['engine']}): {e['gflop']:.1f} "
+            f"GFLOP, {e['gflops']:.0f} GFLOP/s = {e['of_gemm']:.0%} of the GEMM's {e['gemm_gflops']:.0f} GFLOP/s"
         )
+    for pixels in sizes if args.against else ():
+        of_gemm = {e["engine"]: [] for e in efficiency}
+        for e in efficiency:
+            if e["pixels"] == pixels:
+                of_gemm[e["engine"]].append(e["of_gemm"])
+        this, other = statistics.median(of_gemm["this"]), statistics.median(of_gemm[str(args.against)])
+        print(f"{pixels}x{pixels}: this engine {this:.0%} of GEMM, {args.against} {other:.0%} (medians of 2 processes)")
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
         f"load average {load_start:.1f} at start, {load_end:.1f} at end"
@@ -248,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(load_start, load_end, omp_wait_policy=os.environ["OMP_WAIT_POLICY"]),
         "results": rows,
         "efficiency": efficiency,
+        "against": str(args.against) if args.against else None,
     }
     write_json(args.json, result)
     return 0
