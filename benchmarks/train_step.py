@@ -23,7 +23,8 @@ the feature cache).
 Efficiency: in one more process per patch size, the network's forward + backward with cached features
 (train mode, batch 2, a mean-of-logits loss; the FLOPs of a step but for the optimiser and the data) and
 a 2048^3 fp32 GEMM run interleaved ``--steps`` times; achieved GFLOP/s (``torch.utils.flop_counter``) and
-its fraction of the GEMM's, both medians. ``--against DIR`` measures another checkout's engine (its
+its fraction of the GEMM's, both medians; the channels-last heads' step is timed in the same rounds
+(its speed-up over the default layout). ``--against DIR`` measures another checkout's engine (its
 ``src/`` first on the path) the same way, in processes alternating with this one's: a before/after.
 
 Prints a Markdown table and writes JSON to benchmarks/results/train_step.json (or --json), with the
@@ -34,6 +35,7 @@ otherwise, as ``dinounet train`` does.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -127,25 +129,31 @@ def measure_efficiency(size: str, pixels: int, repeats: int) -> dict:
         model = build_dinounet(size, projection=PROJECTION, num_classes=2).train()
     x = torch.randn(BATCH, 1, pixels, pixels)
     taps = model.backbone_taps(x)
+    # the channels-last heads (DinoUNet.use_channels_last), which speed the forward up, measured beside
+    channels_last = copy.deepcopy(model).use_channels_last() if hasattr(model, "use_channels_last") else None
 
-    def step() -> None:
-        model.zero_grad(set_to_none=True)
-        model(x, taps=taps).mean().backward()
+    def step(network) -> None:
+        network.zero_grad(set_to_none=True)
+        network(x, taps=taps).mean().backward()
 
     counter = FlopCounterMode(display=False)
     with counter:
-        step()
+        step(model)
     a, b = gemm_operands()
     gemm_seconds(a, b)
-    times: dict[str, list[float]] = {"gemm": [], "step": []}
+    if channels_last is not None:
+        step(channels_last)  # its warm-up
+    times: dict[str, list[float]] = {"gemm": [], "step": [], **({"step_channels_last": []} if channels_last else {})}
     for _ in range(repeats):
         times["gemm"].append(gemm_seconds(a, b))
-        start = time.perf_counter()
-        step()
-        times["step"].append(time.perf_counter() - start)
+        for key, network in (("step", model), ("step_channels_last", channels_last)):
+            if network is not None:
+                start = time.perf_counter()
+                step(network)
+                times[key].append(time.perf_counter() - start)
     gemm = gemm_gflops(times["gemm"])
     achieved = counter.get_total_flops() / statistics.median(times["step"]) / 1e9
-    return {
+    row = {
         "size": size,
         "pixels": pixels,
         "threads": torch.get_num_threads(),
@@ -155,6 +163,9 @@ def measure_efficiency(size: str, pixels: int, repeats: int) -> dict:
         "of_gemm": achieved / gemm,
         "seconds": times,
     }
+    if channels_last is not None:
+        row["channels_last_speedup"] = statistics.median(times["step"]) / statistics.median(times["step_channels_last"])
+    return row
 
 
 def run_case(size: str, pixels: int, cached: bool, steps: int) -> dict:
@@ -248,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{e['pixels']}x{e['pixels']} forward+backward with cached features ({e['engine']}): {e['gflop']:.1f} "
             f"GFLOP, {e['gflops']:.0f} GFLOP/s = {e['of_gemm']:.0%} of the GEMM's {e['gemm_gflops']:.0f} GFLOP/s"
+            + (f"; channels-last heads {e['channels_last_speedup']:.2f}x" if "channels_last_speedup" in e else "")
         )
     for pixels in sizes if args.against else ():
         of_gemm = {e["engine"]: [] for e in efficiency}
