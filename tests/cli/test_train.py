@@ -221,9 +221,11 @@ def test_the_first_ctrl_c_stops_after_the_step_and_saves_it(tmp_path, capsys, mo
     images, labels = write_nuclei_folders(tmp_path)
     out = tmp_path / "heads.safetensors"
     args = ["train", *TINY, "--images", str(images), "--labels", str(labels), "--out", str(out)]
+    # what was there before: Python's default in a terminal, SIG_IGN in a job started in the background (`&`)
+    handler_before = signal.getsignal(signal.SIGINT)
     code = main([*args, "--epochs", "1", "--iters-per-epoch", "10"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert [h["step"] for h in read_metadata(out).training["history"]] == [2]
     assert "stopping after this step" in captured.err and f"stopped at step 2: wrote {out}" in captured.out
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    assert signal.getsignal(signal.SIGINT) is handler_before  # the handler is put back
