@@ -115,7 +115,10 @@ def main() -> None:
     parser.add_argument("--tiles", type=int, default=126, help="tiles run on a level too big to run whole")
     parser.add_argument("--max-complete", type=int, default=1000, help="levels of at most this many tiles run whole")
     parser.add_argument(
-        "--levels", type=int, nargs="+", default=list(range(LEVELS)),
+        "--levels",
+        type=int,
+        nargs="+",
+        default=list(range(LEVELS)),
         help="levels to run; the other levels' rows are kept from the existing results file",
     )
     parser.add_argument("--worker", nargs=4, metavar=("HEADS", "LEVEL", "TILES", "REGION"), help=argparse.SUPPRESS)
