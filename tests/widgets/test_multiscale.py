@@ -57,3 +57,44 @@ def test_a_single_level_layer_has_no_level_to_choose(viewer):
     viewer.add_image(np.zeros((64, 64), np.uint8), name="flat")
     widget = SegmentWidget(viewer)
     assert not widget.level_combo.isEnabled() and widget.level_combo.currentText() == "single level"
+
+
+def test_the_part_in_view_of_a_coarser_level_is_predicted_as_the_whole_level_is(qtbot, viewer, tmp_path):
+    from napari_dinounet._widgets._layer_geometry import camera
+    from napari_dinounet._widgets._preview import visible_region
+    from napari_dinounet._widgets.segment import SegmentWidget
+    from napari_dinounet.engine.predictor import Predictor
+    from napari_dinounet.engine.progress import drain
+
+    image, _ = nuclei_crop()
+    big = np.kron(image, np.ones((2, 2), image.dtype))  # 256 x 256
+    levels = [da.from_array(big, chunks=64), da.from_array(image, chunks=64)]
+    layer = viewer.add_image(levels, multiscale=True, name="slide", scale=(0.5, 0.5))
+    heads = write_tiny_heads(tmp_path / "heads.safetensors")
+    widget = SegmentWidget(viewer)
+    widget.model_form.set_backbone("random:tiny")
+    widget.model_form.device_combo.setCurrentText("cpu")
+    widget.model_form.set_heads(str(heads))
+    widget.tile_spin.setValue(64)
+    widget.image_combo.set_layer(layer)
+    widget.level_combo.setCurrentIndex(1)
+    # world (20, 15) is level-0 pixel (40, 30), level-1 pixel (20, 15); about 25 world units (50 level-0 px) in view
+    camera(viewer).center, camera(viewer).zoom = (20, 15), max(viewer.canvas.size) / 25
+    widget.where_combo.setCurrentText("the part in view")
+    wait_for(qtbot, job := widget.run())
+    assert not job.errored
+
+    labels = viewer.layers["slide labels"].data
+    assert labels.shape == (128, 128)
+    (y0, y1), (x0, x1) = visible_region(viewer, layer, (256, 256))  # in level-0 pixels
+    rows, cols = (y0 // 2, -(-y1 // 2)), (x0 // 2, -(-x1 // 2))  # the level-1 pixels covering them
+    assert rows[0] <= 20 < rows[1] and cols[0] <= 15 < cols[1]
+    assert (rows[1] - rows[0]) * (cols[1] - cols[0]) < 128**2 / 4  # a part of the level, not all of it
+    predictor = Predictor.from_checkpoint(heads, widget.session.backbone("random:tiny", "cpu"))
+    (whole,) = drain(predictor.predict(np.asarray(levels[1]), tile=64))
+    inside = (slice(*rows), slice(*cols))
+    np.testing.assert_array_equal(labels[inside], whole[inside])  # as a whole-level run there
+    outside = np.ones(labels.shape, bool)
+    outside[inside] = False
+    assert not labels[outside].any()  # nothing predicted outside the view
+    assert whole[outside].any()  # (which a whole-level run would have filled)
