@@ -112,3 +112,13 @@ def test_the_channel_axis_is_inferred_from_the_heads_channel_count():
         infer_channel_axis(layer, 3)
     with pytest.raises(InputError, match="take 2 channels"):
         infer_channel_axis(Image(np.zeros((20, 30))), 2)
+
+
+def test_camera_is_the_scene_camera_where_napari_has_one_else_the_viewer_camera():
+    from types import SimpleNamespace
+
+    from napari_dinounet._widgets._layer_geometry import camera
+
+    scene_camera, old_camera = object(), object()
+    assert camera(SimpleNamespace(scene=SimpleNamespace(camera=scene_camera), camera=old_camera)) is scene_camera
+    assert camera(SimpleNamespace(camera=old_camera)) is old_camera  # napari before 0.9: no scene
