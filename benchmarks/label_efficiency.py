@@ -356,6 +356,9 @@ def parse_args() -> argparse.Namespace:
     for key, value in {**DEFAULTS, **(QUICK if args.quick else {})}.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
+    unknown = set(args.strategies.split(",")) - {*GUIDED, "random"}
+    if unknown:  # an unknown name would otherwise run as random
+        parser.error(f"unknown strategies {', '.join(sorted(unknown))}: choose from {', '.join([*GUIDED, 'random'])}")
     args.lr = 4e-3
     args.stem = args.stem or ("label_efficiency_quick" if args.quick else "label_efficiency")
     return args
