@@ -15,22 +15,34 @@ def viewer(make_napari_viewer):
     return make_napari_viewer()
 
 
-def test_segment_a_chosen_level_of_a_multiscale_layer(qtbot, viewer, tmp_path):
-    from napari_dinounet._widgets.segment import SegmentWidget
-    from napari_dinounet.engine.predictor import Predictor
-    from napari_dinounet.engine.progress import drain
-
+def nuclei_levels(count: int) -> list:
+    """Dask levels of the nuclei crop, finest first: level 0 at twice its size (256 x 256), level 1 the crop."""
     image, _ = nuclei_crop()
-    big = np.kron(image, np.ones((2, 2), image.dtype))  # 256 x 256
-    levels = [da.from_array(big, chunks=64), da.from_array(image, chunks=64), da.from_array(image[::2, ::2], chunks=64)]
-    layer = viewer.add_image(levels, multiscale=True, name="slide", scale=(0.5, 0.25), translate=(10.0, -4.0))
-    heads = write_tiny_heads(tmp_path / "heads.safetensors")
+    big = np.kron(image, np.ones((2, 2), image.dtype))
+    return [da.from_array(level, chunks=64) for level in (big, image, image[::2, ::2])][:count]
+
+
+def segment_widget(viewer, layer, heads):
+    """A Segment widget on ``layer`` with the tiny random backbone, ``heads``, on the CPU, tile 64."""
+    from napari_dinounet._widgets.segment import SegmentWidget
+
     widget = SegmentWidget(viewer)
     widget.model_form.set_backbone("random:tiny")
     widget.model_form.device_combo.setCurrentText("cpu")
     widget.model_form.set_heads(str(heads))
     widget.tile_spin.setValue(64)
     widget.image_combo.set_layer(layer)
+    return widget
+
+
+def test_segment_a_chosen_level_of_a_multiscale_layer(qtbot, viewer, tmp_path):
+    from napari_dinounet.engine.predictor import Predictor
+    from napari_dinounet.engine.progress import drain
+
+    levels = nuclei_levels(3)
+    layer = viewer.add_image(levels, multiscale=True, name="slide", scale=(0.5, 0.25), translate=(10.0, -4.0))
+    heads = write_tiny_heads(tmp_path / "heads.safetensors")
+    widget = segment_widget(viewer, layer, heads)
     combo = widget.level_combo
     assert combo.isEnabled() and combo.count() == 3
     assert combo.itemText(1).startswith("1: 128 x 128, about") and combo.currentIndex() == 0  # small: level 0 fits
@@ -62,21 +74,13 @@ def test_a_single_level_layer_has_no_level_to_choose(viewer):
 def test_the_part_in_view_of_a_coarser_level_is_predicted_as_the_whole_level_is(qtbot, viewer, tmp_path):
     from napari_dinounet._widgets._layer_geometry import camera
     from napari_dinounet._widgets._preview import visible_region
-    from napari_dinounet._widgets.segment import SegmentWidget
     from napari_dinounet.engine.predictor import Predictor
     from napari_dinounet.engine.progress import drain
 
-    image, _ = nuclei_crop()
-    big = np.kron(image, np.ones((2, 2), image.dtype))  # 256 x 256
-    levels = [da.from_array(big, chunks=64), da.from_array(image, chunks=64)]
+    levels = nuclei_levels(2)
     layer = viewer.add_image(levels, multiscale=True, name="slide", scale=(0.5, 0.5))
     heads = write_tiny_heads(tmp_path / "heads.safetensors")
-    widget = SegmentWidget(viewer)
-    widget.model_form.set_backbone("random:tiny")
-    widget.model_form.device_combo.setCurrentText("cpu")
-    widget.model_form.set_heads(str(heads))
-    widget.tile_spin.setValue(64)
-    widget.image_combo.set_layer(layer)
+    widget = segment_widget(viewer, layer, heads)
     widget.level_combo.setCurrentIndex(1)
     # world (20, 15) is level-0 pixel (40, 30), level-1 pixel (20, 15); about 25 world units (50 level-0 px) in view
     camera(viewer).center, camera(viewer).zoom = (20, 15), max(viewer.canvas.size) / 25
