@@ -6,7 +6,7 @@ The image is lazy: six dask levels (16384^2 down to 512^2, uint16) computed chun
 Each level is segmented in a fresh process (its peak RSS is its own) by ``Predictor.predict`` with heads for
 ``random:tiny`` (tile 512, step 0.5, batch 4, one torch thread): the statistics pass over the whole level,
 then tiles. Levels of at most ``--max-complete`` tiles (default 1000: levels 1-5) run to the end and their
-time is measured. Level 0 is 3969 tiles, about 1.5 hours on one core of this 2-core CPU, so it runs
+time is measured. Level 0 is 3969 tiles, about 1.5 hours on one core of this 2-core CPU, so by default it runs
 ``--tiles`` tiles (default 126: two full band rows of tiles, so the peak covers a band being dropped and the
 next one read) and stops (closing the generator, as Cancel does); its time is EXTRAPOLATED: statistics
 time + (time per tile measured) x (its tiles), and its peak adds the labels not yet written (1 byte per pixel;
@@ -16,6 +16,9 @@ per-tile time of the rest: what the extrapolation needs; on whole levels it is o
 table; writes benchmarks/results/multiscale.json.
 
     PYTHONPATH=src OMP_WAIT_POLICY=PASSIVE python benchmarks/multiscale.py [--tiles 126] [--max-complete 1000]
+    PYTHONPATH=src OMP_WAIT_POLICY=PASSIVE python benchmarks/multiscale.py --levels 0 --max-complete 4000
+
+The second runs level 0 whole (measured, not extrapolated) and keeps the other levels' rows from the file.
 """
 
 from __future__ import annotations
