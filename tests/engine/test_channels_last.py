@@ -46,7 +46,7 @@ def test_channels_last_logits_equal_the_reference_within_1e_5(reference, backbon
     model.use_channels_last(False)
     assert conv.is_contiguous()
     with torch.no_grad():
-        torch.testing.assert_close(model(x), expected, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(model(x), expected, rtol=1e-6, atol=4e-6)  # another CPU's fp32 rounding
 
 
 def test_channels_last_keeps_the_heads_checkpoint(backbone):

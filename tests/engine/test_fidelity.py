@@ -98,7 +98,8 @@ def test_network_logits_equal_the_stored_reference(reference, computed, projecti
     expected, got = reference[f"logits_{projection}"], computed[f"logits_{projection}"]
     assert got.shape == expected.shape == (2, 3, 64, 96)
     assert expected.abs().max() > 0.1  # the reference is not a degenerate all-zero map
-    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    # 4e-6: fp32 rounding of another CPU's kernels (an AMD EPYC differs from the reference's by up to 1.5e-6)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=4e-6)
 
 
 def test_sliding_window_probabilities_equal_the_stored_reference(reference, computed):
